@@ -1,0 +1,132 @@
+"""The `t2t` command line. Every bad input ends as one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from t2t.errors import T2TError
+from t2t.registry import Registry
+
+EXIT_PROBLEMS = 1  # lint found problems
+EXIT_BAD_INPUT = 2  # the input cannot be used
+
+
+def _registry(args: argparse.Namespace) -> Registry:
+    return Registry.default(args.templates_dir, args.mixtures_dir)
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    rows = []
+    for task in registry.tasks():
+        src = task.spec.source
+        detail = {"hub": getattr(src, "path", ""), "generator": getattr(src, "generator", "")}.get(src.kind, "")
+        rows.append((task.name, task.spec.cluster, f"{src.kind}:{detail}" if detail else src.kind, task.template_names))
+    width = max(len(r[0]) for r in rows)
+    cluster_width = max(len(r[1]) for r in rows)
+    source_width = max(len(r[2]) for r in rows)
+    for name, cluster, source, templates in rows:
+        print(f"{name:<{width}}  {cluster:<{cluster_width}}  {source:<{source_width}}  {len(templates)} templates")
+    print(f"{len(rows)} tasks")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from t2t.sources import load_split
+
+    task = _registry(args).task(args.task)
+    if args.template is not None:
+        task.spec.template(args.template)  # unknown template: a clear error before any data is read
+    data = load_split(task, args.split)
+    for i in range(min(args.n, len(data))):
+        row, index = data.rows[i], int(data.source_rows[i])
+        template = args.template or task.choose(args.seed, index)
+        example = task.render(row, template, args.split, index)
+        print(f"── {task.name} · template {template!r} · {args.split} row {index} " + "─" * 20)
+        print(f"input:   {example.inputs}")
+        print(f"target:  {example.targets}")
+        if example.choices is not None:
+            print(f"choices: {' | '.join(example.choices)}")
+    return 0
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    from t2t.lint import lint
+
+    registry = _registry(args)
+    for name in args.tasks:
+        registry.task(name)  # unknown names are bad input (exit 2), not lint problems
+    problems = lint(registry, args.tasks or None)
+    for line in problems:
+        print(line)
+    checked = len(args.tasks) if args.tasks else len(registry.task_names)
+    print(f"{checked} tasks checked, {len(problems)} problem{'s' if len(problems) != 1 else ''}", file=sys.stderr)
+    return EXIT_PROBLEMS if problems else 0
+
+
+def cmd_new_task(args: argparse.Namespace) -> int:
+    from t2t.newtask import write_new_task
+
+    out_dir = args.out or (args.templates_dir[-1] if args.templates_dir else Path("templates"))
+    path = write_new_task(args.name, args.data_file, out_dir, force=args.force)
+    print(f"wrote {path}: edit its template, then run `t2t --templates-dir {out_dir} lint {args.name}`")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t2t", description="Multi-task instruction tuning of T5-style models.")
+    parser.add_argument("--templates-dir", type=Path, action="append", default=[], metavar="DIR",
+                        help="extra folder of task files (repeatable; also $T2T_TEMPLATES_PATH)")
+    parser.add_argument("--mixtures-dir", type=Path, action="append", default=[], metavar="DIR",
+                        help="extra folder of mixture files (repeatable; also $T2T_MIXTURES_PATH)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, fn: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        p.set_defaults(fn=fn)
+        return p
+
+    command("tasks", cmd_tasks, "list every task: name, cluster, source, templates")
+
+    p = command("render", cmd_render, "print rendered examples of a task")
+    p.add_argument("task")
+    p.add_argument("-n", type=int, default=3, help="how many examples (default 3)")
+    p.add_argument("--template", help="render with this template (default: the seeded choice per row)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = command("lint", cmd_lint, "check task files: fields, golden rows, choices, real rows")
+    p.add_argument("tasks", nargs="*", help="tasks to check (default: all)")
+
+    p = command("new-task", cmd_new_task, "write a starter task file for a local jsonl/csv/parquet file")
+    p.add_argument("name")
+    p.add_argument("--from", dest="data_file", type=Path, required=True, metavar="FILE")
+    p.add_argument("--out", type=Path, help="folder to write NAME.yaml in (default: the last --templates-dir, "
+                   "else ./templates)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing task file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except T2TError as exc:
+        print(f"t2t: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("t2t: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Typed specs for task files, loaded from YAML with unknown keys refused and errors pointing at lines."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from t2t.errors import T2TError, Where
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+SPLIT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+# Metric names a task may declare; t2t.metrics implements each of them.
+METRIC_NAMES = ("accuracy", "exact_match", "f1", "rouge_l", "bleu")
+# Names a field may not take: they are the template's own variables or Jinja's globals.
+RESERVED_FIELDS = frozenset({"answer_choices", "range", "dict", "cycler", "joiner", "namespace", "loop"})
+
+
+def check_name(value: str, what: str = "name") -> str:
+    if not NAME_RE.match(value):
+        raise ValueError(f"{what} {value!r} must be lowercase letters, digits and '_', starting with a letter")
+    return value
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HubSource(Spec):
+    """A dataset on the Hugging Face hub (or a local dataset directory), loaded with `datasets.load_dataset`."""
+
+    kind: Literal["hub"]
+    path: str
+    name: str | None = None
+    data_dir: str | None = None
+    revision: str | None = None
+    # t2t split name -> the dataset's split name; splits not listed keep their own name.
+    splits: dict[str, str] = Field(default_factory=dict)
+
+
+class FilesSource(Spec):
+    """Local files, one per split; relative paths are resolved from the task file's folder."""
+
+    kind: Literal["files"]
+    splits: dict[str, str]
+
+    @field_validator("splits")
+    @classmethod
+    def _known_formats(cls, splits: dict[str, str]) -> dict[str, str]:
+        if not splits:
+            raise ValueError("a files source needs at least one split")
+        for split, path in splits.items():
+            if Path(path).suffix.lower() not in FILE_FORMATS:
+                raise ValueError(
+                    f"split {split!r}: {path!r} is not one of {', '.join(sorted(FILE_FORMATS))} files"
+                )
+        return splits
+
+
+class GeneratorSource(Spec):
+    """A built-in deterministic generator from `t2t.generators`."""
+
+    kind: Literal["generator"]
+    generator: str
+    sizes: dict[str, int]
+    seed: int = 0
+
+    @field_validator("sizes")
+    @classmethod
+    def _positive(cls, sizes: dict[str, int]) -> dict[str, int]:
+        if not sizes:
+            raise ValueError("a generator source needs at least one split size")
+        for split, n in sizes.items():
+            if n <= 0:
+                raise ValueError(f"split {split!r} must have a positive size, not {n}")
+        return sizes
+
+
+Source = Annotated[HubSource | FilesSource | GeneratorSource, Field(discriminator="kind")]
+# A fixed list of choices, or a Jinja expression over the row that evaluates to a list.
+Choices = list[str] | str
+
+
+class TemplateSpec(Spec):
+    name: str
+    input: str
+    target: str
+    answer_choices: Choices | None = None  # overrides the task's choices for this template
+    choices_in_prompt: bool = False
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        return check_name(name, "template name")
+
+    @field_validator("input", "target")
+    @classmethod
+    def _non_blank(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("must not be empty")
+        return text
+
+
+class GoldenSpec(Spec):
+    """A row, the template to render it with, and the exact expected output."""
+
+    template: str
+    row: dict[str, Any]
+    input: str
+    target: str
+    choices: list[str] | None = None
+
+
+class TaskSpec(Spec):
+    name: str
+    version: int = Field(ge=0)
+    cluster: str
+    description: str = ""
+    source: Source
+    fields: dict[str, str]  # field name -> what it holds (as the dataset card documents it)
+    answer_choices: Choices | None = None
+    filter: str | None = None  # a Jinja expression over the row; rows where it is false are dropped
+    metrics: list[str] = Field(default_factory=lambda: ["exact_match"])
+    templates: list[TemplateSpec] = Field(min_length=1)
+    golden: list[GoldenSpec] = Field(default_factory=list)
+    path: Path | None = Field(default=None, exclude=True)  # set by the loader, never by the file
+
+    @field_validator("name", "cluster")
+    @classmethod
+    def _valid_names(cls, value: str, info: Any) -> str:
+        return check_name(value, "task name" if info.field_name == "name" else "cluster")
+
+    @field_validator("fields")
+    @classmethod
+    def _field_names(cls, fields: dict[str, str]) -> dict[str, str]:
+        if not fields:
+            raise ValueError("a task declares at least one field")
+        for name in fields:
+            if not name.isidentifier() or name.startswith("_"):
+                raise ValueError(f"field {name!r} is not a valid identifier")
+            if name in RESERVED_FIELDS:
+                raise ValueError(f"field {name!r} is a reserved template variable")
+        return fields
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics: list[str]) -> list[str]:
+        for metric in metrics:
+            if metric not in METRIC_NAMES:
+                raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRIC_NAMES)}")
+        return metrics
+
+    @model_validator(mode="after")
+    def _templates_and_golden(self) -> TaskSpec:
+        names = [t.name for t in self.templates]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"template names must be unique; repeated: {', '.join(dupes)}")
+        for i, golden in enumerate(self.golden):
+            if golden.template not in names:
+                raise ValueError(f"golden[{i}] names unknown template {golden.template!r}")
+        return self
+
+    def template(self, name: str) -> TemplateSpec:
+        from t2t.errors import did_you_mean
+
+        for spec in self.templates:
+            if spec.name == name:
+                return spec
+        names = [t.name for t in self.templates]
+        raise T2TError(f"unknown template {name!r}{did_you_mean(name, names)}", Where(task=self.name))
+
+    @property
+    def source_id(self) -> str:
+        """What identifies the underlying dataset: two tasks with one source_id share their data."""
+        src = self.source
+        if isinstance(src, HubSource):
+            return f"hub:{src.path}/{src.name or ''}"
+        if isinstance(src, FilesSource):
+            base = self.path.parent if self.path else Path()
+            return "files:" + ",".join(sorted(str((base / p).resolve()) for p in src.splits.values()))
+        return f"generator:{src.generator}"
+
+
+# --------------------------------------------------------------------------------------------- YAML
+
+
+def read_text(path: Path, what: str = "file") -> str:
+    """A UTF-8 text file's contents, or one clear error."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise T2TError(f"{what} not found", Where(file=path)) from None
+    except OSError as exc:
+        raise T2TError(f"cannot read {what}: {exc.strerror}", Where(file=path)) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise T2TError(f"not valid UTF-8 (byte {exc.start})", Where(file=path, line=line)) from None
+
+
+def load_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    """Parse a YAML file safely; return the data and its node tree (for line numbers)."""
+    text = read_text(path)
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise T2TError(f"malformed YAML: {exc.problem or exc.context}", Where(file=path, line=line)) from None
+    except yaml.YAMLError as exc:
+        raise T2TError(f"malformed YAML: {exc}", Where(file=path)) from None
+    return data, node
+
+
+def line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the deepest node along `loc` (a pydantic error location)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == key]
+            if not match:
+                break
+            key_node, node = match[0]
+            line = key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def validation_error(exc: ValidationError, path: Path, node: yaml.Node | None, **where: Any) -> T2TError:
+    """The first pydantic error as one located line (the rest usually follow from it)."""
+    err = exc.errors()[0]
+    # Discriminated unions put the variant's tag in loc ('source', 'files', 'splits'); drop it.
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in {"hub", "files", "generator"}))
+    dotted = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        message = f"unknown key {dotted!r}"
+    elif err["type"] == "missing":
+        message = f"missing key {dotted!r}"
+    elif err["type"] == "union_tag_invalid":
+        message = f"{dotted}: kind must be one of hub, files, generator"
+    else:
+        text = err["msg"].removeprefix("Value error, ")
+        message = f"{dotted}: {text}" if dotted else text
+    more = len(exc.errors()) - 1
+    if more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return T2TError(message, Where(file=path, line=line_of(node, loc), **where))
+
+
+def load_task_spec(path: Path) -> TaskSpec:
+    data, node = load_yaml(path)
+    if not isinstance(data, dict):
+        raise T2TError("a task file must be a YAML mapping", Where(file=path))
+    if "path" in data:
+        raise T2TError("unknown key 'path'", Where(file=path, line=line_of(node, ("path",))))
+    try:
+        spec = TaskSpec.model_validate({**data, "path": path})
+    except ValidationError as exc:
+        raise validation_error(exc, path, node, task=data.get("name")) from None
+    if spec.name != path.stem:
+        raise T2TError(
+            f"task name {spec.name!r} must match the file name {path.stem!r}",
+            Where(file=path, line=line_of(node, ("name",))),
+        )
+    return spec

@@ -1,0 +1,88 @@
+"""`t2t lint`: render every template on its golden rows (and on real rows where the source is offline)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from t2t.errors import T2TError, Where
+from t2t.registry import Registry
+from t2t.rng import keyed_rng
+from t2t.sources import available_offline, load_split, splits_of
+from t2t.templates import Task
+
+SAMPLE_ROWS = 16  # real rows rendered per split and template
+
+
+def lint(registry: Registry, names: list[str] | None = None) -> list[str]:
+    """Every problem found, one line each; an empty list means all is well."""
+    problems: list[str] = []
+    for name in names if names is not None else registry.task_names:
+        try:
+            task = registry.task(name)
+        except T2TError as exc:
+            problems.append(str(exc))
+            continue
+        problems.extend(lint_task(task))
+    return problems
+
+
+def lint_task(task: Task) -> list[str]:
+    return [str(p) for p in (*_unused_fields(task), *_golden(task), *_real_rows(task))]
+
+
+def _unused_fields(task: Task) -> Iterator[T2TError]:
+    spec = task.spec
+    for field in spec.fields:
+        if field not in task.used_fields:
+            yield T2TError(
+                f"field {field!r} is declared but no template, choice list or filter uses it",
+                Where(file=spec.path, task=spec.name),
+            )
+
+
+def _golden(task: Task) -> Iterator[T2TError]:
+    spec = task.spec
+    if not spec.golden:
+        yield T2TError("no golden examples: add at least one under 'golden'", Where(file=spec.path, task=spec.name))
+    for i, golden in enumerate(spec.golden):
+        where = Where(file=spec.path, task=spec.name, template=golden.template, split="golden", row=i)
+        try:
+            if not task.keep(golden.row):
+                yield T2TError("the task's filter drops this golden row", where)
+                continue
+            got = task.render(golden.row, golden.template, "golden", i)
+        except T2TError as exc:
+            yield exc.at(file=spec.path)
+            continue
+        for part, expected, actual in (
+            ("input", golden.input.strip(), got.inputs),
+            ("target", golden.target.strip(), got.targets),
+            ("choices", golden.choices, list(got.choices) if got.choices else None),
+        ):
+            if part == "choices" and expected is None:
+                continue
+            if expected != actual:
+                yield T2TError(f"golden {part} differs: expected {expected!r}, rendered {actual!r}", where)
+
+
+def _real_rows(task: Task) -> Iterator[T2TError]:
+    """Render a seeded sample of real rows of every split under every template."""
+    if not available_offline(task.spec):
+        return
+    for split in splits_of(task.spec):
+        try:
+            data = load_split(task, split)
+        except T2TError as exc:
+            yield exc
+            return
+        picks = keyed_rng("lint", task.name, split).permutation(len(data))[:SAMPLE_ROWS]
+        for i in np.sort(picks):
+            row, index = data.rows[int(i)], int(data.source_rows[i])
+            for template in task.template_names:
+                try:
+                    task.render(row, template, split, index)
+                except T2TError as exc:
+                    yield exc.at(file=task.spec.path)
+                    break

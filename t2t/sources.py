@@ -1,0 +1,161 @@
+"""Load a task's rows, all through `datasets`: a hub dataset, local jsonl/csv/parquet files, or a generator."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from t2t.config import FILE_FORMATS, FilesSource, GeneratorSource, HubSource, TaskSpec
+from t2t.errors import T2TError, Where, did_you_mean
+from t2t.generators import GENERATORS, generate
+from t2t.templates import Task
+
+datasets.disable_progress_bars()
+
+
+@dataclass(frozen=True)
+class SplitRows:
+    """The rows of one split that the task's filter keeps, and where each sits in the source split."""
+
+    rows: datasets.Dataset
+    source_rows: np.ndarray  # source_rows[i] is the index in the source split of rows[i]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def splits_of(spec: TaskSpec) -> list[str]:
+    """The split names a task offers (for hub sources: those named in its split mapping, or the usual three)."""
+    src = spec.source
+    if isinstance(src, FilesSource):
+        return list(src.splits)
+    if isinstance(src, GeneratorSource):
+        return list(src.sizes)
+    return list(src.splits) or ["train", "validation", "test"]
+
+
+def available_offline(spec: TaskSpec) -> bool:
+    """Whether the rows can be read without a network: generators, local files, hub paths that are local dirs."""
+    src = spec.source
+    if isinstance(src, HubSource):
+        return _local_hub_dir(spec) is not None
+    if isinstance(src, GeneratorSource):
+        return src.generator in GENERATORS
+    return True
+
+
+def load_split(task: Task, split: str) -> SplitRows:
+    spec = task.spec
+    where = Where(file=spec.path, task=spec.name, split=split)
+    if split not in splits_of(spec):
+        raise T2TError(f"no split {split!r}; the task has {', '.join(splits_of(spec))}", where)
+    loaders = {HubSource: _load_hub, FilesSource: _load_files, GeneratorSource: _load_generated}
+    rows = loaders[type(spec.source)](spec, split, where)
+    _check_columns(spec, rows, where)
+    if task.filter is None:
+        return SplitRows(rows, np.arange(len(rows)))
+    columns = rows.select_columns(sorted(task.filter_fields)) if task.filter_fields else rows
+    keep = np.fromiter((task.keep(row) for row in columns), dtype=bool, count=len(rows))
+    kept = np.flatnonzero(keep)
+    return SplitRows(rows.select(kept), kept)
+
+
+def _check_columns(spec: TaskSpec, rows: datasets.Dataset, where: Where) -> None:
+    missing = [f for f in spec.fields if f not in rows.column_names]
+    if missing:
+        hint = did_you_mean(missing[0], rows.column_names)
+        raise T2TError(
+            f"the data has no column {missing[0]!r}{hint}; its columns are {', '.join(rows.column_names)}", where
+        )
+    if len(rows) == 0:
+        raise T2TError("the split has no rows", where)
+
+
+# ---------------------------------------------------------------------------------------- loaders
+
+
+def _local_hub_dir(spec: TaskSpec) -> Path | None:
+    assert isinstance(spec.source, HubSource)
+    base = spec.path.parent if spec.path else Path()
+    for candidate in (Path(spec.source.path), base / spec.source.path):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def _load_hub(spec: TaskSpec, split: str, where: Where) -> datasets.Dataset:
+    src = spec.source
+    assert isinstance(src, HubSource)
+    local = _local_hub_dir(spec)
+    path = str(local) if local is not None else src.path
+    try:
+        return datasets.load_dataset(
+            path, src.name, data_dir=src.data_dir, revision=src.revision, split=src.splits.get(split, split)
+        )
+    except Exception as exc:  # datasets raises many types; the user needs the first line of the reason
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise T2TError(f"cannot load hub dataset {src.path!r}: {reason}", where) from None
+
+
+def _load_files(spec: TaskSpec, split: str, where: Where) -> datasets.Dataset:
+    src = spec.source
+    assert isinstance(src, FilesSource)
+    base = spec.path.parent if spec.path else Path()
+    return load_data_file((base / src.splits[split]).resolve(), split, replace(where, file=None))
+
+
+def load_data_file(path: Path, split: str = "train", where: Where | None = None) -> datasets.Dataset:
+    """One local jsonl/csv/parquet file as a Dataset, with bad lines named."""
+    where = replace(where or Where(), file=path, split=split)
+    if not path.is_file():
+        raise T2TError("data file not found", where)
+    builder = FILE_FORMATS[path.suffix.lower()]
+    if builder in ("json", "csv"):
+        _check_text_file(path, where, jsonl=path.suffix.lower() == ".jsonl")
+    try:
+        return datasets.load_dataset(builder, data_files={split: str(path)}, split=split)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise T2TError(f"cannot read the {builder} file: {reason}", where) from None
+
+
+def _check_text_file(path: Path, where: Where, jsonl: bool) -> None:
+    """Refuse non-UTF-8 bytes and (for jsonl) lines that are not JSON objects, naming the line."""
+
+    def at(line: int) -> Where:
+        return replace(where, line=line)
+
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise T2TError(f"not valid UTF-8 (byte {exc.start} of the line)", at(number)) from None
+            if not jsonl:
+                continue
+            if not line.strip():
+                raise T2TError("empty line (a row must be a JSON object)", at(number))
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise T2TError(f"not valid JSON: {exc.msg}", at(number)) from None
+            if not isinstance(value, dict):
+                raise T2TError("not a JSON object", at(number))
+
+
+def _load_generated(spec: TaskSpec, split: str, where: Where) -> datasets.Dataset:
+    src = spec.source
+    assert isinstance(src, GeneratorSource)
+    if src.generator not in GENERATORS:
+        raise T2TError(f"unknown generator {src.generator!r}{did_you_mean(src.generator, GENERATORS)}", where)
+    return _generated(src.generator, tuple(src.sizes.items()), src.seed)[split]
+
+
+@functools.lru_cache(maxsize=256)
+def _generated(name: str, sizes: tuple[tuple[str, int], ...], seed: int) -> dict[str, datasets.Dataset]:
+    return {split: datasets.Dataset.from_list(rows) for split, rows in generate(name, dict(sizes), seed).items()}

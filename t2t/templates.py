@@ -1,0 +1,205 @@
+"""Sandboxed, strict Jinja rendering: a row and a template give inputs, targets and choices.
+
+Templates run in Jinja's immutable sandbox with `StrictUndefined`, so a misspelled field is an error, never an
+empty string, and a template cannot reach Python internals. Jinja's only sources of randomness (the `random`
+filter and `lipsum`) are removed: which template renders an example is chosen outside Jinja, with a seeded RNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+from t2t.config import TaskSpec, TemplateSpec
+from t2t.errors import T2TError, Where, did_you_mean
+from t2t.rng import choose_template
+
+
+def make_environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    del env.filters["random"]
+    del env.globals["lipsum"]
+    return env
+
+
+ENV = make_environment()
+TEMPLATE_VARIABLES = frozenset({"answer_choices"})
+
+
+@dataclass(frozen=True)
+class Provenance:
+    task: str
+    template: str
+    split: str
+    row: int  # index of the row in the source split
+
+
+@dataclass(frozen=True)
+class Rendered:
+    inputs: str
+    targets: str
+    choices: tuple[str, ...] | None
+    provenance: Provenance
+
+
+def _refuse_private_access(ast: nodes.Template) -> str | None:
+    """The first `_private` attribute or item the template reaches for, if any."""
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        name = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+        if isinstance(name, str) and name.startswith("_"):
+            return name
+    return None
+
+
+def _parse(source: str, what: str, where: Where, expression: bool = False) -> tuple[Any, set[str]]:
+    """Compile a template (or an expression); return it with the variables it reads."""
+    text = "{{ " + source + " }}" if expression else source
+    try:
+        ast = ENV.parse(text)
+        compiled = ENV.compile_expression(source, undefined_to_none=False) if expression else ENV.from_string(ast)
+    except TemplateSyntaxError as exc:
+        line = f" line {exc.lineno}" if not expression and source.count("\n") else ""
+        raise T2TError(f"Jinja syntax error in {what}{line}: {exc.message}", where) from None
+    private = _refuse_private_access(ast)
+    if private is not None:
+        raise T2TError(f"{what} reaches for {private!r}: refused by the sandbox", where)
+    used = meta.find_undeclared_variables(ast) - set(ENV.globals)
+    return compiled, used
+
+
+def _check_fields(used: set[str], spec: TaskSpec, what: str, where: Where, allowed: frozenset[str]) -> None:
+    for name in sorted(used - set(spec.fields) - allowed):
+        hint = did_you_mean(name, [*spec.fields, *allowed])
+        raise T2TError(f"{what} uses undeclared field {name!r}{hint}", where)
+
+
+@dataclass(frozen=True)
+class CompiledTemplate:
+    spec: TemplateSpec
+    input: Any
+    target: Any
+    choices: tuple[str, ...] | Any | None  # fixed tuple, compiled expression, or none
+    used_fields: frozenset[str]
+
+
+def _compile_choices(choices: list[str] | str | None, spec: TaskSpec, where: Where) -> tuple[Any, set[str]]:
+    if choices is None:
+        return None, set()
+    if isinstance(choices, list):
+        if not choices or len(set(choices)) != len(choices) or not all(c.strip() for c in choices):
+            raise T2TError("answer_choices must be a non-empty list of distinct, non-empty strings", where)
+        return tuple(choices), set()
+    compiled, used = _parse(choices, "answer_choices", where, expression=True)
+    _check_fields(used, spec, "answer_choices", where, frozenset())
+    return compiled, used
+
+
+def compile_template(spec: TaskSpec, template: TemplateSpec) -> CompiledTemplate:
+    where = Where(file=spec.path, task=spec.name, template=template.name)
+    choices_source = template.answer_choices if template.answer_choices is not None else spec.answer_choices
+    choices, choice_fields = _compile_choices(choices_source, spec, where)
+    allowed = TEMPLATE_VARIABLES if choices is not None else frozenset()
+    used: set[str] = set(choice_fields)
+    compiled = {}
+    for part in ("input", "target"):
+        compiled[part], part_used = _parse(getattr(template, part), part, where)
+        if "answer_choices" in part_used and choices is None:
+            raise T2TError(f"{part} uses answer_choices but the task declares none", where)
+        _check_fields(part_used, spec, part, where, allowed)
+        used |= part_used
+    return CompiledTemplate(template, compiled["input"], compiled["target"], choices, frozenset(used - allowed))
+
+
+class Task:
+    """A task spec with its templates compiled: renders rows into examples."""
+
+    def __init__(self, spec: TaskSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.templates = {t.name: compile_template(spec, t) for t in spec.templates}
+        self.template_names = tuple(self.templates)
+        self.filter = None
+        where = Where(file=spec.path, task=spec.name)
+        self.filter_fields: set[str] = set()
+        if spec.filter is not None:
+            self.filter, self.filter_fields = _parse(spec.filter, "filter", where, expression=True)
+            _check_fields(self.filter_fields, spec, "filter", where, frozenset())
+
+    @property
+    def used_fields(self) -> frozenset[str]:
+        return frozenset(self.filter_fields).union(*(t.used_fields for t in self.templates.values()))
+
+    def keep(self, row: Mapping[str, Any]) -> bool:
+        """Whether the task's filter keeps this row (always, without a filter)."""
+        if self.filter is None:
+            return True
+        return bool(self._evaluate(self.filter, self._fields(row), Where(task=self.name), "filter"))
+
+    def choose(self, seed: int, index: int) -> str:
+        return self.template_names[choose_template(seed, self.name, index, len(self.template_names))]
+
+    def render(self, row: Mapping[str, Any], template: str, split: str = "train", index: int = 0) -> Rendered:
+        """Render one row with one template; every problem is a T2TError naming task, template and row."""
+        if template not in self.templates:
+            raise T2TError(
+                f"unknown template {template!r}{did_you_mean(template, self.template_names)}",
+                Where(file=self.spec.path, task=self.name),
+            )
+        compiled = self.templates[template]
+        where = Where(task=self.name, template=template, split=split, row=index)
+        context = self._fields(row, where)
+        choices = self._choices(compiled, context, where)
+        if choices is not None:
+            context["answer_choices"] = list(choices)
+        inputs = self._evaluate(compiled.input.render, context, where, "input").strip()
+        targets = self._evaluate(compiled.target.render, context, where, "target").strip()
+        if not inputs:
+            raise T2TError("input renders empty", where)
+        if not targets:
+            raise T2TError("target renders empty", where)
+        if choices is not None and targets not in choices:
+            raise T2TError(f"target {targets!r} is not one of the answer choices {list(choices)!r}", where)
+        return Rendered(inputs, targets, choices, Provenance(self.name, template, split, index))
+
+    def render_example(self, row: Mapping[str, Any], split: str, index: int, seed: int) -> Rendered:
+        """Render with the template chosen for (seed, task, index)."""
+        return self.render(row, self.choose(seed, index), split, index)
+
+    # ---------------------------------------------------------------------------------------- helpers
+
+    def _fields(self, row: Mapping[str, Any], where: Where | None = None) -> dict[str, Any]:
+        missing = [f for f in self.spec.fields if f not in row]
+        if missing:
+            hint = did_you_mean(missing[0], list(row))
+            raise T2TError(
+                f"row has no field {missing[0]!r}{hint}; it has {', '.join(sorted(row)) or 'no fields'}",
+                where or Where(task=self.name),
+            )
+        return {f: row[f] for f in self.spec.fields}
+
+    def _choices(self, compiled: CompiledTemplate, context: dict[str, Any], where: Where) -> tuple[str, ...] | None:
+        if compiled.choices is None or isinstance(compiled.choices, tuple):
+            return compiled.choices
+        value = self._evaluate(compiled.choices, context, where, "answer_choices")
+        if not isinstance(value, list | tuple) or not value:
+            raise T2TError(f"answer_choices must evaluate to a non-empty list, got {value!r}", where)
+        choices = tuple(str(v).strip() for v in value)
+        if not all(choices) or len(set(choices)) != len(choices):
+            raise T2TError(f"answer_choices must be distinct and non-empty, got {list(choices)!r}", where)
+        return choices
+
+    @staticmethod
+    def _evaluate(fn: Any, context: Any, where: Where, what: str) -> Any:
+        try:
+            return fn(context)
+        except SecurityError as exc:
+            raise T2TError(f"{what}: refused by the sandbox: {exc}", where) from None
+        except UndefinedError as exc:
+            reason = "refused by the sandbox" if "unsafe" in str(exc) else "undefined value"
+            raise T2TError(f"{what}: {reason}: {exc}", where) from None
+        except Exception as exc:
+            raise T2TError(f"{what} failed to render: {type(exc).__name__}: {exc}", where) from None
