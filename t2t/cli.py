@@ -26,13 +26,24 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     rows = []
     for task in registry.tasks():
         src = task.spec.source
-        detail = {"hub": getattr(src, "path", ""), "generator": getattr(src, "generator", "")}.get(src.kind, "")
-        rows.append((task.name, task.spec.cluster, f"{src.kind}:{detail}" if detail else src.kind, task.template_names))
+        detail = {"hub": getattr(src, "path", ""), "generator": getattr(src, "generator", "")}.get(
+            src.kind, ""
+        )
+        rows.append(
+            (
+                task.name,
+                task.spec.cluster,
+                f"{src.kind}:{detail}" if detail else src.kind,
+                task.template_names,
+            )
+        )
     width = max(len(r[0]) for r in rows)
     cluster_width = max(len(r[1]) for r in rows)
     source_width = max(len(r[2]) for r in rows)
     for name, cluster, source, templates in rows:
-        print(f"{name:<{width}}  {cluster:<{cluster_width}}  {source:<{source_width}}  {len(templates)} templates")
+        print(
+            f"{name:<{width}}  {cluster:<{cluster_width}}  {source:<{source_width}}  {len(templates)} templates"
+        )
     print(f"{len(rows)} tasks")
     return 0
 
@@ -49,8 +60,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         template = args.template or task.choose(args.seed, index)
         example = task.render(row, template, args.split, index)
         print(f"── {task.name} · template {template!r} · {args.split} row {index} " + "─" * 20)
-        print(f"input:   {example.inputs}")
-        print(f"target:  {example.targets}")
+        print("input:   " + example.inputs.replace("\n", "\n         "))
+        print("target:  " + example.targets.replace("\n", "\n         "))
         if example.choices is not None:
             print(f"choices: {' | '.join(example.choices)}")
     return 0
@@ -66,7 +77,10 @@ def cmd_lint(args: argparse.Namespace) -> int:
     for line in problems:
         print(line)
     checked = len(args.tasks) if args.tasks else len(registry.task_names)
-    print(f"{checked} tasks checked, {len(problems)} problem{'s' if len(problems) != 1 else ''}", file=sys.stderr)
+    print(
+        f"{checked} tasks checked, {len(problems)} problem{'s' if len(problems) != 1 else ''}",
+        file=sys.stderr,
+    )
     return EXIT_PROBLEMS if problems else 0
 
 
@@ -83,11 +97,25 @@ def cmd_new_task(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="t2t", description="Multi-task instruction tuning of T5-style models.")
-    parser.add_argument("--templates-dir", type=Path, action="append", default=[], metavar="DIR",
-                        help="extra folder of task files (repeatable; also $T2T_TEMPLATES_PATH)")
-    parser.add_argument("--mixtures-dir", type=Path, action="append", default=[], metavar="DIR",
-                        help="extra folder of mixture files (repeatable; also $T2T_MIXTURES_PATH)")
+    parser = argparse.ArgumentParser(
+        prog="t2t", description="Multi-task instruction tuning of T5-style models."
+    )
+    parser.add_argument(
+        "--templates-dir",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="extra folder of task files (repeatable; also $T2T_TEMPLATES_PATH)",
+    )
+    parser.add_argument(
+        "--mixtures-dir",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="extra folder of mixture files (repeatable; also $T2T_MIXTURES_PATH)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, fn: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
@@ -110,8 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("new-task", cmd_new_task, "write a starter task file for a local jsonl/csv/parquet file")
     p.add_argument("name")
     p.add_argument("--from", dest="data_file", type=Path, required=True, metavar="FILE")
-    p.add_argument("--out", type=Path, help="folder to write NAME.yaml in (default: the last --templates-dir, "
-                   "else ./templates)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="folder to write NAME.yaml in (default: the last --templates-dir, else ./templates)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing task file")
     return parser
 

@@ -22,7 +22,9 @@ RESERVED_FIELDS = frozenset({"answer_choices", "range", "dict", "cycler", "joine
 
 def check_name(value: str, what: str = "name") -> str:
     if not NAME_RE.match(value):
-        raise ValueError(f"{what} {value!r} must be lowercase letters, digits and '_', starting with a letter")
+        raise ValueError(
+            f"{what} {value!r} must be lowercase letters, digits and '_', starting with a letter"
+        )
     return value
 
 

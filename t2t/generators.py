@@ -17,7 +17,22 @@ import numpy as np
 from t2t.errors import T2TError
 from t2t.rng import keyed_rng, stable_int
 
-ANIMALS = ("cat", "dog", "bird", "fish", "cow", "pig", "horse", "sheep", "goat", "duck", "frog", "fox", "owl", "bear")
+ANIMALS = (
+    "cat",
+    "dog",
+    "bird",
+    "fish",
+    "cow",
+    "pig",
+    "horse",
+    "sheep",
+    "goat",
+    "duck",
+    "frog",
+    "fox",
+    "owl",
+    "bear",
+)
 COLORS = ("red", "blue", "green", "yellow", "black", "white", "pink", "brown")
 FRUITS = ("apple", "pear", "plum", "fig", "lemon", "lime", "grape", "melon", "peach", "kiwi")
 NAMES = ("anna", "ben", "carl", "dora", "emma", "finn", "gina", "hugo", "ida", "jack", "kim", "leo", "mia")
@@ -119,9 +134,11 @@ def sentiment(rng: np.random.Generator) -> Row:
 def word_in_list(rng: np.random.Generator) -> Row:
     words = _word_list(rng)
     label = int(rng.integers(2))
-    word = words[int(rng.integers(len(words)))] if label else _pick(
-        rng, tuple(w for w in NOUNS + COLORS if w not in words), 1
-    )[0]
+    word = (
+        words[int(rng.integers(len(words)))]
+        if label
+        else _pick(rng, tuple(w for w in NOUNS + COLORS if w not in words), 1)[0]
+    )
     return {"words": " ".join(words), "word": word, "label": label}
 
 

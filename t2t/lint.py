@@ -45,7 +45,9 @@ def _unused_fields(task: Task) -> Iterator[T2TError]:
 def _golden(task: Task) -> Iterator[T2TError]:
     spec = task.spec
     if not spec.golden:
-        yield T2TError("no golden examples: add at least one under 'golden'", Where(file=spec.path, task=spec.name))
+        yield T2TError(
+            "no golden examples: add at least one under 'golden'", Where(file=spec.path, task=spec.name)
+        )
     for i, golden in enumerate(spec.golden):
         where = Where(file=spec.path, task=spec.name, template=golden.template, split="golden", row=i)
         try:

@@ -42,7 +42,9 @@ def scan(dirs: Iterable[Path], what: str) -> dict[str, Path]:
             if path.suffix not in YAML_SUFFIXES or not path.is_file():
                 continue
             if path.stem in found and found[path.stem].resolve() != path.resolve():
-                raise T2TError(f"{what} {path.stem!r} is defined twice: here and in {found[path.stem]}", Where(file=path))
+                raise T2TError(
+                    f"{what} {path.stem!r} is defined twice: here and in {found[path.stem]}", Where(file=path)
+                )
             found[path.stem] = path
     return found
 

@@ -70,7 +70,8 @@ def _check_columns(spec: TaskSpec, rows: datasets.Dataset, where: Where) -> None
     if missing:
         hint = did_you_mean(missing[0], rows.column_names)
         raise T2TError(
-            f"the data has no column {missing[0]!r}{hint}; its columns are {', '.join(rows.column_names)}", where
+            f"the data has no column {missing[0]!r}{hint}; its columns are {', '.join(rows.column_names)}",
+            where,
         )
     if len(rows) == 0:
         raise T2TError("the split has no rows", where)
@@ -158,4 +159,6 @@ def _load_generated(spec: TaskSpec, split: str, where: Where) -> datasets.Datase
 
 @functools.lru_cache(maxsize=256)
 def _generated(name: str, sizes: tuple[tuple[str, int], ...], seed: int) -> dict[str, datasets.Dataset]:
-    return {split: datasets.Dataset.from_list(rows) for split, rows in generate(name, dict(sizes), seed).items()}
+    return {
+        split: datasets.Dataset.from_list(rows) for split, rows in generate(name, dict(sizes), seed).items()
+    }

@@ -48,11 +48,13 @@ class Rendered:
 
 def _refuse_private_access(ast: nodes.Template) -> str | None:
     """The first `_private` attribute or item the template reaches for, if any."""
+    found = []
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
         name = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
         if isinstance(name, str) and name.startswith("_"):
-            return name
-    return None
+            found.append(name)
+    # The walk visits `a.b.c` from the outside in; the innermost access is the one written first.
+    return found[-1] if found else None
 
 
 def _parse(source: str, what: str, where: Where, expression: bool = False) -> tuple[Any, set[str]]:
@@ -60,7 +62,9 @@ def _parse(source: str, what: str, where: Where, expression: bool = False) -> tu
     text = "{{ " + source + " }}" if expression else source
     try:
         ast = ENV.parse(text)
-        compiled = ENV.compile_expression(source, undefined_to_none=False) if expression else ENV.from_string(ast)
+        compiled = (
+            ENV.compile_expression(source, undefined_to_none=False) if expression else ENV.from_string(ast)
+        )
     except TemplateSyntaxError as exc:
         line = f" line {exc.lineno}" if not expression and source.count("\n") else ""
         raise T2TError(f"Jinja syntax error in {what}{line}: {exc.message}", where) from None
@@ -111,7 +115,9 @@ def compile_template(spec: TaskSpec, template: TemplateSpec) -> CompiledTemplate
             raise T2TError(f"{part} uses answer_choices but the task declares none", where)
         _check_fields(part_used, spec, part, where, allowed)
         used |= part_used
-    return CompiledTemplate(template, compiled["input"], compiled["target"], choices, frozenset(used - allowed))
+    return CompiledTemplate(
+        template, compiled["input"], compiled["target"], choices, frozenset(used - allowed)
+    )
 
 
 class Task:
@@ -137,7 +143,11 @@ class Task:
         """Whether the task's filter keeps this row (always, without a filter)."""
         if self.filter is None:
             return True
-        return bool(self._evaluate(self.filter, self._fields(row), Where(task=self.name), "filter"))
+        where = Where(task=self.name)
+        missing = sorted(self.filter_fields - set(row))
+        if missing:
+            raise T2TError(f"filter: row has no field {missing[0]!r}", where)
+        return bool(self._evaluate(self.filter, {f: row[f] for f in self.filter_fields}, where, "filter"))
 
     def choose(self, seed: int, index: int) -> str:
         return self.template_names[choose_template(seed, self.name, index, len(self.template_names))]
@@ -181,7 +191,9 @@ class Task:
             )
         return {f: row[f] for f in self.spec.fields}
 
-    def _choices(self, compiled: CompiledTemplate, context: dict[str, Any], where: Where) -> tuple[str, ...] | None:
+    def _choices(
+        self, compiled: CompiledTemplate, context: dict[str, Any], where: Where
+    ) -> tuple[str, ...] | None:
         if compiled.choices is None or isinstance(compiled.choices, tuple):
             return compiled.choices
         value = self._evaluate(compiled.choices, context, where, "answer_choices")

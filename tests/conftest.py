@@ -1,0 +1,78 @@
+"""Tests run offline: no hub, datasets' cache in a temporary folder."""
+
+import os
+import tempfile
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="t2t-test-datasets-"))
+os.environ.pop("T2T_TEMPLATES_PATH", None)
+os.environ.pop("T2T_MIXTURES_PATH", None)
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from t2t.cli import main
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_task(folder: Path, spec: dict) -> Path:
+    path = folder / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def qa_task(name: str = "toy_qa", **overrides) -> dict:
+    """A small task over a local jsonl file named data.jsonl."""
+    spec = {
+        "name": name,
+        "version": 1,
+        "cluster": "qa",
+        "source": {"kind": "files", "splits": {"train": "data.jsonl"}},
+        "fields": {"question": "a question", "answer": "its answer"},
+        "metrics": ["exact_match"],
+        "templates": [
+            {"name": "plain", "input": "Q: {{ question }}", "target": "{{ answer }}"},
+            {"name": "polite", "input": "Please answer: {{ question }}", "target": "{{ answer }}"},
+        ],
+        "golden": [
+            {
+                "template": "plain",
+                "row": {"question": "2+2?", "answer": "4"},
+                "input": "Q: 2+2?",
+                "target": "4",
+            }
+        ],
+    }
+    spec.update(overrides)
+    return spec
+
+
+@pytest.fixture
+def task_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    write_jsonl(
+        folder / "data.jsonl",
+        [{"question": "2+2?", "answer": "4"}, {"question": "capital of peru?", "answer": "lima"}],
+    )
+    return folder
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `t2t ARGS...` in-process; return (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

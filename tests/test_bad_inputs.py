@@ -1,0 +1,293 @@
+"""Every bad input is one clear line naming where it is, with exit code 2 (or 1 for lint findings)."""
+
+import re
+
+import pytest
+
+from tests.conftest import qa_task, write_jsonl, write_task
+
+
+def tmpl(input_text="Q: {{ question }}", target="{{ answer }}", name="plain", **extra):
+    return [{"name": name, "input": input_text, "target": target, **extra}]
+
+
+# (case id, how to break the task folder, command, expected exit code, regex the one stderr/stdout line matches)
+CASES = [
+    (
+        "malformed_yaml",
+        lambda d: (d / "toy_qa.yaml").write_text("name: toy_qa\nversion: [1\n"),
+        "render",
+        2,
+        r"toy_qa\.yaml:3: malformed YAML",
+    ),
+    (
+        "unknown_key",
+        lambda d: write_task(d, qa_task(colour="red")),
+        "render",
+        2,
+        r"toy_qa\.yaml:\d+, task 'toy_qa': unknown key 'colour'",
+    ),
+    (
+        "unknown_nested_key",
+        lambda d: write_task(d, qa_task(templates=tmpl(inptu="x"))),
+        "render",
+        2,
+        r"toy_qa\.yaml:\d+, task 'toy_qa': unknown key 'templates\.0\.inptu'",
+    ),
+    (
+        "missing_key",
+        lambda d: write_task(d, {k: v for k, v in qa_task().items() if k != "cluster"}),
+        "render",
+        2,
+        r"task 'toy_qa': missing key 'cluster'",
+    ),
+    (
+        "bad_task_name",
+        lambda d: (d / "Toy.yaml").write_text("name: Toy\n"),
+        "tasks",
+        2,
+        r"Toy\.yaml:\d+, task 'Toy': name: task name 'Toy' must be lowercase",
+    ),
+    (
+        "name_mismatch",
+        lambda d: (
+            (d / "other.yaml").write_text((d / "toy_qa.yaml").read_text()) or (d / "toy_qa.yaml").unlink()
+        ),
+        "tasks",
+        2,
+        r"other\.yaml:1: task name 'toy_qa' must match the file name 'other'",
+    ),
+    (
+        "unknown_metric",
+        lambda d: write_task(d, qa_task(metrics=["acuracy"])),
+        "render",
+        2,
+        r"toy_qa\.yaml:\d+, task 'toy_qa': metrics: unknown metric 'acuracy'; known: accuracy",
+    ),
+    (
+        "jinja_syntax",
+        lambda d: write_task(d, qa_task(templates=tmpl("Q: {{ question }"))),
+        "render",
+        2,
+        r"task 'toy_qa', template 'plain': Jinja syntax error in input: unexpected '}'",
+    ),
+    (
+        "misspelled_field",
+        lambda d: write_task(d, qa_task(templates=tmpl("Q: {{ questoin }}"))),
+        "render",
+        2,
+        r"template 'plain': input uses undeclared field 'questoin' \(did you mean 'question'\?\)",
+    ),
+    (
+        "sandbox",
+        lambda d: write_task(d, qa_task(templates=tmpl("{{ ''.__class__.__mro__ }}"))),
+        "render",
+        2,
+        r"template 'plain': input reaches for '__class__': refused by the sandbox",
+    ),
+    (
+        "empty_template",
+        lambda d: write_task(d, qa_task(templates=tmpl(target="  "))),
+        "render",
+        2,
+        r"templates\.0\.target: must not be empty",
+    ),
+    (
+        "duplicate_templates",
+        lambda d: write_task(d, qa_task(templates=tmpl() + tmpl())),
+        "render",
+        2,
+        r"template names must be unique; repeated: plain",
+    ),
+    (
+        "missing_data_file",
+        lambda d: (d / "data.jsonl").unlink(),
+        "render",
+        2,
+        r"data\.jsonl, task 'toy_qa', split 'train': data file not found",
+    ),
+    (
+        "non_utf8_row",
+        lambda d: (d / "data.jsonl").write_bytes(
+            b'{"question": "a", "answer": "b"}\n{"question": "caf\xe9", "answer": "c"}\n'
+        ),
+        "render",
+        2,
+        r"data\.jsonl:2, task 'toy_qa', split 'train': not valid UTF-8",
+    ),
+    (
+        "broken_json_row",
+        lambda d: (d / "data.jsonl").write_text('{"question": "a", "answer": "b"}\n{"question": \n'),
+        "render",
+        2,
+        r"data\.jsonl:2, task 'toy_qa', split 'train': not valid JSON",
+    ),
+    (
+        "empty_row",
+        lambda d: (d / "data.jsonl").write_text('{"question": "a", "answer": "b"}\n\n'),
+        "render",
+        2,
+        r"data\.jsonl:2, task 'toy_qa', split 'train': empty line",
+    ),
+    (
+        "missing_column",
+        lambda d: write_jsonl(d / "data.jsonl", [{"question": "a", "anwser": "b"}]),
+        "render",
+        2,
+        r"split 'train': the data has no column 'answer' \(did you mean 'anwser'\?\)",
+    ),
+    (
+        "empty_target_in_data",
+        lambda d: write_jsonl(
+            d / "data.jsonl", [{"question": "a", "answer": "b"}, {"question": "c", "answer": ""}]
+        ),
+        "render",
+        2,
+        r"task 'toy_qa', template 'plain', split 'train', row 1: target renders empty",
+    ),
+    (
+        "unknown_generator",
+        lambda d: write_task(
+            d, qa_task(source={"kind": "generator", "generator": "add_number", "sizes": {"train": 5}})
+        ),
+        "render",
+        2,
+        r"unknown generator 'add_number' \(did you mean 'add_numbers'",
+    ),
+    (
+        "bad_source_kind",
+        lambda d: write_task(d, qa_task(source={"kind": "ftp", "path": "x"})),
+        "render",
+        2,
+        r"source: kind must be one of hub, files, generator",
+    ),
+    (
+        "bad_generator_size",
+        lambda d: write_task(
+            d, qa_task(source={"kind": "generator", "generator": "add_numbers", "sizes": {"train": 0}})
+        ),
+        "render",
+        2,
+        r"source\.sizes: Value error|split 'train' must have a positive size",
+    ),
+    (
+        "unknown_template",
+        lambda d: None,
+        "render --template plian",
+        2,
+        r"task 'toy_qa': unknown template 'plian' \(did you mean 'plain'\?\)",
+    ),
+    (
+        "unknown_split",
+        lambda d: None,
+        "render --split dev",
+        2,
+        r"split 'dev': no split 'dev'; the task has train",
+    ),
+    (
+        "target_not_in_choices",
+        lambda d: write_task(
+            d,
+            qa_task(
+                answer_choices=["4", "5"],
+                templates=tmpl(target="{{ answer }}"),
+                golden=[
+                    {
+                        "template": "plain",
+                        "row": {"question": "2+2?", "answer": "4"},
+                        "input": "Q: 2+2?",
+                        "target": "4",
+                    }
+                ],
+            ),
+        ),
+        "lint",
+        1,
+        r"template 'plain', split 'train', row 1: target 'lima' is not one of the answer choices \['4', '5'\]",
+    ),
+    (
+        "golden_mismatch",
+        lambda d: write_task(
+            d,
+            qa_task(
+                golden=[
+                    {
+                        "template": "plain",
+                        "row": {"question": "2+2?", "answer": "4"},
+                        "input": "Q: 2 + 2?",
+                        "target": "4",
+                    }
+                ]
+            ),
+        ),
+        "lint",
+        1,
+        r"template 'plain', split 'golden', row 0: golden input differs: expected 'Q: 2 \+ 2\?', rendered 'Q: 2\+2\?'",
+    ),
+    (
+        "unused_field",
+        lambda d: (
+            write_task(
+                d,
+                qa_task(
+                    fields={"question": "", "answer": "", "topic": ""},
+                    golden=[
+                        {
+                            "template": "plain",
+                            "row": {"question": "2+2?", "answer": "4", "topic": "m"},
+                            "input": "Q: 2+2?",
+                            "target": "4",
+                        }
+                    ],
+                ),
+            )
+            and write_jsonl(d / "data.jsonl", [{"question": "2+2?", "answer": "4", "topic": "math"}])
+        ),
+        "lint",
+        1,
+        r"task 'toy_qa': field 'topic' is declared but no template",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "breaker", "command", "code", "pattern"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line(task_dir, run_cli, case, breaker, command, code, pattern):
+    write_task(task_dir, qa_task())
+    breaker(task_dir)
+    verb, *options = command.split()
+    args = [verb, "toy_qa", *options] if verb in ("render", "lint") else [verb]
+    exit_code, out, err = run_cli("--templates-dir", task_dir, *args)
+    assert exit_code == code, (out, err)
+    lines = (err if code == 2 else out).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert re.search(pattern, lines[0]), lines[0]
+    if code == 2:
+        assert lines[0].startswith("t2t: error: ")
+
+
+def test_unknown_task_suggests_a_name(run_cli):
+    code, _, err = run_cli("render", "add_number")
+    assert code == 2
+    assert err.strip().startswith("t2t: error: unknown task 'add_number' (did you mean 'add_numbers', ")
+
+
+def test_same_task_name_in_two_folders_is_an_error(tmp_path, run_cli):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        write_task(tmp_path / folder, qa_task())
+    code, _, err = run_cli("--templates-dir", tmp_path / "a", "--templates-dir", tmp_path / "b", "tasks")
+    assert code == 2
+    assert re.fullmatch(
+        r"t2t: error: .*b/toy_qa\.yaml: task 'toy_qa' is defined twice: here and in .*a/toy_qa\.yaml\n", err
+    )
+
+
+def test_user_task_clashing_with_a_shipped_one(tmp_path, run_cli):
+    write_task(tmp_path, qa_task(name="add_numbers"))
+    code, _, err = run_cli("--templates-dir", tmp_path, "tasks")
+    assert code == 2 and "task 'add_numbers' is defined twice" in err
+
+
+def test_missing_templates_dir(tmp_path, run_cli):
+    code, _, err = run_cli("--templates-dir", tmp_path / "nope", "tasks")
+    assert code == 2 and err.strip().endswith("nope: task folder not found")

@@ -1,0 +1,103 @@
+"""The commands people read: tasks, render, lint, new-task; and the shipped files inside a wheel."""
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import pandas as pd
+import pytest
+
+from tests.conftest import qa_task, write_task
+
+
+def test_tasks_lists_every_shipped_task(run_cli):
+    code, out, _ = run_cli("tasks")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[-1] == f"{len(lines) - 1} tasks"
+    row = next(line.split() for line in lines if line.startswith("add_numbers "))
+    assert row == ["add_numbers", "arithmetic", "generator:add_numbers", "3", "templates"]
+
+
+def test_user_tasks_join_the_shipped_ones(task_dir, run_cli, monkeypatch):
+    write_task(task_dir, qa_task())
+    code, out, _ = run_cli("--templates-dir", task_dir, "tasks")
+    assert code == 0 and "toy_qa" in out and "add_numbers" in out
+    monkeypatch.setenv("T2T_TEMPLATES_PATH", str(task_dir))
+    code, out, _ = run_cli("tasks")
+    assert code == 0 and "toy_qa " in out
+
+
+def test_render_prints_examples_exactly(task_dir, run_cli):
+    write_task(task_dir, qa_task())
+    code, out, _ = run_cli("--templates-dir", task_dir, "render", "toy_qa", "-n", "2", "--template", "polite")
+    assert code == 0
+    assert out == (
+        "── toy_qa · template 'polite' · train row 0 " + "─" * 20 + "\n"
+        "input:   Please answer: 2+2?\n"
+        "target:  4\n"
+        "── toy_qa · template 'polite' · train row 1 " + "─" * 20 + "\n"
+        "input:   Please answer: capital of peru?\n"
+        "target:  lima\n"
+    )
+
+
+def test_render_builtin_task_shows_choices(run_cli):
+    code, out, _ = run_cli("render", "sentiment", "-n", "4", "--split", "validation", "--seed", "1")
+    assert code == 0
+    assert out.count("── sentiment · template ") == 4
+    for line in (line for line in out.splitlines() if line.startswith("choices: ")):
+        assert line in ("choices: negative | positive", "choices: bad | good")
+
+
+def test_lint_everything_shipped_passes(run_cli):
+    code, out, err = run_cli("lint")
+    assert code == 0, out
+    assert out == "" and err.strip().endswith("tasks checked, 0 problems")
+
+
+def test_new_task_from_a_file_lints_clean_and_renders(tmp_path, run_cli):
+    data = tmp_path / "reviews.parquet"
+    pd.DataFrame(
+        {"review": ["great film", "dull plot"], "rating": ["5", "1"], "label": ["pos", "neg"]}
+    ).to_parquet(data)
+    out_dir = tmp_path / "mine"
+    code, out, _ = run_cli("new-task", "my_reviews", "--from", data, "--out", out_dir)
+    assert code == 0 and "my_reviews.yaml" in out
+    text = (out_dir / "my_reviews.yaml").read_text()
+    assert 'train: "../reviews.parquet"' in text
+    assert 'input: "review: {{ review }}\\nrating: {{ rating }}"' in text and 'target: "{{ label }}"' in text
+    assert run_cli("--templates-dir", out_dir, "lint", "my_reviews")[0] == 0
+    code, out, _ = run_cli("--templates-dir", out_dir, "render", "my_reviews", "-n", "1")
+    assert "input:   review: great film\n         rating: 5\ntarget:  pos\n" in out
+    # Refuses to overwrite without --force; nothing is half-written on bad input.
+    assert run_cli("new-task", "my_reviews", "--from", data, "--out", out_dir)[0] == 2
+    assert run_cli("new-task", "Bad-Name", "--from", data, "--out", out_dir)[0] == 2
+    assert run_cli("new-task", "other", "--from", tmp_path / "missing.jsonl", "--out", out_dir)[0] == 2
+    assert sorted(p.name for p in out_dir.iterdir()) == ["my_reviews.yaml"]
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_shipped_templates_and_mixtures(tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), repo],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("t2t-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "t2t/_data/templates/builtin/add_numbers.yaml" in names
+    assert "t2t/_data/templates/catalog/super_glue_rte.yaml" in names
+    # Installed from the wheel, away from the checkout, t2t finds its shipped tasks.
+    target = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(target)
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    result = subprocess.run(
+        [sys.executable, "-c", "import t2t.registry as r; print(r.shipped_dir('templates')); "
+         "print(len(r.Registry.default().task_names))"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    folder, count = result.stdout.split()
+    assert folder == str(target / "t2t" / "_data" / "templates")
+    assert int(count) >= 25
