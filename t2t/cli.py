@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -93,6 +94,65 @@ def cmd_new_task(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mixtures(args: argparse.Namespace) -> int:
+    from t2t.mixtures import load_mixture_spec
+
+    registry = _registry(args)
+    for name, path in sorted(registry.mixture_files.items()):
+        spec = load_mixture_spec(path)
+        print(
+            f"{name:<16} {len(spec.members):>3} members  {len(spec.held_out):>3} held out  {spec.description}"
+        )
+    return 0
+
+
+def cmd_mixture_show(args: argparse.Namespace) -> int:
+    from t2t.mixtures import load_mixture, report
+    from t2t.reports import print_mixture_report
+
+    registry = _registry(args)
+    result = report(load_mixture(registry, args.mixture), registry, args.steps, args.batch_size)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_mixture_report(result)
+    return 0
+
+
+def cmd_mixture_sample(args: argparse.Namespace) -> int:
+    from t2t.mixtures import load_mixture, stream_for
+    from t2t.sources import load_split
+
+    if args.start < 0 or args.count < 0:
+        raise T2TError("--start and --count must not be negative")
+    registry = _registry(args)
+    mixture = load_mixture(registry, args.mixture)
+    split = mixture.spec.splits.train
+    stream, data = stream_for(mixture, registry), {}
+    records = []
+    for item in stream.items(args.start, args.count):
+        if item.task not in data:
+            data[item.task] = load_split(registry.task(item.task), split)
+        rows = data[item.task]
+        source_row = int(rows.source_rows[item.row])
+        example = registry.task(item.task).render(rows.rows[item.row], item.template, split, source_row)
+        records.append({
+            "position": item.position, "task": item.task, "split": split, "row": source_row,
+            "template": item.template, "epoch": item.epoch, "input": example.inputs, "target": example.targets,
+        })  # fmt: skip
+    for record in records:
+        if args.json:
+            print(json.dumps(record))
+        else:
+            print(
+                f"{record['position']:>8}  {record['task']} · {record['template']} · {split} row {record['row']}"
+                f" · epoch {record['epoch']}"
+            )
+            print("          input:  " + record["input"].replace("\n", "\n                  "))
+            print("          target: " + record["target"].replace("\n", "\n                  "))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- parser
 
 
@@ -134,6 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("lint", cmd_lint, "check task files: fields, golden rows, choices, real rows")
     p.add_argument("tasks", nargs="*", help="tasks to check (default: all)")
+
+    command("mixtures", cmd_mixtures, "list the mixtures")
+    mixture = sub.add_parser("mixture", help="inspect a mixture", description="inspect a mixture")
+    mixture_sub = mixture.add_subparsers(dest="mixture_command", required=True, metavar="COMMAND")
+    p = mixture_sub.add_parser("show", help="the dry-run report: how often each task is drawn")
+    p.set_defaults(fn=cmd_mixture_show)
+    p.add_argument("mixture")
+    p.add_argument("--steps", type=int, default=1000, help="training steps to plan for (default 1000)")
+    p.add_argument("--batch-size", type=int, default=32, help="examples per step, all processes (default 32)")
+    p.add_argument("--json", action="store_true")
+    p = mixture_sub.add_parser("sample", help="the exact examples at stream positions K..K+N-1")
+    p.set_defaults(fn=cmd_mixture_sample)
+    p.add_argument("mixture")
+    p.add_argument("--start", type=int, default=0, metavar="K")
+    p.add_argument("--count", type=int, default=10, metavar="N")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
 
     p = command("new-task", cmd_new_task, "write a starter task file for a local jsonl/csv/parquet file")
     p.add_argument("name")

@@ -127,6 +127,8 @@ class TaskSpec(Spec):
     fields: dict[str, str]  # field name -> what it holds (as the dataset card documents it)
     answer_choices: Choices | None = None
     filter: str | None = None  # a Jinja expression over the row; rows where it is false are dropped
+    # Rows per split after the filter, for planning mixtures without loading the data (checked when loaded).
+    num_examples: dict[str, Annotated[int, Field(gt=0)]] = Field(default_factory=dict)
     metrics: list[str] = Field(default_factory=lambda: ["exact_match"])
     templates: list[TemplateSpec] = Field(min_length=1)
     golden: list[GoldenSpec] = Field(default_factory=list)
@@ -186,7 +188,7 @@ class TaskSpec(Spec):
         if isinstance(src, FilesSource):
             base = self.path.parent if self.path else Path()
             return "files:" + ",".join(sorted(str((base / p).resolve()) for p in src.splits.values()))
-        return f"generator:{src.generator}"
+        return f"generator:{src.generator}:{src.seed}"
 
 
 # --------------------------------------------------------------------------------------------- YAML

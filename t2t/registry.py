@@ -1,4 +1,4 @@
-"""Find task (and mixture) files in the shipped folders and the user's, into one explicit Registry.
+"""Find task and mixture files in the shipped folders and the user's, into one explicit Registry.
 
 Nothing registers itself on import: a Registry is built from a list of folders, names are the file stems,
 and a name found twice is an error naming both files. Files are parsed only when a task is asked for.
@@ -50,13 +50,16 @@ def scan(dirs: Iterable[Path], what: str) -> dict[str, Path]:
 
 
 class Registry:
-    """The tasks (and, later, mixtures) a command can use."""
+    """The tasks and mixtures a command can use."""
 
     def __init__(self, template_dirs: Sequence[Path], mixture_dirs: Sequence[Path] = ()) -> None:
         self.template_dirs = list(template_dirs)
         self.mixture_dirs = list(mixture_dirs)
         self.task_files = scan(self.template_dirs, "task")
         self.mixture_files = scan(self.mixture_dirs, "mixture")
+        for name in sorted(self.task_files.keys() & self.mixture_files.keys()):
+            where = Where(file=self.mixture_files[name])
+            raise T2TError(f"{name!r} names both a mixture and the task in {self.task_files[name]}", where)
         self._tasks: dict[str, Task] = {}
 
     @classmethod

@@ -58,11 +58,26 @@ def load_split(task: Task, split: str) -> SplitRows:
     rows = loaders[type(spec.source)](spec, split, where)
     _check_columns(spec, rows, where)
     if task.filter is None:
-        return SplitRows(rows, np.arange(len(rows)))
-    columns = rows.select_columns(sorted(task.filter_fields)) if task.filter_fields else rows
-    keep = np.fromiter((task.keep(row) for row in columns), dtype=bool, count=len(rows))
-    kept = np.flatnonzero(keep)
-    return SplitRows(rows.select(kept), kept)
+        split_rows = SplitRows(rows, np.arange(len(rows)))
+    else:
+        columns = rows.select_columns(sorted(task.filter_fields)) if task.filter_fields else rows
+        keep = np.fromiter((task.keep(row) for row in columns), dtype=bool, count=len(rows))
+        kept = np.flatnonzero(keep)
+        split_rows = SplitRows(rows.select(kept), kept)
+    expected = spec.num_examples.get(split)
+    if expected is not None and expected != len(split_rows):
+        raise T2TError(f"num_examples says {expected} rows but the data has {len(split_rows)}", where)
+    return split_rows
+
+
+def num_rows(task: Task, split: str) -> int:
+    """Rows in a split after the filter, without loading the data where the task file says how many."""
+    spec = task.spec
+    if split in spec.num_examples:
+        return spec.num_examples[split]
+    if isinstance(spec.source, GeneratorSource) and task.filter is None and split in spec.source.sizes:
+        return spec.source.sizes[split]
+    return len(load_split(task, split))
 
 
 def _check_columns(spec: TaskSpec, rows: datasets.Dataset, where: Where) -> None:
