@@ -19,11 +19,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
-from t2t.config import Spec, check_name, line_of, load_yaml, validation_error
+from t2t.config import Spec, check_name, line_of, load_yaml, validation_error, yaml_nodes
 from t2t.errors import T2TError, Where, did_you_mean
 from t2t.registry import Registry
 from t2t.sampler import DEFAULT_BLOCK, MixtureStream
-from t2t.sources import num_rows
+from t2t.sources import num_rows, splits_of
 
 
 def _check_weight(value: Any) -> float | None:
@@ -115,15 +115,15 @@ class Mixture:
 
 
 def load_mixture_spec(path: Path) -> MixtureSpec:
-    data, node = load_yaml(path)
+    data = load_yaml(path)
     if not isinstance(data, dict):
         raise T2TError("a mixture file must be a YAML mapping", Where(file=path))
     try:
         spec = MixtureSpec.model_validate(data)
     except ValidationError as exc:
-        raise validation_error(exc, path, node) from None
+        raise validation_error(exc, path) from None
     if spec.name != path.stem:
-        where = Where(file=path, line=line_of(node, ("name",)))
+        where = Where(file=path, line=line_of(yaml_nodes(path), ("name",)))
         raise T2TError(f"mixture name {spec.name!r} must match the file name {path.stem!r}", where)
     return spec
 
@@ -197,6 +197,14 @@ class _Resolver:
         held: list[str] = []
         for selector in spec.held_out:
             held.extend(t for t in self._select(selector, where) if t not in held)
+        for task in held:
+            splits = splits_of(self.registry.task(task).spec)
+            if spec.splits.eval not in splits:
+                raise T2TError(
+                    f"held-out task {task!r} has no {spec.splits.eval!r} split to evaluate on "
+                    f"(it has {', '.join(splits)})",
+                    where,
+                )
         return held
 
     def _member_rates(self, spec, selector, weight, held_out, stack, where):

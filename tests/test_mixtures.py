@@ -168,6 +168,12 @@ def test_bad_mixture_is_one_clear_line(world, run_cli, case, spec, pattern):
     assert code == 2 and out == "" and err.startswith("t2t: error: ") and err.count("\n") == 1
 
 
+def test_held_out_task_without_the_eval_split(world):
+    registry = world("m", members={"ta": None}, held_out=["tb"], splits={"train": "train", "eval": "dev"})
+    with pytest.raises(T2TError, match=r"held-out task 'tb' has no 'dev' split to evaluate on \(it has train, validation\)"):
+        load_mixture(registry, "m")
+
+
 def test_cycle_of_nested_mixtures(world):
     world("one", members={"two": 1.0})
     registry = world("two", members={"one": 1.0, "ta": 1.0})
