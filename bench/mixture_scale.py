@@ -67,7 +67,9 @@ def main() -> None:
     print(f"tasks in mixture:             {len(mixture.members)} (+{len(mixture.held_out)} held out)")
     print(f"build (scan, parse, rates):   {build_s:8.3f} s")
     print(f"dry-run report:               {report_s:8.3f} s  ({len(result['warnings'])} warnings)")
-    print(f"jump to position 10^9:        {jump_s * 1000:8.3f} ms  -> {far.task}, row {far.row}, epoch {far.epoch}")
+    print(
+        f"jump to position 10^9:        {jump_s * 1000:8.3f} ms  -> {far.task}, row {far.row}, epoch {far.epoch}"
+    )
     print(f"sequential stream read:       {sequential_us:8.2f} us per example")
 
 

@@ -153,6 +153,19 @@ def cmd_mixture_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from t2t.mixtures import load_mixture
+    from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
+
+    registry = _registry(args)
+    mixture = load_mixture(registry, args.mixture)
+    texts = mixture_texts(registry, mixture.task_names, mixture.spec.splits.train, args.rows_per_task)
+    out = train_tokenizer(texts, args.vocab_size, args.out)
+    tokenizer = load_tokenizer(out)
+    print(f"wrote {out}: {len(tokenizer)} tokens ({len(tokenizer) - 100} pieces + 100 sentinels)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- parser
 
 
@@ -210,6 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, default=0, metavar="K")
     p.add_argument("--count", type=int, default=10, metavar="N")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    tokenizer = sub.add_parser("tokenizer", help="train a tokenizer", description="train a tokenizer")
+    tokenizer_sub = tokenizer.add_subparsers(dest="tokenizer_command", required=True, metavar="COMMAND")
+    p = tokenizer_sub.add_parser(
+        "train", help="train a SentencePiece tokenizer (T5 layout) on a mixture's text"
+    )
+    p.set_defaults(fn=cmd_tokenizer_train)
+    p.add_argument("mixture")
+    p.add_argument(
+        "--vocab-size", type=int, required=True, help="at most this many pieces (before sentinels)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="directory to write (replaced if it exists)")
+    p.add_argument("--rows-per-task", type=int, default=2000, help="rows of each task rendered for training")
 
     p = command("new-task", cmd_new_task, "write a starter task file for a local jsonl/csv/parquet file")
     p.add_argument("name")

@@ -6,6 +6,7 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="t2t-test-datasets-"))
+os.environ["T2T_CACHE"] = tempfile.mkdtemp(prefix="t2t-test-cache-")  # encoded tasks, shared by the session
 os.environ.pop("T2T_TEMPLATES_PATH", None)
 os.environ.pop("T2T_MIXTURES_PATH", None)
 
@@ -76,3 +77,28 @@ def run_cli(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    """A SentencePiece tokenizer (T5 layout) trained on a few built-in tasks: trains in about a second."""
+    from t2t.registry import Registry
+    from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
+
+    registry = Registry.default()
+    tasks = ["add_numbers", "color_lookup", "reverse_words", "sentiment", "word_in_list", "color_check"]
+    out = tmp_path_factory.mktemp("tokenizer") / "tok"
+    train_tokenizer(mixture_texts(registry, tasks, "train", rows_per_task=200), 400, out)
+    return load_tokenizer(out)
+
+
+@pytest.fixture(scope="session")
+def demo_data(tiny_tokenizer):
+    """The demo mixture's training data with the tiny tokenizer (tasks encoded once per session)."""
+    from t2t.data import MixtureData
+    from t2t.encoding import Limits
+    from t2t.mixtures import load_mixture
+    from t2t.registry import Registry
+
+    registry = Registry.default()
+    return MixtureData(load_mixture(registry, "demo"), registry, tiny_tokenizer, Limits(64, 24))

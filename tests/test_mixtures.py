@@ -170,7 +170,9 @@ def test_bad_mixture_is_one_clear_line(world, run_cli, case, spec, pattern):
 
 def test_held_out_task_without_the_eval_split(world):
     registry = world("m", members={"ta": None}, held_out=["tb"], splits={"train": "train", "eval": "dev"})
-    with pytest.raises(T2TError, match=r"held-out task 'tb' has no 'dev' split to evaluate on \(it has train, validation\)"):
+    with pytest.raises(
+        T2TError, match=r"held-out task 'tb' has no 'dev' split to evaluate on \(it has train, validation\)"
+    ):
         load_mixture(registry, "m")
 
 

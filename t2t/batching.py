@@ -1,0 +1,155 @@
+"""From encoded examples to model batches: padded (length-bucketed, to a token budget) or packed (T5 exact).
+
+Both keep the task of every label token (`task_ids`, -1 on padding) so the trainer can report per-task losses.
+
+Packed rows follow seqio's layout: several examples share an encoder row and a decoder row; `*_segment_ids`
+number them from 1 (0 is padding); the decoder input is the labels shifted right *within each segment*, each
+segment starting with the decoder start token. The attention masks that keep examples apart are built from the
+segment ids by `t2t.modeling.packed_attention_masks`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+IGNORE = -100  # label value the loss skips
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: Sequence[int]
+    labels: Sequence[int]
+    task: int  # index of the task in the mixture
+    position: int = -1  # stream position, for audits
+
+
+@dataclass
+class Batch:
+    tensors: dict[str, torch.Tensor]
+    n_examples: int
+    real_tokens: int  # non-pad input + target tokens
+    total_tokens: int  # input + target slots processed, padding included
+
+    @property
+    def packed(self) -> bool:
+        return "encoder_segment_ids" in self.tensors
+
+
+# -------------------------------------------------------------------------------------------- padded
+
+
+def bucket_by_length(
+    examples: Sequence[Example], batch_size: int | None, max_tokens: int | None
+) -> list[list[Example]]:
+    """Sort by length and cut into batches of `batch_size` examples, or of at most `max_tokens` padded tokens."""
+    if (batch_size is None) == (max_tokens is None):
+        raise ValueError("give exactly one of batch_size and max_tokens")
+    ordered = sorted(examples, key=lambda e: (len(e.input_ids), len(e.labels)))
+    if batch_size is not None:
+        return [list(ordered[i : i + batch_size]) for i in range(0, len(ordered), batch_size)]
+    batches, current, longest_in, longest_out = [], [], 0, 0
+    for example in ordered:
+        new_in, new_out = max(longest_in, len(example.input_ids)), max(longest_out, len(example.labels))
+        if current and (len(current) + 1) * (new_in + new_out) > max_tokens:
+            batches.append(current)
+            current, new_in, new_out = [], len(example.input_ids), len(example.labels)
+        current.append(example)
+        longest_in, longest_out = new_in, new_out
+    if current:
+        batches.append(current)
+    return batches
+
+
+def shift_right(labels: Sequence[int], start_id: int) -> list[int]:
+    return [start_id, *labels[:-1]]
+
+
+def pad_batch(examples: Sequence[Example], pad_id: int = 0, decoder_start_id: int = 0) -> Batch:
+    n = len(examples)
+    in_len = max(len(e.input_ids) for e in examples)
+    out_len = max(len(e.labels) for e in examples)
+    input_ids = torch.full((n, in_len), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, in_len), dtype=torch.long)
+    labels = torch.full((n, out_len), IGNORE, dtype=torch.long)
+    decoder_input_ids = torch.full((n, out_len), pad_id, dtype=torch.long)
+    task_ids = torch.full((n, out_len), -1, dtype=torch.long)
+    for i, e in enumerate(examples):
+        input_ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        attention_mask[i, : len(e.input_ids)] = 1
+        labels[i, : len(e.labels)] = torch.tensor(e.labels)
+        decoder_input_ids[i, : len(e.labels)] = torch.tensor(shift_right(e.labels, decoder_start_id))
+        task_ids[i, : len(e.labels)] = e.task
+    real = sum(len(e.input_ids) + len(e.labels) for e in examples)
+    tensors = {"input_ids": input_ids, "attention_mask": attention_mask, "decoder_input_ids": decoder_input_ids,
+               "labels": labels, "task_ids": task_ids}  # fmt: skip
+    return Batch(tensors, n, real, n * (in_len + out_len))
+
+
+# -------------------------------------------------------------------------------------------- packed
+
+
+def pack(examples: Sequence[Example], max_input_tokens: int, max_target_tokens: int) -> list[list[int]]:
+    """Indices of the examples in each packed row: first fit, in the given (stream) order.
+
+    Examples come from a shuffled mixture, so input-heavy and target-heavy ones alternate and rows fill on both
+    sides; sorting by length (first fit decreasing) would group look-alike examples and leave rows one-sided.
+    A row closes once even the shortest example of the window no longer fits.
+    """
+    if not examples:
+        return []
+    shortest_in = min(len(e.input_ids) for e in examples)
+    shortest_out = min(len(e.labels) for e in examples)
+    rows: list[list[int]] = []
+    room: list[list[int]] = []  # [input room, target room] per row
+    open_rows: list[int] = []
+    for i, example in enumerate(examples):
+        need_in, need_out = len(example.input_ids), len(example.labels)
+        if need_in > max_input_tokens or need_out > max_target_tokens:
+            raise ValueError(f"example of {need_in} + {need_out} tokens does not fit a packed row")
+        row = next((r for r in open_rows if room[r][0] >= need_in and room[r][1] >= need_out), None)
+        if row is None:
+            row = len(rows)
+            rows.append([])
+            room.append([max_input_tokens, max_target_tokens])
+            open_rows.append(row)
+        rows[row].append(i)
+        room[row][0] -= need_in
+        room[row][1] -= need_out
+        if room[row][0] < shortest_in or room[row][1] < shortest_out:
+            open_rows.remove(row)
+    return rows
+
+
+def packed_batch(
+    examples: Sequence[Example], rows: Sequence[Sequence[int]], max_input_tokens: int, max_target_tokens: int,
+    pad_id: int = 0, decoder_start_id: int = 0,
+) -> Batch:  # fmt: skip
+    """Tensors for packed rows: ids, segment ids, per-segment shifted decoder inputs, labels, task ids."""
+    n = len(rows)
+    tensors = {
+        "input_ids": torch.full((n, max_input_tokens), pad_id, dtype=torch.long),
+        "encoder_segment_ids": torch.zeros((n, max_input_tokens), dtype=torch.long),
+        "decoder_input_ids": torch.full((n, max_target_tokens), pad_id, dtype=torch.long),
+        "labels": torch.full((n, max_target_tokens), IGNORE, dtype=torch.long),
+        "decoder_segment_ids": torch.zeros((n, max_target_tokens), dtype=torch.long),
+        "task_ids": torch.full((n, max_target_tokens), -1, dtype=torch.long),
+    }
+    real = 0
+    for r, members in enumerate(rows):
+        at_in = at_out = 0
+        for segment, i in enumerate(members, start=1):
+            e = examples[i]
+            n_in, n_out = len(e.input_ids), len(e.labels)
+            tensors["input_ids"][r, at_in : at_in + n_in] = torch.tensor(e.input_ids)
+            tensors["encoder_segment_ids"][r, at_in : at_in + n_in] = segment
+            tensors["labels"][r, at_out : at_out + n_out] = torch.tensor(e.labels)
+            tensors["decoder_input_ids"][r, at_out : at_out + n_out] = torch.tensor(
+                shift_right(e.labels, decoder_start_id)
+            )
+            tensors["decoder_segment_ids"][r, at_out : at_out + n_out] = segment
+            tensors["task_ids"][r, at_out : at_out + n_out] = e.task
+            at_in, at_out, real = at_in + n_in, at_out + n_out, real + n_in + n_out
+    return Batch(tensors, sum(len(m) for m in rows), real, n * (max_input_tokens + max_target_tokens))

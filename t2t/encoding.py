@@ -1,0 +1,170 @@
+"""From rendered text to token ids: one EOS and truncation policy, per-task truncation counts, a disk cache.
+
+Policy (the one place it lives): text is tokenised without special tokens; a sequence longer than its limit keeps
+its first `limit - 1` tokens; then exactly one EOS is appended. The same holds for every tokenizer, T5's or not.
+Each (task, template, split) is encoded once with the fast tokenizer in batches through `datasets.map`, and the
+result is cached on disk under a key of the task spec, template, data, tokenizer and limits: a second run over
+the same mixture does not tokenise again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets.fingerprint import Hasher
+
+from t2t.config import FilesSource, GeneratorSource
+from t2t.sources import SplitRows, load_split
+from t2t.templates import Task
+
+CACHE_VERSION = "1"  # bump when the encoding policy changes
+ENCODE_BATCH = 1000
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("T2T_CACHE", Path.home() / ".cache" / "t2t")) / "encoded"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_input_tokens: int = 256
+    max_target_tokens: int = 128
+
+
+def with_eos(ids: list[int], eos_id: int, max_tokens: int) -> tuple[list[int], bool]:
+    """The policy: at most max_tokens - 1 content tokens, then one EOS. Returns (ids, truncated)."""
+    truncated = len(ids) > max_tokens - 1
+    return [*ids[: max_tokens - 1], eos_id], truncated
+
+
+def encode_texts(tokenizer: Any, texts: list[str], max_tokens: int) -> tuple[list[list[int]], list[bool]]:
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    pairs = [with_eos(x, tokenizer.eos_token_id, max_tokens) for x in ids]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+@dataclass
+class EncodedTemplate:
+    input_ids: list[list[int]]
+    labels: list[list[int]]
+    inputs_truncated: int
+    targets_truncated: int
+
+
+@dataclass
+class EncodedTask:
+    """A task's split encoded under each of its templates; rows are indices into the (filtered) split."""
+
+    task: str
+    split: str
+    templates: dict[str, EncodedTemplate] = field(default_factory=dict)
+
+    @property
+    def n_rows(self) -> int:
+        return len(next(iter(self.templates.values())).input_ids)
+
+    def truncation(self) -> dict[str, float]:
+        """Fractions of encoded inputs and targets that were cut, over all templates."""
+        total = self.n_rows * len(self.templates)
+        return {
+            "inputs": sum(t.inputs_truncated for t in self.templates.values()) / total,
+            "targets": sum(t.targets_truncated for t in self.templates.values()) / total,
+        }
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    return Hasher.hash(tokenizer)
+
+
+def _data_key(task: Task, rows: SplitRows) -> str:
+    src = task.spec.source
+    if isinstance(src, GeneratorSource):
+        return "generator"  # the spec, hashed with it, fixes the rows
+    if isinstance(src, FilesSource) and task.spec.path is not None:
+        files = [(task.spec.path.parent / p).resolve() for p in src.splits.values()]
+        return json.dumps([(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()])
+    return rows.rows._fingerprint  # datasets' own fingerprint of what it loaded
+
+
+def cache_key(
+    task: Task, template: str, split: str, data_key: str, tokenizer_key: str, limits: Limits
+) -> str:
+    parts = [CACHE_VERSION, task.spec.model_dump_json(), template, split, data_key, tokenizer_key,
+             limits.max_input_tokens, limits.max_target_tokens]  # fmt: skip
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:24]
+
+
+def encode_task(
+    task: Task,
+    split: str,
+    tokenizer: Any,
+    limits: Limits,
+    cache_dir: Path | None = None,
+    tokenizer_key: str | None = None,
+) -> EncodedTask:
+    """Encode every row of a split under every template (cached on disk)."""
+    rows = load_split(task, split)
+    cache_dir = cache_dir or default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer_key = tokenizer_key or tokenizer_fingerprint(tokenizer)
+    data_key = _data_key(task, rows)
+    encoded = EncodedTask(task.name, split)
+    for template in task.template_names:
+        key = cache_key(task, template, split, data_key, tokenizer_key, limits)
+
+        def encode_batch(batch: dict, indices: list[int], template: str = template) -> dict:
+            examples = [
+                task.render({f: batch[f][j] for f in batch}, template, split, int(rows.source_rows[i]))
+                for j, i in enumerate(indices)
+            ]
+            input_ids, inputs_cut = encode_texts(
+                tokenizer, [e.inputs for e in examples], limits.max_input_tokens
+            )
+            labels, targets_cut = encode_texts(
+                tokenizer, [e.targets for e in examples], limits.max_target_tokens
+            )
+            return {
+                "input_ids": input_ids,
+                "labels": labels,
+                "input_cut": inputs_cut,
+                "target_cut": targets_cut,
+            }
+
+        fields = rows.rows.select_columns(list(task.spec.fields))
+        data = fields.map(
+            encode_batch, batched=True, batch_size=ENCODE_BATCH, with_indices=True,
+            remove_columns=fields.column_names, cache_file_name=str(cache_dir / f"{task.name}-{key}.arrow"),
+            new_fingerprint=key, load_from_cache_file=True, desc=f"encode {task.name}/{template}",
+        )  # fmt: skip
+        columns = data[:]
+        encoded.templates[template] = EncodedTemplate(
+            columns["input_ids"], columns["labels"], sum(columns["input_cut"]), sum(columns["target_cut"])
+        )
+    return encoded
+
+
+def truncation_warnings(
+    encoded: dict[str, EncodedTask], limits: Limits, threshold: float = 0.01
+) -> list[str]:
+    """One line per task whose targets (or inputs) are cut more often than `threshold`."""
+    lines = []
+    for name, task in encoded.items():
+        cut = task.truncation()
+        if cut["targets"] > threshold:
+            lines.append(
+                f"task {name}: {cut['targets']:.1%} of targets cut at {limits.max_target_tokens} tokens"
+            )
+        if cut["inputs"] > threshold:
+            lines.append(
+                f"task {name}: {cut['inputs']:.1%} of inputs cut at {limits.max_input_tokens} tokens"
+            )
+    return lines
+
+
+datasets.disable_progress_bars()

@@ -1,0 +1,134 @@
+"""Models: a pretrained seq2seq checkpoint or a tiny T5 from a config; the forward pass for padded and packed
+batches; token-summed losses with per-task sums.
+
+Packed batches need three 4-D additive masks (see docs and shared notes): encoder self-attention within a
+segment, decoder self-attention within a segment and causal, cross-attention from a decoder segment to the encoder
+segment of the same example. T5's forward hands one `attention_mask` to both the encoder and cross-attention, so
+the encoder is run on its own with its mask first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from t2t.batching import IGNORE, Batch
+from t2t.errors import T2TError, Where
+
+
+@dataclass(frozen=True)
+class TinyT5:
+    """The size of a T5 built from scratch (T5 v1.1 style: gated GELU, no dropout by default)."""
+
+    d_model: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    d_ff: int = 256
+    dropout_rate: float = 0.0
+
+
+def build_tiny_t5(size: TinyT5, tokenizer: Any, seed: int = 0):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=size.d_model, d_kv=size.d_model // size.num_heads, d_ff=size.d_ff,
+        num_layers=size.num_layers, num_decoder_layers=size.num_layers, num_heads=size.num_heads,
+        feed_forward_proj="gated-gelu", dropout_rate=size.dropout_rate, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return T5ForConditionalGeneration(config)
+
+
+def load_model(name_or_dir: str | Path):
+    """Any HF seq2seq checkpoint: a hub name or a local directory (e.g. a flan-t5 dir or a t2t checkpoint)."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    try:
+        return AutoModelForSeq2SeqLM.from_pretrained(str(name_or_dir))
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise T2TError(f"cannot load model: {reason}", Where(file=name_or_dir)) from None
+
+
+def packed_attention_masks(
+    encoder_segment_ids: torch.Tensor, decoder_segment_ids: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Additive (0 / most negative) masks of shape (batch, 1, queries, keys): encoder, decoder, cross."""
+    enc, dec = encoder_segment_ids, decoder_segment_ids
+    same_enc = enc[:, :, None] == enc[:, None, :]
+    same_dec = dec[:, :, None] == dec[:, None, :]
+    causal = torch.ones(dec.shape[1], dec.shape[1], dtype=torch.bool, device=dec.device).tril()
+    cross = dec[:, :, None] == enc[:, None, :]
+    # Padding (segment 0) sees only itself (or, across, the first encoder slot): no row without any key, no NaN.
+    eye_enc = torch.eye(enc.shape[1], dtype=torch.bool, device=enc.device)
+    eye_dec = torch.eye(dec.shape[1], dtype=torch.bool, device=dec.device)
+    enc_allowed = torch.where((enc == 0)[:, :, None], eye_enc, same_enc & (enc != 0)[:, None, :])
+    dec_allowed = torch.where((dec == 0)[:, :, None], eye_dec, same_dec & causal)
+    first_key = torch.zeros_like(cross)
+    first_key[:, :, 0] = True
+    cross_allowed = torch.where((dec == 0)[:, :, None], first_key, cross & (enc != 0)[:, None, :])
+    blocked = torch.finfo(dtype).min
+
+    def additive(allowed: torch.Tensor) -> torch.Tensor:
+        zeros = torch.zeros((), dtype=dtype, device=allowed.device)
+        return torch.where(allowed, zeros, torch.full((), blocked, dtype=dtype, device=allowed.device))[
+            :, None
+        ]
+
+    return additive(enc_allowed), additive(dec_allowed), additive(cross_allowed)
+
+
+def forward_logits(model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Decoder logits (batch, target length, vocab) for a padded or a packed batch."""
+    if "encoder_segment_ids" not in tensors:
+        return model(
+            input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],
+            decoder_input_ids=tensors["decoder_input_ids"], use_cache=False,
+        ).logits  # fmt: skip
+    dtype = next(model.parameters()).dtype
+    enc_mask, dec_mask, cross_mask = packed_attention_masks(
+        tensors["encoder_segment_ids"], tensors["decoder_segment_ids"], dtype
+    )
+    encoder = model.get_encoder()(input_ids=tensors["input_ids"], attention_mask=enc_mask)
+    return model(
+        encoder_outputs=encoder, attention_mask=cross_mask, decoder_input_ids=tensors["decoder_input_ids"],
+        decoder_attention_mask=dec_mask, use_cache=False,
+    ).logits  # fmt: skip
+
+
+@dataclass
+class LossSums:
+    """Summed token losses of a batch: total, and per task (losses and label-token counts)."""
+
+    loss: torch.Tensor  # scalar, differentiable
+    tokens: torch.Tensor  # scalar count
+    task_loss: torch.Tensor  # (n_tasks,), detached
+    task_tokens: torch.Tensor  # (n_tasks,)
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every label position (0 where the label is ignored), in float32."""
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="none",
+    ).reshape(labels.shape)
+
+
+def loss_sums(model: Any, batch: Batch | dict[str, torch.Tensor], n_tasks: int) -> LossSums:
+    tensors = batch.tensors if isinstance(batch, Batch) else batch
+    per_token = token_losses(forward_logits(model, tensors), tensors["labels"])
+    task_ids = tensors["task_ids"]
+    real = task_ids >= 0
+    index = task_ids.clamp(min=0)[real]
+    task_loss = torch.zeros(n_tasks, device=per_token.device).index_add_(0, index, per_token.detach()[real])
+    task_tokens = torch.zeros(n_tasks, device=per_token.device).index_add_(
+        0, index, torch.ones_like(index, dtype=torch.float)
+    )
+    return LossSums(per_token.sum(), real.sum(), task_loss, task_tokens)

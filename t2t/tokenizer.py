@@ -1,0 +1,89 @@
+"""Tokenizers: train a SentencePiece model on a mixture's rendered text in T5's layout, or load any HF tokenizer.
+
+The trained directory loads with `transformers.AutoTokenizer.from_pretrained(DIR)`. Layout as T5: pad 0, eos 1,
+unk 2, then the pieces, then 100 sentinels with `<extra_id_0>` as the last id. Like every T5 tokenizer, it
+normalises newlines to spaces.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from t2t.errors import T2TError, Where
+from t2t.registry import Registry
+from t2t.rng import keyed_rng
+from t2t.sources import load_split
+
+N_SENTINELS = 100
+SAMPLE_ROWS_PER_TASK = 2000  # rows per task whose renderings (every template) train the tokenizer
+
+
+def mixture_texts(
+    registry: Registry, tasks: list[str], split: str, rows_per_task: int = SAMPLE_ROWS_PER_TASK
+) -> Iterator[str]:
+    """Inputs, targets and answer choices of a seeded sample of each task's rows, under every template."""
+    for name in tasks:
+        task = registry.task(name)
+        data = load_split(task, split)
+        picks = sorted(keyed_rng("tokenizer", name).permutation(len(data))[:rows_per_task].tolist())
+        columns = data.rows.select(picks).select_columns(list(task.spec.fields))[
+            :
+        ]  # one read, not one per row
+        for j, i in enumerate(picks):
+            row, source_row = {f: values[j] for f, values in columns.items()}, int(data.source_rows[i])
+            for template in task.template_names:
+                example = task.render(row, template, split, source_row)
+                yield example.inputs
+                yield example.targets
+                yield from example.choices or ()
+
+
+def train_tokenizer(texts: Iterator[str], vocab_size: int, out_dir: Path) -> Path:
+    """Train a unigram SentencePiece model (at most `vocab_size` pieces) and save an HF T5 tokenizer dir."""
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+
+    if vocab_size < 8:
+        raise T2TError(f"--vocab-size must be at least 8, not {vocab_size}")
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = Path(tmp) / "spiece"
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=texts, model_prefix=str(prefix), vocab_size=vocab_size, model_type="unigram",
+                hard_vocab_limit=False,  # a small corpus may hold fewer pieces than asked for
+                pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+                character_coverage=1.0, num_threads=2, minloglevel=2,
+            )  # fmt: skip
+        except RuntimeError as exc:
+            raise T2TError(f"SentencePiece training failed: {str(exc).splitlines()[0]}") from None
+        staging = Path(tmp) / "tokenizer"
+        staging.mkdir()
+        shutil.copy(prefix.with_suffix(".model"), staging / "spiece.model")
+        tokenizer = T5Tokenizer.from_pretrained(str(staging), extra_ids=N_SENTINELS)
+        tokenizer.save_pretrained(str(staging))
+        _replace_dir(staging, out_dir)
+    return out_dir
+
+
+def _replace_dir(staging: Path, out_dir: Path) -> None:
+    """Move a finished directory into place, so that a failure never leaves half a tokenizer."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    final = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    shutil.copytree(staging, final, dirs_exist_ok=True)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    final.rename(out_dir)
+
+
+def load_tokenizer(name_or_dir: str | Path):
+    """Any HF tokenizer: a hub name or a local directory."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(name_or_dir))
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise T2TError(f"cannot load tokenizer: {reason}", Where(file=name_or_dir)) from None

@@ -1,0 +1,86 @@
+"""Batching specified by hand-written integer lists, as seqio specifies its packer."""
+
+import torch
+
+from t2t.batching import IGNORE, Example, bucket_by_length, pack, packed_batch, pad_batch
+from t2t.modeling import packed_attention_masks
+
+E0 = Example(input_ids=[3, 9, 1], labels=[4, 1], task=0)
+E1 = Example(input_ids=[5, 1], labels=[6, 7, 1], task=1)
+E2 = Example(input_ids=[8, 8, 8, 1], labels=[2, 1], task=0)
+
+
+def as_lists(batch):
+    return {k: v.tolist() for k, v in batch.tensors.items()}
+
+
+def test_pack_first_fit_in_stream_order():
+    # E0 opens row 0; E1 (in 2, out 3) fits its remaining 3 + 3 slots; E2 (in 4) needs a new row.
+    assert pack([E0, E1, E2], max_input_tokens=6, max_target_tokens=5) == [[0, 1], [2]]
+
+
+def test_packed_batch_golden():
+    batch = packed_batch([E0, E1, E2], [[0, 1], [2]], max_input_tokens=6, max_target_tokens=5)
+    assert as_lists(batch) == {
+        "input_ids":           [[3, 9, 1, 5, 1, 0], [8, 8, 8, 1, 0, 0]],
+        "encoder_segment_ids": [[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 0, 0]],
+        "labels":              [[4, 1, 6, 7, 1], [2, 1, IGNORE, IGNORE, IGNORE]],
+        "decoder_segment_ids": [[1, 1, 2, 2, 2], [1, 1, 0, 0, 0]],
+        # shifted right within each segment: every segment starts again with the decoder start token 0
+        "decoder_input_ids":   [[0, 4, 0, 6, 7], [0, 2, 0, 0, 0]],
+        "task_ids":            [[0, 0, 1, 1, 1], [0, 0, -1, -1, -1]],
+    }  # fmt: skip
+    assert (batch.n_examples, batch.real_tokens, batch.total_tokens) == (3, 16, 22)
+
+
+def test_decoder_shift_restarts_per_segment_seqio_example():
+    a, b = Example([7, 1], [3, 9, 1], 0), Example([6, 1], [4, 1], 0)
+    batch = packed_batch([a, b], [[0, 1]], max_input_tokens=4, max_target_tokens=5)
+    assert batch.tensors["labels"].tolist() == [[3, 9, 1, 4, 1]]
+    assert batch.tensors["decoder_segment_ids"].tolist() == [[1, 1, 1, 2, 2]]
+    assert batch.tensors["decoder_input_ids"].tolist() == [[0, 3, 9, 0, 4]]
+
+
+def test_packed_attention_masks_golden():
+    enc = torch.tensor([[1, 1, 2, 0]])
+    dec = torch.tensor([[1, 1, 2, 0]])
+    enc_mask, dec_mask, cross_mask = packed_attention_masks(enc, dec, torch.float32)
+    assert enc_mask.shape == (1, 1, 4, 4) and cross_mask.shape == (1, 1, 4, 4)
+    allowed = [(m[0, 0] == 0).int().tolist() for m in (enc_mask, dec_mask, cross_mask)]
+    assert allowed[0] == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]  # padding sees itself
+    assert allowed[1] == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]  # causal within segment
+    assert allowed[2] == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0]]  # same example only
+    assert enc_mask.min().item() == torch.finfo(torch.float32).min  # additive, not boolean
+
+
+def test_pad_batch_golden():
+    batch = pad_batch([E0, E1])
+    assert as_lists(batch) == {
+        "input_ids":         [[3, 9, 1], [5, 1, 0]],
+        "attention_mask":    [[1, 1, 1], [1, 1, 0]],
+        "decoder_input_ids": [[0, 4, 0], [0, 6, 7]],
+        "labels":            [[4, 1, IGNORE], [6, 7, 1]],
+        "task_ids":          [[0, 0, -1], [1, 1, 1]],
+    }  # fmt: skip
+    assert (batch.real_tokens, batch.total_tokens) == (10, 12)
+
+
+def test_bucket_to_a_token_budget():
+    a, b, c, d = (Example([1] * n_in, [1] * n_out, 0) for n_in, n_out in ((2, 1), (3, 1), (3, 2), (6, 2)))
+    # sorted by length; a batch grows while (examples) x (longest input + longest target) <= 12
+    assert bucket_by_length([d, c, b, a], batch_size=None, max_tokens=12) == [[a, b], [c], [d]]
+    assert bucket_by_length([d, c, b, a], batch_size=3, max_tokens=None) == [[a, b, c], [d]]
+
+
+def test_pack_keeps_every_example_once_and_within_limits():
+    import random
+
+    rng = random.Random(0)
+    examples = [Example([5] * rng.randint(2, 30), [6] * rng.randint(2, 9), i % 4) for i in range(500)]
+    rows = pack(examples, max_input_tokens=64, max_target_tokens=16)
+    assert sorted(i for row in rows for i in row) == list(range(500))
+    for row in rows:
+        assert sum(len(examples[i].input_ids) for i in row) <= 64
+        assert sum(len(examples[i].labels) for i in row) <= 16
+    batch = packed_batch(examples, rows, 64, 16)
+    assert batch.real_tokens == sum(len(e.input_ids) + len(e.labels) for e in examples)

@@ -1,0 +1,39 @@
+"""The tokenizer trained on a mixture: T5's layout, reloadable with AutoTokenizer, identical ids."""
+
+import sentencepiece as spm
+from transformers import AutoTokenizer
+
+from t2t.registry import Registry
+from t2t.tokenizer import mixture_texts, train_tokenizer
+
+
+def test_train_save_reload_identical_ids(tmp_path):
+    registry = Registry.default()
+    texts = list(mixture_texts(registry, ["owner_lookup", "sort_words", "larger_number"], "train", 100))
+    out = train_tokenizer(iter(texts), 300, tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    sp = spm.SentencePieceProcessor(model_file=str(out / "spiece.model"))
+    assert [tokenizer(t, add_special_tokens=False).input_ids for t in texts] == [sp.encode(t) for t in texts]
+    # T5's layout: pad 0, eos 1, unk 2; 100 sentinels after the pieces, <extra_id_0> the last id
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
+    assert tokenizer.convert_ids_to_tokens([0, 1, 2]) == ["<pad>", "</s>", "<unk>"]
+    assert len(tokenizer) == sp.get_piece_size() + 100
+    assert tokenizer.convert_tokens_to_ids("<extra_id_0>") == len(tokenizer) - 1
+    assert tokenizer.convert_tokens_to_ids("<extra_id_99>") == sp.get_piece_size()
+    assert tokenizer("the owl").input_ids[-1] == 1  # T5 appends EOS
+
+
+def test_mixture_texts_include_choices_and_every_template():
+    texts = list(mixture_texts(Registry.default(), ["sentiment"], "train", rows_per_task=5))
+    # 5 rows x 3 templates x (input, target, 2 choices)
+    assert len(texts) == 5 * 3 * 4
+    assert {"negative", "positive", "bad", "good"} <= set(texts)
+
+
+def test_tokenizer_command_writes_a_loadable_dir(tmp_path, run_cli):
+    code, out, _ = run_cli("tokenizer", "train", "demo", "--vocab-size", "300", "--out", tmp_path / "tok",
+                           "--rows-per-task", "50")  # fmt: skip
+    assert code == 0 and "sentinels" in out
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "tok")).eos_token_id == 1
+    assert run_cli("tokenizer", "train", "demo", "--vocab-size", "2", "--out", tmp_path / "bad")[0] == 2
+    assert not (tmp_path / "bad").exists()
