@@ -1,0 +1,110 @@
+"""Batching: HF DataCollatorForSeq2Seq (plain batches) vs t2t padded vs t2t packed, side by side.
+
+    python bench/batching.py [--examples 8192] [--tokenizer DIR]
+
+The same examples of the demo mixture's stream go through each strategy into the same tiny T5 (d_model 128,
+2 layers), with about the same number of token slots per batch. Printed per strategy: the non-pad fraction of
+the processed tokens and the real (non-pad) tokens per second of forward + backward, and the ratios to HF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import DataCollatorForSeq2Seq
+
+from t2t.batching import bucket_by_length, pack, packed_batch, pad_batch
+from t2t.data import BatchingConfig, BatchLoader, MixtureData, auto_target_tokens
+from t2t.encoding import Limits
+from t2t.mixtures import load_mixture
+from t2t.modeling import TinyT5, build_tiny_t5, loss_sums
+from t2t.registry import Registry
+from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
+
+HF_BATCH = 64  # examples per HF batch (about 64 x 42 = 2.7k padded token slots)
+PADDED_TOKENS = 2688  # t2t padded: token slots per batch
+PACKED = ((512, 4), (128, 16))  # t2t packed: (encoder row length, rows per batch), ~2.4k token slots per batch
+
+
+def tokenizer_for(registry: Registry, mixture, path: str | None):
+    if path:
+        return load_tokenizer(path)
+    out = Path(tempfile.mkdtemp()) / "tok"
+    train_tokenizer(mixture_texts(registry, mixture.task_names, "train", 500), 2000, out)
+    return load_tokenizer(out)
+
+
+def timed(model, batches, step) -> tuple[float, int, int]:
+    """Seconds of forward + backward over the batches, real tokens, token slots."""
+    step(batches[0])  # warm-up
+    model.zero_grad()
+    start = time.perf_counter()
+    for batch in batches:
+        step(batch)
+    return time.perf_counter() - start, sum(b[1] for b in batches), sum(b[2] for b in batches)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=8192)
+    parser.add_argument("--tokenizer", help="a tokenizer dir (default: train one on the demo mixture)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    registry = Registry.default()
+    mixture = load_mixture(registry, "demo")
+    tokenizer = tokenizer_for(registry, mixture, args.tokenizer)
+    data = MixtureData(mixture, registry, tokenizer, Limits(128, 32))
+    examples = [data.example(item) for item in data.stream.items(0, args.examples)]
+    model = build_tiny_t5(TinyT5(d_model=128, num_layers=2, num_heads=4, d_ff=256), tokenizer)
+    n_tasks = len(mixture.members)
+
+    # HF: fixed-size batches in stream order, DataCollatorForSeq2Seq pads to the longest, the model's own loss.
+    collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+    hf_batches = []
+    for i in range(0, len(examples), HF_BATCH):
+        chunk = examples[i : i + HF_BATCH]
+        features = collator([{"input_ids": list(e.input_ids), "labels": list(e.labels)} for e in chunk])
+        real = sum(len(e.input_ids) + len(e.labels) for e in chunk)
+        slots = features["input_ids"].numel() + features["labels"].numel()
+        hf_batches.append((features, real, slots))
+
+    def hf_step(item):
+        features = item[0]
+        model(input_ids=features["input_ids"], attention_mask=features["attention_mask"], labels=features["labels"]).loss.backward()
+
+    def t2t_step(item):
+        loss_sums(model, item[0], n_tasks).loss.backward()
+
+    padded = [pad_batch(g) for g in bucket_by_length(examples, None, PADDED_TOKENS)]
+    strategies = [
+        ("HF DataCollatorForSeq2Seq", hf_batches, hf_step),
+        ("t2t padded (bucketed, token budget)", [(b, b.real_tokens, b.total_tokens) for b in padded], t2t_step),
+    ]
+    for pack_input, n_rows in PACKED:
+        config = BatchingConfig(strategy="packed", pack_input_tokens=pack_input, window_examples=len(examples))
+        target = auto_target_tokens(data, config)
+        rows = pack(examples, pack_input, target)
+        packed = [packed_batch(examples, rows[i : i + n_rows], pack_input, target) for i in range(0, len(rows), n_rows)]
+        name = f"t2t packed ({n_rows} x {pack_input}+{target})"
+        strategies.append((name, [(b, b.real_tokens, b.total_tokens) for b in packed], t2t_step))
+
+    results = {}
+    for name, batches, step in strategies:
+        seconds, real, slots = timed(model, batches, step)
+        results[name] = (real / slots, real / seconds, len(batches))
+
+    base = results["HF DataCollatorForSeq2Seq"][1]
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{args.examples} examples of the demo mixture, vocab {len(tokenizer)}, tiny T5 d_model 128, 2 layers\n")
+    print(f"{'strategy':<40} {'batches':>8} {'non-pad':>8} {'real tok/s':>11} {'vs HF':>6}")
+    for name, (fraction, speed, n_batches) in results.items():
+        print(f"{name:<40} {n_batches:>8} {fraction:>8.1%} {speed:>11,.0f} {speed / base:>5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
