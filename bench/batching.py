@@ -19,7 +19,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq
 
 from t2t.batching import bucket_by_length, pack, packed_batch, pad_batch
-from t2t.data import BatchingConfig, BatchLoader, MixtureData, auto_target_tokens
+from t2t.data import BatchingConfig, MixtureData, auto_target_tokens
 from t2t.encoding import Limits
 from t2t.mixtures import load_mixture
 from t2t.modeling import TinyT5, build_tiny_t5, loss_sums
@@ -28,7 +28,10 @@ from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
 
 HF_BATCH = 64  # examples per HF batch (about 64 x 42 = 2.7k padded token slots)
 PADDED_TOKENS = 2688  # t2t padded: token slots per batch
-PACKED = ((512, 4), (128, 16))  # t2t packed: (encoder row length, rows per batch), ~2.4k token slots per batch
+PACKED = (
+    (512, 4),
+    (128, 16),
+)  # t2t packed: (encoder row length, rows per batch), ~2.4k token slots per batch
 
 
 def tokenizer_for(registry: Registry, mixture, path: str | None):
@@ -75,7 +78,11 @@ def main() -> None:
 
     def hf_step(item):
         features = item[0]
-        model(input_ids=features["input_ids"], attention_mask=features["attention_mask"], labels=features["labels"]).loss.backward()
+        model(
+            input_ids=features["input_ids"],
+            attention_mask=features["attention_mask"],
+            labels=features["labels"],
+        ).loss.backward()
 
     def t2t_step(item):
         loss_sums(model, item[0], n_tasks).loss.backward()
@@ -83,13 +90,22 @@ def main() -> None:
     padded = [pad_batch(g) for g in bucket_by_length(examples, None, PADDED_TOKENS)]
     strategies = [
         ("HF DataCollatorForSeq2Seq", hf_batches, hf_step),
-        ("t2t padded (bucketed, token budget)", [(b, b.real_tokens, b.total_tokens) for b in padded], t2t_step),
+        (
+            "t2t padded (bucketed, token budget)",
+            [(b, b.real_tokens, b.total_tokens) for b in padded],
+            t2t_step,
+        ),
     ]
     for pack_input, n_rows in PACKED:
-        config = BatchingConfig(strategy="packed", pack_input_tokens=pack_input, window_examples=len(examples))
+        config = BatchingConfig(
+            strategy="packed", pack_input_tokens=pack_input, window_examples=len(examples)
+        )
         target = auto_target_tokens(data, config)
         rows = pack(examples, pack_input, target)
-        packed = [packed_batch(examples, rows[i : i + n_rows], pack_input, target) for i in range(0, len(rows), n_rows)]
+        packed = [
+            packed_batch(examples, rows[i : i + n_rows], pack_input, target)
+            for i in range(0, len(rows), n_rows)
+        ]
         name = f"t2t packed ({n_rows} x {pack_input}+{target})"
         strategies.append((name, [(b, b.real_tokens, b.total_tokens) for b in packed], t2t_step))
 
@@ -100,7 +116,9 @@ def main() -> None:
 
     base = results["HF DataCollatorForSeq2Seq"][1]
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{args.examples} examples of the demo mixture, vocab {len(tokenizer)}, tiny T5 d_model 128, 2 layers\n")
+    print(
+        f"{args.examples} examples of the demo mixture, vocab {len(tokenizer)}, tiny T5 d_model 128, 2 layers\n"
+    )
     print(f"{'strategy':<40} {'batches':>8} {'non-pad':>8} {'real tok/s':>11} {'vs HF':>6}")
     for name, (fraction, speed, n_batches) in results.items():
         print(f"{name:<40} {n_batches:>8} {fraction:>8.1%} {speed:>11,.0f} {speed / base:>5.2f}x")

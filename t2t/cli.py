@@ -166,6 +166,16 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from t2t.train import train
+    from t2t.train_config import load_train_config
+
+    config = load_train_config(args.config, args.overrides)
+    result = train(config, _registry(args), resume=args.resume)
+    print(f"done: step {result['step']}, model in {result['model']}, checkpoint {result['checkpoint']}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- parser
 
 
@@ -236,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="directory to write (replaced if it exists)")
     p.add_argument("--rows-per-task", type=int, default=2000, help="rows of each task rendered for training")
+
+    p = command("train", cmd_train, "train a model on a mixture (plain, or under `accelerate launch`)")
+    p.add_argument("config", type=Path, help="training config YAML")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optimizer.lr=3e-4"
+    )
+    p.add_argument(
+        "--resume", metavar="auto|CHECKPOINT", help="continue from the latest (auto) or a given checkpoint"
+    )
 
     p = command("new-task", cmd_new_task, "write a starter task file for a local jsonl/csv/parquet file")
     p.add_argument("name")

@@ -105,9 +105,9 @@ def forward_logits(model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor
 class LossSums:
     """Summed token losses of a batch: total, and per task (losses and label-token counts)."""
 
-    loss: torch.Tensor  # scalar, differentiable
+    loss: torch.Tensor  # scalar, differentiable: the sum of task_loss
     tokens: torch.Tensor  # scalar count
-    task_loss: torch.Tensor  # (n_tasks,), detached
+    task_loss: torch.Tensor  # (n_tasks,), differentiable
     task_tokens: torch.Tensor  # (n_tasks,)
 
 
@@ -127,8 +127,8 @@ def loss_sums(model: Any, batch: Batch | dict[str, torch.Tensor], n_tasks: int) 
     task_ids = tensors["task_ids"]
     real = task_ids >= 0
     index = task_ids.clamp(min=0)[real]
-    task_loss = torch.zeros(n_tasks, device=per_token.device).index_add_(0, index, per_token.detach()[real])
+    task_loss = torch.zeros(n_tasks, device=per_token.device).index_add(0, index, per_token[real])
     task_tokens = torch.zeros(n_tasks, device=per_token.device).index_add_(
         0, index, torch.ones_like(index, dtype=torch.float)
     )
-    return LossSums(per_token.sum(), real.sum(), task_loss, task_tokens)
+    return LossSums(task_loss.sum(), real.sum(), task_loss, task_tokens)

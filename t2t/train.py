@@ -1,0 +1,420 @@
+"""`t2t train`: one T5-style model over the whole mixture, with accelerate (plain, DDP or DeepSpeed ZeRO).
+
+The loss of an optimizer step is token-weighted over the whole accumulation window and all processes: each
+micro-batch contributes its summed token losses divided by G, the label tokens of the window on every process,
+so batch 8 x accumulation 1 and batch 2 x accumulation 4 make the same update. Resuming restores the model,
+optimizer, scheduler, RNG, balancing state and each process's data position (no replay).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from t2t.balancing import Balancer, ModelWithBalancing
+from t2t.checkpoint import export_model, latest_checkpoint, load_run_state, save_checkpoint
+from t2t.data import BatchingConfig, BatchLoader, LoaderState, MixtureData
+from t2t.encoding import Limits, truncation_warnings
+from t2t.errors import T2TError, Where
+from t2t.fileio import atomic_write_text
+from t2t.mixtures import Mixture, load_mixture
+from t2t.modeling import TinyT5, build_tiny_t5, load_model, loss_sums
+from t2t.registry import Registry
+from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
+from t2t.train_config import TrainConfig, config_dict
+
+T5_FAMILY = {"t5", "mt5", "umt5", "longt5", "switch_transformers"}
+FAULT_ENV = "T2T_FAULT_KILL_AT_STEP"  # testing hook: SIGKILL this process when it reaches that step
+
+
+@dataclass
+class TrainState:
+    """What the run has done, kept apart from the config."""
+
+    step: int = 0
+    tokens_seen: int = 0  # real (non-pad) input + target tokens, all processes
+    examples_seen: int = 0
+    loader: list[dict] = field(default_factory=list)  # each process's data position
+    balancer: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------- factories
+
+
+def get_accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    kwargs: dict[str, Any] = {}
+    if (
+        os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        and not torch.cuda.is_available()
+    ):
+        # Without CUDA, accelerate picks no process-group backend under DeepSpeed: every rank would think it is
+        # alone while DeepSpeed starts gloo with the real world size (see docs/launching.md).
+        kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
+    return Accelerator(
+        mixed_precision=resolve_precision(config.precision), gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=config.trackers or None, project_dir=str(config.run_dir), step_scheduler_with_optimizer=False,
+        **kwargs,
+    )  # fmt: skip
+
+
+def resolve_precision(precision: str) -> str:
+    """fp32 on a CPU, bf16 on a GPU; fp16 is refused (T5 activations overflow in fp16)."""
+    if precision == "fp16":
+        raise T2TError("precision fp16 is refused for T5-family models: their activations overflow in fp16; "
+                       "use bf16 (GPU) or fp32")  # fmt: skip
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "no"
+    return {"fp32": "no", "bf16": "bf16"}[precision]
+
+
+def get_tokenizer(config: TrainConfig, registry: Registry, mixture: Mixture, accelerator: Any):
+    if config.tokenizer.pretrained:
+        return load_tokenizer(config.tokenizer.pretrained)
+    out = config.run_dir / "tokenizer"
+    if accelerator.is_main_process and not out.is_dir():
+        texts = mixture_texts(
+            registry, mixture.task_names, mixture.spec.splits.train, config.tokenizer.rows_per_task
+        )
+        train_tokenizer(texts, config.tokenizer.vocab_size, out)
+    accelerator.wait_for_everyone()
+    return load_tokenizer(out)
+
+
+def get_model(config: TrainConfig, tokenizer: Any):
+    if config.model.pretrained:
+        model = load_model(config.model.pretrained)
+    else:
+        model = build_tiny_t5(TinyT5(**config.model.tiny.model_dump()), tokenizer, seed=config.seed)
+    if (
+        config.precision == "fp16" and model.config.model_type in T5_FAMILY
+    ):  # guarded earlier; kept for clarity
+        raise T2TError("fp16 is refused for T5-family models")
+    return model
+
+
+OPTIMIZERS = {
+    "adamw": lambda params, spec: torch.optim.AdamW(
+        params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay
+    ),
+    "adafactor": lambda params, spec: __import__("transformers").optimization.Adafactor(
+        params,
+        lr=spec.lr,
+        weight_decay=spec.weight_decay,
+        scale_parameter=False,
+        relative_step=False,
+        warmup_init=False,
+    ),
+}
+
+
+def schedule_factor(name: str, step: int, warmup: int, total: int) -> float:
+    """The learning-rate multiplier at `step` (0-based) for each schedule, each with linear warmup."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if name == "constant":
+        return 1.0
+    if name == "inverse_sqrt":  # T5: 1 / sqrt(max(step, warmup)), normalised to 1 at the end of warmup
+        return math.sqrt(max(warmup, 1)) / math.sqrt(max(step, warmup, 1))
+    progress = (step - warmup) / max(1, total - warmup)
+    if name == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))  # cosine
+
+
+def get_optimizer_and_scheduler(config: TrainConfig, wrapped: torch.nn.Module):
+    params = [p for p in wrapped.parameters() if p.requires_grad]
+    optimizer = OPTIMIZERS[config.optimizer.name](params, config.optimizer)
+    spec = config.schedule
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: schedule_factor(spec.name, step, spec.warmup_steps, config.steps)
+    )
+    return optimizer, scheduler
+
+
+def configure_deepspeed(accelerator: Any, config: TrainConfig) -> None:
+    """Fill the DeepSpeed JSON's "auto" values from the training config, the one source of truth."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    ds = plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = 1  # t2t builds its own batches; DeepSpeed only checks the product
+    ds["gradient_accumulation_steps"] = config.gradient_accumulation_steps
+    ds["gradient_clipping"] = config.max_grad_norm or 0.0
+    ds.pop("train_batch_size", None)
+
+
+def batching_config(config: TrainConfig) -> BatchingConfig:
+    spec = config.batching
+    return BatchingConfig(
+        strategy=spec.strategy, batch_size=spec.batch_size, max_tokens=spec.max_tokens, rows_per_batch=spec.rows_per_batch,
+        pack_input_tokens=spec.pack_input_tokens, pack_target_tokens=spec.pack_target_tokens,
+        window_examples=spec.window_examples,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+class Run:
+    """One training run: built from the config, then `fit()`."""
+
+    def __init__(self, config: TrainConfig, registry: Registry, resume: str | None = None) -> None:
+        self.config, self.registry = config, registry
+        self.accelerator = acc = get_accelerator(config)
+        self._prepare_run_dir(resume)
+        self.mixture = load_mixture(registry, config.mixture)
+        self.tasks = self.mixture.task_names
+        self.tokenizer = get_tokenizer(config, registry, self.mixture, acc)
+        model = get_model(config, self.tokenizer)
+        self.balancer = Balancer(config.balancing, len(self.tasks))
+        wrapped = ModelWithBalancing(
+            model, len(self.tasks), learn_log_vars=config.balancing.method == "uncertainty"
+        )
+        optimizer, scheduler = get_optimizer_and_scheduler(config, wrapped)
+        configure_deepspeed(acc, config)
+        self.model, self.optimizer, self.scheduler = acc.prepare(wrapped, optimizer, scheduler)
+        limits = Limits(config.max_input_tokens, config.max_target_tokens)
+        self.data = MixtureData(self.mixture, registry, self.tokenizer, limits, config.cache_dir)
+        self.loader = BatchLoader(self.data, batching_config(config), acc.process_index, acc.num_processes)
+        self.state = TrainState()
+        self.checkpoint = self._resume_from(resume)
+        self.metrics_path = config.run_dir / "metrics.jsonl"
+
+    # -------------------------------------------------------------------------------------- set-up
+
+    def _prepare_run_dir(self, resume: str | None) -> None:
+        run_dir, acc = self.config.run_dir, self.accelerator
+        if acc.is_main_process:
+            if resume is None and latest_checkpoint(run_dir) is not None:
+                raise T2TError("the run dir holds checkpoints already: pass --resume auto to continue it, "
+                               "or choose another run_dir", Where(file=run_dir))  # fmt: skip
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(
+                run_dir / "config.yaml", yaml.safe_dump(config_dict(self.config), sort_keys=False)
+            )
+        acc.wait_for_everyone()
+
+    def _resume_from(self, resume: str | None) -> Path | None:
+        if resume is None:
+            return None
+        checkpoint = latest_checkpoint(self.config.run_dir) if resume == "auto" else Path(resume)
+        if checkpoint is None:
+            return None  # --resume auto on a fresh run dir: start from the beginning
+        run_state = load_run_state(checkpoint)
+        if run_state["world_size"] != self.accelerator.num_processes:
+            raise T2TError(f"the checkpoint was written by {run_state['world_size']} processes, this run has "
+                           f"{self.accelerator.num_processes}: resume with the same number", Where(file=checkpoint))  # fmt: skip
+        self.accelerator.load_state(str(checkpoint / "accelerate"))
+        state = run_state["state"]
+        self.state = TrainState(**state)
+        self.loader.state = LoaderState(**state["loader"][self.accelerator.process_index])
+        self.balancer.load_state_dict(state["balancer"])
+        return checkpoint
+
+    # ------------------------------------------------------------------------------------ the loop
+
+    def fit(self) -> dict:
+        config, acc = self.config, self.accelerator
+        self._log_start()
+        acc.init_trackers("t2t", config=_flat(config_dict(config)))
+        progress = _progress(config.steps, self.state.step, disable=not acc.is_main_process)
+        batches = iter(self.loader)
+        window = _LogWindow(len(self.tasks))
+        while self.state.step < config.steps:
+            _maybe_fault(self.state.step)
+            micro = [next(batches) for _ in range(config.gradient_accumulation_steps)]
+            stats = self.train_step(micro)
+            self.state.step += 1
+            window.add(stats)
+            self.maybe_log(window, progress)
+            self.maybe_save()
+        progress.close()
+        final = self.finish()
+        acc.end_training()
+        return final
+
+    def train_step(self, micro: list) -> dict:
+        """One optimizer step over the micro-batches of this process."""
+        acc, k = self.accelerator, len(micro)
+        device = acc.device
+        local_tokens = sum(int((b.tensors["labels"] >= 0).sum()) for b in micro)
+        global_tokens = float(acc.reduce(torch.tensor(float(local_tokens), device=device), "sum"))
+        log_vars = acc.unwrap_model(self.model).log_vars
+        task_loss = torch.zeros(len(self.tasks), device=device)
+        task_tokens = torch.zeros(len(self.tasks), device=device)
+        objective = torch.zeros((), device=device)
+        for batch in micro:
+            tensors = {name: t.to(device) for name, t in batch.tensors.items()}
+            with acc.accumulate(self.model):
+                sums = loss_sums(self.model, tensors, len(self.tasks))
+                self._check_finite(sums.loss, tensors)
+                loss = (
+                    self.balancer.loss(sums.task_loss, sums.task_tokens, log_vars.to(device)) / global_tokens
+                )
+                acc.backward(loss * k * acc.num_processes)  # accelerate / DeepSpeed divide by k, DDP averages
+                if (
+                    acc.sync_gradients
+                    and config_clip(self.config)
+                    and acc.distributed_type.name != "DEEPSPEED"
+                ):
+                    acc.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+            task_loss += sums.task_loss.detach()
+            task_tokens += sums.task_tokens
+            objective += loss.detach()
+        self.scheduler.step()
+        reduced = acc.reduce(torch.cat([task_loss, task_tokens, objective[None],
+                                        torch.tensor([float(sum(b.real_tokens for b in micro)),
+                                                      float(sum(b.n_examples for b in micro))], device=device)]), "sum")  # fmt: skip
+        n = len(self.tasks)
+        stats = {"task_loss": reduced[:n].tolist(), "task_tokens": reduced[n : 2 * n].tolist(),
+                 "objective": float(reduced[2 * n]), "real_tokens": int(reduced[2 * n + 1]),
+                 "examples": int(reduced[2 * n + 2])}  # fmt: skip
+        self.balancer.observe(stats["task_loss"], stats["task_tokens"])
+        self.state.tokens_seen += stats["real_tokens"]
+        self.state.examples_seen += stats["examples"]
+        return stats
+
+    def _check_finite(self, loss: torch.Tensor, tensors: dict) -> None:
+        bad = self.accelerator.reduce(
+            torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=loss.device), "sum"
+        )
+        if bad.item() > 0:
+            ids = sorted({int(t) for t in tensors["task_ids"].unique().tolist() if t >= 0})
+            names = ", ".join(self.tasks[i] for i in ids) or "unknown"
+            raise T2TError(f"non-finite loss at step {self.state.step + 1} (this process's batch holds tasks {names}); "
+                           "the last checkpoint is untouched")  # fmt: skip
+
+    # ---------------------------------------------------------------------------- side effects
+
+    def maybe_log(self, window: _LogWindow, progress: Any) -> None:
+        config, acc = self.config, self.accelerator
+        progress.update(1)
+        if self.state.step % config.log_every_steps and self.state.step != config.steps:
+            return
+        weights = self.balancer.weights(acc.unwrap_model(self.model).log_vars)
+        record = window.flush(self.tasks, weights.tolist())
+        record.update(
+            step=self.state.step, lr=self.scheduler.get_last_lr()[0], tokens_seen=self.state.tokens_seen
+        )
+        acc.log({k: v for k, v in record.items() if isinstance(v, int | float)}, step=self.state.step)
+        if acc.is_main_process:
+            with self.metrics_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            progress.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}")
+
+    def maybe_save(self) -> None:
+        every = self.config.save_every_steps
+        if every and self.state.step % every == 0 and self.state.step != self.config.steps:
+            self.save()
+
+    def save(self) -> Path:
+        from accelerate.utils import gather_object
+
+        self.state.loader = gather_object([asdict(self.loader.state)])
+        self.state.balancer = self.balancer.state_dict()
+        run_state = {"state": asdict(self.state), "world_size": self.accelerator.num_processes,
+                     "mixture": self.mixture.name, "tasks": self.tasks}  # fmt: skip
+        return save_checkpoint(self.accelerator, self.model, self.tokenizer, self.config.run_dir, self.state.step,
+                               run_state, self.config.keep_checkpoints)  # fmt: skip
+
+    def finish(self) -> dict:
+        checkpoint = self.save()
+        export_model(self.accelerator, self.model, self.tokenizer, self.config.run_dir / "model")
+        if self.accelerator.is_main_process:
+            from t2t.plots import plot_loss_curves
+
+            plot_loss_curves(self.metrics_path, self.config.run_dir / "loss_curves.png")
+        return {"step": self.state.step, "checkpoint": str(checkpoint), "model": str(self.config.run_dir / "model"),
+                "tokens_seen": self.state.tokens_seen}  # fmt: skip
+
+    def _log_start(self) -> None:
+        acc = self.accelerator
+        if not acc.is_main_process:
+            return
+        warnings = truncation_warnings(self.data.encode_all(), self.data.limits)
+        for line in warnings:
+            print(f"warning: {line}")
+        n_params = sum(p.numel() for p in acc.unwrap_model(self.model).model.parameters())
+        start = f"resuming from {self.checkpoint.name}" if self.checkpoint else "starting"
+        print(f"t2t train: {start} at step {self.state.step} of {self.config.steps}; {len(self.tasks)} tasks, "
+              f"{n_params / 1e6:.2f}M parameters, {acc.num_processes} process(es), {acc.distributed_type.name.lower()}, "
+              f"precision {acc.mixed_precision}")  # fmt: skip
+
+
+def config_clip(config: TrainConfig) -> bool:
+    return config.max_grad_norm is not None
+
+
+class _LogWindow:
+    """Sums over the steps since the last log line."""
+
+    def __init__(self, n_tasks: int) -> None:
+        self.n_tasks = n_tasks
+        self.reset()
+
+    def reset(self) -> None:
+        self.task_loss, self.task_tokens = [0.0] * self.n_tasks, [0.0] * self.n_tasks
+        self.objective, self.real_tokens, self.steps, self.started = 0.0, 0, 0, time.perf_counter()
+
+    def add(self, stats: dict) -> None:
+        self.task_loss = [a + b for a, b in zip(self.task_loss, stats["task_loss"], strict=True)]
+        self.task_tokens = [a + b for a, b in zip(self.task_tokens, stats["task_tokens"], strict=True)]
+        self.objective += stats["objective"]
+        self.real_tokens += stats["real_tokens"]
+        self.steps += 1
+
+    def flush(self, tasks: list[str], weights: list[float]) -> dict:
+        seconds = time.perf_counter() - self.started
+        total_tokens = sum(self.task_tokens)
+        record: dict[str, Any] = {
+            "loss": sum(self.task_loss) / max(total_tokens, 1),  # mean token loss, unweighted
+            "objective": self.objective / max(self.steps, 1),  # what was minimised (balancing included)
+            "tokens_per_s": self.real_tokens / seconds if seconds > 0 else 0.0,
+        }
+        for name, loss, tokens, weight in zip(tasks, self.task_loss, self.task_tokens, weights, strict=True):
+            record[f"task_tokens/{name}"] = tokens
+            if tokens:
+                record[f"task_loss/{name}"] = loss / tokens
+            record[f"weight/{name}"] = weight
+        self.reset()
+        return record
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = value if isinstance(value, int | float | str | bool) else str(value)
+    return out
+
+
+def _progress(total: int, initial: int, disable: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=disable, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _maybe_fault(step: int) -> None:
+    if os.environ.get(FAULT_ENV) == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def train(config: TrainConfig, registry: Registry, resume: str | None = None) -> dict:
+    return Run(config, registry, resume).fit()

@@ -1,0 +1,152 @@
+"""The training configuration: one typed YAML file, dotted `key=value` overrides, unknown keys refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from t2t.config import Spec, load_yaml, validation_error
+from t2t.errors import T2TError, Where
+
+Positive = Annotated[int, Field(gt=0)]
+
+
+class TinyModelSpec(Spec):
+    d_model: Positive = 128
+    num_layers: Positive = 2
+    num_heads: Positive = 4
+    d_ff: Positive = 256
+    dropout_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class ModelSpec(Spec):
+    """Either a pretrained checkpoint (hub name or local dir) or a tiny T5 built from a config."""
+
+    pretrained: str | None = None
+    tiny: TinyModelSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ModelSpec:
+        if (self.pretrained is None) == (self.tiny is None):
+            raise ValueError("give exactly one of model.pretrained and model.tiny")
+        return self
+
+
+class TokenizerSpec(Spec):
+    """A pretrained tokenizer (hub name or dir), or one trained on the mixture (saved in the run dir)."""
+
+    pretrained: str | None = None
+    vocab_size: Positive | None = None  # train one with at most this many pieces
+    rows_per_task: Positive = 2000
+
+    @model_validator(mode="after")
+    def _one_of(self) -> TokenizerSpec:
+        if (self.pretrained is None) == (self.vocab_size is None):
+            raise ValueError("give exactly one of tokenizer.pretrained and tokenizer.vocab_size")
+        return self
+
+
+class BatchingSpec(Spec):
+    strategy: Literal["padded", "packed"] = "padded"
+    batch_size: Positive | None = None  # padded: examples per micro-batch ...
+    max_tokens: Positive | None = 2048  # ... or padded token slots per micro-batch
+    rows_per_batch: Positive = 4  # packed
+    pack_input_tokens: Positive = 512  # packed
+    pack_target_tokens: Positive | None = None  # packed; None: sized from the data
+    window_examples: Positive = 2048
+
+    @model_validator(mode="after")
+    def _budget(self) -> BatchingSpec:
+        if self.strategy == "padded" and (self.batch_size is None) == (self.max_tokens is None):
+            raise ValueError(
+                "padded batching takes exactly one of batch_size and max_tokens (set the other to null)"
+            )
+        return self
+
+
+class OptimizerSpec(Spec):
+    name: Literal["adamw", "adafactor"] = "adamw"
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: Annotated[float, Field(gt=0)] = 1e-8
+
+
+class ScheduleSpec(Spec):
+    name: Literal["constant", "linear", "cosine", "inverse_sqrt"] = "linear"
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+
+
+class BalancingSpec(Spec):
+    method: Literal["equal", "uncertainty", "dwa"] = "equal"
+    dwa_temperature: Annotated[float, Field(gt=0)] = 2.0
+    dwa_window_steps: Positive = (
+        20  # DWA compares mean task losses of the last two windows of this many steps
+    )
+
+
+class TrainConfig(Spec):
+    run_dir: Path
+    mixture: str
+    model: ModelSpec
+    tokenizer: TokenizerSpec
+    max_input_tokens: Positive = 256
+    max_target_tokens: Positive = 64
+    batching: BatchingSpec = BatchingSpec()
+    gradient_accumulation_steps: Positive = 1
+    steps: Positive
+    optimizer: OptimizerSpec = OptimizerSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    seed: int = 0
+    log_every_steps: Positive = 10
+    save_every_steps: Positive | None = None  # None: only at the end
+    keep_checkpoints: Positive = 2
+    balancing: BalancingSpec = BalancingSpec()
+    trackers: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"]] = [
+        "tensorboard"
+    ]
+    cache_dir: Path | None = None  # encoded-data cache; default $T2T_CACHE or ~/.cache/t2t
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """`a.b=value` sets data['a']['b'] to the YAML value of `value`."""
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise T2TError(f"override {override!r} is not of the form key=value (e.g. optimizer.lr=3e-4)")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise T2TError(f"override {override!r}: the value is not valid YAML") from None
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise T2TError(f"override {override!r}: {part!r} is not a section")
+            node = child
+        node[leaf] = value
+    return data
+
+
+def load_train_config(path: Path, overrides: list[str] = ()) -> TrainConfig:
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise T2TError("a training config must be a YAML mapping", Where(file=path))
+    data = apply_overrides(data, list(overrides))
+    try:
+        config = TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, path) from None
+    if not config.run_dir.is_absolute():  # relative run dirs are relative to where t2t runs
+        config = config.model_copy(update={"run_dir": Path.cwd() / config.run_dir})
+    return config
+
+
+def config_dict(config: TrainConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json")

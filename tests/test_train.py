@@ -1,0 +1,251 @@
+"""The trainer: accumulation and resume equivalence, learning, balancing, logging, checkpoints, errors."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForSeq2SeqLM
+
+from t2t.checkpoint import latest_checkpoint
+from t2t.errors import T2TError
+from t2t.registry import Registry
+from t2t.train import FAULT_ENV, Run, schedule_factor, train
+from t2t.train_config import TrainConfig, load_train_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tiny_tokenizer, tmp_path_factory):
+    path = tmp_path_factory.mktemp("train_tok") / "tok"
+    tiny_tokenizer.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def mixture_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mixtures")
+    spec = {"name": "two_tasks", "members": {"add_numbers": None, "color_lookup": None}, "rate": {"rule": "uniform"},
+            "held_out": ["sum_check"]}  # fmt: skip
+    (folder / "two_tasks.yaml").write_text(yaml.safe_dump(spec))
+    return folder
+
+
+def make_config(tmp_path, tokenizer_dir, **changes) -> TrainConfig:
+    data = {
+        "run_dir": str(tmp_path / "run"), "mixture": "two_tasks",
+        "model": {"tiny": {"d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64}},
+        "tokenizer": {"pretrained": str(tokenizer_dir)},
+        "max_input_tokens": 48, "max_target_tokens": 8,
+        "batching": {"strategy": "padded", "batch_size": 8, "max_tokens": None, "window_examples": 64},
+        "steps": 6, "optimizer": {"name": "adamw", "lr": 3e-3}, "schedule": {"name": "linear", "warmup_steps": 2},
+        "log_every_steps": 2, "trackers": [], "seed": 0, "balancing": {"method": "equal"},
+    }  # fmt: skip
+    for key, value in changes.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return TrainConfig.model_validate(data)
+
+
+def registry_with(mixture_dir):
+    return Registry.default(mixtures_dirs=[mixture_dir])
+
+
+def weights(run_dir):
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(run_dir / "model"))
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=atol, rtol=0), key
+
+
+def captured_gradients(config, registry):
+    """The gradients each optimizer step applies, captured inside the real training loop."""
+    run, captured = Run(config, registry), []
+    inner = run.optimizer.optimizer  # accelerate calls it only when the accumulation window is complete
+    real_step = inner.step
+
+    def step(*args, **kwargs):
+        captured.append(
+            torch.cat([p.grad.flatten().clone() for p in run.model.parameters() if p.grad is not None])
+        )
+        return real_step(*args, **kwargs)
+
+    inner.step = step
+    run.fit()
+    return captured
+
+
+def test_accumulation_equivalence(tmp_path, tokenizer_dir, mixture_dir):
+    # The same 8 examples per step: one batch of 8, or 4 batches of 2 accumulated. The loss is token-weighted
+    # over the window, so every step applies the same gradient (to float32 rounding).
+    registry = registry_with(mixture_dir)
+    big = make_config(
+        tmp_path / "a", tokenizer_dir, **{"batching.batch_size": 8, "batching.window_examples": 8}
+    )
+    small = make_config(tmp_path / "b", tokenizer_dir, gradient_accumulation_steps=4,
+                        **{"batching.batch_size": 2, "batching.window_examples": 8})  # fmt: skip
+    grads_big, grads_small = captured_gradients(big, registry), captured_gradients(small, registry)
+    assert len(grads_big) == len(grads_small) == 6
+    first_big, first_small = grads_big[0], grads_small[0]  # same weights, same examples: the same gradient
+    assert torch.allclose(first_big, first_small, atol=1e-6 * first_big.abs().max().item(), rtol=0)
+    for a, b in zip(grads_big[1:], grads_small[1:], strict=True):  # weights now differ by float rounding
+        assert torch.allclose(a, b, atol=1e-3 * a.abs().max().item(), rtol=0)
+    # Weights agree too; Adam divides by sqrt(v), which magnifies float rounding where v is tiny, so the
+    # tolerance is 1/60 of one step's largest update (lr 3e-3).
+    assert_same_weights(weights(big.run_dir), weights(small.run_dir), atol=5e-5)
+    losses = [[json.loads(line)["loss"] for line in open(c.run_dir / "metrics.jsonl")] for c in (big, small)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_resume_after_kill_9_gives_the_weights_of_an_uninterrupted_run(tmp_path, tokenizer_dir, mixture_dir):
+    straight = make_config(tmp_path / "straight", tokenizer_dir, steps=8)
+    train(straight, registry_with(mixture_dir))
+
+    interrupted = make_config(tmp_path / "killed", tokenizer_dir, steps=8, save_every_steps=2)
+    config_path = tmp_path / "killed.yaml"
+    config_path.write_text(yaml.safe_dump(interrupted.model_dump(mode="json")))
+    command = [sys.executable, "-m", "t2t", "--mixtures-dir", str(mixture_dir), "train", str(config_path)]
+    env = {**os.environ, FAULT_ENV: "5"}  # SIGKILL when step 5 starts: checkpoints at 2 and 4 exist
+    killed = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert latest_checkpoint(interrupted.run_dir).name == "step_00000004"
+    resumed = subprocess.run([*command, "--resume", "auto"], capture_output=True, text=True, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from step_00000004 at step 4 of 8" in resumed.stdout
+    assert_same_weights(weights(straight.run_dir), weights(interrupted.run_dir))
+
+
+def test_loss_goes_down_and_every_task_is_logged(tmp_path, tokenizer_dir, mixture_dir):
+    config = make_config(tmp_path, tokenizer_dir, steps=80, log_every_steps=20,
+                         **{"batching.batch_size": 16, "optimizer.lr": 1e-2})  # fmt: skip
+    train(config, registry_with(mixture_dir))
+    records = [json.loads(line) for line in open(config.run_dir / "metrics.jsonl")]
+    assert [r["step"] for r in records] == [20, 40, 60, 80]
+    losses = [r["loss"] for r in records]
+    assert losses == sorted(losses, reverse=True) and losses[-1] < 0.7 * losses[0]
+    vocab = len(__import__("transformers").AutoTokenizer.from_pretrained(str(tokenizer_dir)))
+    assert losses[-1] < 0.5 * math.log(vocab)  # well below a uniform guess over the vocabulary
+    for record in records:
+        for task in ("add_numbers", "color_lookup"):
+            assert record[f"task_tokens/{task}"] > 0 and record[f"task_loss/{task}"] > 0
+            assert record[f"weight/{task}"] == 1.0
+    assert (config.run_dir / "loss_curves.png").stat().st_size > 10_000
+
+
+def test_uncertainty_weights_move_and_dwa_weights_are_logged(tmp_path, tokenizer_dir, mixture_dir):
+    registry = registry_with(mixture_dir)
+    uncertainty = make_config(tmp_path / "u", tokenizer_dir, steps=10, **{"balancing.method": "uncertainty"})
+    run = Run(uncertainty, registry)
+    run.fit()
+    log_vars = run.accelerator.unwrap_model(run.model).log_vars.detach()
+    assert log_vars.abs().min() > 1e-3  # learnt from zero
+    last = [json.loads(line) for line in open(uncertainty.run_dir / "metrics.jsonl")][-1]
+    assert last["weight/add_numbers"] == pytest.approx(float(torch.exp(-log_vars[0])), rel=1e-5)
+
+    dwa = make_config(tmp_path / "d", tokenizer_dir, steps=8,
+                      **{"balancing.method": "dwa", "balancing.dwa_window_steps": 2})  # fmt: skip
+    train(dwa, registry)
+    records = [json.loads(line) for line in open(dwa.run_dir / "metrics.jsonl")]
+    first, last = records[0], records[-1]
+    assert first["weight/add_numbers"] == 1.0  # fewer than two windows seen
+    assert last["weight/add_numbers"] != 1.0
+    assert last["weight/add_numbers"] + last["weight/color_lookup"] == pytest.approx(2.0)
+
+
+def test_exported_model_reloads_with_auto_model(tmp_path, tokenizer_dir, mixture_dir):
+    config = make_config(tmp_path, tokenizer_dir, steps=3)
+    run = Run(config, registry_with(mixture_dir))
+    run.fit()
+    batch = next(iter(run.loader)).tensors
+    live = run.accelerator.unwrap_model(run.model).model.eval()
+    for folder in (config.run_dir / "model", latest_checkpoint(config.run_dir) / "model"):
+        reloaded = AutoModelForSeq2SeqLM.from_pretrained(str(folder)).eval()
+        with torch.no_grad():
+            a = live(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     decoder_input_ids=batch["decoder_input_ids"]).logits  # fmt: skip
+            b = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         decoder_input_ids=batch["decoder_input_ids"]).logits  # fmt: skip
+        assert torch.equal(a, b)
+        assert (folder / "tokenizer.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint_loadable(
+    tmp_path, tokenizer_dir, mixture_dir, monkeypatch
+):
+    config = make_config(tmp_path, tokenizer_dir, steps=4, save_every_steps=2)
+    run = Run(config, registry_with(mixture_dir))
+    import t2t.checkpoint as checkpoint
+
+    real_export, calls = checkpoint.export_model, []
+
+    def crash_on_second_save(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("power cut while writing the checkpoint")
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "export_model", crash_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        run.fit()  # saves at step 2, crashes while saving the final step 4
+    folder = config.run_dir / "checkpoints"
+    assert (folder / "latest").read_text().strip() == "step_00000002"
+    assert (folder / ".tmp-step_00000004").is_dir() and not (folder / "step_00000004").exists()
+    AutoModelForSeq2SeqLM.from_pretrained(str(folder / "step_00000002" / "model"))
+    monkeypatch.undo()
+    resumed = Run(config, registry_with(mixture_dir), resume="auto")
+    assert resumed.state.step == 2
+    resumed.fit()
+    assert (folder / "latest").read_text().strip() == "step_00000004"
+    assert not (folder / ".tmp-step_00000004").exists()
+
+
+def test_refusals(tmp_path, tokenizer_dir, mixture_dir):
+    registry = registry_with(mixture_dir)
+    with pytest.raises(T2TError, match="precision fp16 is refused for T5-family models"):
+        Run(make_config(tmp_path / "a", tokenizer_dir, precision="fp16"), registry)
+    config = make_config(tmp_path / "b", tokenizer_dir, steps=2)
+    train(config, registry)
+    with pytest.raises(T2TError, match="the run dir holds checkpoints already: pass --resume auto"):
+        Run(config, registry)
+
+
+def test_config_file_errors_and_overrides(tmp_path, run_cli):
+    path = tmp_path / "c.yaml"
+    path.write_text((REPO / "configs" / "tiny_cpu.yaml").read_text())
+    config = load_train_config(path, ["optimizer.lr=3e-4", "steps=7", "batching.strategy=packed"])
+    assert (config.optimizer.lr, config.steps, config.batching.strategy) == (3e-4, 7, "packed")
+    code, _, err = run_cli("train", path, "optimizer.lrr=1")
+    assert code == 2 and "unknown key 'optimizer.lrr'" in err
+    code, _, err = run_cli("train", path, "steps=-3")
+    assert code == 2 and "steps: Input should be greater than 0" in err
+    code, _, err = run_cli("train", path, "steps")
+    assert code == 2 and "override 'steps' is not of the form key=value" in err
+    code, _, err = run_cli("train", path, "model.pretrained=x")
+    assert code == 2 and "give exactly one of model.pretrained and model.tiny" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "factors"),
+    [
+        ("constant", [0.5, 1.0, 1.0, 1.0]),
+        ("linear", [0.5, 1.0, 1.0, 0.5]),
+        ("cosine", [0.5, 1.0, 1.0, 0.5]),
+        ("inverse_sqrt", [0.5, 1.0, 1.0, (2 / 3) ** 0.5]),
+    ],
+)
+def test_schedules_with_warmup(name, factors):
+    # warmup 2 of 4 steps: steps 0, 1 warm up linearly; from step 2 each schedule's own shape, starting at 1
+    assert [schedule_factor(name, s, 2, 4) for s in range(4)] == pytest.approx(factors)
