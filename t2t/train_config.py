@@ -12,6 +12,7 @@ from t2t.config import Spec, load_yaml, validation_error
 from t2t.errors import T2TError, Where
 
 Positive = Annotated[int, Field(gt=0)]
+Tracker = Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"]
 
 
 class TinyModelSpec(Spec):
@@ -107,9 +108,7 @@ class TrainConfig(Spec):
     save_every_steps: Positive | None = None  # None: only at the end
     keep_checkpoints: Positive = 2
     balancing: BalancingSpec = BalancingSpec()
-    trackers: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"]] = [
-        "tensorboard"
-    ]
+    trackers: list[Tracker] = Field(default_factory=lambda: ["tensorboard"])  # accelerate trackers
     cache_dir: Path | None = None  # encoded-data cache; default $T2T_CACHE or ~/.cache/t2t
 
 

@@ -56,6 +56,10 @@ def make_config(tmp_path, tokenizer_dir, **changes) -> TrainConfig:
     return TrainConfig.model_validate(data)
 
 
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def registry_with(mixture_dir):
     return Registry.default(mixtures_dirs=[mixture_dir])
 
@@ -106,7 +110,7 @@ def test_accumulation_equivalence(tmp_path, tokenizer_dir, mixture_dir):
     # Weights agree too; Adam divides by sqrt(v), which magnifies float rounding where v is tiny, so the
     # tolerance is 1/60 of one step's largest update (lr 3e-3).
     assert_same_weights(weights(big.run_dir), weights(small.run_dir), atol=5e-5)
-    losses = [[json.loads(line)["loss"] for line in open(c.run_dir / "metrics.jsonl")] for c in (big, small)]
+    losses = [[r["loss"] for r in metrics(c.run_dir)] for c in (big, small)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
@@ -132,7 +136,7 @@ def test_loss_goes_down_and_every_task_is_logged(tmp_path, tokenizer_dir, mixtur
     config = make_config(tmp_path, tokenizer_dir, steps=80, log_every_steps=20,
                          **{"batching.batch_size": 16, "optimizer.lr": 1e-2})  # fmt: skip
     train(config, registry_with(mixture_dir))
-    records = [json.loads(line) for line in open(config.run_dir / "metrics.jsonl")]
+    records = metrics(config.run_dir)
     assert [r["step"] for r in records] == [20, 40, 60, 80]
     losses = [r["loss"] for r in records]
     assert losses == sorted(losses, reverse=True) and losses[-1] < 0.7 * losses[0]
@@ -152,13 +156,13 @@ def test_uncertainty_weights_move_and_dwa_weights_are_logged(tmp_path, tokenizer
     run.fit()
     log_vars = run.accelerator.unwrap_model(run.model).log_vars.detach()
     assert log_vars.abs().min() > 1e-3  # learnt from zero
-    last = [json.loads(line) for line in open(uncertainty.run_dir / "metrics.jsonl")][-1]
+    last = metrics(uncertainty.run_dir)[-1]
     assert last["weight/add_numbers"] == pytest.approx(float(torch.exp(-log_vars[0])), rel=1e-5)
 
     dwa = make_config(tmp_path / "d", tokenizer_dir, steps=8,
                       **{"balancing.method": "dwa", "balancing.dwa_window_steps": 2})  # fmt: skip
     train(dwa, registry)
-    records = [json.loads(line) for line in open(dwa.run_dir / "metrics.jsonl")]
+    records = metrics(dwa.run_dir)
     first, last = records[0], records[-1]
     assert first["weight/add_numbers"] == 1.0  # fewer than two windows seen
     assert last["weight/add_numbers"] != 1.0
