@@ -172,7 +172,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_train_config(args.config, args.overrides)
     result = train(config, _registry(args), resume=args.resume)
-    print(f"done: step {result['step']}, model in {result['model']}, checkpoint {result['checkpoint']}")
+    if result["main_process"]:
+        print(f"done: step {result['step']}, model in {result['model']}, checkpoint {result['checkpoint']}")
     return 0
 
 

@@ -339,7 +339,7 @@ class Run:
 
             plot_loss_curves(self.metrics_path, self.config.run_dir / "loss_curves.png")
         return {"step": self.state.step, "checkpoint": str(checkpoint), "model": str(self.config.run_dir / "model"),
-                "tokens_seen": self.state.tokens_seen}  # fmt: skip
+                "tokens_seen": self.state.tokens_seen, "main_process": self.accelerator.is_main_process}  # fmt: skip
 
     def _log_start(self) -> None:
         acc = self.accelerator
