@@ -55,13 +55,12 @@ def get_accelerator(config: TrainConfig):
     from accelerate.utils import InitProcessGroupKwargs
 
     kwargs: dict[str, Any] = {}
-    if (
-        os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-        and not torch.cuda.is_available()
-    ):
-        # Without CUDA, accelerate picks no process-group backend under DeepSpeed: every rank would think it is
-        # alone while DeepSpeed starts gloo with the real world size (see docs/launching.md).
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        # Without CUDA, accelerate picks no process-group backend for several processes (DeepSpeed or DDP): every
+        # rank would think it is alone. gloo is the CPU backend (see docs/launching.md).
         kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+            kwargs["cpu"] = True  # plain data parallelism on CPUs: accelerate's MULTI_CPU (DDP over gloo)
     return Accelerator(
         mixed_precision=resolve_precision(config.precision), gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=config.trackers or None, project_dir=str(config.run_dir), step_scheduler_with_optimizer=False,

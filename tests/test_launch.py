@@ -20,7 +20,7 @@ def test_launch_file_starts_with_its_command_and_is_valid(path):
     assert text.startswith("#")
     assert f"accelerate launch --config_file launch/{path.name}" in text.split("\ncompute_environment")[0]
     config = yaml.safe_load(text)
-    assert config["distributed_type"] in {"NO", "MULTI_GPU", "DEEPSPEED"}
+    assert config["distributed_type"] in {"NO", "MULTI_CPU", "MULTI_GPU", "DEEPSPEED"}
     if config["distributed_type"] == "DEEPSPEED":
         ds = json.loads((REPO / config["deepspeed_config"]["deepspeed_config_file"]).read_text())
         # The training config is the one source of truth for these.
