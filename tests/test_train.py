@@ -253,3 +253,28 @@ def test_config_file_errors_and_overrides(tmp_path, run_cli):
 def test_schedules_with_warmup(name, factors):
     # warmup 2 of 4 steps: steps 0, 1 warm up linearly; from step 2 each schedule's own shape, starting at 1
     assert [schedule_factor(name, s, 2, 4) for s in range(4)] == pytest.approx(factors)
+
+
+def test_adafactor_and_cosine_run(tmp_path, tokenizer_dir, mixture_dir):
+    config = make_config(tmp_path, tokenizer_dir, steps=4, **{"optimizer.name": "adafactor", "schedule.name": "cosine"})
+    result = train(config, registry_with(mixture_dir))
+    assert result["step"] == 4 and metrics(config.run_dir)[-1]["loss"] > 0
+
+
+def test_non_finite_loss_stops_naming_the_tasks(tmp_path, tokenizer_dir, mixture_dir, monkeypatch):
+    import t2t.train as train_module
+
+    config = make_config(tmp_path, tokenizer_dir, steps=6, save_every_steps=2)
+    run = Run(config, registry_with(mixture_dir))
+    real = train_module.loss_sums
+
+    def poisoned(model, batch, n_tasks):
+        sums = real(model, batch, n_tasks)
+        if run.state.step == 3:
+            sums.loss = sums.loss * float("nan")
+        return sums
+
+    monkeypatch.setattr(train_module, "loss_sums", poisoned)
+    with pytest.raises(T2TError, match=r"non-finite loss at step 4 \(this process's batch holds tasks (add_numbers|color_lookup)"):
+        run.fit()
+    assert latest_checkpoint(config.run_dir).name == "step_00000002"  # the last good checkpoint is untouched
