@@ -177,6 +177,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from t2t.evaluation import EvalConfig, evaluate
+    from t2t.mixtures import load_mixture
+    from t2t.modeling import load_model
+    from t2t.reports import print_evaluation, save_evaluation
+    from t2t.tokenizer import load_tokenizer
+
+    registry = _registry(args)
+    if args.mixture:
+        mixture = load_mixture(registry, args.mixture)
+        held_out = set(mixture.held_out)
+        tasks = list(mixture.held_out) if args.held_out else [*mixture.task_names, *mixture.held_out]
+    else:
+        held_out, tasks = set(), list(args.tasks)
+        for name in tasks:
+            registry.task(name)
+    config = EvalConfig(split=args.split, max_examples=args.max_examples, batch_size=args.batch_size,
+                        num_beams=args.num_beams, scoring=args.scoring, generate=not args.no_generate)  # fmt: skip
+    model, tokenizer = load_model(args.model), load_tokenizer(args.model)
+    report, records = evaluate(model, tokenizer, registry, tasks, held_out, config)
+    report["model"] = str(args.model)
+    paths = save_evaluation(report, records, args.out)
+    print_evaluation(report)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- parser
 
 
@@ -256,6 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", metavar="auto|CHECKPOINT", help="continue from the latest (auto) or a given checkpoint"
     )
+
+    p = command("eval", cmd_eval, "evaluate a seq2seq checkpoint on tasks, every template, with reports")
+    p.add_argument("--model", type=Path, required=True, help="an HF seq2seq dir (a t2t run's model/, a flan-t5 dir)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--mixture", help="the mixture's training and held-out tasks")
+    which.add_argument("--tasks", nargs="+", metavar="TASK")
+    p.add_argument("--held-out", action="store_true", help="with --mixture: only its held-out tasks")
+    p.add_argument("--split", default="validation")
+    p.add_argument("--max-examples", type=int, help="per task (a seeded sample)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--scoring", choices=["t0", "harness"], default="t0", help="rank-classification EOS convention")
+    p.add_argument("--no-generate", action="store_true", help="rank classification only (tasks with choices)")
+    p.add_argument("--out", type=Path, required=True, help="folder for results.json / .md, predictions, plot")
 
     p = command("new-task", cmd_new_task, "write a starter task file for a local jsonl/csv/parquet file")
     p.add_argument("name")

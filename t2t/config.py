@@ -127,6 +127,7 @@ class TaskSpec(Spec):
     fields: dict[str, str]  # field name -> what it holds (as the dataset card documents it)
     answer_choices: Choices | None = None
     filter: str | None = None  # a Jinja expression over the row; rows where it is false are dropped
+    references: str | None = None  # a Jinja expression over the row giving every accepted answer (evaluation)
     # Rows per split after the filter, for planning mixtures without loading the data (checked when loaded).
     num_examples: dict[str, Annotated[int, Field(gt=0)]] = Field(default_factory=dict)
     metrics: list[str] = Field(default_factory=lambda: ["exact_match"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -47,3 +48,90 @@ def print_mixture_report(result: dict, console: Console | None = None) -> None:
     console.print(table)
     for warning in result["warnings"]:
         console.print(f"warning: {warning}", style="yellow")
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def evaluation_markdown(report: dict) -> str:
+    """Per-task tables (seen, then held out): median and IQR over templates, mean, every template's score."""
+    lines = [f"# Evaluation: {report.get('model', '')}", "",
+             f"Split `{report['split']}`, rank-classification scoring `{report['scoring']}`. Scores are in "
+             "[0, 100]; a task with answer choices is reported by rank-classification accuracy (`rank_sum`), "
+             "others by their first metric. Median and inter-quartile range are over the task's templates.", ""]  # fmt: skip
+    for group, title in ((False, "Seen tasks"), (True, "Held-out tasks (zero-shot)")):
+        tasks = {n: t for n, t in report["tasks"].items() if t["held_out"] == group}
+        if not tasks:
+            continue
+        lines += [f"## {title}", "", "| task | cluster | metric | median | IQR (q1-q3) | mean | per template |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for name, info in tasks.items():
+            s, metric = info["summary"], info["metric"]
+            per = ", ".join(f"{t} {_fmt(v[metric])}" for t, v in info["templates"].items())
+            lines.append(f"| {name} | {info['cluster']} | {metric} | {_fmt(s['median'])} | {_fmt(s['iqr'])} "
+                         f"({_fmt(s['q1'])}-{_fmt(s['q3'])}) | {_fmt(s['mean'])} | {per} |")  # fmt: skip
+        lines.append("")
+    lines += ["## Groups", "", "| group | tasks | mean of task medians |", "|---|---|---|"]
+    for name, info in {**report["groups"], **{f"cluster {k}": v for k, v in report["clusters"].items()}}.items():
+        lines.append(f"| {name} | {info['tasks']} | {_fmt(info['mean_of_medians'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_evaluation(report: dict, out_path: Path) -> Path:
+    """Bars of each task's median score with its inter-quartile range; held-out tasks hatched."""
+    from t2t.plots import plt
+
+    names = list(report["tasks"])
+    infos = [report["tasks"][n] for n in names]
+    medians = [i["summary"]["median"] for i in infos]
+    errors = [[i["summary"]["median"] - i["summary"]["q1"] for i in infos],
+              [i["summary"]["q3"] - i["summary"]["median"] for i in infos]]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(names) + 2), 4.8))
+    bars = ax.bar(range(len(names)), medians, yerr=errors, capsize=3,
+                  color=["#c44e52" if i["held_out"] else "#4c72b0" for i in infos])  # fmt: skip
+    for bar, info in zip(bars, infos, strict=True):
+        if info["held_out"]:
+            bar.set_hatch("//")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("median over templates (IQR bars)")
+    ax.set_ylim(0, 100)
+    ax.set_title("per-task scores: seen (blue) and held out (red, hatched)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
+
+
+def print_evaluation(report: dict, console: Console | None = None) -> None:
+    console = console or Console(width=None if sys.stdout.isatty() else 132)
+    table = Table(title=f"evaluation ({report['split']})", title_justify="left")
+    for column in ("task", "cluster", "held out", "metric", "median", "IQR", "mean"):
+        table.add_column(column, justify="right" if column in ("median", "IQR", "mean") else "left")
+    for name, info in report["tasks"].items():
+        s = info["summary"]
+        table.add_row(name, info["cluster"], "yes" if info["held_out"] else "", info["metric"], _fmt(s["median"]),
+                      _fmt(s["iqr"]), _fmt(s["mean"]))  # fmt: skip
+    console.print(table)
+    for group, info in report["groups"].items():
+        console.print(f"{group}: mean of task medians {_fmt(info['mean_of_medians'])} over {info['tasks']} tasks")
+
+
+def save_evaluation(report: dict, records: list[dict], out_dir: Path) -> dict[str, Path]:
+    """results.json, results.md, predictions.jsonl and scores.png in out_dir (each file written atomically)."""
+    import json
+
+    from t2t.fileio import atomic_write_text
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md",
+             "predictions": out_dir / "predictions.jsonl", "plot": out_dir / "scores.png"}  # fmt: skip
+    atomic_write_text(paths["json"], json.dumps(report, indent=2))
+    atomic_write_text(paths["markdown"], evaluation_markdown(report))
+    atomic_write_text(paths["predictions"], "".join(json.dumps(r) + "\n" for r in records))
+    plot_evaluation(report, paths["plot"])
+    return paths

@@ -134,10 +134,26 @@ class Task:
         if spec.filter is not None:
             self.filter, self.filter_fields = _parse(spec.filter, "filter", where, expression=True)
             _check_fields(self.filter_fields, spec, "filter", where, frozenset())
+        self.references_expr, self.reference_fields = None, set()
+        if spec.references is not None:
+            self.references_expr, self.reference_fields = _parse(spec.references, "references", where, expression=True)
+            _check_fields(self.reference_fields, spec, "references", where, frozenset())
 
     @property
     def used_fields(self) -> frozenset[str]:
-        return frozenset(self.filter_fields).union(*(t.used_fields for t in self.templates.values()))
+        extra = frozenset(self.filter_fields) | frozenset(self.reference_fields)
+        return extra.union(*(t.used_fields for t in self.templates.values()))
+
+    def references(self, row: Mapping[str, Any], rendered: Rendered) -> list[str]:
+        """Every accepted answer of a row: the task's `references` expression, or the rendered target alone."""
+        if self.references_expr is None:
+            return [rendered.targets]
+        p = rendered.provenance
+        where = Where(task=self.name, template=p.template, split=p.split, row=p.row)
+        value = self._evaluate(self.references_expr, self._fields(row, where), where, "references")
+        if not isinstance(value, list | tuple) or not value:
+            raise T2TError(f"references must evaluate to a non-empty list, got {value!r}", where)
+        return [str(v).strip() for v in value]
 
     def keep(self, row: Mapping[str, Any]) -> bool:
         """Whether the task's filter keeps this row (always, without a filter)."""
