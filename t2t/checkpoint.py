@@ -5,6 +5,7 @@
         accelerate/       accelerate / DeepSpeed state (optimizer, scheduler, RNG, balancing parameters)
         run_state.json    step, tokens, each process's data position, balancing state
     RUN_DIR/checkpoints/latest   the name of the newest complete checkpoint
+    RUN_DIR/checkpoints/best     the checkpoint chosen by validation (t2t.selection), kept when pruning
 
 A checkpoint is assembled in a hidden `.tmp-...` folder and renamed into place when complete; only then does
 `latest` move (itself replaced atomically), and older checkpoints beyond `keep` are removed.
@@ -22,6 +23,7 @@ from t2t.fileio import atomic_write_text
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+BEST = "best"
 RUN_STATE = "run_state.json"
 
 
@@ -66,10 +68,12 @@ def save_checkpoint(accelerator: Any, wrapped: Any, tokenizer: Any, run_dir: Pat
 
 
 def prune(folder: Path, keep: int) -> None:
-    """Remove the oldest complete checkpoints beyond `keep`, and leftovers of interrupted saves."""
+    """Remove the oldest complete checkpoints beyond `keep` (never `best`), and leftovers of interrupted saves."""
     complete = sorted(p for p in folder.glob("step_*") if (p / RUN_STATE).is_file())
+    best = (folder / BEST).read_text().strip() if (folder / BEST).is_file() else None
     for old in complete[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name != best:
+            shutil.rmtree(old, ignore_errors=True)
     for leftover in folder.glob(".tmp-step_*"):
         shutil.rmtree(leftover, ignore_errors=True)
 
@@ -89,3 +93,7 @@ def load_run_state(checkpoint: Path) -> dict:
     if not path.is_file():
         raise T2TError("not a t2t checkpoint (no run_state.json)", Where(file=checkpoint))
     return json.loads(path.read_text())
+
+
+def mark_best(run_dir: Path, checkpoint: Path) -> None:
+    atomic_write_text(run_dir / CHECKPOINTS / BEST, checkpoint.name + "\n")

@@ -285,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = command("eval", cmd_eval, "evaluate a seq2seq checkpoint on tasks, every template, with reports")
-    p.add_argument("--model", type=Path, required=True, help="an HF seq2seq dir (a t2t run's model/, a flan-t5 dir)")
+    p.add_argument(
+        "--model", type=Path, required=True, help="an HF seq2seq dir (a t2t run's model/, a flan-t5 dir)"
+    )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--mixture", help="the mixture's training and held-out tasks")
     which.add_argument("--tasks", nargs="+", metavar="TASK")
@@ -294,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-examples", type=int, help="per task (a seeded sample)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-beams", type=int, default=1)
-    p.add_argument("--scoring", choices=["t0", "harness"], default="t0", help="rank-classification EOS convention")
+    p.add_argument(
+        "--scoring", choices=["t0", "harness"], default="t0", help="rank-classification EOS convention"
+    )
     p.add_argument("--no-generate", action="store_true", help="rank classification only (tasks with choices)")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json / .md, predictions, plot")
 

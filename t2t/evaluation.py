@@ -23,7 +23,10 @@ from t2t.rng import keyed_rng
 from t2t.sources import load_split
 from t2t.templates import Rendered, Task
 
-SCORINGS = {"t0": {"input_eos": False, "choice_eos": True}, "harness": {"input_eos": True, "choice_eos": False}}
+SCORINGS = {
+    "t0": {"input_eos": False, "choice_eos": True},
+    "harness": {"input_eos": True, "choice_eos": False},
+}
 NORMALISATIONS = ("sum", "mean", "char", "byte")
 
 
@@ -65,7 +68,9 @@ def score_choices(model: Any, tokenizer: Any, inputs: list[str], choices: list[t
         hidden = model.get_encoder()(input_ids=encoder_ids, attention_mask=mask).last_hidden_state
         owners, targets, texts = [], [], []
         for row, i in enumerate(batch):
-            for choice, ids in zip(choices[i], _ids(tokenizer, list(choices[i]), convention["choice_eos"]), strict=True):
+            for choice, ids in zip(
+                choices[i], _ids(tokenizer, list(choices[i]), convention["choice_eos"]), strict=True
+            ):
                 owners.append(row)
                 targets.append(ids)
                 texts.append(choice)
@@ -75,7 +80,9 @@ def score_choices(model: Any, tokenizer: Any, inputs: list[str], choices: list[t
                                    labels[:, :-1].clamp(min=0)], dim=1)  # fmt: skip
         logits = model(encoder_outputs=(hidden.index_select(0, owner),), attention_mask=mask.index_select(0, owner),
                        decoder_input_ids=decoder_input, use_cache=False).logits  # fmt: skip
-        token_logp = -F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        token_logp = -F.cross_entropy(
+            logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+        )
         totals = token_logp.sum(dim=1).tolist()
         for row, total, ids, text in zip(owners, totals, targets, texts, strict=True):
             scores = results[batch[row]]
@@ -108,7 +115,9 @@ def evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig) ->
     data = load_split(task, config.split)
     picks = np.arange(len(data))
     if config.max_examples is not None and len(data) > config.max_examples:
-        picks = np.sort(keyed_rng("eval", task.name, config.split).permutation(len(data))[: config.max_examples])
+        picks = np.sort(
+            keyed_rng("eval", task.name, config.split).permutation(len(data))[: config.max_examples]
+        )
     rows = data.rows.select(picks.tolist())[:]
     rows = [{f: rows[f][j] for f in rows} for j in range(len(picks))]
     source_rows = [int(data.source_rows[i]) for i in picks]
@@ -122,12 +131,16 @@ def evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig) ->
     return per_template, records
 
 
-def _template_scores(model, tokenizer, task, rendered: list[Rendered], references, config) -> tuple[dict, list]:
+def _template_scores(
+    model, tokenizer, task, rendered: list[Rendered], references, config
+) -> tuple[dict, list]:
     inputs = [r.inputs for r in rendered]
     scores: dict[str, float] = {}
     predictions: list[dict] = [{} for _ in rendered]
     if config.generate:
-        longest = max(len(tokenizer(x, add_special_tokens=False)["input_ids"]) for refs in references for x in refs)
+        longest = max(
+            len(tokenizer(x, add_special_tokens=False)["input_ids"]) for refs in references for x in refs
+        )
         generated = generate(model, tokenizer, inputs, config.max_new_tokens or min(longest + 8, 512),
                              config.batch_size, config.num_beams)  # fmt: skip
         for metric in task.spec.metrics:
@@ -138,8 +151,12 @@ def _template_scores(model, tokenizer, task, rendered: list[Rendered], reference
         choice_scores = score_choices(model, tokenizer, inputs, [r.choices for r in rendered], config.scoring,
                                       config.batch_size)  # fmt: skip
         for name in NORMALISATIONS:
-            picked = [r.choices[int(np.argmax(s[name]))] for r, s in zip(rendered, choice_scores, strict=True)]
-            scores[f"rank_{name}"] = 100.0 * float(np.mean([p == r.targets for p, r in zip(picked, rendered, strict=True)]))
+            picked = [
+                r.choices[int(np.argmax(s[name]))] for r, s in zip(rendered, choice_scores, strict=True)
+            ]
+            scores[f"rank_{name}"] = 100.0 * float(
+                np.mean([p == r.targets for p, r in zip(picked, rendered, strict=True)])
+            )
         for p, s, r in zip(predictions, choice_scores, rendered, strict=True):
             p["choice_scores"] = s
             p["ranked"] = r.choices[int(np.argmax(s["sum"]))]
@@ -162,7 +179,14 @@ def primary_metric(task: Task, template_scores: dict[str, dict[str, float]]) -> 
 def summarise(values: list[float]) -> dict[str, float]:
     """Median and inter-quartile range over templates (how T0 reports held-out results), and the mean."""
     q1, median, q3 = (float(np.percentile(values, q)) for q in (25, 50, 75))
-    return {"median": median, "q1": q1, "q3": q3, "iqr": q3 - q1, "mean": float(np.mean(values)), "n_templates": len(values)}
+    return {
+        "median": median,
+        "q1": q1,
+        "q3": q3,
+        "iqr": q3 - q1,
+        "mean": float(np.mean(values)),
+        "n_templates": len(values),
+    }
 
 
 def evaluate(model: Any, tokenizer: Any, registry: Registry, tasks: list[str], held_out: set[str],
@@ -191,4 +215,3 @@ def _group_means(tasks: dict, key) -> dict[str, dict[str, float]]:
     for info in tasks.values():
         groups.setdefault(key(info), []).append(info["summary"]["median"])
     return {g: {"mean_of_medians": float(np.mean(v)), "tasks": len(v)} for g, v in sorted(groups.items())}
-

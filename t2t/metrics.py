@@ -28,7 +28,11 @@ def _best(predictions: Sequence[str], references: References, score: Callable[[s
         raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
     if not predictions:
         return 0.0
-    return 100.0 * sum(max(score(p, r) for r in refs) for p, refs in zip(predictions, references, strict=True)) / len(predictions)
+    return (
+        100.0
+        * sum(max(score(p, r) for r in refs) for p, refs in zip(predictions, references, strict=True))
+        / len(predictions)
+    )
 
 
 def accuracy(predictions: Sequence[str], references: References) -> float:

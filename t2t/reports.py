@@ -76,7 +76,10 @@ def evaluation_markdown(report: dict) -> str:
                          f"({_fmt(s['q1'])}-{_fmt(s['q3'])}) | {_fmt(s['mean'])} | {per} |")  # fmt: skip
         lines.append("")
     lines += ["## Groups", "", "| group | tasks | mean of task medians |", "|---|---|---|"]
-    for name, info in {**report["groups"], **{f"cluster {k}": v for k, v in report["clusters"].items()}}.items():
+    for name, info in {
+        **report["groups"],
+        **{f"cluster {k}": v for k, v in report["clusters"].items()},
+    }.items():
         lines.append(f"| {name} | {info['tasks']} | {_fmt(info['mean_of_medians'])} |")
     return "\n".join(lines) + "\n"
 
@@ -118,7 +121,9 @@ def print_evaluation(report: dict, console: Console | None = None) -> None:
                       _fmt(s["iqr"]), _fmt(s["mean"]))  # fmt: skip
     console.print(table)
     for group, info in report["groups"].items():
-        console.print(f"{group}: mean of task medians {_fmt(info['mean_of_medians'])} over {info['tasks']} tasks")
+        console.print(
+            f"{group}: mean of task medians {_fmt(info['mean_of_medians'])} over {info['tasks']} tasks"
+        )
 
 
 def save_evaluation(report: dict, records: list[dict], out_dir: Path) -> dict[str, Path]:

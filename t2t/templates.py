@@ -136,7 +136,9 @@ class Task:
             _check_fields(self.filter_fields, spec, "filter", where, frozenset())
         self.references_expr, self.reference_fields = None, set()
         if spec.references is not None:
-            self.references_expr, self.reference_fields = _parse(spec.references, "references", where, expression=True)
+            self.references_expr, self.reference_fields = _parse(
+                spec.references, "references", where, expression=True
+            )
             _check_fields(self.reference_fields, spec, "references", where, frozenset())
 
     @property

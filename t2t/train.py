@@ -21,14 +21,24 @@ import torch
 import yaml
 
 from t2t.balancing import Balancer, ModelWithBalancing
-from t2t.checkpoint import export_model, latest_checkpoint, load_run_state, save_checkpoint
+from t2t.batching import Example, pad_batch
+from t2t.checkpoint import (
+    checkpoint_name,
+    export_model,
+    latest_checkpoint,
+    load_run_state,
+    mark_best,
+    save_checkpoint,
+)
 from t2t.data import BatchingConfig, BatchLoader, LoaderState, MixtureData
-from t2t.encoding import Limits, truncation_warnings
+from t2t.encoding import Limits, encode_task, truncation_warnings
 from t2t.errors import T2TError, Where
+from t2t.evaluation import EvalConfig, evaluate_task, primary_metric, summarise
 from t2t.fileio import atomic_write_text
 from t2t.mixtures import Mixture, load_mixture
 from t2t.modeling import TinyT5, build_tiny_t5, load_model, loss_sums
 from t2t.registry import Registry
+from t2t.selection import Selector
 from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
 from t2t.train_config import TrainConfig, config_dict
 
@@ -45,6 +55,8 @@ class TrainState:
     examples_seen: int = 0
     loader: list[dict] = field(default_factory=list)  # each process's data position
     balancer: dict = field(default_factory=dict)
+    evaluations: int = 0
+    selector: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------- factories
@@ -188,6 +200,9 @@ class Run:
         self.data = MixtureData(self.mixture, registry, self.tokenizer, limits, config.cache_dir)
         self.loader = BatchLoader(self.data, batching_config(config), acc.process_index, acc.num_processes)
         self.state = TrainState()
+        sel = config.selection
+        self.selector = Selector(margin=sel.margin, weights=dict(sel.weights), baseline=dict(sel.baseline))
+        self.last_saved_step = -1
         self.checkpoint = self._resume_from(resume)
         self.metrics_path = config.run_dir / "metrics.jsonl"
 
@@ -220,6 +235,9 @@ class Run:
         self.state = TrainState(**state)
         self.loader.state = LoaderState(**state["loader"][self.accelerator.process_index])
         self.balancer.load_state_dict(state["balancer"])
+        if state["selector"]:
+            self.selector.load_state_dict(state["selector"])
+        self.last_saved_step = self.state.step
         return checkpoint
 
     # ------------------------------------------------------------------------------------ the loop
@@ -239,6 +257,7 @@ class Run:
             window.add(stats)
             self.maybe_log(window, progress)
             self.maybe_save()
+            self.maybe_evaluate()
         progress.close()
         final = self.finish()
         acc.end_training()
@@ -325,13 +344,20 @@ class Run:
 
         self.state.loader = gather_object([asdict(self.loader.state)])
         self.state.balancer = self.balancer.state_dict()
+        self.state.selector = self.selector.state_dict()
+        self.last_saved_step = self.state.step
         run_state = {"state": asdict(self.state), "world_size": self.accelerator.num_processes,
                      "mixture": self.mixture.name, "tasks": self.tasks}  # fmt: skip
         return save_checkpoint(self.accelerator, self.model, self.tokenizer, self.config.run_dir, self.state.step,
                                run_state, self.config.keep_checkpoints)  # fmt: skip
 
     def finish(self) -> dict:
-        checkpoint = self.save()
+        folder = self.config.run_dir / "checkpoints"
+        checkpoint = (
+            folder / checkpoint_name(self.state.step)
+            if self.last_saved_step == self.state.step
+            else self.save()
+        )
         export_model(self.accelerator, self.model, self.tokenizer, self.config.run_dir / "model")
         if self.accelerator.is_main_process:
             from t2t.plots import plot_loss_curves
@@ -339,6 +365,64 @@ class Run:
             plot_loss_curves(self.metrics_path, self.config.run_dir / "loss_curves.png")
         return {"step": self.state.step, "checkpoint": str(checkpoint), "model": str(self.config.run_dir / "model"),
                 "tokens_seen": self.state.tokens_seen, "main_process": self.accelerator.is_main_process}  # fmt: skip
+
+    def maybe_evaluate(self) -> None:
+        """Validation loss and rank classification of the training tasks; every `eval_generate_every`-th time also
+        generation, and the checkpoint-selection decision. Every process evaluates the same examples (ZeRO-3
+        gathers parameters collectively)."""
+        config, acc = self.config, self.accelerator
+        if not config.eval_every_steps or self.state.step % config.eval_every_steps:
+            return
+        self.state.evaluations += 1
+        generation = self.state.evaluations % config.eval_generate_every == 0
+        model = acc.unwrap_model(self.model).model
+        model.eval()
+        eval_config = EvalConfig(split=self.mixture.spec.splits.eval, max_examples=config.eval_max_examples,
+                                 generate=generation)  # fmt: skip
+        record: dict[str, Any] = {"step": self.state.step, "generation": generation}
+        primary: dict[str, float] = {}
+        for name in self.tasks:
+            task = self.registry.task(name)
+            record[f"eval_loss/{name}"] = self._validation_loss(task, model)
+            per_template, _ = evaluate_task(model, self.tokenizer, task, eval_config)
+            if next(iter(per_template.values())):
+                metric = primary_metric(task, per_template)
+                primary[name] = summarise([s[metric] for s in per_template.values()])["median"]
+                record[f"eval/{name}"] = primary[name]
+        model.train()
+        if generation:
+            decision = self.selector.decide(primary)
+            record.update(
+                {"eval_score": decision.score, "best": decision.accepted, "blocked_by": decision.blocked_by}
+            )
+            if acc.is_main_process:
+                print(f"step {self.state.step}: {decision.describe()}")
+            if decision.accepted:
+                checkpoint = self.save() if self.last_saved_step != self.state.step else None
+                if acc.is_main_process:
+                    mark_best(
+                        config.run_dir,
+                        checkpoint or config.run_dir / "checkpoints" / checkpoint_name(self.state.step),
+                    )
+        acc.log({k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)},
+                step=self.state.step)  # fmt: skip
+        if acc.is_main_process:
+            with (config.run_dir / "eval.jsonl").open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    @torch.no_grad()
+    def _validation_loss(self, task: Any, model: Any) -> float:
+        """Mean token loss of the first examples of the eval split (first template), cached encodings."""
+        encoded = encode_task(task, self.mixture.spec.splits.eval, self.tokenizer, self.data.limits,
+                              self.config.cache_dir, self.data._tokenizer_key)  # fmt: skip
+        template = encoded.templates[task.template_names[0]]
+        n = min(self.config.eval_max_examples, len(template.input_ids))
+        examples = [Example(template.input_ids[i], template.labels[i], 0) for i in range(n)]
+        total = tokens = 0.0
+        for start in range(0, n, 32):
+            sums = loss_sums(model, pad_batch(examples[start : start + 32]).tensors, 1)
+            total, tokens = total + float(sums.loss), tokens + float(sums.tokens)
+        return total / max(tokens, 1.0)
 
     def _log_start(self) -> None:
         acc = self.accelerator

@@ -89,6 +89,14 @@ class BalancingSpec(Spec):
     )
 
 
+class SelectionSpec(Spec):
+    margin: Annotated[float, Field(ge=0)] = 1.0  # points a task may fall below its floor
+    weights: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict
+    )  # task -> weight (default 1)
+    baseline: dict[str, float] = Field(default_factory=dict)  # task -> floor instead of its best so far
+
+
 class TrainConfig(Spec):
     run_dir: Path
     mixture: str
@@ -108,6 +116,12 @@ class TrainConfig(Spec):
     save_every_steps: Positive | None = None  # None: only at the end
     keep_checkpoints: Positive = 2
     balancing: BalancingSpec = BalancingSpec()
+    eval_every_steps: Positive | None = None  # validation loss and rank classification of the training tasks
+    eval_generate_every: Positive = (
+        2  # ... and generation (and checkpoint selection) every this many evaluations
+    )
+    eval_max_examples: Positive = 50  # per task
+    selection: SelectionSpec = SelectionSpec()
     trackers: list[Tracker] = Field(default_factory=lambda: ["tensorboard"])  # accelerate trackers
     cache_dir: Path | None = None  # encoded-data cache; default $T2T_CACHE or ~/.cache/t2t
 

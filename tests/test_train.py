@@ -256,7 +256,9 @@ def test_schedules_with_warmup(name, factors):
 
 
 def test_adafactor_and_cosine_run(tmp_path, tokenizer_dir, mixture_dir):
-    config = make_config(tmp_path, tokenizer_dir, steps=4, **{"optimizer.name": "adafactor", "schedule.name": "cosine"})
+    config = make_config(
+        tmp_path, tokenizer_dir, steps=4, **{"optimizer.name": "adafactor", "schedule.name": "cosine"}
+    )
     result = train(config, registry_with(mixture_dir))
     assert result["step"] == 4 and metrics(config.run_dir)[-1]["loss"] > 0
 
@@ -275,6 +277,9 @@ def test_non_finite_loss_stops_naming_the_tasks(tmp_path, tokenizer_dir, mixture
         return sums
 
     monkeypatch.setattr(train_module, "loss_sums", poisoned)
-    with pytest.raises(T2TError, match=r"non-finite loss at step 4 \(this process's batch holds tasks (add_numbers|color_lookup)"):
+    with pytest.raises(
+        T2TError,
+        match=r"non-finite loss at step 4 \(this process's batch holds tasks (add_numbers|color_lookup)",
+    ):
         run.fit()
     assert latest_checkpoint(config.run_dir).name == "step_00000002"  # the last good checkpoint is untouched
