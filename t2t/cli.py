@@ -204,6 +204,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from t2t.demo import run_demo
+
+    if args.out.exists() and any(args.out.iterdir()):
+        raise T2TError(f"{args.out} exists and is not empty: choose another --out or remove it")
+    run_demo(args.out, args.steps, args.max_examples, _registry(args))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from t2t.compare import compare
+
+    if args.out.exists() and any(args.out.iterdir()):
+        raise T2TError(f"{args.out} exists and is not empty: choose another --out or remove it")
+    result = compare(args.mixture, args.out, args.steps, args.max_examples, args.margin, _registry(args))
+    print((args.out / "compare.md").read_text())
+    print(
+        f"wrote {args.out / 'compare.md'} and {args.out / 'compare.png'}; mean delta {result['mean_delta']:+.1f}"
+    )
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- parser
 
 
@@ -301,6 +323,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-generate", action="store_true", help="rank classification only (tasks with choices)")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json / .md, predictions, plot")
+
+    p = command("demo", cmd_demo, "train and evaluate a tiny T5 on the demo mixture, offline, in minutes")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run dir (default runs/demo)")
+    p.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
+    p.add_argument("--max-examples", type=int, default=100, help="evaluation examples per task (default 100)")
+
+    p = command("compare", cmd_compare, "a mixture model against single-task baselines (negative transfer)")
+    p.add_argument("mixture")
+    p.add_argument(
+        "--steps", type=int, default=2000, help="mixture training steps (the budget; default 2000)"
+    )
+    p.add_argument("--max-examples", type=int, default=100, help="evaluation examples per task")
+    p.add_argument(
+        "--margin", type=float, default=2.0, help="points below which a delta is negative transfer"
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/compare"))
 
     p = command("new-task", cmd_new_task, "write a starter task file for a local jsonl/csv/parquet file")
     p.add_argument("name")

@@ -20,9 +20,10 @@ def plot_loss_curves(metrics_path: Path, out_path: Path) -> Path | None:
         return None
     tasks = sorted({key.split("/", 1)[1] for r in records for key in r if key.startswith("task_loss/")})
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    for task in tasks:
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours: the default cycle repeats after 10 tasks
+    for i, task in enumerate(tasks):
         points = [(r["step"], r[f"task_loss/{task}"]) for r in records if f"task_loss/{task}" in r]
-        ax.plot(*zip(*points, strict=True), label=task, linewidth=1.2)
+        ax.plot(*zip(*points, strict=True), label=task, linewidth=1.2, color=colors[i % len(colors)])
     ax.plot(
         [r["step"] for r in records],
         [r["loss"] for r in records],

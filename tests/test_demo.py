@@ -1,0 +1,30 @@
+"""`t2t demo`, shortened: every stage runs and the run dir holds what the README promises."""
+
+import json
+
+from transformers import AutoModelForSeq2SeqLM
+
+
+def test_demo_end_to_end_writes_its_run_dir(tmp_path, run_cli):
+    out = tmp_path / "demo"
+    code, stdout, _ = run_cli("demo", "--out", out, "--steps", "12", "--max-examples", "3")
+    assert code == 0
+    for stage in ("1/4", "2/4", "3/4", "4/4"):
+        assert stage in stdout
+    assert f"report         {out / 'report.md'}" in stdout
+    report = (out / "report.md").read_text()
+    assert (
+        report.startswith("# t2t demo")
+        and "## Held-out tasks (zero-shot)" in report
+        and "## Seen tasks" in report
+    )
+    assert "![loss curves](loss_curves.png)" in report
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert {n for n, t in results["tasks"].items() if t["held_out"]} == {"color_check", "sum_check"}
+    assert len(results["tasks"]) == 13
+    for name in ("loss_curves.png", "eval/scores.png", "metrics.jsonl", "tokenizer/spiece.model"):
+        assert (out / name).is_file(), name
+    AutoModelForSeq2SeqLM.from_pretrained(str(out / "model"))
+    # A second demo into the same folder is refused rather than mixed with the first.
+    code, _, err = run_cli("demo", "--out", out, "--steps", "2")
+    assert code == 2 and "exists and is not empty" in err
