@@ -69,7 +69,7 @@ def compare(
         single = _train(single_config, single_registry)
         single_score = _scores(single, single_registry, [member.task], max_examples)[member.task]
         delta = mixed_scores[member.task] - single_score
-        rows.append({"task": member.task, "metric_examples": round(budget), "mixture": mixed_scores[member.task],
+        rows.append({"task": member.task, "examples": round(budget), "mixture": mixed_scores[member.task],
                      "single": single_score, "delta": delta, "negative_transfer": delta < -margin})  # fmt: skip
     result = {"mixture": mixture_name, "steps": steps, "margin": margin, "tasks": rows,
               "mean_delta": sum(r["delta"] for r in rows) / len(rows)}  # fmt: skip
@@ -85,7 +85,7 @@ def compare_markdown(result: dict) -> str:
              "", "| task | examples | mixture | single | delta | |", "|---|---|---|---|---|---|"]  # fmt: skip
     for r in result["tasks"]:
         flag = "negative transfer" if r["negative_transfer"] else ""
-        lines.append(f"| {r['task']} | {r['metric_examples']:,} | {r['mixture']:.1f} | {r['single']:.1f} | "
+        lines.append(f"| {r['task']} | {r['examples']:,} | {r['mixture']:.1f} | {r['single']:.1f} | "
                      f"{r['delta']:+.1f} | {flag} |")  # fmt: skip
     lines += ["", f"Mean delta: {result['mean_delta']:+.1f} points over {len(result['tasks'])} tasks."]
     return "\n".join(lines) + "\n"
