@@ -57,13 +57,13 @@ class MixtureData:
         self.task_names = mixture.task_names
         self.task_index = {name: i for i, name in enumerate(self.task_names)}
         self._encoded: dict[str, EncodedTask] = {}
-        self._tokenizer_key = tokenizer_fingerprint(tokenizer)
+        self.tokenizer_key = tokenizer_fingerprint(tokenizer)
 
     def encoded(self, task: str) -> EncodedTask:
         if task not in self._encoded:
             self._encoded[task] = encode_task(
                 self.registry.task(task), self.mixture.spec.splits.train, self.tokenizer, self.limits,
-                self.cache_dir, self._tokenizer_key,
+                self.cache_dir, self.tokenizer_key,
             )  # fmt: skip
         return self._encoded[task]
 

@@ -56,3 +56,9 @@ def did_you_mean(name: str, candidates: list[str] | tuple[str, ...] | set[str]) 
 
     close = difflib.get_close_matches(name, sorted(candidates), n=3, cutoff=0.6)
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (libraries raise long, multi-line ones), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

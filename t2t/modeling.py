@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from t2t.batching import IGNORE, Batch
-from t2t.errors import T2TError, Where
+from t2t.errors import T2TError, Where, first_line
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def load_model(name_or_dir: str | Path):
     try:
         return AutoModelForSeq2SeqLM.from_pretrained(str(name_or_dir))
     except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise T2TError(f"cannot load model: {reason}", Where(file=name_or_dir)) from None
 
 

@@ -11,7 +11,7 @@ import datasets
 import numpy as np
 
 from t2t.config import FILE_FORMATS, FilesSource, GeneratorSource, HubSource, TaskSpec
-from t2t.errors import T2TError, Where, did_you_mean
+from t2t.errors import T2TError, Where, did_you_mean, first_line
 from t2t.generators import GENERATORS, generate
 from t2t.templates import Task
 
@@ -114,7 +114,7 @@ def _load_hub(spec: TaskSpec, split: str, where: Where) -> datasets.Dataset:
             path, src.name, data_dir=src.data_dir, revision=src.revision, split=src.splits.get(split, split)
         )
     except Exception as exc:  # datasets raises many types; the user needs the first line of the reason
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise T2TError(f"cannot load hub dataset {src.path!r}: {reason}", where) from None
 
 
@@ -136,7 +136,7 @@ def load_data_file(path: Path, split: str = "train", where: Where | None = None)
     try:
         return datasets.load_dataset(builder, data_files={split: str(path)}, split=split)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise T2TError(f"cannot read the {builder} file: {reason}", where) from None
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import yaml
+from accelerate.utils import DistributedType
 
 from t2t.balancing import Balancer, ModelWithBalancing
 from t2t.batching import Example, pad_batch
@@ -42,7 +43,6 @@ from t2t.selection import Selector
 from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
 from t2t.train_config import TrainConfig, config_dict
 
-T5_FAMILY = {"t5", "mt5", "umt5", "longt5", "switch_transformers"}
 FAULT_ENV = "T2T_FAULT_KILL_AT_STEP"  # testing hook: SIGKILL this process when it reaches that step
 
 
@@ -108,10 +108,6 @@ def get_model(config: TrainConfig, tokenizer: Any):
         model = load_model(config.model.pretrained)
     else:
         model = build_tiny_t5(TinyT5(**config.model.tiny.model_dump()), tokenizer, seed=config.seed)
-    if (
-        config.precision == "fp16" and model.config.model_type in T5_FAMILY
-    ):  # guarded earlier; kept for clarity
-        raise T2TError("fp16 is refused for T5-family models")
     return model
 
 
@@ -282,11 +278,8 @@ class Run:
                     self.balancer.loss(sums.task_loss, sums.task_tokens, log_vars.to(device)) / global_tokens
                 )
                 acc.backward(loss * k * acc.num_processes)  # accelerate / DeepSpeed divide by k, DDP averages
-                if (
-                    acc.sync_gradients
-                    and config_clip(self.config)
-                    and acc.distributed_type.name != "DEEPSPEED"
-                ):
+                deepspeed_clips = acc.distributed_type == DistributedType.DEEPSPEED  # from its config
+                if acc.sync_gradients and self.config.max_grad_norm is not None and not deepspeed_clips:
                     acc.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad()
@@ -414,7 +407,7 @@ class Run:
     def _validation_loss(self, task: Any, model: Any) -> float:
         """Mean token loss of the first examples of the eval split (first template), cached encodings."""
         encoded = encode_task(task, self.mixture.spec.splits.eval, self.tokenizer, self.data.limits,
-                              self.config.cache_dir, self.data._tokenizer_key)  # fmt: skip
+                              self.config.cache_dir, self.data.tokenizer_key)  # fmt: skip
         template = encoded.templates[task.template_names[0]]
         n = min(self.config.eval_max_examples, len(template.input_ids))
         examples = [Example(template.input_ids[i], template.labels[i], 0) for i in range(n)]
@@ -436,10 +429,6 @@ class Run:
         print(f"t2t train: {start} at step {self.state.step} of {self.config.steps}; {len(self.tasks)} tasks, "
               f"{n_params / 1e6:.2f}M parameters, {acc.num_processes} process(es), {acc.distributed_type.name.lower()}, "
               f"precision {acc.mixed_precision}")  # fmt: skip
-
-
-def config_clip(config: TrainConfig) -> bool:
-    return config.max_grad_norm is not None
 
 
 class _LogWindow:

@@ -20,7 +20,9 @@ def test_compare_trains_single_task_baselines_and_reports_deltas(tmp_path):
         assert row["negative_transfer"] == (row["delta"] < -2.0)
     # budgets follow the mixture's probabilities (3:1)
     assert rows["add_numbers"]["examples"] > 2 * rows["color_lookup"]["examples"]
-    steps = {t: len((tmp_path / "out" / "single" / t / "metrics.jsonl").read_text().splitlines()) for t in rows}
+    steps = {
+        t: len((tmp_path / "out" / "single" / t / "metrics.jsonl").read_text().splitlines()) for t in rows
+    }
     assert all(n >= 1 for n in steps.values())
     markdown = (tmp_path / "out" / "compare.md").read_text()
     assert "| task | examples | mixture | single | delta | |" in markdown and "Mean delta:" in markdown
