@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 IGNORE = -100  # label value the loss skips
@@ -69,23 +70,24 @@ def shift_right(labels: Sequence[int], start_id: int) -> list[int]:
 
 def pad_batch(examples: Sequence[Example], pad_id: int = 0, decoder_start_id: int = 0) -> Batch:
     n = len(examples)
-    in_len = max(len(e.input_ids) for e in examples)
-    out_len = max(len(e.labels) for e in examples)
-    input_ids = torch.full((n, in_len), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, in_len), dtype=torch.long)
-    labels = torch.full((n, out_len), IGNORE, dtype=torch.long)
-    decoder_input_ids = torch.full((n, out_len), pad_id, dtype=torch.long)
-    task_ids = torch.full((n, out_len), -1, dtype=torch.long)
-    for i, e in enumerate(examples):
-        input_ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
-        attention_mask[i, : len(e.input_ids)] = 1
-        labels[i, : len(e.labels)] = torch.tensor(e.labels)
-        decoder_input_ids[i, : len(e.labels)] = torch.tensor(shift_right(e.labels, decoder_start_id))
-        task_ids[i, : len(e.labels)] = e.task
-    real = sum(len(e.input_ids) + len(e.labels) for e in examples)
-    tensors = {"input_ids": input_ids, "attention_mask": attention_mask, "decoder_input_ids": decoder_input_ids,
-               "labels": labels, "task_ids": task_ids}  # fmt: skip
-    return Batch(tensors, n, real, n * (in_len + out_len))
+    in_lens = np.fromiter((len(e.input_ids) for e in examples), dtype=np.int64, count=n)
+    out_lens = np.fromiter((len(e.labels) for e in examples), dtype=np.int64, count=n)
+    in_len, out_len = int(in_lens.max()), int(out_lens.max())
+    input_ids = np.full((n, in_len), pad_id, dtype=np.int64)
+    labels = np.full((n, out_len), IGNORE, dtype=np.int64)
+    decoder_input_ids = np.full((n, out_len), pad_id, dtype=np.int64)
+    for i, e in enumerate(examples):  # one slice copy per row; no tensor per example
+        input_ids[i, : in_lens[i]] = e.input_ids
+        labels[i, : out_lens[i]] = e.labels
+        decoder_input_ids[i, 0] = decoder_start_id
+        decoder_input_ids[i, 1 : out_lens[i]] = e.labels[:-1]
+    attention_mask = (np.arange(in_len)[None, :] < in_lens[:, None]).astype(np.int64)
+    tasks = np.fromiter((e.task for e in examples), dtype=np.int64, count=n)
+    task_ids = np.where(np.arange(out_len)[None, :] < out_lens[:, None], tasks[:, None], -1)
+    tensors = {name: torch.from_numpy(array) for name, array in (
+        ("input_ids", input_ids), ("attention_mask", attention_mask), ("decoder_input_ids", decoder_input_ids),
+        ("labels", labels), ("task_ids", task_ids))}  # fmt: skip
+    return Batch(tensors, n, int(in_lens.sum() + out_lens.sum()), n * (in_len + out_len))
 
 
 # -------------------------------------------------------------------------------------------- packed
