@@ -62,3 +62,11 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (libraries raise long, multi-line ones), or its type's name."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_pretrained(loader, name_or_dir: str | Path, what: str):
+    """`loader.from_pretrained(name_or_dir)`, with a failure as one T2TError line naming what and where."""
+    try:
+        return loader.from_pretrained(str(name_or_dir))
+    except (OSError, ValueError) as exc:
+        raise T2TError(f"cannot load {what}: {first_line(exc)}", Where(file=name_or_dir)) from None

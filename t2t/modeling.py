@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from t2t.batching import IGNORE, Batch
-from t2t.errors import T2TError, Where, first_line
+from t2t.errors import load_pretrained
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,7 @@ def load_model(name_or_dir: str | Path):
     """Any HF seq2seq checkpoint: a hub name or a local directory (e.g. a flan-t5 dir or a t2t checkpoint)."""
     from transformers import AutoModelForSeq2SeqLM
 
-    try:
-        return AutoModelForSeq2SeqLM.from_pretrained(str(name_or_dir))
-    except (OSError, ValueError) as exc:
-        reason = first_line(exc)
-        raise T2TError(f"cannot load model: {reason}", Where(file=name_or_dir)) from None
+    return load_pretrained(AutoModelForSeq2SeqLM, name_or_dir, "model")
 
 
 def packed_attention_masks(

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from t2t.errors import T2TError, Where, first_line
+from t2t.errors import T2TError, load_pretrained
 from t2t.registry import Registry
 from t2t.rng import keyed_rng
 from t2t.sources import load_split
@@ -82,8 +82,4 @@ def load_tokenizer(name_or_dir: str | Path):
     """Any HF tokenizer: a hub name or a local directory."""
     from transformers import AutoTokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(str(name_or_dir))
-    except (OSError, ValueError) as exc:
-        reason = first_line(exc)
-        raise T2TError(f"cannot load tokenizer: {reason}", Where(file=name_or_dir)) from None
+    return load_pretrained(AutoTokenizer, name_or_dir, "tokenizer")

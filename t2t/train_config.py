@@ -12,6 +12,14 @@ from t2t.config import Spec, load_yaml, validation_error
 from t2t.errors import T2TError, Where
 
 Positive = Annotated[int, Field(gt=0)]
+
+
+def exactly_one(spec: Any, section: str, first: str, second: str) -> Any:
+    if (getattr(spec, first) is None) == (getattr(spec, second) is None):
+        raise ValueError(f"give exactly one of {section}.{first} and {section}.{second}")
+    return spec
+
+
 Tracker = Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"]
 
 
@@ -29,11 +37,7 @@ class ModelSpec(Spec):
     pretrained: str | None = None
     tiny: TinyModelSpec | None = None
 
-    @model_validator(mode="after")
-    def _one_of(self) -> ModelSpec:
-        if (self.pretrained is None) == (self.tiny is None):
-            raise ValueError("give exactly one of model.pretrained and model.tiny")
-        return self
+    _one_of = model_validator(mode="after")(lambda self: exactly_one(self, "model", "pretrained", "tiny"))
 
 
 class TokenizerSpec(Spec):
@@ -43,11 +47,9 @@ class TokenizerSpec(Spec):
     vocab_size: Positive | None = None  # train one with at most this many pieces
     rows_per_task: Positive = 2000
 
-    @model_validator(mode="after")
-    def _one_of(self) -> TokenizerSpec:
-        if (self.pretrained is None) == (self.vocab_size is None):
-            raise ValueError("give exactly one of tokenizer.pretrained and tokenizer.vocab_size")
-        return self
+    _one_of = model_validator(mode="after")(
+        lambda self: exactly_one(self, "tokenizer", "pretrained", "vocab_size")
+    )
 
 
 class BatchingSpec(Spec):
