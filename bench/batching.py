@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import platform
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+from _common import demo_tokenizer_dir
 from transformers import DataCollatorForSeq2Seq
 
 from t2t.batching import bucket_by_length, pack, packed_batch, pad_batch
@@ -24,7 +23,7 @@ from t2t.encoding import Limits
 from t2t.mixtures import load_mixture
 from t2t.modeling import TinyT5, build_tiny_t5, loss_sums
 from t2t.registry import Registry
-from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
+from t2t.tokenizer import load_tokenizer
 
 HF_BATCH = 64  # examples per HF batch (about 64 x 42 = 2.7k padded token slots)
 PADDED_TOKENS = 2688  # t2t padded: token slots per batch
@@ -32,14 +31,6 @@ PACKED = (
     (512, 4),
     (128, 16),
 )  # t2t packed: (encoder row length, rows per batch), ~2.4k token slots per batch
-
-
-def tokenizer_for(registry: Registry, mixture, path: str | None):
-    if path:
-        return load_tokenizer(path)
-    out = Path(tempfile.mkdtemp()) / "tok"
-    train_tokenizer(mixture_texts(registry, mixture.task_names, "train", 500), 2000, out)
-    return load_tokenizer(out)
 
 
 def timed(model, batches, step) -> tuple[float, int, int]:
@@ -60,7 +51,7 @@ def main() -> None:
     torch.set_num_threads(2)
     registry = Registry.default()
     mixture = load_mixture(registry, "demo")
-    tokenizer = tokenizer_for(registry, mixture, args.tokenizer)
+    tokenizer = load_tokenizer(demo_tokenizer_dir(args.tokenizer))
     data = MixtureData(mixture, registry, tokenizer, Limits(128, 32))
     examples = [data.example(item) for item in data.stream.items(0, args.examples)]
     model = build_tiny_t5(TinyT5(d_model=128, num_layers=2, num_heads=4, d_ff=256), tokenizer)

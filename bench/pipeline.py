@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import demo_tokenizer_dir
 
 from t2t.data import BatchingConfig, BatchLoader, LoaderState, MixtureData
 from t2t.encoding import Limits, encode_task
@@ -24,7 +25,7 @@ from t2t.mixtures import load_mixture
 from t2t.modeling import TinyT5, build_tiny_t5, loss_sums
 from t2t.registry import Registry
 from t2t.sources import load_split
-from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
+from t2t.tokenizer import load_tokenizer
 
 
 def main() -> None:
@@ -35,11 +36,7 @@ def main() -> None:
     registry = Registry.default()
     mixture = load_mixture(registry, "demo")
     tmp = Path(tempfile.mkdtemp())
-    if args.tokenizer is None:
-        args.tokenizer = str(
-            train_tokenizer(mixture_texts(registry, mixture.task_names, "train", 500), 2000, tmp / "tok")
-        )
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer = load_tokenizer(demo_tokenizer_dir(args.tokenizer))
     limits = Limits(96, 24)
 
     # 1. render + tokenise, uncached (rows are generated beforehand, as a dataset would be on disk)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import datasets
 import torch
+from _common import demo_tokenizer_dir
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 from t2t.data import MixtureData
@@ -24,7 +25,7 @@ from t2t.encoding import Limits
 from t2t.mixtures import load_mixture
 from t2t.modeling import TinyT5, build_tiny_t5
 from t2t.registry import Registry
-from t2t.tokenizer import mixture_texts, train_tokenizer
+from t2t.tokenizer import load_tokenizer
 from t2t.train import Run
 from t2t.train_config import TrainConfig
 
@@ -74,11 +75,7 @@ def main() -> None:
     registry = Registry.default()
     mixture = load_mixture(registry, "demo")
     tmp = Path(tempfile.mkdtemp())
-    tokenizer_dir = Path(args.tokenizer) if args.tokenizer else tmp / "tok"
-    if not args.tokenizer:
-        train_tokenizer(mixture_texts(registry, mixture.task_names, "train", 500), 2000, tokenizer_dir)
-    from t2t.tokenizer import load_tokenizer
-
+    tokenizer_dir = demo_tokenizer_dir(args.tokenizer)
     tokenizer = load_tokenizer(tokenizer_dir)
     data = MixtureData(mixture, registry, tokenizer, Limits(128, 32))
     examples = [data.example(item) for item in data.stream.items(0, args.examples)]

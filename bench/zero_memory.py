@@ -65,16 +65,10 @@ def main() -> None:
     if args.worker:
         worker(*args.worker, args.steps)
         return
-    tmp = Path(tempfile.mkdtemp())
-    tokenizer_dir = args.tokenizer
-    if tokenizer_dir is None:
-        from t2t.mixtures import load_mixture
-        from t2t.registry import Registry
-        from t2t.tokenizer import mixture_texts, train_tokenizer
+    from _common import demo_tokenizer_dir
 
-        registry = Registry.default()
-        tasks = load_mixture(registry, "demo").task_names
-        tokenizer_dir = str(train_tokenizer(mixture_texts(registry, tasks, "train", 300), 2000, tmp / "tok"))
+    tmp = Path(tempfile.mkdtemp())
+    tokenizer_dir = str(demo_tokenizer_dir(args.tokenizer))
     rows = []
     for name, launch in SETTINGS.items():
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", launch, __file__,

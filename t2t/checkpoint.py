@@ -31,6 +31,10 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINTS / checkpoint_name(step)
+
+
 def export_model(accelerator: Any, wrapped: Any, tokenizer: Any, out_dir: Path) -> None:
     """Write the seq2seq model (gathered from every process under ZeRO-3) and tokenizer as a plain HF dir."""
     state = accelerator.get_state_dict(wrapped)  # every process must call this under ZeRO-3
@@ -95,5 +99,5 @@ def load_run_state(checkpoint: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def mark_best(run_dir: Path, checkpoint: Path) -> None:
-    atomic_write_text(run_dir / CHECKPOINTS / BEST, checkpoint.name + "\n")
+def mark_best(run_dir: Path, step: int) -> None:
+    atomic_write_text(run_dir / CHECKPOINTS / BEST, checkpoint_name(step) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,6 +14,19 @@ from t2t.registry import Registry
 
 EXIT_PROBLEMS = 1  # lint found problems
 EXIT_BAD_INPUT = 2  # the input cannot be used
+
+
+def positive_int(text: str) -> int:
+    """argparse type: bad values become argparse's one-line `error:` and exit code 2."""
+    if not text.lstrip("+").isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return int(text)
+
+
+def non_negative_int(text: str) -> int:
+    if not text.lstrip("+").isdigit():
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, not {text!r}")
+    return int(text)
 
 
 def _registry(args: argparse.Namespace) -> Registry:
@@ -123,8 +137,6 @@ def cmd_mixture_sample(args: argparse.Namespace) -> int:
     from t2t.mixtures import load_mixture, stream_for
     from t2t.sources import load_split
 
-    if args.start < 0 or args.count < 0:
-        raise T2TError("--start and --count must not be negative")
     registry = _registry(args)
     mixture = load_mixture(registry, args.mixture)
     split = mixture.spec.splits.train
@@ -260,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("render", cmd_render, "print rendered examples of a task")
     p.add_argument("task")
-    p.add_argument("-n", type=int, default=3, help="how many examples (default 3)")
+    p.add_argument("-n", type=positive_int, default=3, help="how many examples (default 3)")
     p.add_argument("--template", help="render with this template (default: the seeded choice per row)")
     p.add_argument("--split", default="train")
     p.add_argument("--seed", type=int, default=0)
@@ -274,14 +286,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = mixture_sub.add_parser("show", help="the dry-run report: how often each task is drawn")
     p.set_defaults(fn=cmd_mixture_show)
     p.add_argument("mixture")
-    p.add_argument("--steps", type=int, default=1000, help="training steps to plan for (default 1000)")
-    p.add_argument("--batch-size", type=int, default=32, help="examples per step, all processes (default 32)")
+    p.add_argument(
+        "--steps", type=positive_int, default=1000, help="training steps to plan for (default 1000)"
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=32, help="examples per step, all processes (default 32)"
+    )
     p.add_argument("--json", action="store_true")
     p = mixture_sub.add_parser("sample", help="the exact examples at stream positions K..K+N-1")
     p.set_defaults(fn=cmd_mixture_sample)
     p.add_argument("mixture")
-    p.add_argument("--start", type=int, default=0, metavar="K")
-    p.add_argument("--count", type=int, default=10, metavar="N")
+    p.add_argument("--start", type=non_negative_int, default=0, metavar="K")
+    p.add_argument("--count", type=positive_int, default=10, metavar="N")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
     tokenizer = sub.add_parser("tokenizer", help="train a tokenizer", description="train a tokenizer")
@@ -292,10 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_tokenizer_train)
     p.add_argument("mixture")
     p.add_argument(
-        "--vocab-size", type=int, required=True, help="at most this many pieces (before sentinels)"
+        "--vocab-size", type=positive_int, required=True, help="at most this many pieces (before sentinels)"
     )
     p.add_argument("--out", type=Path, required=True, help="directory to write (replaced if it exists)")
-    p.add_argument("--rows-per-task", type=int, default=2000, help="rows of each task rendered for training")
+    p.add_argument(
+        "--rows-per-task", type=positive_int, default=2000, help="rows of each task rendered for training"
+    )
 
     p = command("train", cmd_train, "train a model on a mixture (plain, or under `accelerate launch`)")
     p.add_argument("config", type=Path, help="training config YAML")
@@ -315,9 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--tasks", nargs="+", metavar="TASK")
     p.add_argument("--held-out", action="store_true", help="with --mixture: only its held-out tasks")
     p.add_argument("--split", default="validation")
-    p.add_argument("--max-examples", type=int, help="per task (a seeded sample)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--max-examples", type=positive_int, help="per task (a seeded sample)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--num-beams", type=positive_int, default=1)
     p.add_argument(
         "--scoring", choices=["t0", "harness"], default="t0", help="rank-classification EOS convention"
     )
@@ -326,15 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("demo", cmd_demo, "train and evaluate a tiny T5 on the demo mixture, offline, in minutes")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run dir (default runs/demo)")
-    p.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
-    p.add_argument("--max-examples", type=int, default=100, help="evaluation examples per task (default 100)")
+    p.add_argument("--steps", type=positive_int, default=2000, help="training steps (default 2000)")
+    p.add_argument(
+        "--max-examples", type=positive_int, default=100, help="evaluation examples per task (default 100)"
+    )
 
     p = command("compare", cmd_compare, "a mixture model against single-task baselines (negative transfer)")
     p.add_argument("mixture")
     p.add_argument(
-        "--steps", type=int, default=2000, help="mixture training steps (the budget; default 2000)"
+        "--steps", type=positive_int, default=2000, help="mixture training steps (the budget; default 2000)"
     )
-    p.add_argument("--max-examples", type=int, default=100, help="evaluation examples per task")
+    p.add_argument("--max-examples", type=positive_int, default=100, help="evaluation examples per task")
     p.add_argument(
         "--margin", type=float, default=2.0, help="points below which a delta is negative transfer"
     )
@@ -362,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("t2t: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

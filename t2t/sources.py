@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -49,7 +50,18 @@ def available_offline(spec: TaskSpec) -> bool:
     return True
 
 
+_LOADED: weakref.WeakKeyDictionary[Task, dict[str, SplitRows]] = weakref.WeakKeyDictionary()
+
+
 def load_split(task: Task, split: str) -> SplitRows:
+    """The split's rows after the task's filter; loaded and filtered once per Task object."""
+    loaded = _LOADED.setdefault(task, {})
+    if split not in loaded:
+        loaded[split] = _load_split(task, split)
+    return loaded[split]
+
+
+def _load_split(task: Task, split: str) -> SplitRows:
     spec = task.spec
     where = Where(file=spec.path, task=spec.name, split=split)
     if split not in splits_of(spec):

@@ -24,7 +24,7 @@ from accelerate.utils import DistributedType
 from t2t.balancing import Balancer, ModelWithBalancing
 from t2t.batching import Example, pad_batch
 from t2t.checkpoint import (
-    checkpoint_name,
+    checkpoint_path,
     export_model,
     latest_checkpoint,
     load_run_state,
@@ -43,7 +43,7 @@ from t2t.selection import Selector
 from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
 from t2t.train_config import TrainConfig, config_dict
 
-FAULT_ENV = "T2T_FAULT_KILL_AT_STEP"  # testing hook: SIGKILL this process when it reaches that step
+FAULT_ENV = "T2T_FAULT_KILL_AT_STEP"  # testing hook: SIGKILL this process once that many steps are done
 
 
 @dataclass
@@ -163,12 +163,7 @@ def configure_deepspeed(accelerator: Any, config: TrainConfig) -> None:
 
 
 def batching_config(config: TrainConfig) -> BatchingConfig:
-    spec = config.batching
-    return BatchingConfig(
-        strategy=spec.strategy, batch_size=spec.batch_size, max_tokens=spec.max_tokens, rows_per_batch=spec.rows_per_batch,
-        pack_input_tokens=spec.pack_input_tokens, pack_target_tokens=spec.pack_target_tokens,
-        window_examples=spec.window_examples,
-    )  # fmt: skip
+    return BatchingConfig(**config.batching.model_dump())  # the same fields, spec -> runtime config
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -234,6 +229,11 @@ class Run:
         if state["selector"]:
             self.selector.load_state_dict(state["selector"])
         self.last_saved_step = self.state.step
+        if (
+            self.accelerator.is_main_process
+        ):  # steps after the checkpoint were lost with the crash: log them anew
+            for name in ("metrics.jsonl", "eval.jsonl"):
+                trim_log(self.config.run_dir / name, self.state.step)
         return checkpoint
 
     # ------------------------------------------------------------------------------------ the loop
@@ -345,12 +345,9 @@ class Run:
                                run_state, self.config.keep_checkpoints)  # fmt: skip
 
     def finish(self) -> dict:
-        folder = self.config.run_dir / "checkpoints"
-        checkpoint = (
-            folder / checkpoint_name(self.state.step)
-            if self.last_saved_step == self.state.step
-            else self.save()
-        )
+        if self.last_saved_step != self.state.step:
+            self.save()
+        checkpoint = checkpoint_path(self.config.run_dir, self.state.step)
         export_model(self.accelerator, self.model, self.tokenizer, self.config.run_dir / "model")
         if self.accelerator.is_main_process:
             from t2t.plots import plot_loss_curves
@@ -391,12 +388,10 @@ class Run:
             if acc.is_main_process:
                 print(f"step {self.state.step}: {decision.describe()}")
             if decision.accepted:
-                checkpoint = self.save() if self.last_saved_step != self.state.step else None
+                if self.last_saved_step != self.state.step:
+                    self.save()
                 if acc.is_main_process:
-                    mark_best(
-                        config.run_dir,
-                        checkpoint or config.run_dir / "checkpoints" / checkpoint_name(self.state.step),
-                    )
+                    mark_best(config.run_dir, self.state.step)
         acc.log({k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)},
                 step=self.state.step)  # fmt: skip
         if acc.is_main_process:
@@ -490,3 +485,13 @@ def _maybe_fault(step: int) -> None:
 
 def train(config: TrainConfig, registry: Registry, resume: str | None = None) -> dict:
     return Run(config, registry, resume).fit()
+
+
+def trim_log(path: Path, last_step: int) -> None:
+    """Keep the JSONL records of steps up to `last_step` (a resumed run logs the later ones again)."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= last_step]
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))

@@ -30,6 +30,12 @@ def write_task(folder: Path, spec: dict) -> Path:
     return path
 
 
+def golden_rows(input_text: str = "Q: 2+2?", **extra_fields) -> list[dict]:
+    """The toy task's one golden example under template 'plain' (its expected input can be varied)."""
+    row = {"question": "2+2?", "answer": "4", **extra_fields}
+    return [{"template": "plain", "row": row, "input": input_text, "target": "4"}]
+
+
 def qa_task(name: str = "toy_qa", **overrides) -> dict:
     """A small task over a local jsonl file named data.jsonl."""
     spec = {
@@ -43,14 +49,7 @@ def qa_task(name: str = "toy_qa", **overrides) -> dict:
             {"name": "plain", "input": "Q: {{ question }}", "target": "{{ answer }}"},
             {"name": "polite", "input": "Please answer: {{ question }}", "target": "{{ answer }}"},
         ],
-        "golden": [
-            {
-                "template": "plain",
-                "row": {"question": "2+2?", "answer": "4"},
-                "input": "Q: 2+2?",
-                "target": "4",
-            }
-        ],
+        "golden": golden_rows(),
     }
     spec.update(overrides)
     return spec

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from tests.conftest import qa_task, write_jsonl, write_task
+from tests.conftest import golden_rows, qa_task, write_jsonl, write_task
 
 
 def tmpl(input_text="Q: {{ question }}", target="{{ answer }}", name="plain", **extra):
@@ -191,14 +191,7 @@ CASES = [
             qa_task(
                 answer_choices=["4", "5"],
                 templates=tmpl(target="{{ answer }}"),
-                golden=[
-                    {
-                        "template": "plain",
-                        "row": {"question": "2+2?", "answer": "4"},
-                        "input": "Q: 2+2?",
-                        "target": "4",
-                    }
-                ],
+                golden=golden_rows(),
             ),
         ),
         "lint",
@@ -209,16 +202,7 @@ CASES = [
         "golden_mismatch",
         lambda d: write_task(
             d,
-            qa_task(
-                golden=[
-                    {
-                        "template": "plain",
-                        "row": {"question": "2+2?", "answer": "4"},
-                        "input": "Q: 2 + 2?",
-                        "target": "4",
-                    }
-                ]
-            ),
+            qa_task(golden=golden_rows("Q: 2 + 2?")),
         ),
         "lint",
         1,
@@ -231,14 +215,7 @@ CASES = [
                 d,
                 qa_task(
                     fields={"question": "", "answer": "", "topic": ""},
-                    golden=[
-                        {
-                            "template": "plain",
-                            "row": {"question": "2+2?", "answer": "4", "topic": "m"},
-                            "input": "Q: 2+2?",
-                            "target": "4",
-                        }
-                    ],
+                    golden=golden_rows(topic="m"),
                 ),
             )
             and write_jsonl(d / "data.jsonl", [{"question": "2+2?", "answer": "4", "topic": "math"}])

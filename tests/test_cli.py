@@ -101,3 +101,31 @@ def test_wheel_carries_the_shipped_templates_and_mixtures(tmp_path):
     folder, count = result.stdout.split()
     assert folder == str(target / "t2t" / "_data" / "templates")
     assert int(count) >= 25
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["demo", "--steps", "0"], "argument --steps: must be a positive integer, not '0'"),
+        (["render", "add_numbers", "-n", "-2"], "argument -n: must be a positive integer, not '-2'"),
+        (
+            ["mixture", "sample", "demo", "--start", "-1"],
+            "argument --start: must be an integer >= 0, not '-1'",
+        ),
+        (
+            ["eval", "--model", "m", "--tasks", "x", "--out", "o", "--batch-size", "many"],
+            "must be a positive integer",
+        ),
+    ],
+)
+def test_bad_numbers_are_refused_by_the_parser(run_cli, capsys, args, message):
+    with pytest.raises(SystemExit) as info:
+        run_cli(*args)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_output_piped_into_head_ends_quietly(tmp_path):
+    result = subprocess.run(f"{sys.executable} -m t2t render add_numbers -n 400 | head -1", shell=True,
+                            capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert result.stdout.startswith("── add_numbers") and "Traceback" not in result.stderr

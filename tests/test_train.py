@@ -118,17 +118,24 @@ def test_resume_after_kill_9_gives_the_weights_of_an_uninterrupted_run(tmp_path,
     straight = make_config(tmp_path / "straight", tokenizer_dir, steps=8)
     train(straight, registry_with(mixture_dir))
 
-    interrupted = make_config(tmp_path / "killed", tokenizer_dir, steps=8, save_every_steps=2)
+    interrupted = make_config(
+        tmp_path / "killed", tokenizer_dir, steps=8, save_every_steps=4, log_every_steps=1
+    )
     config_path = tmp_path / "killed.yaml"
     config_path.write_text(yaml.safe_dump(interrupted.model_dump(mode="json")))
     command = [sys.executable, "-m", "t2t", "--mixtures-dir", str(mixture_dir), "train", str(config_path)]
-    env = {**os.environ, FAULT_ENV: "5"}  # SIGKILL when step 5 starts: checkpoints at 2 and 4 exist
+    env = {
+        **os.environ,
+        FAULT_ENV: "5",
+    }  # SIGKILL once 5 steps are done: checkpoint at 4, step 5 logged but lost
     killed = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert latest_checkpoint(interrupted.run_dir).name == "step_00000004"
+    assert [r["step"] for r in metrics(interrupted.run_dir)] == [1, 2, 3, 4, 5]
     resumed = subprocess.run([*command, "--resume", "auto"], capture_output=True, text=True, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from step_00000004 at step 4 of 8" in resumed.stdout
+    assert [r["step"] for r in metrics(interrupted.run_dir)] == list(range(1, 9))  # step 5 logged once, anew
     assert_same_weights(weights(straight.run_dir), weights(interrupted.run_dir))
 
 
