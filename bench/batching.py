@@ -18,12 +18,13 @@ from _common import demo_tokenizer_dir
 from transformers import DataCollatorForSeq2Seq
 
 from t2t.batching import bucket_by_length, pack, packed_batch, pad_batch
-from t2t.data import BatchingConfig, MixtureData, auto_target_tokens
+from t2t.data import MixtureData, auto_target_tokens
 from t2t.encoding import Limits
 from t2t.mixtures import load_mixture
-from t2t.modeling import TinyT5, build_tiny_t5, loss_sums
+from t2t.modeling import build_tiny_t5, loss_sums
 from t2t.registry import Registry
 from t2t.tokenizer import load_tokenizer
+from t2t.train_config import BatchingSpec, TinyModelSpec
 
 HF_BATCH = 64  # examples per HF batch (about 64 x 42 = 2.7k padded token slots)
 PADDED_TOKENS = 2688  # t2t padded: token slots per batch
@@ -54,7 +55,7 @@ def main() -> None:
     tokenizer = load_tokenizer(demo_tokenizer_dir(args.tokenizer))
     data = MixtureData(mixture, registry, tokenizer, Limits(128, 32))
     examples = [data.example(item) for item in data.stream.items(0, args.examples)]
-    model = build_tiny_t5(TinyT5(d_model=128, num_layers=2, num_heads=4, d_ff=256), tokenizer)
+    model = build_tiny_t5(TinyModelSpec(d_model=128, num_layers=2, num_heads=4, d_ff=256), tokenizer)
     n_tasks = len(mixture.members)
 
     # HF: fixed-size batches in stream order, DataCollatorForSeq2Seq pads to the longest, the model's own loss.
@@ -88,9 +89,7 @@ def main() -> None:
         ),
     ]
     for pack_input, n_rows in PACKED:
-        config = BatchingConfig(
-            strategy="packed", pack_input_tokens=pack_input, window_examples=len(examples)
-        )
+        config = BatchingSpec(strategy="packed", pack_input_tokens=pack_input, window_examples=len(examples))
         target = auto_target_tokens(data, config)
         rows = pack(examples, pack_input, target)
         packed = [

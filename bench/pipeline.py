@@ -18,14 +18,15 @@ from pathlib import Path
 import torch
 from _common import demo_tokenizer_dir
 
-from t2t.data import BatchingConfig, BatchLoader, LoaderState, MixtureData
+from t2t.data import BatchLoader, LoaderState, MixtureData
 from t2t.encoding import Limits, encode_task
 from t2t.evaluation import score_choices
 from t2t.mixtures import load_mixture
-from t2t.modeling import TinyT5, build_tiny_t5, loss_sums
+from t2t.modeling import build_tiny_t5, loss_sums
 from t2t.registry import Registry
 from t2t.sources import load_split
 from t2t.tokenizer import load_tokenizer
+from t2t.train_config import BatchingSpec, TinyModelSpec
 
 
 def main() -> None:
@@ -50,9 +51,9 @@ def main() -> None:
     per_example_encode = encode_s / encoded
 
     data = MixtureData(mixture, registry, tokenizer, limits, tmp / "cache")
-    config = BatchingConfig(strategy="padded", max_tokens=2048, batch_size=None, window_examples=2048)
+    config = BatchingSpec(strategy="padded", max_tokens=2048, batch_size=None, window_examples=2048)
     loader = BatchLoader(data, config)
-    model = build_tiny_t5(TinyT5(), tokenizer)
+    model = build_tiny_t5(TinyModelSpec(), tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batches = iter(loader)
     next(batches)

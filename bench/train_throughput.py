@@ -23,18 +23,18 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTraining
 from t2t.data import MixtureData
 from t2t.encoding import Limits
 from t2t.mixtures import load_mixture
-from t2t.modeling import TinyT5, build_tiny_t5
+from t2t.modeling import build_tiny_t5
 from t2t.registry import Registry
 from t2t.tokenizer import load_tokenizer
 from t2t.train import Run
-from t2t.train_config import TrainConfig
+from t2t.train_config import TinyModelSpec, TrainConfig
 
 HF_BATCH = 64
 SIZE = {"d_model": 128, "num_layers": 2, "num_heads": 4, "d_ff": 256}
 
 
 def hf_run(examples, tokenizer, steps: int) -> float:
-    model = build_tiny_t5(TinyT5(**SIZE), tokenizer)
+    model = build_tiny_t5(TinyModelSpec(**SIZE), tokenizer)
     dataset = datasets.Dataset.from_dict({"input_ids": [list(e.input_ids) for e in examples],
                                           "labels": [list(e.labels) for e in examples]})  # fmt: skip
     args = Seq2SeqTrainingArguments(

@@ -10,30 +10,47 @@ exactly over micro-batches and processes:
 S_t is the summed token loss of task t, N_t its label tokens and G all label tokens of the optimizer step (all
 processes). Uncertainty applies the homoscedastic-uncertainty weighting per token. DWA's r_t is the ratio of
 the task's mean loss over the last two windows of `dwa_window_steps` steps; weights are 1 until two windows
-have passed. The uncertainty parameters live in `ModelWithBalancing`, so DeepSpeed shards and trains them.
+have passed. The uncertainty parameters live in `ModelWithBalancing`, whose forward computes the balanced loss, so
+DeepSpeed gathers, shards and trains them like the model's own.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
 
+from t2t.modeling import loss_sums
 from t2t.train_config import BalancingSpec
 
 
 class ModelWithBalancing(nn.Module):
-    """The seq2seq model and the per-task log-variances of uncertainty weighting, as one trainable module."""
+    """The seq2seq model and the per-task log-variances of uncertainty weighting, as one trainable module.
+
+    Its forward computes the balanced loss itself, so the engine that wraps it (DDP, DeepSpeed ZeRO-1/2/3) sees
+    every parameter it uses, the log-variances included: ZeRO-3 gathers them for the forward like any other.
+    """
 
     def __init__(self, model: nn.Module, n_tasks: int, learn_log_vars: bool) -> None:
         super().__init__()
         self.model = model
+        self.n_tasks = n_tasks
+        self.learn_log_vars = learn_log_vars
         self.log_vars = nn.Parameter(torch.zeros(n_tasks), requires_grad=learn_log_vars)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model(*args, **kwargs)
+    def forward(self, tensors: dict[str, torch.Tensor], weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(objective, task_loss, task_tokens, weights used): the objective is the weighted sum over tasks of the
+        micro-batch's summed token losses (before dividing by G); `weights` serve `equal` and `dwa`."""
+        sums = loss_sums(self.model, tensors, self.n_tasks)
+        if self.learn_log_vars:
+            log_vars = self.log_vars.float()
+            objective = (torch.exp(-log_vars) * sums.task_loss + log_vars * sums.task_tokens).sum()
+            used = torch.exp(-log_vars.detach())
+        else:
+            objective = (weights * sums.task_loss).sum()
+            used = weights
+        return objective, sums.task_loss.detach(), sums.task_tokens, used
 
 
 class Balancer:
@@ -46,10 +63,8 @@ class Balancer:
         self._window_tokens = [0.0] * n_tasks
         self._window_steps = 0
 
-    def weights(self, log_vars: torch.Tensor | None = None) -> torch.Tensor:
-        """The current per-task weights on S_t (detached), for logging and for `equal` and `dwa`."""
-        if self.spec.method == "uncertainty" and log_vars is not None:
-            return torch.exp(-log_vars.detach().float())
+    def weights(self) -> torch.Tensor:
+        """The per-task weights on S_t for `equal` and `dwa` (uncertainty learns its own in the model)."""
         if self.spec.method == "dwa" and len(self.history) >= 2:
             previous, last = self.history[-2], self.history[-1]
             ratios = torch.tensor(
@@ -57,14 +72,6 @@ class Balancer:
             )
             return self.n_tasks * torch.softmax(ratios / self.spec.dwa_temperature, dim=0)
         return torch.ones(self.n_tasks)
-
-    def loss(
-        self, task_loss: torch.Tensor, task_tokens: torch.Tensor, log_vars: torch.Tensor
-    ) -> torch.Tensor:
-        """The micro-batch's contribution before dividing by G: a differentiable sum over tasks."""
-        if self.spec.method == "uncertainty":
-            return (torch.exp(-log_vars) * task_loss + log_vars * task_tokens).sum()
-        return (self.weights().to(task_loss.device) * task_loss).sum()
 
     def observe(self, task_loss: list[float], task_tokens: list[float]) -> None:
         """Record one optimizer step's summed task losses (all processes) for DWA."""

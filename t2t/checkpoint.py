@@ -9,6 +9,10 @@
 
 A checkpoint is assembled in a hidden `.tmp-...` folder and renamed into place when complete; only then does
 `latest` move (itself replaced atomically), and older checkpoints beyond `keep` are removed.
+
+`run_state.json` also holds the run's identity (t2t.checkpoint.run_identity): the training config without the
+keys a resumed run may change, the mixture and task specs, the tokenizer and the model config. Resuming compares
+it with the current run and refuses any difference with one line naming it.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from t2t.encoding import tokenizer_fingerprint
 from t2t.errors import T2TError, Where
 from t2t.fileio import atomic_write_text
+from t2t.train_config import RESUMABLE_KEYS, TrainConfig, config_dict
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -35,8 +41,14 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
     return run_dir / CHECKPOINTS / checkpoint_name(step)
 
 
-def export_model(accelerator: Any, wrapped: Any, tokenizer: Any, out_dir: Path) -> None:
-    """Write the seq2seq model (gathered from every process under ZeRO-3) and tokenizer as a plain HF dir."""
+ENCODING_FILE = "t2t_encoding.json"  # beside an exported model: the limits it was trained with
+
+
+def export_model(
+    accelerator: Any, wrapped: Any, tokenizer: Any, out_dir: Path, encoding: dict | None = None
+) -> None:
+    """Write the seq2seq model (gathered from every process under ZeRO-3) and tokenizer as a plain HF dir, with the
+    encoding limits it was trained under (read by `t2t eval`)."""
     state = accelerator.get_state_dict(wrapped)  # every process must call this under ZeRO-3
     inner = {k.removeprefix("model."): v for k, v in (state or {}).items() if k.startswith("model.")}
     if accelerator.is_main_process:
@@ -45,10 +57,18 @@ def export_model(accelerator: Any, wrapped: Any, tokenizer: Any, out_dir: Path) 
             str(out_dir), state_dict=inner, save_function=accelerator.save, safe_serialization=True
         )
         tokenizer.save_pretrained(str(out_dir))
+        if encoding is not None:
+            atomic_write_text(out_dir / ENCODING_FILE, json.dumps(encoding, indent=1) + "\n")
+
+
+def read_encoding(model_dir: Path) -> dict:
+    """The encoding limits saved beside an exported model, or {} for a model t2t did not train."""
+    path = Path(model_dir) / ENCODING_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def save_checkpoint(accelerator: Any, wrapped: Any, tokenizer: Any, run_dir: Path, step: int,
-                    run_state: dict, keep: int) -> Path:  # fmt: skip
+                    run_state: dict, keep: int, encoding: dict | None = None) -> Path:  # fmt: skip
     folder = run_dir / CHECKPOINTS
     final = folder / checkpoint_name(step)
     staging = folder / f".tmp-{checkpoint_name(step)}"
@@ -57,7 +77,7 @@ def save_checkpoint(accelerator: Any, wrapped: Any, tokenizer: Any, run_dir: Pat
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging / "accelerate"))
-    export_model(accelerator, wrapped, tokenizer, staging / "model")
+    export_model(accelerator, wrapped, tokenizer, staging / "model", encoding)
     if accelerator.is_main_process:
         atomic_write_text(staging / RUN_STATE, json.dumps(run_state, indent=1))
     accelerator.wait_for_everyone()
@@ -101,3 +121,129 @@ def load_run_state(checkpoint: Path) -> dict:
 
 def mark_best(run_dir: Path, step: int) -> None:
     atomic_write_text(run_dir / CHECKPOINTS / BEST, checkpoint_name(step) + "\n")
+
+
+# ------------------------------------------------------------------------------------- resume checks
+
+_MODEL_CONFIG_NOISE = {"transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype"}
+
+
+def run_identity(config: TrainConfig, mixture: Any, registry: Any, tokenizer: Any, model: Any) -> dict:
+    """What must not change when a run resumes: everything that shapes the data stream or the model."""
+    return {
+        "config": {k: v for k, v in config_dict(config).items() if k not in RESUMABLE_KEYS},
+        "mixture": mixture.spec.model_dump(mode="json"),
+        "tasks": {name: registry.task(name).spec.model_dump(mode="json") for name in mixture.task_names},
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "model_config": {k: v for k, v in model.config.to_dict().items() if k not in _MODEL_CONFIG_NOISE},
+    }
+
+
+def first_difference(saved: Any, current: Any, path: str = "") -> str | None:
+    """The dotted path of the first place two JSON-like values differ, or None."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in sorted(set(saved) | set(current), key=str):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in saved or key not in current:
+                return where
+            found = first_difference(saved[key], current[key], where)
+            if found is not None:
+                return found
+        return None
+    if isinstance(saved, list | tuple) and isinstance(current, list | tuple) and len(saved) == len(current):
+        for i, (a, b) in enumerate(zip(saved, current, strict=True)):
+            found = first_difference(a, b, f"{path}[{i}]")
+            if found is not None:
+                return found
+        return None
+    return None if saved == current else path
+
+
+_WHAT = {"config": "the training config", "mixture": "the mixture", "tasks": "the task set or a task file",
+         "tokenizer": "the tokenizer", "model_config": "the model config"}  # fmt: skip
+
+
+def check_identity(saved: dict, current: dict, checkpoint: Path) -> None:
+    """Refuse to resume into a different run; one line names the first change."""
+    for part, what in _WHAT.items():
+        if part not in saved:
+            raise T2TError(f"the checkpoint records no {part}: it was written by an older t2t; start a new run",
+                           Where(file=checkpoint))  # fmt: skip
+        where = first_difference(_plain(saved[part]), _plain(current[part]))
+        if where is not None:
+            detail = f" ({where})" if where else ""
+            if part == "config":
+                detail = f" ({where}: {_get(saved[part], where)!r} -> {_get(current[part], where)!r})"
+            raise T2TError(f"cannot resume: {what} changed since this checkpoint{detail}; only steps, logging, "
+                           "evaluation, saving and selection settings may change on resume. Start a new run_dir "
+                           "or restore the original setting", Where(file=checkpoint))  # fmt: skip
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _get(data: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return "<absent>"
+        data = data[part]
+    return data
+
+
+class Checkpointer:
+    """Saving, resuming (with its checks) and exporting the run's model, for every process of the run."""
+
+    def __init__(self, accelerator: Any, run_dir: Path, keep: int) -> None:
+        self.accelerator, self.run_dir, self.keep = accelerator, run_dir, keep
+
+    def resolve(self, resume: str | None) -> Path | None:
+        """The checkpoint to resume from, checked before anything costly runs (and before anything is written)."""
+        if resume is None:
+            if latest_checkpoint(self.run_dir) is not None:
+                raise T2TError("the run dir holds checkpoints already: pass --resume auto to continue it, "
+                               "or choose another run_dir", Where(file=self.run_dir))  # fmt: skip
+            return None
+        if resume == "auto":
+            return latest_checkpoint(self.run_dir)  # None on a fresh run dir: start from the beginning
+        path = Path(resume)
+        if not (path / RUN_STATE).is_file():
+            raise T2TError("--resume: no such t2t checkpoint (a checkpoint folder holds run_state.json); "
+                           "use --resume auto for the run dir's latest", Where(file=path))  # fmt: skip
+        return path
+
+    def restore(self, checkpoint: Path, identity: dict) -> dict:
+        """Check that the checkpoint belongs to this run, load the engine state; returns the saved TrainState."""
+        run_state = load_run_state(checkpoint)
+        if run_state["world_size"] != self.accelerator.num_processes:
+            raise T2TError(f"the checkpoint was written by {run_state['world_size']} processes, this run has "
+                           f"{self.accelerator.num_processes}: resume with the same number", Where(file=checkpoint))  # fmt: skip
+        check_identity(run_state.get("identity", {}), identity, checkpoint)
+        self.accelerator.load_state(str(checkpoint / "accelerate"))
+        return run_state["state"]
+
+    def save(
+        self, model: Any, tokenizer: Any, step: int, state: dict, identity: dict, encoding: dict
+    ) -> Path:
+        run_state = {"state": state, "world_size": self.accelerator.num_processes, "identity": identity}
+        return save_checkpoint(self.accelerator, model, tokenizer, self.run_dir, step, run_state, self.keep,
+                               encoding)  # fmt: skip
+
+    def export(self, model: Any, tokenizer: Any, encoding: dict) -> Path:
+        out = self.run_dir / "model"
+        export_model(self.accelerator, model, tokenizer, out, encoding)
+        return out
+
+    def export_best(self, step: int) -> Path:
+        """Copy the selected checkpoint's model to RUN_DIR/best (a plain HF dir), replacing it atomically."""
+        out = self.run_dir / BEST
+        if self.accelerator.is_main_process:
+            mark_best(self.run_dir, step)
+            staging = self.run_dir / f".tmp-{BEST}"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(checkpoint_path(self.run_dir, step) / "model", staging)
+            if out.exists():
+                shutil.rmtree(out)
+            staging.rename(out)
+        self.accelerator.wait_for_everyone()
+        return out

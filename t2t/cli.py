@@ -64,16 +64,26 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from t2t.sources import load_split
+    from t2t.sources import load_split, select_rows
 
     task = _registry(args).task(args.task)
     if args.template is not None:
         task.spec.template(args.template)  # unknown template: a clear error before any data is read
     data = load_split(task, args.split)
-    for i in range(min(args.n, len(data))):
-        row, index = data.rows[i], int(data.source_rows[i])
+    picks = select_rows(task.name, args.split, len(data), args.n)
+    examples = []  # all rendered before anything is printed: a bad row is the only output
+    for i in picks.tolist():
+        index = int(data.source_rows[i])
         template = args.template or task.choose(args.seed, index)
-        example = task.render(row, template, args.split, index)
+        examples.append((index, template, task.render(data.rows[i], template, args.split, index)))
+    print(f"{task.name}: {len(picks)} of {len(data)} {args.split} rows, the ones `t2t eval --max-examples {args.n}` "
+          "takes (a sample seeded by task and split, in row order)", file=sys.stderr)  # fmt: skip
+    for index, template, example in examples:
+        if args.json:
+            print(json.dumps({"task": task.name, "template": template, "split": args.split, "row": index,
+                              "input": example.inputs, "target": example.targets,
+                              "choices": list(example.choices) if example.choices is not None else None}))  # fmt: skip
+            continue
         print(f"── {task.name} · template {template!r} · {args.split} row {index} " + "─" * 20)
         print("input:   " + example.inputs.replace("\n", "\n         "))
         print("target:  " + example.targets.replace("\n", "\n         "))
@@ -189,7 +199,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def eval_device(name: str) -> tuple[str, str]:
+    """(device, dtype) for `t2t eval --device`: auto takes the GPU when there is one (in bf16 there)."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise T2TError(f"--device {name}: no CUDA device is available here (use --device cpu or auto)")
+    return name, "bf16" if name.startswith("cuda") else "fp32"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    from t2t.checkpoint import read_encoding
     from t2t.evaluation import EvalConfig, evaluate
     from t2t.mixtures import load_mixture
     from t2t.modeling import load_model
@@ -205,11 +227,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
         held_out, tasks = set(), list(args.tasks)
         for name in tasks:
             registry.task(name)
+    if args.template is not None:
+        for name in tasks:
+            registry.task(name).spec.template(args.template)  # each task must have it: refused before loading
+    device, dtype = eval_device(args.device)
+    encoding = read_encoding(args.model)  # the limits a t2t-trained model was trained under
     config = EvalConfig(split=args.split, max_examples=args.max_examples, batch_size=args.batch_size,
-                        num_beams=args.num_beams, scoring=args.scoring, generate=not args.no_generate)  # fmt: skip
+                        num_beams=args.num_beams, scoring=args.scoring, generate=not args.no_generate,
+                        max_input_tokens=args.max_input_tokens or encoding.get("max_input_tokens"),
+                        max_target_tokens=args.max_target_tokens or encoding.get("max_target_tokens"),
+                        template=args.template)  # fmt: skip
     model, tokenizer = load_model(args.model), load_tokenizer(args.model)
+    if dtype == "bf16":
+        import torch
+
+        model = model.to(torch.bfloat16)
+    model = model.to(device)
     report, records = evaluate(model, tokenizer, registry, tasks, held_out, config)
-    report["model"] = str(args.model)
+    report.update(model=str(args.model), device=device, dtype=dtype, max_input_tokens=config.max_input_tokens,
+                  max_target_tokens=config.max_target_tokens)  # fmt: skip
     paths = save_evaluation(report, records, args.out)
     print_evaluation(report)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -272,10 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("render", cmd_render, "print rendered examples of a task")
     p.add_argument("task")
-    p.add_argument("-n", type=positive_int, default=3, help="how many examples (default 3)")
+    p.add_argument(
+        "-n",
+        type=positive_int,
+        default=3,
+        help="how many examples (default 3): the rows `t2t eval --max-examples N` takes",
+    )
     p.add_argument("--template", help="render with this template (default: the seeded choice per row)")
     p.add_argument("--split", default="train")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="one JSON object per example")
 
     p = command("lint", cmd_lint, "check task files: fields, golden rows, choices, real rows")
     p.add_argument("tasks", nargs="*", help="tasks to check (default: all)")
@@ -333,11 +375,33 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--tasks", nargs="+", metavar="TASK")
     p.add_argument("--held-out", action="store_true", help="with --mixture: only its held-out tasks")
     p.add_argument("--split", default="validation")
-    p.add_argument("--max-examples", type=positive_int, help="per task (a seeded sample)")
+    p.add_argument(
+        "--max-examples",
+        type=positive_int,
+        help="per task: the rows `t2t render -n N` shows (a sample seeded by task and split)",
+    )
+    p.add_argument("--template", metavar="NAME", help="only this template (every task named must have it)")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--num-beams", type=positive_int, default=1)
     p.add_argument(
-        "--scoring", choices=["t0", "harness"], default="t0", help="rank-classification EOS convention"
+        "--scoring",
+        choices=["t2t", "t0", "harness"],
+        default="t2t",
+        help="rank-classification EOS convention: t2t (as trained: input and choice with EOS), "
+        "t0 (input without EOS), harness (choice without EOS)",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (the GPU when there is one, in bf16), cpu, cuda, cuda:N"
+    )
+    p.add_argument(
+        "--max-input-tokens",
+        type=positive_int,
+        help="truncate inputs as in training (default: the model's t2t_encoding.json, else none)",
+    )
+    p.add_argument(
+        "--max-target-tokens",
+        type=positive_int,
+        help="truncate scored choices as in training (default: as --max-input-tokens)",
     )
     p.add_argument("--no-generate", action="store_true", help="rank classification only (tasks with choices)")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json / .md, predictions, plot")

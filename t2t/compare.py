@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from t2t.demo import demo_config
-from t2t.evaluation import EvalConfig, evaluate
+from t2t.evaluation import evaluate
 from t2t.fileio import atomic_write_text
 from t2t.mixtures import load_mixture
 from t2t.registry import Registry
@@ -31,7 +31,7 @@ def _train(config, registry: Registry) -> Run:
 def _scores(run: Run, registry: Registry, tasks: list[str], max_examples: int) -> dict[str, float]:
     model = run.accelerator.unwrap_model(run.model).model
     report, _ = evaluate(model, run.tokenizer, registry, tasks, set(),
-                         EvalConfig(split=run.mixture.spec.splits.eval, max_examples=max_examples))  # fmt: skip
+                         run.eval_config(max_examples))  # fmt: skip
     return {name: info["summary"]["median"] for name, info in report["tasks"].items()}
 
 

@@ -268,7 +268,8 @@ def validation_error(exc: ValidationError, path: Path, **where: Any) -> T2TError
     more = len(exc.errors()) - 1
     if more:
         message += f" (and {more} more problem{'s' if more > 1 else ''})"
-    return T2TError(message, Where(file=path, line=line_of(node, loc), **where))
+    line = line_of(node, loc) if loc else None  # a check across keys has no one line
+    return T2TError(message, Where(file=path, line=line, **where))
 
 
 def load_task_spec(path: Path) -> TaskSpec:

@@ -9,29 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from t2t.batching import Batch, Example, bucket_by_length, pack, packed_batch, pad_batch
 from t2t.encoding import EncodedTask, Limits, encode_task, tokenizer_fingerprint
+from t2t.errors import T2TError
 from t2t.mixtures import Mixture, stream_for
 from t2t.registry import Registry
 from t2t.rng import keyed_rng
 from t2t.sampler import StreamItem
-
-
-@dataclass(frozen=True)
-class BatchingConfig:
-    strategy: Literal["padded", "packed"] = "packed"
-    batch_size: int | None = None  # padded: examples per batch ...
-    max_tokens: int | None = 4096  # ... or padded input + target tokens per batch
-    rows_per_batch: int = 16  # packed: rows per batch
-    pack_input_tokens: int = 512  # packed: encoder row length (longer rows hold more examples and waste less)
-    pack_target_tokens: int | None = (
-        None  # packed: decoder row length; None: sized from the data (auto_target_tokens)
-    )
-    window_examples: int = 2048  # examples bucketed or packed together
+from t2t.train_config import BatchingSpec
 
 
 @dataclass
@@ -77,7 +66,7 @@ class MixtureData:
         )
 
 
-def auto_target_tokens(data: MixtureData, config: BatchingConfig, multiple: int = 8) -> int:
+def auto_target_tokens(data: MixtureData, config: BatchingSpec, multiple: int = 8) -> int:
     """Decoder row length that fills as fully as the encoder row: the stream's target/input token ratio (from its
     first window, so every process and every resume computes the same), 5% headroom, rounded up."""
     positions = range(min(config.window_examples, 4096))
@@ -87,26 +76,33 @@ def auto_target_tokens(data: MixtureData, config: BatchingConfig, multiple: int 
     return max(tokens, data.limits.max_target_tokens)
 
 
+def check_packed_rows(config: BatchingSpec, limits: Limits) -> None:
+    """Packed rows must hold the longest example the limits allow (else that example fits no row)."""
+    for side, row, limit in (("input", config.pack_input_tokens, limits.max_input_tokens),
+                             ("target", config.pack_target_tokens, limits.max_target_tokens)):  # fmt: skip
+        if row is not None and row < limit:
+            raise T2TError(f"batching.pack_{side}_tokens={row} is shorter than max_{side}_tokens={limit}: "
+                           f"an example of {limit} {side} tokens would fit no packed row; raise the row "
+                           f"length or lower the limit")  # fmt: skip
+
+
 class BatchLoader:
     """Batches of one process, from its state on; `state` always names the next batch."""
 
     def __init__(
-        self, data: MixtureData, config: BatchingConfig, rank: int = 0, world_size: int = 1,
-        state: LoaderState | None = None,
+        self, data: MixtureData, config: BatchingSpec, rank: int = 0, world_size: int = 1,
+        state: LoaderState | None = None, decoder_start_id: int | None = None,
     ) -> None:  # fmt: skip
         self.data, self.config, self.rank, self.world_size = data, config, rank, world_size
         if config.strategy == "packed":
             if config.pack_target_tokens is None:
-                self.config = config = replace(config, pack_target_tokens=auto_target_tokens(data, config))
-            too_long = (data.limits.max_input_tokens > config.pack_input_tokens
-                        or data.limits.max_target_tokens > config.pack_target_tokens)  # fmt: skip
-            if too_long:
-                raise ValueError(
-                    "packed rows must be at least as long as max_input_tokens / max_target_tokens"
-                )
+                target = auto_target_tokens(data, config)
+                self.config = config = config.model_copy(update={"pack_target_tokens": target})
+            check_packed_rows(config, data.limits)
         self.state = state or LoaderState()
         self.pad_id = data.tokenizer.pad_token_id
-        self.start_id = self.pad_id  # T5's decoder start token
+        # The model's decoder start token (t2t.encoding.decoder_start_id); T5's is the pad id.
+        self.start_id = self.pad_id if decoder_start_id is None else decoder_start_id
 
     def window_examples(self, window: int) -> list[Example]:
         size = self.config.window_examples

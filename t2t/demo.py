@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from t2t.evaluation import EvalConfig, evaluate
+from t2t.evaluation import evaluate
 from t2t.fileio import atomic_write_text
 from t2t.mixtures import load_mixture, report
 from t2t.registry import Registry
@@ -53,7 +53,7 @@ def run_demo(out: Path, steps: int, max_examples: int, registry: Registry) -> di
     model = run.accelerator.unwrap_model(run.model).model
     tasks = [*mixture.task_names, *mixture.held_out]
     results, records = evaluate(model, run.tokenizer, registry, tasks, set(mixture.held_out),
-                                EvalConfig(split=mixture.spec.splits.eval, max_examples=max_examples))  # fmt: skip
+                                run.eval_config(max_examples))  # fmt: skip
     results["model"] = str(out / "model")
     paths = save_evaluation(results, records, out / "eval")
     print("4/4  report")

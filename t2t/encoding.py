@@ -1,7 +1,10 @@
 """From rendered text to token ids: one EOS and truncation policy, per-task truncation counts, a disk cache.
 
-Policy (the one place it lives): text is tokenised without special tokens; a sequence longer than its limit keeps
-its first `limit - 1` tokens; then exactly one EOS is appended. The same holds for every tokenizer, T5's or not.
+Policy (the one place it lives, used by training, the validation loss, generation and rank scoring): text is
+tokenised without special tokens; a sequence longer than its limit keeps its first `limit - 1` tokens; then
+exactly one EOS is appended. The same holds for every tokenizer, T5's or not. The decoder starts from the model
+config's `decoder_start_token_id` (T5: the pad id; BART: its own). Rank scoring may leave the EOS off the input or
+the choice (the `t0` and `harness` conventions of t2t.evaluation); truncation is the same.
 Each (task, template, split) is encoded once with the fast tokenizer in batches through `datasets.map`, and the
 result is cached on disk under a key of the task spec, template, data, tokenizer and limits: a second run over
 the same mixture does not tokenise again.
@@ -43,10 +46,26 @@ def with_eos(ids: list[int], eos_id: int, max_tokens: int) -> tuple[list[int], b
     return [*ids[: max_tokens - 1], eos_id], truncated
 
 
-def encode_texts(tokenizer: Any, texts: list[str], max_tokens: int) -> tuple[list[list[int]], list[bool]]:
+def encode_texts(
+    tokenizer: Any, texts: list[str], max_tokens: int | None, eos: bool = True
+) -> tuple[list[list[int]], list[bool]]:
+    """Token ids of each text under the policy, and whether it was cut. `eos=False` leaves the EOS off (an empty
+    text still gets one, so no sequence is empty); `max_tokens=None` cuts nothing."""
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    pairs = [with_eos(x, tokenizer.eos_token_id, max_tokens) for x in ids]
+    limit = max_tokens if max_tokens is not None else max((len(x) for x in ids), default=0) + 1
+    if eos:
+        pairs = [with_eos(x, tokenizer.eos_token_id, limit) for x in ids]
+    else:
+        pairs = [(list(x[:limit]), len(x) > limit) if x else ([tokenizer.eos_token_id], False) for x in ids]
     return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def decoder_start_id(model_config: Any) -> int:
+    """The first decoder input: the model config's decoder start token, else its pad token (T5's convention)."""
+    start = getattr(model_config, "decoder_start_token_id", None)
+    if start is None:
+        start = model_config.pad_token_id
+    return int(start)
 
 
 @dataclass

@@ -2,10 +2,14 @@
 
 Rank classification scores each choice by its log-likelihood given the input, all choices of a batch in one
 decoder pass over one encoder pass per input. The choice is picked under four normalisations: the sum of token
-log-probabilities (T0's), the mean per token, per character and per byte. Two scoring conventions:
+log-probabilities (T0's), the mean per token, per character and per byte. Three scoring conventions:
 
-    t0       input without EOS on the encoder, choice with EOS (T0, promptsource)
+    t2t      input with EOS, choice with EOS: how t2t trains (the default)
+    t0       input without EOS on the encoder, choice with EOS (T0's evaluation script, promptsource)
     harness  input with EOS on the encoder, choice without EOS (lm-evaluation-harness's seq2seq models)
+
+Inputs and targets are encoded under the training policy (t2t.encoding): the same truncation and the model's
+decoder start token.
 """
 
 from __future__ import annotations
@@ -17,13 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from t2t.metrics import METRICS
+from t2t.encoding import decoder_start_id, encode_texts
+from t2t.metrics import METRICS, PER_EXAMPLE
 from t2t.registry import Registry
 from t2t.rng import keyed_rng
-from t2t.sources import load_split
+from t2t.sources import load_split, select_rows
 from t2t.templates import Rendered, Task
 
 SCORINGS = {
+    "t2t": {"input_eos": True, "choice_eos": True},
     "t0": {"input_eos": False, "choice_eos": True},
     "harness": {"input_eos": True, "choice_eos": False},
 }
@@ -37,13 +43,11 @@ class EvalConfig:
     batch_size: int = 32
     num_beams: int = 1
     max_new_tokens: int | None = None  # None: the longest reference of the task, plus 8
-    scoring: str = "t0"
+    scoring: str = "t2t"
     generate: bool = True  # False: rank classification (and nothing else) only
-
-
-def _ids(tokenizer: Any, texts: list[str], eos: bool) -> list[list[int]]:
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return [[*x, tokenizer.eos_token_id] if eos or not x else x for x in ids]
+    max_input_tokens: int | None = None  # truncation of inputs (None: none), as in training
+    max_target_tokens: int | None = None  # truncation of scored choices (None: none), as in training
+    template: str | None = None  # only this template (None: every template)
 
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -53,11 +57,13 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
 
 @torch.no_grad()
 def score_choices(model: Any, tokenizer: Any, inputs: list[str], choices: list[tuple[str, ...]],
-                  scoring: str = "t0", batch_size: int = 32) -> list[dict[str, list[float]]]:  # fmt: skip
+                  scoring: str = "t2t", batch_size: int = 32, max_input_tokens: int | None = None,
+                  max_target_tokens: int | None = None) -> list[dict[str, list[float]]]:  # fmt: skip
     """Per example and normalisation, the score of each choice (log-likelihood, normalised)."""
     convention = SCORINGS[scoring]
     device = next(model.parameters()).device
-    input_ids = _ids(tokenizer, inputs, convention["input_eos"])
+    start_id = decoder_start_id(model.config)
+    input_ids, _ = encode_texts(tokenizer, inputs, max_input_tokens, convention["input_eos"])
     results: list[dict[str, list[float]]] = [{} for _ in inputs]
     order = sorted(range(len(inputs)), key=lambda i: len(input_ids[i]))
     for start in range(0, len(order), batch_size):
@@ -68,15 +74,16 @@ def score_choices(model: Any, tokenizer: Any, inputs: list[str], choices: list[t
         hidden = model.get_encoder()(input_ids=encoder_ids, attention_mask=mask).last_hidden_state
         owners, targets, texts = [], [], []
         for row, i in enumerate(batch):
-            for choice, ids in zip(
-                choices[i], _ids(tokenizer, list(choices[i]), convention["choice_eos"]), strict=True
-            ):
+            choice_ids, _ = encode_texts(
+                tokenizer, list(choices[i]), max_target_tokens, convention["choice_eos"]
+            )
+            for choice, ids in zip(choices[i], choice_ids, strict=True):
                 owners.append(row)
                 targets.append(ids)
                 texts.append(choice)
         owner = torch.tensor(owners, device=device)
         labels = _pad(targets, -100).to(device)
-        decoder_input = torch.cat([torch.full_like(labels[:, :1], model.config.decoder_start_token_id),
+        decoder_input = torch.cat([torch.full_like(labels[:, :1], start_id),
                                    labels[:, :-1].clamp(min=0)], dim=1)  # fmt: skip
         logits = model(encoder_outputs=(hidden.index_select(0, owner),), attention_mask=mask.index_select(0, owner),
                        decoder_input_ids=decoder_input, use_cache=False).logits  # fmt: skip
@@ -94,73 +101,117 @@ def score_choices(model: Any, tokenizer: Any, inputs: list[str], choices: list[t
 
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, inputs: list[str], max_new_tokens: int, batch_size: int = 32,
-             num_beams: int = 1) -> list[str]:  # fmt: skip
+             num_beams: int = 1, max_input_tokens: int | None = None) -> list[str]:  # fmt: skip
     """Greedy (or beam) generation in batches sorted by input length; outputs in the input order."""
     device = next(model.parameters()).device
-    input_ids = _ids(tokenizer, inputs, eos=True)
+    input_ids, _ = encode_texts(tokenizer, inputs, max_input_tokens, eos=True)
     outputs: list[str] = [""] * len(inputs)
     order = sorted(range(len(inputs)), key=lambda i: len(input_ids[i]))
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         ids = _pad([input_ids[i] for i in batch], tokenizer.pad_token_id).to(device)
         generated = model.generate(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(),
-                                   max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)  # fmt: skip
+                                   max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                   decoder_start_token_id=decoder_start_id(model.config))  # fmt: skip
         for i, text in zip(batch, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
             outputs[i] = text.strip()
     return outputs
 
 
-def evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig) -> tuple[dict, list[dict]]:
-    """Metrics per template, and one record per example and template (for auditing)."""
+@dataclass
+class TaskResult:
+    """One task's evaluation: scores per template, the primary metric's summary over templates with its
+    bootstrap interval, and one record per example and template."""
+
+    per_template: dict[str, dict[str, float]]
+    metric: str
+    summary: dict[str, float]
+    records: list[dict]
+
+
+def evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig) -> TaskResult:
+    """Metrics per template, the median over templates with a bootstrap interval, and per-example records."""
     data = load_split(task, config.split)
-    picks = np.arange(len(data))
-    if config.max_examples is not None and len(data) > config.max_examples:
-        picks = np.sort(
-            keyed_rng("eval", task.name, config.split).permutation(len(data))[: config.max_examples]
-        )
+    picks = select_rows(task.name, config.split, len(data), config.max_examples)
     rows = data.rows.select(picks.tolist())[:]
     rows = [{f: rows[f][j] for f in rows} for j in range(len(picks))]
     source_rows = [int(data.source_rows[i]) for i in picks]
-    per_template, records = {}, []
-    for template in task.template_names:
+    per_template, records, samplers = {}, [], {}
+    templates = [task.spec.template(config.template).name] if config.template else task.template_names
+    for template in templates:
         rendered = [task.render(r, template, config.split, s) for r, s in zip(rows, source_rows, strict=True)]
         references = [task.references(r, x) for r, x in zip(rows, rendered, strict=True)]
-        scores, predictions = _template_scores(model, tokenizer, task, rendered, references, config)
+        scores, predictions, samplers[template] = _template_scores(
+            model, tokenizer, task, rendered, references, config
+        )
         per_template[template] = scores
         records.extend(_records(rendered, references, predictions))
-    return per_template, records
+    metric = primary_metric(task, per_template)
+    summary = summarise([s[metric] for s in per_template.values()])
+    summary.update(bootstrap_interval({t: f[metric] for t, f in samplers.items()}, len(picks),
+                                      keyed_rng("bootstrap", task.name, config.split)))  # fmt: skip
+    return TaskResult(per_template, metric, summary, records)
+
+
+BOOTSTRAP_SAMPLES = 200
+
+
+def bootstrap_interval(samplers: dict[str, Any], n: int, rng: np.random.Generator,
+                       samples: int = BOOTSTRAP_SAMPLES) -> dict[str, float]:  # fmt: skip
+    """The 95% percentile-bootstrap interval of the median over templates: examples are resampled with
+    replacement (the same resample for every template, as they share rows) and each template's metric recomputed.
+    `samplers[template](indices)` gives the metric on those examples."""
+    if n == 0:
+        return {"ci_low": 0.0, "ci_high": 0.0, "ci_half_width": 0.0}
+    medians = []
+    for _ in range(samples):
+        indices = rng.integers(0, n, size=n)
+        medians.append(float(np.median([sample(indices) for sample in samplers.values()])))
+    low, high = (float(np.percentile(medians, q)) for q in (2.5, 97.5))
+    return {"ci_low": low, "ci_high": high, "ci_half_width": (high - low) / 2}
 
 
 def _template_scores(
     model, tokenizer, task, rendered: list[Rendered], references, config
-) -> tuple[dict, list]:
+) -> tuple[dict, list, dict]:
+    """Scores of one template, per-example predictions, and for each metric a function of example indices that
+    recomputes it on those examples (for the bootstrap)."""
     inputs = [r.inputs for r in rendered]
     scores: dict[str, float] = {}
+    samplers: dict[str, Any] = {}
     predictions: list[dict] = [{} for _ in rendered]
     if config.generate:
         longest = max(
             len(tokenizer(x, add_special_tokens=False)["input_ids"]) for refs in references for x in refs
         )
         generated = generate(model, tokenizer, inputs, config.max_new_tokens or min(longest + 8, 512),
-                             config.batch_size, config.num_beams)  # fmt: skip
+                             config.batch_size, config.num_beams, config.max_input_tokens)  # fmt: skip
         for metric in task.spec.metrics:
             scores[metric] = METRICS[metric](generated, references)
+            samplers[metric] = resampler(metric, generated, references)
         for p, text in zip(predictions, generated, strict=True):
             p["prediction"] = text
     if rendered[0].choices is not None:
         choice_scores = score_choices(model, tokenizer, inputs, [r.choices for r in rendered], config.scoring,
-                                      config.batch_size)  # fmt: skip
+                                      config.batch_size, config.max_input_tokens, config.max_target_tokens)  # fmt: skip
         for name in NORMALISATIONS:
-            picked = [
-                r.choices[int(np.argmax(s[name]))] for r, s in zip(rendered, choice_scores, strict=True)
-            ]
-            scores[f"rank_{name}"] = 100.0 * float(
-                np.mean([p == r.targets for p, r in zip(picked, rendered, strict=True)])
-            )
+            correct = np.array([r.choices[int(np.argmax(s[name]))] == r.targets
+                                for r, s in zip(rendered, choice_scores, strict=True)], dtype=float)  # fmt: skip
+            scores[f"rank_{name}"] = 100.0 * float(correct.mean())
+            samplers[f"rank_{name}"] = lambda idx, correct=correct: 100.0 * float(correct[idx].mean())
         for p, s, r in zip(predictions, choice_scores, rendered, strict=True):
             p["choice_scores"] = s
             p["ranked"] = r.choices[int(np.argmax(s["sum"]))]
-    return scores, predictions
+    return scores, predictions, samplers
+
+
+def resampler(metric: str, predictions: list[str], references: list[list[str]]) -> Any:
+    """The metric as a function of example indices: a mean of per-example scores where the metric is one (all
+    but corpus BLEU, which is recomputed on the resampled corpus)."""
+    if metric in PER_EXAMPLE:
+        values = np.array([METRICS[metric]([p], [r]) for p, r in zip(predictions, references, strict=True)])
+        return lambda idx: float(values[idx].mean())
+    return lambda idx: METRICS[metric]([predictions[i] for i in idx], [references[i] for i in idx])
 
 
 def _records(rendered: list[Rendered], references: list[list[str]], predictions: list[dict]) -> list[dict]:
@@ -197,14 +248,14 @@ def evaluate(model: Any, tokenizer: Any, registry: Registry, tasks: list[str], h
     all_records: list[dict] = []
     for name in tasks:
         task = registry.task(name)
-        per_template, records = evaluate_task(model, tokenizer, task, config)
-        metric = primary_metric(task, per_template)
+        result = evaluate_task(model, tokenizer, task, config)
+        per_template = result.per_template
         report["tasks"][name] = {
-            "cluster": task.spec.cluster, "held_out": name in held_out, "metric": metric,
-            "templates": per_template, "summary": summarise([s[metric] for s in per_template.values()]),
+            "cluster": task.spec.cluster, "held_out": name in held_out, "metric": result.metric,
+            "templates": per_template, "summary": result.summary,
             "summary_by_metric": {m: summarise([s[m] for s in per_template.values()]) for m in next(iter(per_template.values()))},
         }  # fmt: skip
-        all_records.extend(records)
+        all_records.extend(result.records)
     report["clusters"] = _group_means(report["tasks"], lambda t: t["cluster"])
     report["groups"] = _group_means(report["tasks"], lambda t: "held_out" if t["held_out"] else "seen")
     return report, all_records

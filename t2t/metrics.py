@@ -80,6 +80,9 @@ def bleu(predictions: Sequence[str], references: References) -> float:
     return float(sacrebleu.corpus_bleu(list(predictions), streams).score)
 
 
+# Metrics that are a mean of per-example scores (corpus BLEU is not).
+PER_EXAMPLE = frozenset({"accuracy", "exact_match", "f1", "rouge_l"})
+
 METRICS: dict[str, Callable[[Sequence[str], References], float]] = {
     "accuracy": accuracy,
     "exact_match": exact_match,

@@ -18,20 +18,11 @@ import torch.nn.functional as F
 
 from t2t.batching import IGNORE, Batch
 from t2t.errors import load_pretrained
+from t2t.train_config import TinyModelSpec
 
 
-@dataclass(frozen=True)
-class TinyT5:
-    """The size of a T5 built from scratch (T5 v1.1 style: gated GELU, no dropout by default)."""
-
-    d_model: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    d_ff: int = 256
-    dropout_rate: float = 0.0
-
-
-def build_tiny_t5(size: TinyT5, tokenizer: Any, seed: int = 0):
+def build_tiny_t5(size: TinyModelSpec, tokenizer: Any, seed: int = 0):
+    """A T5 v1.1-style model (gated GELU) of the given size, its vocabulary and special ids from the tokenizer."""
     from transformers import T5Config, T5ForConditionalGeneration
 
     config = T5Config(

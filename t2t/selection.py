@@ -1,57 +1,127 @@
-"""Checkpoint selection: a weighted validation score with a no-regression rule.
+"""Checkpoint selection: a weighted validation score with a no-regression rule against a fixed reference.
 
-A checkpoint becomes `best` only if its score (the weighted mean of per-task scores, each in [0, 100]) beats the
-best so far and no task falls more than `margin` points below its floor: its best value in earlier evaluations,
-or a given baseline (e.g. the pretrained model's score) where one is set.
+Each evaluated checkpoint has, per task, a score in [0, 100] (the median over templates) and the half-width of
+its 95% bootstrap interval. The reference is fixed: the first evaluation of the run, or a results file the user
+gives (e.g. `t2t eval` of the starting checkpoint). A checkpoint is eligible when no task falls below its
+reference by more than the tolerance
+
+    tolerance_t = max(margin, sqrt(half_width_reference_t^2 + half_width_checkpoint_t^2))
+
+so that noise between two evaluations of the same quality never blocks a checkpoint, and the floor never
+ratchets up with a lucky evaluation. Among eligible checkpoints the highest weighted mean score is selected.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from t2t.errors import T2TError, Where
+
+
+@dataclass(frozen=True)
+class Score:
+    value: float
+    half_width: float = 0.0  # of the 95% bootstrap interval
 
 
 @dataclass
 class Decision:
-    accepted: bool
+    step: int
+    accepted: bool  # the new selected checkpoint
     score: float
-    blocked_by: list[str] = field(default_factory=list)  # "task: 41.0 < floor 45.0"
+    blocked_by: list[str] = field(default_factory=list)  # "task: 41.0 < 45.0 - 3.2"
 
     def describe(self) -> str:
         if self.accepted:
-            return f"new best (score {self.score:.2f})"
-        reason = "; ".join(self.blocked_by) if self.blocked_by else "score not above the best so far"
-        return f"not best (score {self.score:.2f}): {reason}"
+            return f"step {self.step}: selected (score {self.score:.2f})"
+        reason = (
+            "; ".join(self.blocked_by) if self.blocked_by else "score not above the selected checkpoint's"
+        )
+        return f"step {self.step}: not selected (score {self.score:.2f}): {reason}"
 
 
 @dataclass
 class Selector:
-    margin: float = 1.0
+    margin: float = 1.0  # the smallest tolerance, in points
     weights: dict[str, float] = field(default_factory=dict)  # task -> weight; missing tasks weigh 1
-    baseline: dict[str, float] = field(default_factory=dict)  # task -> floor instead of its best so far
-    best_score: float = float("-inf")
-    best_per_task: dict[str, float] = field(default_factory=dict)
+    reference: dict[str, Score] | None = None  # None: the first evaluation becomes the reference
+    reference_source: str = "first evaluation"
+    best_step: int | None = None
+    best_score: float = -math.inf
+    history: list[dict] = field(default_factory=list)  # every evaluation: step, score, scores, blocked_by
 
-    def score(self, results: dict[str, float]) -> float:
+    def score(self, results: dict[str, Score]) -> float:
         total = sum(self.weights.get(t, 1.0) for t in results)
-        return sum(self.weights.get(t, 1.0) * v for t, v in results.items()) / total
+        return sum(self.weights.get(t, 1.0) * s.value for t, s in results.items()) / total
 
-    def decide(self, results: dict[str, float]) -> Decision:
-        """Judge one evaluation (task -> score), then remember each task's best value."""
+    def tolerance(self, reference: Score, current: Score) -> float:
+        return max(self.margin, math.hypot(reference.half_width, current.half_width))
+
+    def decide(self, step: int, results: dict[str, Score]) -> Decision:
+        """Judge one evaluation (task -> score) against the reference."""
+        if self.reference is None:
+            self.reference = dict(results)
         score = self.score(results)
         blocked = []
-        for task, value in results.items():
-            floor = self.baseline.get(task, self.best_per_task.get(task))
-            if floor is not None and value < floor - self.margin:
-                blocked.append(f"{task}: {value:.1f} < floor {floor:.1f} - margin {self.margin:g}")
-        decision = Decision(not blocked and score > self.best_score, score, blocked)
+        for task, current in results.items():
+            reference = self.reference.get(task)
+            if reference is None:
+                continue
+            tolerance = self.tolerance(reference, current)
+            if current.value < reference.value - tolerance:
+                blocked.append(
+                    f"{task}: {current.value:.1f} < reference {reference.value:.1f} - {tolerance:.1f}"
+                )
+        decision = Decision(step, not blocked and score > self.best_score, score, blocked)
         if decision.accepted:
-            self.best_score = score
-        for task, value in results.items():
-            self.best_per_task[task] = max(value, self.best_per_task.get(task, value))
+            self.best_step, self.best_score = step, score
+        self.history.append({"step": step, "score": score, "blocked_by": blocked,
+                             "scores": {t: asdict(s) for t, s in results.items()}})  # fmt: skip
         return decision
 
+    def report(self) -> str:
+        """Markdown: the selected step and why each other evaluated step lost."""
+        lines = ["# Checkpoint selection", ""]
+        if self.best_step is None:
+            lines.append("No evaluated checkpoint was eligible: none is selected.")
+        else:
+            lines.append(f"Selected: step {self.best_step} (weighted score {self.best_score:.2f}).")
+        lines += ["", f"Reference: {self.reference_source}; margin {self.margin:g} points.", "",
+                  "| step | score | outcome |", "|---|---|---|"]  # fmt: skip
+        for entry in self.history:
+            if entry["step"] == self.best_step:
+                outcome = "selected"
+            elif entry["blocked_by"]:
+                outcome = "regressed: " + "; ".join(entry["blocked_by"])
+            else:
+                outcome = f"lower score than step {self.best_step}"
+            lines.append(f"| {entry['step']} | {entry['score']:.2f} | {outcome} |")
+        return "\n".join(lines) + "\n"
+
     def state_dict(self) -> dict:
-        return {"best_score": self.best_score, "best_per_task": self.best_per_task}
+        reference = {t: asdict(s) for t, s in self.reference.items()} if self.reference is not None else None
+        return {"reference": reference, "reference_source": self.reference_source, "best_step": self.best_step,
+                "best_score": self.best_score, "history": self.history}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
-        self.best_score, self.best_per_task = state["best_score"], dict(state["best_per_task"])
+        reference = state["reference"]
+        self.reference = {t: Score(**s) for t, s in reference.items()} if reference is not None else None
+        self.reference_source = state["reference_source"]
+        self.best_step, self.best_score = state["best_step"], state["best_score"]
+        self.history = list(state["history"])
+
+
+def load_reference(path: Path) -> dict[str, Score]:
+    """Per-task reference scores from a `t2t eval` results.json (each task's summary median and interval)."""
+    try:
+        report = json.loads(Path(path).read_text())
+        return {name: Score(info["summary"]["median"], info["summary"].get("ci_half_width", 0.0))
+                for name, info in report["tasks"].items()}  # fmt: skip
+    except FileNotFoundError:
+        raise T2TError("selection.reference: no such file", Where(file=path)) from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise T2TError(f"selection.reference is not a t2t eval results.json ({type(exc).__name__}: {exc})",
+                       Where(file=path)) from None  # fmt: skip

@@ -14,6 +14,7 @@ import numpy as np
 from t2t.config import FILE_FORMATS, FilesSource, GeneratorSource, HubSource, TaskSpec
 from t2t.errors import T2TError, Where, did_you_mean, first_line
 from t2t.generators import GENERATORS, generate
+from t2t.rng import keyed_rng
 from t2t.templates import Task
 
 datasets.disable_progress_bars()
@@ -80,6 +81,14 @@ def _load_split(task: Task, split: str) -> SplitRows:
     if expected is not None and expected != len(split_rows):
         raise T2TError(f"num_examples says {expected} rows but the data has {len(split_rows)}", where)
     return split_rows
+
+
+def select_rows(task_name: str, split: str, n_rows: int, max_examples: int | None) -> np.ndarray:
+    """The indices (into the filtered split) that `t2t eval --max-examples N` and `t2t render -n N` both take: all
+    rows when N is None or covers the split, else a sample seeded by (task, split), in row order."""
+    if max_examples is None or n_rows <= max_examples:
+        return np.arange(n_rows)
+    return np.sort(keyed_rng("eval", task_name, split).permutation(n_rows)[:max_examples])
 
 
 def num_rows(task: Task, split: str) -> int:

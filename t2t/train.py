@@ -22,26 +22,18 @@ import yaml
 from accelerate.utils import DistributedType
 
 from t2t.balancing import Balancer, ModelWithBalancing
-from t2t.batching import Example, pad_batch
-from t2t.checkpoint import (
-    checkpoint_path,
-    export_model,
-    latest_checkpoint,
-    load_run_state,
-    mark_best,
-    save_checkpoint,
-)
-from t2t.data import BatchingConfig, BatchLoader, LoaderState, MixtureData
-from t2t.encoding import Limits, encode_task, truncation_warnings
-from t2t.errors import T2TError, Where
-from t2t.evaluation import EvalConfig, evaluate_task, primary_metric, summarise
+from t2t.checkpoint import Checkpointer, checkpoint_path, mark_best, run_identity
+from t2t.data import BatchLoader, LoaderState, MixtureData
+from t2t.encoding import Limits, decoder_start_id, truncation_warnings
+from t2t.errors import T2TError, load_pretrained
+from t2t.evaluation import EvalConfig
 from t2t.fileio import atomic_write_text
 from t2t.mixtures import Mixture, load_mixture
-from t2t.modeling import TinyT5, build_tiny_t5, load_model, loss_sums
+from t2t.modeling import build_tiny_t5, load_model
 from t2t.registry import Registry
-from t2t.selection import Selector
 from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
 from t2t.train_config import TrainConfig, config_dict
+from t2t.train_eval import InTrainingEval
 
 FAULT_ENV = "T2T_FAULT_KILL_AT_STEP"  # testing hook: SIGKILL this process once that many steps are done
 
@@ -55,17 +47,34 @@ class TrainState:
     examples_seen: int = 0
     loader: list[dict] = field(default_factory=list)  # each process's data position
     balancer: dict = field(default_factory=dict)
-    evaluations: int = 0
-    selector: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)  # in-training evaluation and selection
+    planned_steps: int = 0  # config.steps when saved (a resumed run may train longer)
 
 
 # --------------------------------------------------------------------------------------- factories
+
+
+EXTRAS = {
+    "wandb": "t2t[wandb]",
+    "mlflow": "t2t[mlflow]",
+}  # trackers with a t2t extra; others: pip install NAME
+
+
+def check_trackers(trackers: list[str]) -> None:
+    """Every tracker's package is installed (tensorboard always is), refused before the run starts."""
+    import importlib.util
+
+    for name in trackers:
+        if importlib.util.find_spec(name) is None:
+            raise T2TError(f"trackers: {name} is not installed; pip install '{EXTRAS.get(name, name)}' "
+                           "or drop it from trackers")  # fmt: skip
 
 
 def get_accelerator(config: TrainConfig):
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
+    check_trackers(config.trackers)
     kwargs: dict[str, Any] = {}
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         # Without CUDA, accelerate picks no process-group backend for several processes (DeepSpeed or DDP): every
@@ -107,8 +116,26 @@ def get_model(config: TrainConfig, tokenizer: Any):
     if config.model.pretrained:
         model = load_model(config.model.pretrained)
     else:
-        model = build_tiny_t5(TinyT5(**config.model.tiny.model_dump()), tokenizer, seed=config.seed)
+        model = build_tiny_t5(config.model.tiny, tokenizer, seed=config.seed)
     return model
+
+
+PACKABLE = {"t5", "mt5", "umt5"}  # relative position biases: a segment's positions need no reset
+
+
+def check_packing(config: TrainConfig) -> None:
+    """Packed rows put several examples in one sequence; a model with absolute positions would see the later
+    ones at shifted positions, so packing is for T5-family models only."""
+    if config.batching.strategy != "packed" or config.model.tiny is not None:
+        return
+    from transformers import AutoConfig
+
+    kind = getattr(
+        load_pretrained(AutoConfig, config.model.pretrained, "model config"), "model_type", "unknown"
+    )
+    if kind not in PACKABLE:
+        raise T2TError(f"batching.strategy=packed needs a T5-family model (relative positions); {kind} models use "
+                       "absolute positions, which packing would shift: use batching.strategy=padded")  # fmt: skip
 
 
 OPTIMIZERS = {
@@ -162,24 +189,24 @@ def configure_deepspeed(accelerator: Any, config: TrainConfig) -> None:
     ds.pop("train_batch_size", None)
 
 
-def batching_config(config: TrainConfig) -> BatchingConfig:
-    return BatchingConfig(**config.batching.model_dump())  # the same fields, spec -> runtime config
-
-
 # ------------------------------------------------------------------------------------------ the run
 
 
 class Run:
-    """One training run: built from the config, then `fit()`."""
+    """One training run: built from the config, then `fit()`. The loop lives here; checkpoints and resume checks
+    in t2t.checkpoint.Checkpointer, in-training evaluation and selection in t2t.train_eval.InTrainingEval."""
 
     def __init__(self, config: TrainConfig, registry: Registry, resume: str | None = None) -> None:
         self.config, self.registry = config, registry
         self.accelerator = acc = get_accelerator(config)
-        self._prepare_run_dir(resume)
+        self.checkpointer = Checkpointer(acc, config.run_dir, config.keep_checkpoints)
+        checkpoint = self.checkpointer.resolve(resume)  # refused before the tokenizer trains
         self.mixture = load_mixture(registry, config.mixture)
         self.tasks = self.mixture.task_names
         self.tokenizer = get_tokenizer(config, registry, self.mixture, acc)
+        check_packing(config)  # from the model's config, before its weights load
         model = get_model(config, self.tokenizer)
+        self.identity = run_identity(config, self.mixture, registry, self.tokenizer, model)
         self.balancer = Balancer(config.balancing, len(self.tasks))
         wrapped = ModelWithBalancing(
             model, len(self.tasks), learn_log_vars=config.balancing.method == "uncertainty"
@@ -187,59 +214,69 @@ class Run:
         optimizer, scheduler = get_optimizer_and_scheduler(config, wrapped)
         configure_deepspeed(acc, config)
         self.model, self.optimizer, self.scheduler = acc.prepare(wrapped, optimizer, scheduler)
-        limits = Limits(config.max_input_tokens, config.max_target_tokens)
-        self.data = MixtureData(self.mixture, registry, self.tokenizer, limits, config.cache_dir)
-        self.loader = BatchLoader(self.data, batching_config(config), acc.process_index, acc.num_processes)
+        self.limits = Limits(config.max_input_tokens, config.max_target_tokens)
+        self.data = MixtureData(self.mixture, registry, self.tokenizer, self.limits, config.cache_dir)
+        self.loader = BatchLoader(self.data, config.batching, acc.process_index, acc.num_processes,
+                                  decoder_start_id=decoder_start_id(model.config))  # fmt: skip
+        self.evaluator = InTrainingEval(
+            config, registry, self.tasks, self.mixture.spec.splits.eval, self.data
+        )
         self.state = TrainState()
-        sel = config.selection
-        self.selector = Selector(margin=sel.margin, weights=dict(sel.weights), baseline=dict(sel.baseline))
+        self.weights = self.balancer.weights()  # the task weights of the last step, for logging
         self.last_saved_step = -1
-        self.checkpoint = self._resume_from(resume)
+        self.checkpoint = checkpoint
+        if checkpoint is not None:
+            self._restore(checkpoint)
         self.metrics_path = config.run_dir / "metrics.jsonl"
 
-    # -------------------------------------------------------------------------------------- set-up
+    @property
+    def encoding(self) -> dict:
+        """The limits the model trains under, saved beside every exported model for `t2t eval`."""
+        return {
+            "max_input_tokens": self.config.max_input_tokens,
+            "max_target_tokens": self.config.max_target_tokens,
+        }
 
-    def _prepare_run_dir(self, resume: str | None) -> None:
-        run_dir, acc = self.config.run_dir, self.accelerator
-        if acc.is_main_process:
-            if resume is None and latest_checkpoint(run_dir) is not None:
-                raise T2TError("the run dir holds checkpoints already: pass --resume auto to continue it, "
-                               "or choose another run_dir", Where(file=run_dir))  # fmt: skip
+    def eval_config(self, max_examples: int | None) -> EvalConfig:
+        """Evaluation of this run's model on its eval split, encoded under the limits it trained with."""
+        return EvalConfig(split=self.mixture.spec.splits.eval, max_examples=max_examples,
+                          max_input_tokens=self.config.max_input_tokens,
+                          max_target_tokens=self.config.max_target_tokens)  # fmt: skip
+
+    def _restore(self, checkpoint: Path) -> None:
+        state = self.checkpointer.restore(checkpoint, self.identity)
+        self.state = TrainState(**state)
+        self.loader.state = LoaderState(**state["loader"][self.accelerator.process_index])
+        self.balancer.load_state_dict(state["balancer"])
+        if state["evaluation"]:
+            self.evaluator.load_state_dict(state["evaluation"])
+        self.last_saved_step = self.state.step
+
+    def _start_logs(self) -> None:
+        """Write the config; drop log lines past the restart point (lost with a crash, logged anew)."""
+        run_dir = self.config.run_dir
+        if self.accelerator.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(
                 run_dir / "config.yaml", yaml.safe_dump(config_dict(self.config), sort_keys=False)
             )
-        acc.wait_for_everyone()
-
-    def _resume_from(self, resume: str | None) -> Path | None:
-        if resume is None:
-            return None
-        checkpoint = latest_checkpoint(self.config.run_dir) if resume == "auto" else Path(resume)
-        if checkpoint is None:
-            return None  # --resume auto on a fresh run dir: start from the beginning
-        run_state = load_run_state(checkpoint)
-        if run_state["world_size"] != self.accelerator.num_processes:
-            raise T2TError(f"the checkpoint was written by {run_state['world_size']} processes, this run has "
-                           f"{self.accelerator.num_processes}: resume with the same number", Where(file=checkpoint))  # fmt: skip
-        self.accelerator.load_state(str(checkpoint / "accelerate"))
-        state = run_state["state"]
-        self.state = TrainState(**state)
-        self.loader.state = LoaderState(**state["loader"][self.accelerator.process_index])
-        self.balancer.load_state_dict(state["balancer"])
-        if state["selector"]:
-            self.selector.load_state_dict(state["selector"])
-        self.last_saved_step = self.state.step
-        if (
-            self.accelerator.is_main_process
-        ):  # steps after the checkpoint were lost with the crash: log them anew
             for name in ("metrics.jsonl", "eval.jsonl"):
-                trim_log(self.config.run_dir / name, self.state.step)
-        return checkpoint
+                trim_log(run_dir / name, self.state.step)
+            planned, schedule = self.state.planned_steps, self.config.schedule.name
+            if (
+                self.checkpoint is not None
+                and planned != self.config.steps
+                and schedule in ("linear", "cosine")
+            ):
+                print(f"warning: steps changed from {planned} to {self.config.steps}: the {schedule} schedule "
+                      "decays over the new total from here on")  # fmt: skip
+        self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------------------------ the loop
 
     def fit(self) -> dict:
         config, acc = self.config, self.accelerator
+        self._start_logs()
         self._log_start()
         acc.init_trackers("t2t", config=_flat(config_dict(config)))
         progress = _progress(config.steps, self.state.step, disable=not acc.is_main_process)
@@ -260,32 +297,32 @@ class Run:
         return final
 
     def train_step(self, micro: list) -> dict:
-        """One optimizer step over the micro-batches of this process."""
+        """One optimizer step over the micro-batches of this process. The wrapped module's forward returns the
+        balanced loss (t2t.balancing), so every engine sees every parameter it uses."""
         acc, k = self.accelerator, len(micro)
         device = acc.device
         local_tokens = sum(int((b.tensors["labels"] >= 0).sum()) for b in micro)
         global_tokens = float(acc.reduce(torch.tensor(float(local_tokens), device=device), "sum"))
-        log_vars = acc.unwrap_model(self.model).log_vars
+        scale = k * acc.num_processes / global_tokens  # accelerate / DeepSpeed divide by k, DDP averages
+        weights = self.balancer.weights().to(device)
         task_loss = torch.zeros(len(self.tasks), device=device)
         task_tokens = torch.zeros(len(self.tasks), device=device)
         objective = torch.zeros((), device=device)
         for batch in micro:
             tensors = {name: t.to(device) for name, t in batch.tensors.items()}
             with acc.accumulate(self.model):
-                sums = loss_sums(self.model, tensors, len(self.tasks))
-                self._check_finite(sums.loss, tensors)
-                loss = (
-                    self.balancer.loss(sums.task_loss, sums.task_tokens, log_vars.to(device)) / global_tokens
-                )
-                acc.backward(loss * k * acc.num_processes)  # accelerate / DeepSpeed divide by k, DDP averages
+                balanced, batch_loss, batch_tokens, used = self.model(tensors, weights)
+                self._check_finite(batch_loss.sum(), tensors)
+                acc.backward(balanced * scale)
                 deepspeed_clips = acc.distributed_type == DistributedType.DEEPSPEED  # from its config
                 if acc.sync_gradients and self.config.max_grad_norm is not None and not deepspeed_clips:
                     acc.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad()
-            task_loss += sums.task_loss.detach()
-            task_tokens += sums.task_tokens
-            objective += loss.detach()
+            task_loss += batch_loss
+            task_tokens += batch_tokens
+            objective += balanced.detach() / global_tokens
+            self.weights = used.detach().float().cpu()
         self.scheduler.step()
         reduced = acc.reduce(torch.cat([task_loss, task_tokens, objective[None],
                                         torch.tensor([float(sum(b.real_tokens for b in micro)),
@@ -316,15 +353,13 @@ class Run:
         progress.update(1)
         if self.state.step % config.log_every_steps and self.state.step != config.steps:
             return
-        weights = self.balancer.weights(acc.unwrap_model(self.model).log_vars)
-        record = window.flush(self.tasks, weights.tolist())
+        record = window.flush(self.tasks, self.weights.tolist())
         record.update(
             step=self.state.step, lr=self.scheduler.get_last_lr()[0], tokens_seen=self.state.tokens_seen
         )
         acc.log({k: v for k, v in record.items() if isinstance(v, int | float)}, step=self.state.step)
         if acc.is_main_process:
-            with self.metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            append_log(self.metrics_path, record)
             progress.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}")
 
     def maybe_save(self) -> None:
@@ -337,80 +372,47 @@ class Run:
 
         self.state.loader = gather_object([asdict(self.loader.state)])
         self.state.balancer = self.balancer.state_dict()
-        self.state.selector = self.selector.state_dict()
+        self.state.evaluation = self.evaluator.state_dict()
+        self.state.planned_steps = self.config.steps
         self.last_saved_step = self.state.step
-        run_state = {"state": asdict(self.state), "world_size": self.accelerator.num_processes,
-                     "mixture": self.mixture.name, "tasks": self.tasks}  # fmt: skip
-        return save_checkpoint(self.accelerator, self.model, self.tokenizer, self.config.run_dir, self.state.step,
-                               run_state, self.config.keep_checkpoints)  # fmt: skip
+        return self.checkpointer.save(self.model, self.tokenizer, self.state.step, asdict(self.state),
+                                      self.identity, self.encoding)  # fmt: skip
 
     def finish(self) -> dict:
         if self.last_saved_step != self.state.step:
             self.save()
-        checkpoint = checkpoint_path(self.config.run_dir, self.state.step)
-        export_model(self.accelerator, self.model, self.tokenizer, self.config.run_dir / "model")
+        model_dir = self.checkpointer.export(self.model, self.tokenizer, self.encoding)
+        selector = self.evaluator.selector
+        best = None
+        if selector.best_step is not None:
+            best = str(self.checkpointer.export_best(selector.best_step))
         if self.accelerator.is_main_process:
             from t2t.plots import plot_loss_curves
 
             plot_loss_curves(self.metrics_path, self.config.run_dir / "loss_curves.png")
-        return {"step": self.state.step, "checkpoint": str(checkpoint), "model": str(self.config.run_dir / "model"),
+            if selector.history:
+                atomic_write_text(self.config.run_dir / "selection.md", selector.report())
+        return {"step": self.state.step, "checkpoint": str(checkpoint_path(self.config.run_dir, self.state.step)),
+                "model": str(model_dir), "best": best, "best_step": selector.best_step,
                 "tokens_seen": self.state.tokens_seen, "main_process": self.accelerator.is_main_process}  # fmt: skip
 
     def maybe_evaluate(self) -> None:
-        """Validation loss and rank classification of the training tasks; every `eval_generate_every`-th time also
-        generation, and the checkpoint-selection decision. Every process evaluates the same examples (ZeRO-3
-        gathers parameters collectively)."""
-        config, acc = self.config, self.accelerator
-        if not config.eval_every_steps or self.state.step % config.eval_every_steps:
+        acc = self.accelerator
+        if not self.evaluator.due(self.state.step):
             return
-        self.state.evaluations += 1
-        generation = self.state.evaluations % config.eval_generate_every == 0
         model = acc.unwrap_model(self.model).model
-        model.eval()
-        eval_config = EvalConfig(split=self.mixture.spec.splits.eval, max_examples=config.eval_max_examples,
-                                 generate=generation)  # fmt: skip
-        record: dict[str, Any] = {"step": self.state.step, "generation": generation}
-        primary: dict[str, float] = {}
-        for name in self.tasks:
-            task = self.registry.task(name)
-            record[f"eval_loss/{name}"] = self._validation_loss(task, model)
-            per_template, _ = evaluate_task(model, self.tokenizer, task, eval_config)
-            if next(iter(per_template.values())):
-                metric = primary_metric(task, per_template)
-                primary[name] = summarise([s[metric] for s in per_template.values()])["median"]
-                record[f"eval/{name}"] = primary[name]
-        model.train()
-        if generation:
-            decision = self.selector.decide(primary)
-            record.update(
-                {"eval_score": decision.score, "best": decision.accepted, "blocked_by": decision.blocked_by}
-            )
+        record, decision = self.evaluator.run(model, self.tokenizer, self.state.step)
+        if decision is not None:
             if acc.is_main_process:
-                print(f"step {self.state.step}: {decision.describe()}")
-            if decision.accepted:
-                if self.last_saved_step != self.state.step:
-                    self.save()
-                if acc.is_main_process:
-                    mark_best(config.run_dir, self.state.step)
+                print(decision.describe())
+            if decision.accepted and self.last_saved_step != self.state.step:
+                self.save()  # the selected step keeps its checkpoint (never pruned once marked)
+            if decision.accepted and acc.is_main_process:
+                mark_best(self.config.run_dir, self.state.step)
         acc.log({k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)},
                 step=self.state.step)  # fmt: skip
         if acc.is_main_process:
-            with (config.run_dir / "eval.jsonl").open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-
-    @torch.no_grad()
-    def _validation_loss(self, task: Any, model: Any) -> float:
-        """Mean token loss of the first examples of the eval split (first template), cached encodings."""
-        encoded = encode_task(task, self.mixture.spec.splits.eval, self.tokenizer, self.data.limits,
-                              self.config.cache_dir, self.data.tokenizer_key)  # fmt: skip
-        template = encoded.templates[task.template_names[0]]
-        n = min(self.config.eval_max_examples, len(template.input_ids))
-        examples = [Example(template.input_ids[i], template.labels[i], 0) for i in range(n)]
-        total = tokens = 0.0
-        for start in range(0, n, 32):
-            sums = loss_sums(model, pad_batch(examples[start : start + 32]).tensors, 1)
-            total, tokens = total + float(sums.loss), tokens + float(sums.tokens)
-        return total / max(tokens, 1.0)
+            append_log(self.config.run_dir / "eval.jsonl", record)
 
     def _log_start(self) -> None:
         acc = self.accelerator
@@ -423,7 +425,8 @@ class Run:
         start = f"resuming from {self.checkpoint.name}" if self.checkpoint else "starting"
         print(f"t2t train: {start} at step {self.state.step} of {self.config.steps}; {len(self.tasks)} tasks, "
               f"{n_params / 1e6:.2f}M parameters, {acc.num_processes} process(es), {acc.distributed_type.name.lower()}, "
-              f"precision {acc.mixed_precision}")  # fmt: skip
+              f"precision {acc.mixed_precision}, batching {self.config.batching.strategy}, "
+              f"balancing {self.config.balancing.method}")  # fmt: skip
 
 
 class _LogWindow:
@@ -487,11 +490,27 @@ def train(config: TrainConfig, registry: Registry, resume: str | None = None) ->
     return Run(config, registry, resume).fit()
 
 
+def append_log(path: Path, record: dict) -> None:
+    """One JSON line, written whole and flushed: a kill can lose at most this line."""
+    with path.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+
+
 def trim_log(path: Path, last_step: int) -> None:
-    """Keep the JSONL records of steps up to `last_step` (a resumed run logs the later ones again)."""
+    """Keep the JSONL records of steps up to `last_step` (a resumed or restarted run logs the later ones again);
+    a torn line (a kill mid-write) is dropped with a warning."""
     if not path.is_file():
         return
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= last_step]
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            print(f"warning: {path}:{number}: dropped a torn log line")
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= last_step:
+            kept.append(line)
     if len(kept) != len(lines):
         atomic_write_text(path, "".join(line + "\n" for line in kept))

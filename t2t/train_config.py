@@ -92,11 +92,14 @@ class BalancingSpec(Spec):
 
 
 class SelectionSpec(Spec):
-    margin: Annotated[float, Field(ge=0)] = 1.0  # points a task may fall below its floor
+    """Checkpoint selection (t2t.selection): no task may fall below a fixed reference by more than
+    max(margin, its bootstrap noise)."""
+
+    margin: Annotated[float, Field(ge=0)] = 1.0  # the smallest tolerance, in points
     weights: dict[str, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict
     )  # task -> weight (default 1)
-    baseline: dict[str, float] = Field(default_factory=dict)  # task -> floor instead of its best so far
+    reference: Path | None = None  # a `t2t eval` results.json; None: the run's first evaluation
 
 
 class TrainConfig(Spec):
@@ -126,6 +129,23 @@ class TrainConfig(Spec):
     selection: SelectionSpec = SelectionSpec()
     trackers: list[Tracker] = Field(default_factory=lambda: ["tensorboard"])  # accelerate trackers
     cache_dir: Path | None = None  # encoded-data cache; default $T2T_CACHE or ~/.cache/t2t
+
+    @model_validator(mode="after")
+    def _packed_rows_hold_the_longest_example(self) -> TrainConfig:
+        b = self.batching
+        if b.strategy == "packed":
+            for side, row, limit in (("input", b.pack_input_tokens, self.max_input_tokens),
+                                     ("target", b.pack_target_tokens, self.max_target_tokens)):  # fmt: skip
+                if row is not None and row < limit:
+                    raise ValueError(f"batching.pack_{side}_tokens={row} is shorter than max_{side}_tokens="
+                                     f"{limit}: an example that long would fit no packed row")  # fmt: skip
+        return self
+
+
+# Keys a resumed run may change: they alter neither the data stream nor the model.
+RESUMABLE_KEYS = frozenset({"steps", "log_every_steps", "save_every_steps", "keep_checkpoints", "eval_every_steps",
+                            "eval_generate_every", "eval_max_examples", "selection", "trackers", "cache_dir",
+                            "run_dir"})  # fmt: skip
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -157,7 +177,13 @@ def load_train_config(path: Path, overrides: list[str] = ()) -> TrainConfig:
     try:
         config = TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise validation_error(exc, path) from None
+        error = validation_error(exc, path)
+        loc = ".".join(str(p) for p in exc.errors()[0]["loc"])
+        for override in overrides:  # the bad value came from the command line, not from the file
+            key = override.partition("=")[0]
+            if loc and (loc == key or loc.startswith(key + ".") or key.startswith(loc + ".")):
+                raise T2TError(f"override {override!r}: {error.message}") from None
+        raise error from None
     if not config.run_dir.is_absolute():  # relative run dirs are relative to where t2t runs
         config = config.model_copy(update={"run_dir": Path.cwd() / config.run_dir})
     return config

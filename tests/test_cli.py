@@ -69,8 +69,10 @@ def test_new_task_from_a_file_lints_clean_and_renders(tmp_path, run_cli):
     assert 'train: "../reviews.parquet"' in text
     assert 'input: "review: {{ review }}\\nrating: {{ rating }}"' in text and 'target: "{{ label }}"' in text
     assert run_cli("--templates-dir", out_dir, "lint", "my_reviews")[0] == 0
-    code, out, _ = run_cli("--templates-dir", out_dir, "render", "my_reviews", "-n", "1")
+    code, out, err = run_cli("--templates-dir", out_dir, "render", "my_reviews", "-n", "2")
     assert "input:   review: great film\n         rating: 5\ntarget:  pos\n" in out
+    assert "input:   review: dull plot\n         rating: 1\ntarget:  neg\n" in out
+    assert err.startswith("my_reviews: 2 of 2 train rows, the ones `t2t eval --max-examples 2` takes")
     # Refuses to overwrite without --force; nothing is half-written on bad input.
     assert run_cli("new-task", "my_reviews", "--from", data, "--out", out_dir)[0] == 2
     assert run_cli("new-task", "Bad-Name", "--from", data, "--out", out_dir)[0] == 2

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from t2t.data import BatchingConfig, BatchLoader, LoaderState
+from t2t.data import BatchLoader, LoaderState
+from t2t.errors import T2TError
+from t2t.train_config import BatchingSpec
 
 
 def take(loader, n):
@@ -20,8 +22,8 @@ def same(a, b):
 @pytest.mark.parametrize(
     "config",
     [
-        BatchingConfig(strategy="packed", rows_per_batch=4, pack_input_tokens=64, window_examples=64),
-        BatchingConfig(strategy="padded", max_tokens=400, batch_size=None, window_examples=64),
+        BatchingSpec(strategy="packed", rows_per_batch=4, pack_input_tokens=64, window_examples=64),
+        BatchingSpec(strategy="padded", max_tokens=400, batch_size=None, window_examples=64),
     ],
     ids=["packed", "padded"],
 )
@@ -36,7 +38,7 @@ def test_resume_from_a_saved_state_continues_exactly(demo_data, config):
 
 
 def test_window_holds_exactly_the_stream_slice_of_each_rank(demo_data):
-    config = BatchingConfig(strategy="padded", batch_size=8, max_tokens=None, window_examples=32)
+    config = BatchingSpec(strategy="padded", batch_size=8, max_tokens=None, window_examples=32)
     one = BatchLoader(demo_data, config).window_examples(1)
     ranks = [BatchLoader(demo_data, config, rank=r, world_size=2).window_examples(0) for r in (0, 1)]
     assert [e.position for e in ranks[0]] == list(range(0, 64, 2))
@@ -49,7 +51,7 @@ def test_window_holds_exactly_the_stream_slice_of_each_rank(demo_data):
 
 
 def test_packed_batches_are_nearly_free_of_padding(demo_data):
-    config = BatchingConfig(strategy="packed", rows_per_batch=8, pack_input_tokens=512, window_examples=2048)
+    config = BatchingSpec(strategy="packed", rows_per_batch=8, pack_input_tokens=512, window_examples=2048)
     loader = BatchLoader(demo_data, config)
     # demo targets are about 1/6 of the inputs: the decoder row is sized from the data, rounded up to 8
     assert 64 <= loader.config.pack_target_tokens <= 104 and loader.config.pack_target_tokens % 8 == 0
@@ -60,12 +62,12 @@ def test_packed_batches_are_nearly_free_of_padding(demo_data):
 
 
 def test_packed_rows_shorter_than_the_limits_are_refused(demo_data):
-    with pytest.raises(ValueError, match="packed rows must be at least as long"):
-        BatchLoader(demo_data, BatchingConfig(strategy="packed", pack_input_tokens=32, pack_target_tokens=24))
+    with pytest.raises(T2TError, match=r"batching\.pack_input_tokens=32 is shorter than max_input_tokens=64"):
+        BatchLoader(demo_data, BatchingSpec(strategy="packed", pack_input_tokens=32, pack_target_tokens=24))
 
 
 def test_padded_batches_respect_the_token_budget(demo_data):
-    config = BatchingConfig(strategy="padded", max_tokens=300, batch_size=None, window_examples=256)
+    config = BatchingSpec(strategy="padded", max_tokens=300, batch_size=None, window_examples=256)
     batches = BatchLoader(demo_data, config).window_batches(0)
     assert sum(b.n_examples for b in batches) == 256
     assert all(b.total_tokens <= 300 or b.n_examples == 1 for b in batches)

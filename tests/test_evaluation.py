@@ -7,17 +7,17 @@ import torch
 import yaml
 
 from t2t.evaluation import EvalConfig, evaluate, score_choices, summarise
-from t2t.modeling import TinyT5, build_tiny_t5
+from t2t.modeling import build_tiny_t5
 from t2t.registry import Registry
-from t2t.selection import Selector
+from t2t.selection import Score, Selector
 from t2t.train import Run
-from t2t.train_config import TrainConfig
+from t2t.train_config import TinyModelSpec, TrainConfig
 from tests.conftest import write_jsonl, write_task
 
 
 def test_four_normalisations_by_hand(tiny_tokenizer):
     model = build_tiny_t5(
-        TinyT5(d_model=32, num_layers=1, num_heads=2, d_ff=64), tiny_tokenizer, seed=1
+        TinyModelSpec(d_model=32, num_layers=1, num_heads=2, d_ff=64), tiny_tokenizer, seed=1
     ).eval()
     choice = "café au lait"  # 12 characters, 13 bytes
     scores = score_choices(model, tiny_tokenizer, ["what is it?"], [(choice, "tea")], scoring="t0")[0]
@@ -36,6 +36,20 @@ def test_four_normalisations_by_hand(tiny_tokenizer):
     # The harness convention scores the same choice without its EOS: a different (larger) log-likelihood.
     harness = score_choices(model, tiny_tokenizer, ["what is it?"], [(choice, "tea")], scoring="harness")[0]
     assert harness["sum"][0] != pytest.approx(scores["sum"][0])
+    # The default (t2t) is how t2t trains: EOS on the input and on the choice.
+    default = score_choices(model, tiny_tokenizer, ["what is it?"], [(choice, "tea")])[0]
+    with_eos = torch.tensor([tiny_tokenizer("what is it?").input_ids])
+    assert with_eos[0, -1] == tiny_tokenizer.eos_token_id
+    with torch.no_grad():
+        trained_way = -model(input_ids=with_eos, labels=labels).loss.item() * n_tokens
+    assert default["sum"][0] == pytest.approx(trained_way, rel=1e-5)
+    assert default["sum"][0] != pytest.approx(scores["sum"][0])
+    # Inputs are truncated as in training: the first max - 1 tokens, then EOS.
+    cut = score_choices(model, tiny_tokenizer, ["what is it?"], [(choice,)], max_input_tokens=3)[0]
+    with torch.no_grad():
+        short = torch.tensor([[*with_eos[0, :2].tolist(), tiny_tokenizer.eos_token_id]])
+        expected_cut = -model(input_ids=short, labels=labels).loss.item() * n_tokens
+    assert cut["sum"][0] == pytest.approx(expected_cut, rel=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +99,15 @@ def test_rank_classification_picks_the_gold_label_after_training(trained_yes_no,
     # In-training evaluation wrote its decisions; the first became best.
     decisions = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
     assert [d["step"] for d in decisions] == [30, 60] and decisions[0]["best"] is True
-    assert (run_dir / "checkpoints" / "best").read_text().strip() in ("step_00000030", "step_00000060")
+    best = (run_dir / "checkpoints" / "best").read_text().strip()
+    assert best in ("step_00000030", "step_00000060")
+    # The selected checkpoint is exported as a plain HF dir beside model/, and the report says why.
+    exported = load_model(run_dir / "best").state_dict()
+    selected = load_model(run_dir / "checkpoints" / best / "model").state_dict()
+    assert all(torch.equal(exported[k], selected[k]) for k in selected)
+    report_md = (run_dir / "selection.md").read_text()
+    assert f"Selected: step {int(best.removeprefix('step_'))} " in report_md
+    assert "Reference: first evaluation" in report_md and report_md.count("\n| ") == 3  # header + 2 steps
 
 
 def test_t2t_eval_writes_reports_with_median_and_iqr(trained_yes_no, tmp_path, run_cli):
@@ -98,7 +120,18 @@ def test_t2t_eval_writes_reports_with_median_and_iqr(trained_yes_no, tmp_path, r
     report = json.loads((out / "results.json").read_text())
     add = report["tasks"]["add_numbers"]
     assert add["metric"] == "exact_match" and set(add["templates"]) == {"plus", "sum", "equation"}
-    assert set(add["summary"]) == {"median", "q1", "q3", "iqr", "mean", "n_templates"}
+    assert set(add["summary"]) == {
+        "median",
+        "q1",
+        "q3",
+        "iqr",
+        "mean",
+        "n_templates",
+        "ci_low",
+        "ci_high",
+        "ci_half_width",
+    }
+    assert add["summary"]["ci_low"] <= add["summary"]["median"] <= add["summary"]["ci_high"]
     markdown = (out / "results.md").read_text()
     assert "| task | cluster | metric | median | IQR (q1-q3) | mean | per template |" in markdown
     assert (out / "scores.png").stat().st_size > 5000
@@ -106,7 +139,7 @@ def test_t2t_eval_writes_reports_with_median_and_iqr(trained_yes_no, tmp_path, r
 
 
 def test_mixture_eval_reports_held_out_separately(tmp_path, run_cli, tiny_tokenizer):
-    model = build_tiny_t5(TinyT5(d_model=32, num_layers=1, num_heads=2, d_ff=64), tiny_tokenizer)
+    model = build_tiny_t5(TinyModelSpec(d_model=32, num_layers=1, num_heads=2, d_ff=64), tiny_tokenizer)
     model.save_pretrained(str(tmp_path / "m"))
     tiny_tokenizer.save_pretrained(str(tmp_path / "m"))
     code, _, _ = run_cli("eval", "--model", tmp_path / "m", "--mixture", "demo", "--held-out", "--max-examples", "4",
@@ -127,16 +160,64 @@ def test_summary_over_templates_by_hand():
 
 def test_selection_refuses_a_mean_gain_that_regresses_one_task():
     selector = Selector(margin=2.0)
-    assert selector.decide({"a": 50.0, "b": 50.0}).accepted
-    # mean rises from 50 to 55, but task b falls 5 points below its best (50) with a margin of 2: refused
-    decision = selector.decide({"a": 65.0, "b": 45.0})
-    assert not decision.accepted and decision.score == 55.0
-    assert decision.blocked_by == ["b: 45.0 < floor 50.0 - margin 2"]
-    assert "not best (score 55.00): b: 45.0 < floor 50.0" in decision.describe()
-    # within the margin: accepted
-    assert selector.decide({"a": 66.0, "b": 48.5}).accepted
-    # a baseline sets the floor instead of the best so far
-    strict = Selector(margin=0.0, baseline={"a": 70.0})
-    assert strict.decide({"a": 69.0}).blocked_by == ["a: 69.0 < floor 70.0 - margin 0"]
+    # the first evaluation is the fixed reference: a=50 (+-1), b=50 (+-3)
+    assert selector.decide(100, {"a": Score(50.0, 1.0), "b": Score(50.0, 3.0)}).accepted
+    # mean rises to 55, but b falls 10 points; tolerance = max(2, hypot(3, 4)) = 5: refused
+    decision = selector.decide(200, {"a": Score(65.0, 1.0), "b": Score(40.0, 4.0)})
+    assert not decision.accepted and decision.score == 52.5
+    assert decision.blocked_by == ["b: 40.0 < reference 50.0 - 5.0"]
+    assert decision.describe() == "step 200: not selected (score 52.50): b: 40.0 < reference 50.0 - 5.0"
+    # b 4.5 points down is within its noise (tolerance 5): accepted
+    assert selector.decide(300, {"a": Score(66.0, 1.0), "b": Score(45.5, 4.0)}).accepted
+    # the floor does not ratchet: a lucky a=90 at step 400 does not block a=60 later
+    assert selector.decide(400, {"a": Score(90.0, 0.0), "b": Score(50.0, 0.0)}).accepted
+    assert selector.decide(500, {"a": Score(60.0, 0.0), "b": Score(50.0, 0.0)}).blocked_by == []
+    assert selector.best_step == 400
+    report = selector.report()
+    assert "Selected: step 400 (weighted score 70.00)." in report
+    assert "| 200 | 52.50 | regressed: b: 40.0 < reference 50.0 - 5.0 |" in report
+    assert "| 500 | 55.00 | lower score than step 400 |" in report
+    # a given reference replaces the first evaluation; the margin is the smallest tolerance
+    strict = Selector(margin=0.5, reference={"a": Score(70.0, 0.0)})
+    assert strict.decide(1, {"a": Score(69.0, 0.0)}).blocked_by == ["a: 69.0 < reference 70.0 - 0.5"]
     weighted = Selector(weights={"a": 3.0})
-    assert weighted.score({"a": 80.0, "b": 40.0}) == 70.0
+    assert weighted.score({"a": Score(80.0), "b": Score(40.0)}) == 70.0
+    restored = Selector(margin=2.0)
+    restored.load_state_dict(selector.state_dict())
+    assert restored.decide(600, {"a": Score(100.0), "b": Score(30.0)}).blocked_by == [
+        "b: 30.0 < reference 50.0 - 3.0"
+    ]
+
+
+def test_eval_template_device_and_rows_match_render(trained_yes_no, tmp_path, run_cli):
+    registry, run_dir = trained_yes_no
+    dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
+    out = tmp_path / "eval"
+    code, _, err = run_cli(*dirs, "eval", "--model", run_dir / "model", "--tasks", "say_it", "--template", "repeat",
+                           "--max-examples", "5", "--device", "cpu", "--out", out)  # fmt: skip
+    assert code == 0, err
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["tasks"]["say_it"]["templates"]) == {"repeat"}
+    assert report["device"] == "cpu" and report["dtype"] == "fp32"
+    assert report["max_input_tokens"] == 256  # read from the model's t2t_encoding.json (the config's default)
+    evaluated = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    # `t2t render -n 5 --json` shows exactly the rows `t2t eval --max-examples 5` took
+    code, stdout, err = run_cli(*dirs, "render", "say_it", "-n", "5", "--split", "validation", "--template",
+                                "repeat", "--json")  # fmt: skip
+    assert code == 0, err
+    rendered = [json.loads(line) for line in stdout.splitlines()]
+    assert [r["row"] for r in rendered] == [r["row"] for r in evaluated] and len(rendered) == 5
+    assert [r["input"] for r in rendered] == [r["input"] for r in evaluated]
+    assert rendered[0]["choices"] == ["no", "yes"] and rendered[0]["template"] == "repeat"
+    # a template a task lacks, and a device that is not there: one line each, exit 2, nothing written
+    code, _, err = run_cli(*dirs, "eval", "--model", run_dir / "model", "--tasks", "say_it", "--template", "nope",
+                           "--out", tmp_path / "e2")  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "'nope'" in err
+    assert not (tmp_path / "e2").exists()
+    if not torch.cuda.is_available():
+        code, _, err = run_cli(*dirs, "eval", "--model", run_dir / "model", "--tasks", "say_it", "--device", "cuda",
+                               "--out", tmp_path / "e3")  # fmt: skip
+        assert code == 2 and err.strip() == (
+            "t2t: error: --device cuda: no CUDA device is available here (use --device cpu or auto)"
+        )
+        assert not (tmp_path / "e3").exists()

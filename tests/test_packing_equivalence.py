@@ -5,8 +5,9 @@ import torch
 
 from t2t.batching import Example, pack, packed_batch, pad_batch
 from t2t.encoding import Limits, encode_task
-from t2t.modeling import TinyT5, build_tiny_t5, loss_sums
+from t2t.modeling import build_tiny_t5, loss_sums
 from t2t.registry import Registry
+from t2t.train_config import TinyModelSpec
 
 
 def real_examples(tokenizer, tmp_path, n=24):
@@ -28,7 +29,9 @@ def gradients(model):
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_packed_loss_and_gradients_equal_one_by_one(tiny_tokenizer, tmp_path, attention):
     examples = real_examples(tiny_tokenizer, tmp_path)
-    model = build_tiny_t5(TinyT5(d_model=32, num_layers=2, num_heads=2, d_ff=64), tiny_tokenizer, seed=0)
+    model = build_tiny_t5(
+        TinyModelSpec(d_model=32, num_layers=2, num_heads=2, d_ff=64), tiny_tokenizer, seed=0
+    )
     model.set_attn_implementation(attention)
     rows = pack(examples, max_input_tokens=96, max_target_tokens=32)
     assert len(rows) < len(examples) / 2  # several examples per row: the test exercises packing
@@ -51,7 +54,9 @@ def test_packed_loss_and_gradients_equal_one_by_one(tiny_tokenizer, tmp_path, at
 def test_without_the_masks_examples_contaminate_each_other(tiny_tokenizer, tmp_path):
     # The negative control: the same packed rows with plain padding masks give another loss.
     examples = real_examples(tiny_tokenizer, tmp_path)
-    model = build_tiny_t5(TinyT5(d_model=32, num_layers=2, num_heads=2, d_ff=64), tiny_tokenizer, seed=0)
+    model = build_tiny_t5(
+        TinyModelSpec(d_model=32, num_layers=2, num_heads=2, d_ff=64), tiny_tokenizer, seed=0
+    )
     batch = packed_batch(examples, pack(examples, 96, 32), 96, 32)
     exact = loss_sums(model, batch, 3).loss.item()
     plain = dict(batch.tensors)

@@ -1,0 +1,85 @@
+"""Evaluation during training: validation loss and scores of the training tasks, and checkpoint selection.
+
+Every `eval_every_steps` steps each training task gets its validation loss and, with answer choices, rank
+classification; every `eval_generate_every`-th evaluation also generation and the selection decision
+(t2t.selection). Every process evaluates the same examples (ZeRO-3 gathers parameters collectively). Inputs are
+encoded exactly as in training (t2t.encoding).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from t2t.batching import Example, pad_batch
+from t2t.encoding import decoder_start_id, encode_task
+from t2t.evaluation import EvalConfig, evaluate_task
+from t2t.modeling import loss_sums
+from t2t.selection import Score, Selector, load_reference
+from t2t.train_config import TrainConfig
+
+
+class InTrainingEval:
+    def __init__(self, config: TrainConfig, registry: Any, tasks: list[str], split: str, data: Any) -> None:
+        self.config, self.registry, self.tasks, self.split, self.data = config, registry, tasks, split, data
+        sel = config.selection
+        self.selector = Selector(margin=sel.margin, weights=dict(sel.weights))
+        if sel.reference is not None:
+            self.selector.reference = load_reference(sel.reference)
+            self.selector.reference_source = f"results file {sel.reference}"
+        self.evaluations = 0
+
+    def due(self, step: int) -> bool:
+        every = self.config.eval_every_steps
+        return bool(every) and step % every == 0
+
+    def run(self, model: Any, tokenizer: Any, step: int) -> tuple[dict, Any]:
+        """Evaluate the (unwrapped) model; returns the log record and the selection decision (or None)."""
+        config = self.config
+        self.evaluations += 1
+        generation = self.evaluations % config.eval_generate_every == 0
+        model.eval()
+        eval_config = EvalConfig(split=self.split, max_examples=config.eval_max_examples, generate=generation,
+                                 max_input_tokens=config.max_input_tokens,
+                                 max_target_tokens=config.max_target_tokens)  # fmt: skip
+        record: dict[str, Any] = {"step": step, "generation": generation}
+        scores: dict[str, Score] = {}
+        for name in self.tasks:
+            task = self.registry.task(name)
+            record[f"eval_loss/{name}"] = self.validation_loss(task, model, tokenizer)
+            result = evaluate_task(model, tokenizer, task, eval_config)
+            if next(iter(result.per_template.values())):
+                scores[name] = Score(result.summary["median"], result.summary["ci_half_width"])
+                record[f"eval/{name}"] = scores[name].value
+        model.train()
+        decision = None
+        if generation:
+            decision = self.selector.decide(step, scores)
+            record.update({"eval_score": decision.score, "best": decision.accepted,
+                           "blocked_by": decision.blocked_by})  # fmt: skip
+        return record, decision
+
+    @torch.no_grad()
+    def validation_loss(self, task: Any, model: Any, tokenizer: Any) -> float:
+        """Mean token loss of the first examples of the eval split (first template), cached encodings."""
+        encoded = encode_task(task, self.split, tokenizer, self.data.limits, self.config.cache_dir,
+                              self.data.tokenizer_key)  # fmt: skip
+        template = encoded.templates[task.template_names[0]]
+        n = min(self.config.eval_max_examples, len(template.input_ids))
+        examples = [Example(template.input_ids[i], template.labels[i], 0) for i in range(n)]
+        start = decoder_start_id(model.config)
+        total = tokens = 0.0
+        for first in range(0, n, 32):
+            batch = pad_batch(examples[first : first + 32], tokenizer.pad_token_id, start)
+            tensors = {k: v.to(next(model.parameters()).device) for k, v in batch.tensors.items()}
+            sums = loss_sums(model, tensors, 1)
+            total, tokens = total + float(sums.loss), tokens + float(sums.tokens)
+        return total / max(tokens, 1.0)
+
+    def state_dict(self) -> dict:
+        return {"evaluations": self.evaluations, "selector": self.selector.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.evaluations = state["evaluations"]
+        self.selector.load_state_dict(state["selector"])

@@ -1,0 +1,193 @@
+"""What a run refuses, through the real CLI: resuming into a different run (drift), a missing checkpoint, packed
+rows shorter than an example. Each refusal is one line, exit 2, and leaves the run dir as it was."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import write_jsonl, write_task
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def world(tiny_tokenizer, tmp_path_factory):
+    """A user's task folder (one file-backed task), a mixture over it and a built-in task, a tokenizer dir."""
+    root = tmp_path_factory.mktemp("checks")
+    tasks, mixtures = root / "tasks", root / "mixtures"
+    tasks.mkdir(), mixtures.mkdir()
+    write_jsonl(
+        tasks / "train.jsonl", [{"word": w, "label": i % 2} for i, w in enumerate(["owl", "fox"] * 30)]
+    )
+    write_task(tasks, echo_task("echo {{ word }}"))
+    mixture = {"name": "mine", "members": {"echo": None, "color_lookup": None}, "rate": {"rule": "uniform"}}
+    (mixtures / "mine.yaml").write_text(yaml.safe_dump(mixture))
+    tiny_tokenizer.save_pretrained(str(root / "tok"))
+    return root
+
+
+def echo_task(template: str) -> dict:
+    return {"name": "echo", "version": 1, "cluster": "echo", "source": {"kind": "files", "splits": {"train": "train.jsonl"}},
+            "fields": {"word": "a word", "label": "0 or 1"}, "metrics": ["accuracy"],
+            "templates": [{"name": "plain", "input": template, "target": "{{ word }}"}]}  # fmt: skip
+
+
+def config_file(folder: Path, world: Path, **changes) -> Path:
+    data = {
+        "run_dir": str(folder / "run"), "mixture": "mine", "tokenizer": {"pretrained": str(world / "tok")},
+        "model": {"tiny": {"d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64}},
+        "max_input_tokens": 32, "max_target_tokens": 8,
+        "batching": {"strategy": "padded", "batch_size": 8, "max_tokens": None, "window_examples": 32},
+        "steps": 2, "log_every_steps": 1, "trackers": [],
+    }  # fmt: skip
+    data.update(changes)
+    path = folder / "train.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+@pytest.fixture
+def trained(world, tmp_path, run_cli):
+    """A finished 2-step run (its checkpoint at step 2), and the args that made it."""
+    args = ["--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train"]
+    config = config_file(tmp_path, world)
+    code, _, err = run_cli(*args, config)
+    assert code == 0, err
+    return args, config, tmp_path / "run"
+
+
+def refused(run_cli, args, run_dir: Path) -> str:
+    before = snapshot(run_dir)
+    code, out, err = run_cli(*args, "--resume", "auto")
+    assert out == ""
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("t2t: error: "), err
+    assert snapshot(run_dir) == before  # nothing written
+    return lines[0]
+
+
+def test_resume_accepts_more_steps_and_new_intervals(trained, run_cli, world, tmp_path):
+    args, config, run_dir = trained
+    config_file(tmp_path, world, steps=4, log_every_steps=2, save_every_steps=3, eval_max_examples=7)
+    code, out, err = run_cli(*args, config, "--resume", "auto")
+    assert code == 0, err
+    assert "resuming from step_00000002 at step 2 of 4" in out
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 4]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"max_input_tokens": 24}, "the training config changed since this checkpoint (max_input_tokens: 32 -> 24)"),
+        ({"batching": {"strategy": "padded", "batch_size": 4, "max_tokens": None, "window_examples": 32}},
+         "the training config changed since this checkpoint (batching.batch_size: 8 -> 4)"),
+        ({"model": {"tiny": {"d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 128}}},
+         "the training config changed since this checkpoint (model.tiny.d_ff: 64 -> 128)"),
+        ({"seed": 3}, "the training config changed since this checkpoint (seed: 0 -> 3)"),
+        ({"balancing": {"method": "dwa"}}, "(balancing.method: 'equal' -> 'dwa')"),
+    ],
+    ids=["limits", "batching", "model", "seed", "balancing"],
+)  # fmt: skip
+def test_resume_refuses_a_changed_config(trained, run_cli, world, tmp_path, change, expected):
+    args, _, run_dir = trained
+    config = config_file(tmp_path, world, **change)
+    line = refused(run_cli, [*args, config], run_dir)
+    assert expected in line
+    assert line.startswith(f"t2t: error: {run_dir}/checkpoints/step_00000002: cannot resume: ")
+
+
+def test_resume_refuses_a_changed_mixture_or_task_file(trained, run_cli, world):
+    args, config, run_dir = trained
+    mixture = world / "mixtures" / "mine.yaml"
+    task = world / "tasks" / "echo.yaml"
+    original_mixture, original_task = mixture.read_text(), task.read_text()
+    try:
+        spec = yaml.safe_load(original_mixture)
+        spec["rate"] = {"rule": "examples"}
+        mixture.write_text(yaml.safe_dump(spec))
+        assert "cannot resume: the mixture changed since this checkpoint (rate.rule)" in refused(
+            run_cli, [*args, config], run_dir
+        )
+        mixture.write_text(original_mixture)
+        write_task(world / "tasks", echo_task("repeat {{ word }}"))
+        line = refused(run_cli, [*args, config], run_dir)
+        assert "the task set or a task file changed since this checkpoint (echo.templates[0].input)" in line
+        task.write_text(original_task)
+    finally:
+        mixture.write_text(original_mixture)
+        task.write_text(original_task)
+
+
+def test_resume_refuses_a_tokenizer_changed_in_place(world, tmp_path, run_cli):
+    from transformers import AutoTokenizer
+
+    tokenizer_dir = tmp_path / "tok"
+    shutil.copytree(world / "tok", tokenizer_dir)
+    args = ["--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train",
+            config_file(tmp_path, world, tokenizer={"pretrained": str(tokenizer_dir)})]  # fmt: skip
+    assert run_cli(*args)[0] == 0
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    tokenizer.add_tokens(["zebra"])  # the same path, other contents
+    tokenizer.save_pretrained(str(tokenizer_dir))
+    line = refused(run_cli, args, tmp_path / "run")
+    assert "cannot resume: the tokenizer changed since this checkpoint;" in line
+
+
+def test_a_missing_resume_checkpoint_is_refused_before_anything_runs(world, tmp_path, run_cli):
+    config = config_file(tmp_path, world, tokenizer={"vocab_size": 300})  # would train a tokenizer first
+    code, out, err = run_cli("--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train",
+                             config, "--resume", tmp_path / "nowhere")  # fmt: skip
+    assert code == 2 and out == ""
+    assert err.strip() == (f"t2t: error: {tmp_path / 'nowhere'}: --resume: no such t2t checkpoint (a checkpoint "
+                           "folder holds run_state.json); use --resume auto for the run dir's latest")  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
+def test_packed_rows_shorter_than_the_limits_are_refused_at_the_config(world, tmp_path, run_cli):
+    batching = {"strategy": "packed", "pack_input_tokens": 16, "pack_target_tokens": 8}
+    config = config_file(tmp_path, world, batching=batching)
+    code, out, err = run_cli(
+        "--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train", config
+    )
+    assert code == 2 and out == ""
+    assert err.strip() == (f"t2t: error: {config}: batching.pack_input_tokens=16 is shorter than "
+                           "max_input_tokens=32: an example that long would fit no packed row")  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_tracker_that_is_not_installed_is_refused_naming_its_extra(world, tmp_path, run_cli):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here (the t2t[wandb] extra): nothing to refuse")
+    config = config_file(tmp_path, world, trackers=["wandb"])
+    code, out, err = run_cli(
+        "--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train", config
+    )
+    assert code == 2 and out == ""
+    assert err.strip() == ("t2t: error: trackers: wandb is not installed; pip install 't2t[wandb]' or drop it "
+                           "from trackers")  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_override_is_reported_as_the_override(world, tmp_path, run_cli):
+    config = config_file(tmp_path, world)
+    code, out, err = run_cli("--mixtures-dir", world / "mixtures", "train", config, "optimizer.lr=-1")
+    assert code == 2 and out == ""
+    assert (
+        err.strip() == "t2t: error: override 'optimizer.lr=-1': optimizer.lr: Input should be greater than 0"
+    )
+    code, _, err = run_cli("--mixtures-dir", world / "mixtures", "train", config, "model.tiny.width=3")
+    assert err.strip() == "t2t: error: override 'model.tiny.width=3': unknown key 'model.tiny.width'"
