@@ -118,6 +118,18 @@ class GoldenSpec(Spec):
     choices: list[str] | None = None
 
 
+class LimitsSpec(Spec):
+    """Overrides of the render limits (t2t.sandbox.RenderLimits) for one task."""
+
+    max_output_chars: Annotated[int, Field(gt=0)] | None = None
+    max_value_size: Annotated[int, Field(gt=0)] | None = None
+    max_int_bits: Annotated[int, Field(gt=0)] | None = None
+    max_loop_iterations: Annotated[int, Field(gt=0)] | None = None
+    max_seconds: Annotated[float, Field(gt=0, le=600)] | None = None
+    max_template_chars: Annotated[int, Field(gt=0)] | None = None
+    max_nesting: Annotated[int, Field(gt=0, le=500)] | None = None
+
+
 class TaskSpec(Spec):
     name: str
     version: int = Field(ge=0)
@@ -133,6 +145,9 @@ class TaskSpec(Spec):
     metrics: list[str] = Field(default_factory=lambda: ["exact_match"])
     templates: list[TemplateSpec] = Field(min_length=1)
     golden: list[GoldenSpec] = Field(default_factory=list)
+    # field -> the value a template sees where a row lacks the field or holds null (else that is an error)
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    limits: LimitsSpec = LimitsSpec()  # render limits, where the defaults do not suit this task
     path: Path | None = Field(default=None, exclude=True)  # set by the loader, never by the file
 
     @field_validator("name", "cluster")

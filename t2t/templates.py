@@ -1,32 +1,26 @@
 """Sandboxed, strict Jinja rendering: a row and a template give inputs, targets and choices.
 
 Templates run in Jinja's immutable sandbox with `StrictUndefined`, so a misspelled field is an error, never an
-empty string, and a template cannot reach Python internals. Jinja's only sources of randomness (the `random`
+empty string, and a template cannot reach Python internals; t2t.sandbox bounds what a render may cost. A field a
+template reads must hold a value: a missing or null field is an error naming the row and field, unless the task
+gives it a default (`defaults:`). Jinja's only sources of randomness (the `random`
 filter and `lipsum`) are removed: which template renders an example is chosen outside Jinja, with a seeded RNG.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2 import TemplateSyntaxError, UndefinedError, meta, nodes
+from jinja2.sandbox import SecurityError
 
 from t2t.config import TaskSpec, TemplateSpec
 from t2t.errors import T2TError, Where, did_you_mean
 from t2t.rng import choose_template
+from t2t.sandbox import ENV, LimitError, RenderLimits, bounded_call, check_source, nesting_depth
 
-
-def make_environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-    del env.filters["random"]
-    del env.globals["lipsum"]
-    return env
-
-
-ENV = make_environment()
 TEMPLATE_VARIABLES = frozenset({"answer_choices"})
 
 
@@ -57,17 +51,31 @@ def _refuse_private_access(ast: nodes.Template) -> str | None:
     return found[-1] if found else None
 
 
-def _parse(source: str, what: str, where: Where, expression: bool = False) -> tuple[Any, set[str]]:
-    """Compile a template (or an expression); return it with the variables it reads."""
+def _parse(
+    source: str, what: str, where: Where, limits: RenderLimits, expression: bool = False
+) -> tuple[Any, set[str]]:
+    """Compile a template (or an expression) within the limits; return it with the variables it reads."""
     text = "{{ " + source + " }}" if expression else source
     try:
+        check_source(source, limits)
         ast = ENV.parse(text)
+        depth = nesting_depth(ast)
+        if depth > limits.max_nesting:
+            raise LimitError(
+                "max_nesting", f"the template nests {depth} levels deep (over {limits.max_nesting})"
+            )
         compiled = (
             ENV.compile_expression(source, undefined_to_none=False) if expression else ENV.from_string(ast)
         )
     except TemplateSyntaxError as exc:
         line = f" line {exc.lineno}" if not expression and source.count("\n") else ""
         raise T2TError(f"Jinja syntax error in {what}{line}: {exc.message}", where) from None
+    except LimitError as exc:
+        raise T2TError(f"{what}: {exc}", where) from None
+    except RecursionError:
+        raise T2TError(
+            f"{what}: the template nests too deeply to compile (limit max_nesting)", where
+        ) from None
     private = _refuse_private_access(ast)
     if private is not None:
         raise T2TError(f"{what} reaches for {private!r}: refused by the sandbox", where)
@@ -90,27 +98,37 @@ class CompiledTemplate:
     used_fields: frozenset[str]
 
 
-def _compile_choices(choices: list[str] | str | None, spec: TaskSpec, where: Where) -> tuple[Any, set[str]]:
+def _compile_choices(choices: list[str] | str | None, spec: TaskSpec, where: Where,
+                     limits: RenderLimits) -> tuple[Any, set[str]]:  # fmt: skip
     if choices is None:
         return None, set()
     if isinstance(choices, list):
         if not choices or len(set(choices)) != len(choices) or not all(c.strip() for c in choices):
             raise T2TError("answer_choices must be a non-empty list of distinct, non-empty strings", where)
         return tuple(choices), set()
-    compiled, used = _parse(choices, "answer_choices", where, expression=True)
+    compiled, used = _parse(choices, "answer_choices", where, limits, expression=True)
     _check_fields(used, spec, "answer_choices", where, frozenset())
     return compiled, used
 
 
-def compile_template(spec: TaskSpec, template: TemplateSpec) -> CompiledTemplate:
+def task_limits(spec: TaskSpec) -> RenderLimits:
+    """The render limits of a task: the defaults, with the task file's overrides."""
+    overrides = {k: v for k, v in spec.limits.model_dump().items() if v is not None}
+    return replace(RenderLimits(), **overrides)
+
+
+def compile_template(
+    spec: TaskSpec, template: TemplateSpec, limits: RenderLimits | None = None
+) -> CompiledTemplate:
+    limits = limits or task_limits(spec)
     where = Where(file=spec.path, task=spec.name, template=template.name)
     choices_source = template.answer_choices if template.answer_choices is not None else spec.answer_choices
-    choices, choice_fields = _compile_choices(choices_source, spec, where)
+    choices, choice_fields = _compile_choices(choices_source, spec, where, limits)
     allowed = TEMPLATE_VARIABLES if choices is not None else frozenset()
     used: set[str] = set(choice_fields)
     compiled = {}
     for part in ("input", "target"):
-        compiled[part], part_used = _parse(getattr(template, part), part, where)
+        compiled[part], part_used = _parse(getattr(template, part), part, where, limits)
         if "answer_choices" in part_used and choices is None:
             raise T2TError(f"{part} uses answer_choices but the task declares none", where)
         _check_fields(part_used, spec, part, where, allowed)
@@ -126,18 +144,21 @@ class Task:
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
         self.name = spec.name
-        self.templates = {t.name: compile_template(spec, t) for t in spec.templates}
+        self.limits = task_limits(spec)
+        self.templates = {t.name: compile_template(spec, t, self.limits) for t in spec.templates}
         self.template_names = tuple(self.templates)
         self.filter = None
         where = Where(file=spec.path, task=spec.name)
         self.filter_fields: set[str] = set()
         if spec.filter is not None:
-            self.filter, self.filter_fields = _parse(spec.filter, "filter", where, expression=True)
+            self.filter, self.filter_fields = _parse(
+                spec.filter, "filter", where, self.limits, expression=True
+            )
             _check_fields(self.filter_fields, spec, "filter", where, frozenset())
         self.references_expr, self.reference_fields = None, set()
         if spec.references is not None:
             self.references_expr, self.reference_fields = _parse(
-                spec.references, "references", where, expression=True
+                spec.references, "references", where, self.limits, expression=True
             )
             _check_fields(self.reference_fields, spec, "references", where, frozenset())
 
@@ -151,8 +172,9 @@ class Task:
         if self.references_expr is None:
             return [rendered.targets]
         p = rendered.provenance
-        where = Where(task=self.name, template=p.template, split=p.split, row=p.row)
-        value = self._evaluate(self.references_expr, self._fields(row, where), where, "references")
+        where = Where(file=self.spec.path, task=self.name, template=p.template, split=p.split, row=p.row)
+        context = self._fields(row, where, frozenset(self.reference_fields))
+        value = self._evaluate(self.references_expr, context, where, "references")
         if not isinstance(value, list | tuple) or not value:
             raise T2TError(f"references must evaluate to a non-empty list, got {value!r}", where)
         return [str(v).strip() for v in value]
@@ -161,7 +183,7 @@ class Task:
         """Whether the task's filter keeps this row (always, without a filter)."""
         if self.filter is None:
             return True
-        where = Where(task=self.name)
+        where = Where(file=self.spec.path, task=self.name)
         missing = sorted(self.filter_fields - set(row))
         if missing:
             raise T2TError(f"filter: row has no field {missing[0]!r}", where)
@@ -178,8 +200,8 @@ class Task:
                 Where(file=self.spec.path, task=self.name),
             )
         compiled = self.templates[template]
-        where = Where(task=self.name, template=template, split=split, row=index)
-        context = self._fields(row, where)
+        where = Where(file=self.spec.path, task=self.name, template=template, split=split, row=index)
+        context = self._fields(row, where, compiled.used_fields)
         choices = self._choices(compiled, context, where)
         if choices is not None:
             context["answer_choices"] = list(choices)
@@ -199,15 +221,27 @@ class Task:
 
     # ---------------------------------------------------------------------------------------- helpers
 
-    def _fields(self, row: Mapping[str, Any], where: Where | None = None) -> dict[str, Any]:
-        missing = [f for f in self.spec.fields if f not in row]
+    def _fields(
+        self, row: Mapping[str, Any], where: Where, used: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
+        """The row's declared fields; a field the template reads (`used`) that is missing or null takes the
+        task's default for it, else is an error naming it."""
+        defaults = self.spec.defaults
+        missing = [f for f in self.spec.fields if f not in row and f not in defaults]
         if missing:
             hint = did_you_mean(missing[0], list(row))
             raise T2TError(
                 f"row has no field {missing[0]!r}{hint}; it has {', '.join(sorted(row)) or 'no fields'}",
-                where or Where(task=self.name),
+                where,
             )
-        return {f: row[f] for f in self.spec.fields}
+        context = {f: row.get(f, defaults.get(f)) for f in self.spec.fields}
+        for name in sorted(used):
+            if context.get(name) is None:
+                if name not in defaults:
+                    raise T2TError(f"field {name!r} is null in this row, and the template reads it (give the task "
+                                   f"a default for it under defaults:, or filter such rows out)", where)  # fmt: skip
+                context[name] = defaults[name]
+        return context
 
     def _choices(
         self, compiled: CompiledTemplate, context: dict[str, Any], where: Where
@@ -222,10 +256,11 @@ class Task:
             raise T2TError(f"answer_choices must be distinct and non-empty, got {list(choices)!r}", where)
         return choices
 
-    @staticmethod
-    def _evaluate(fn: Any, context: Any, where: Where, what: str) -> Any:
+    def _evaluate(self, fn: Any, context: Any, where: Where, what: str) -> Any:
         try:
-            return fn(context)
+            return bounded_call(fn, context, self.limits)
+        except LimitError as exc:
+            raise T2TError(f"{what}: {exc}", where) from None
         except SecurityError as exc:
             raise T2TError(f"{what}: refused by the sandbox: {exc}", where) from None
         except UndefinedError as exc:

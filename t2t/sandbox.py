@@ -1,0 +1,373 @@
+"""Jinja's immutable sandbox with resource bounds: no template can hang t2t or exhaust the machine's memory.
+
+Jinja's sandbox keeps templates away from Python internals, but not away from `{{ 'a' * 10**9 }}`. The bounds:
+
+- sizes are checked at the operation, before anything is allocated: `*`, `+`, `%` and `**` on strings, lists
+  and integers, the string methods and filters that pad or repeat (`center`, `ljust`, `rjust`, `zfill`,
+  `expandtabs`, `replace`, `indent`, `format`, `str.format` widths);
+- `range` counts its iterations against a per-render budget (nested loops share it);
+- the text a render outputs is counted as it is produced;
+- a wall-clock budget per render interrupts pure-Python loops (a timer signal, in the main thread);
+- constant expressions are never folded at compile time (the intercepted operators are not folded), so
+  `{{ 9**(9**9) }}` is checked when rendered, not computed while compiling;
+- a template's source length and nesting depth are bounded when it is compiled;
+- functions, methods, modules and classes never render into text (their repr holds a memory address).
+
+Breaking a bound raises `LimitError` naming the limit; t2t.templates turns it into one line naming the file,
+task, template and row. The defaults (`RenderLimits`) are far above what any shipped or promptsource template
+needs; a task file overrides them under `limits:`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import operator
+import re
+import signal
+import string
+import threading
+import time
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import StrictUndefined, Undefined, nodes
+from jinja2.compiler import CodeGenerator
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+
+@dataclass(frozen=True)
+class RenderLimits:
+    """Per-render bounds (a task file may override any of them under `limits:`)."""
+
+    max_output_chars: int = 100_000  # characters one render outputs
+    max_value_size: int = 1_000_000  # length of any string or list a template builds
+    max_int_bits: int = 4_096  # bits of any integer a template builds (about 1,200 digits)
+    max_loop_iterations: int = 100_000  # range() iterations per render, all loops together
+    max_seconds: float = 2.0  # wall-clock time of one render
+    max_template_chars: int = 50_000  # source length of one template or expression
+    max_nesting: int = 60  # depth of a template's syntax tree
+
+
+class LimitError(Exception):
+    """A template broke one of the render limits; `limit` names it."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        self.limit = limit
+        super().__init__(f"{message} (limit {limit})")
+
+
+@dataclass
+class _Budget:
+    limits: RenderLimits
+    deadline: float
+    iterations: int = 0
+    output: int = 0
+
+    def tick(self, n: int = 1) -> None:
+        self.iterations += n
+        if self.iterations > self.limits.max_loop_iterations:
+            raise LimitError(
+                "max_loop_iterations", f"loops ran over {self.limits.max_loop_iterations:,} iterations"
+            )
+        if time.monotonic() > self.deadline:
+            raise _timeout(self.limits)
+
+
+def _timeout(limits: RenderLimits) -> LimitError:
+    return LimitError("max_seconds", f"the render took over {limits.max_seconds:g} s")
+
+
+_BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("t2t_render_budget", default=None)
+_DEFAULT = RenderLimits()
+
+
+def _budget() -> _Budget:
+    budget = _BUDGET.get()
+    return budget if budget is not None else _Budget(_DEFAULT, time.monotonic() + _DEFAULT.max_seconds)
+
+
+def _limits() -> RenderLimits:
+    return _budget().limits
+
+
+def check_size(size: int, what: str) -> None:
+    limit = _limits().max_value_size
+    if size > limit:
+        raise LimitError("max_value_size", f"{what} would build a value of {size:,} items (over {limit:,})")
+
+
+def check_int(value: int) -> int:
+    limit = _limits().max_int_bits
+    if abs(value).bit_length() > limit:
+        raise LimitError("max_int_bits", f"an integer of over {limit:,} bits")
+    return value
+
+
+_WIDTH = re.compile(r"(\d+)")
+_PRINTF = re.compile(r"%[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[a-zA-Z%]")
+
+
+def _check_widths(spec: str, what: str) -> None:
+    for match in _WIDTH.finditer(spec):
+        check_size(int(match.group(1)), what)
+
+
+def _check_printf(fmt: str) -> None:
+    for match in _PRINTF.finditer(fmt):
+        for group in match.groups():
+            if group is not None and group != "*":
+                check_size(int(group), "a % format width")
+            elif group == "*":
+                raise SecurityError("'*' widths in % formats are not allowed in templates")
+
+
+def _check_format_string(fmt: str) -> None:
+    for _, _field, spec, _ in string.Formatter().parse(fmt):
+        if spec:
+            _check_widths(spec, "a format width")
+            if "{" in spec:
+                raise SecurityError("nested replacement fields in format specs are not allowed in templates")
+
+
+def _bounded_binop(op: str, left: Any, right: Any) -> Any:
+    sequence = (str, list, tuple)
+    if op == "*":
+        if isinstance(left, sequence) and isinstance(right, int):
+            check_size(len(left) * max(right, 0), "'*'")
+        elif isinstance(right, sequence) and isinstance(left, int):
+            check_size(len(right) * max(left, 0), "'*'")
+        elif (isinstance(left, int) and isinstance(right, int)
+              and left.bit_length() + right.bit_length() > _limits().max_int_bits + 1):  # fmt: skip
+            raise LimitError("max_int_bits", f"an integer of over {_limits().max_int_bits:,} bits")
+    elif op == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+        if (abs(left).bit_length() - 1) * right > _limits().max_int_bits:
+            raise LimitError("max_int_bits", f"an integer of over {_limits().max_int_bits:,} bits")
+    elif op == "+" and isinstance(left, sequence) and isinstance(right, sequence):
+        check_size(len(left) + len(right), "'+'")
+    elif op == "%" and isinstance(left, str):
+        _check_printf(left)
+    return _BINOPS[op](left, right)
+
+
+_BINOPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+           "//": operator.floordiv, "**": operator.pow, "%": operator.mod}  # fmt: skip
+
+# str methods whose result can be far larger than their inputs, and how large
+_PADDING = {"center", "ljust", "rjust", "zfill"}
+
+
+def _check_str_method(obj: str, name: str, args: tuple, kwargs: dict) -> None:
+    if name in _PADDING and args and isinstance(args[0], int):
+        check_size(args[0], f"str.{name}")
+    elif name == "expandtabs":
+        size = args[0] if args else kwargs.get("tabsize", 8)
+        if isinstance(size, int):
+            check_size(len(obj) * max(size, 1), "str.expandtabs")
+    elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        count = obj.count(args[0]) if args[0] else len(obj) + 1
+        check_size(len(obj) + count * max(len(args[1]) - len(args[0]), 0), "str.replace")
+
+
+class _CountedRange:
+    """range() for templates: a sequence whose iteration counts against the render's loop budget."""
+
+    def __init__(self, *args: int) -> None:
+        self._range = range(*args)
+        if len(self._range) > _limits().max_loop_iterations:
+            raise LimitError("max_loop_iterations", f"range of {len(self._range):,} items "
+                             f"(over {_limits().max_loop_iterations:,})")  # fmt: skip
+
+    def __iter__(self) -> Iterator[int]:
+        budget = _budget()
+        for value in self._range:
+            budget.tick()
+            yield value
+
+    def __len__(self) -> int:
+        return len(self._range)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._range[index]
+
+    def __contains__(self, value: Any) -> bool:
+        return value in self._range
+
+    def __repr__(self) -> str:
+        return repr(self._range)
+
+
+_NOT_TEXT = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.BuiltinMethodType,
+             types.ModuleType, type, _CountedRange)  # fmt: skip
+
+
+def _finalize(value: Any) -> Any:
+    """Every `{{ ... }}` output passes here: no callables in the text, and the output budget."""
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()  # StrictUndefined: a missing value is an error, as without finalize
+    if isinstance(value, _NOT_TEXT) or callable(value):
+        raise SecurityError(f"a {type(value).__name__} cannot render into text")
+    budget = _budget()
+    if isinstance(value, str):
+        budget.output += len(value)
+    elif isinstance(value, list | tuple | dict):
+        check_size(len(value), "output")
+    if budget.output > budget.limits.max_output_chars:
+        raise LimitError(
+            "max_output_chars", f"the output passed {budget.limits.max_output_chars:,} characters"
+        )
+    if time.monotonic() > budget.deadline:
+        raise _timeout(budget.limits)
+    return value
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Jinja's code generator, with `a ~ b` joined through the environment's size check."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Any) -> None:
+        self.write("environment.bounded_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, strict undefined, no randomness, and the bounds above."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})  # also keeps them out of compile-time folding
+    code_generator_class = _BoundedCodeGenerator
+
+    @staticmethod
+    def bounded_concat(values: tuple) -> str:
+        parts = [str(v) for v in values]
+        check_size(sum(len(p) for p in parts), "'~'")
+        return "".join(parts)
+
+    def __init__(self) -> None:
+        super().__init__(undefined=StrictUndefined, autoescape=False, finalize=_finalize)
+        del self.filters["random"]
+        del self.globals["lipsum"]
+        self.globals["range"] = _CountedRange
+        for name, check in (("center", _check_center), ("indent", _check_indent), ("format", _check_format_filter),
+                            ("replace", _check_replace_filter)):  # fmt: skip
+            self.filters[name] = _checked(self.filters[name], check)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        return _bounded_binop(operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str) and isinstance(__obj, types.BuiltinMethodType):
+            _check_str_method(owner, __obj.__name__, args, kwargs)
+        result = super().call(__context, __obj, *args, **kwargs)
+        if isinstance(result, int) and not isinstance(result, bool):
+            check_int(result)
+        return result
+
+    def wrap_str_format(self, value: Any) -> Any:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        if value.__name__ == "format_map":
+
+            def refuse(*args: Any, **kwargs: Any) -> str:
+                raise SecurityError("str.format_map is not allowed in templates")
+
+            return refuse
+        template = value.__self__
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            _check_format_string(template)
+            return wrapped(*args, **kwargs)
+
+        return checked
+
+
+def _check_center(value: Any, width: Any = 80, *args: Any, **kwargs: Any) -> None:
+    if isinstance(width, int):
+        check_size(width, "center")
+
+
+def _check_indent(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> None:
+    text = str(value)
+    pad = width if isinstance(width, int) else len(str(width))
+    check_size(len(text) + pad * (text.count("\n") + 1), "indent")
+
+
+def _check_format_filter(value: Any, *args: Any, **kwargs: Any) -> None:
+    if isinstance(value, str):
+        _check_printf(value)
+
+
+def _check_replace_filter(value: Any, old: Any = "", new: Any = "", *args: Any, **kwargs: Any) -> None:
+    _check_str_method(str(value), "replace", (str(old), str(new)), {})
+
+
+def _checked(filter_fn: Any, check: Any) -> Any:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        check(*args, **kwargs)
+        return filter_fn(*args, **kwargs)
+
+    for attr in ("jinja_pass_arg",):  # keep Jinja's pass_context / pass_environment markers
+        if hasattr(filter_fn, attr):
+            setattr(run, attr, getattr(filter_fn, attr))
+    return run
+
+
+ENV = BoundedEnvironment()
+
+
+def check_source(source: str, limits: RenderLimits) -> None:
+    if len(source) > limits.max_template_chars:
+        raise LimitError("max_template_chars", f"the template has {len(source):,} characters "
+                         f"(over {limits.max_template_chars:,})")  # fmt: skip
+
+
+def nesting_depth(ast: nodes.Node) -> int:
+    """The depth of a syntax tree, without recursion."""
+    deepest, stack = 0, [(ast, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in node.iter_child_nodes())
+    return deepest
+
+
+class _Alarm(Exception):
+    pass
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise _Alarm
+
+
+def bounded_call(fn: Any, context: Any, limits: RenderLimits) -> Any:
+    """Run one render (or expression) under `limits`: the per-render budget, and in the main thread a timer that
+    interrupts a render still running after `max_seconds`."""
+    budget = _Budget(limits, time.monotonic() + limits.max_seconds)
+    token = _BUDGET.set(budget)
+    use_timer = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    previous = None
+    try:
+        if use_timer:
+            previous = signal.signal(signal.SIGALRM, _on_alarm)
+            signal.setitimer(signal.ITIMER_REAL, limits.max_seconds)
+        try:
+            return fn(context)
+        except _Alarm:
+            raise _timeout(limits) from None
+        except RecursionError:
+            raise LimitError("max_nesting", "the template recursed too deeply") from None
+        except (MemoryError, OverflowError) as exc:
+            raise LimitError("max_value_size", f"{type(exc).__name__}: {exc}") from None
+        except Exception:
+            if time.monotonic() >= budget.deadline:  # the timer fired inside code that turned it into another error
+                raise _timeout(limits) from None
+            raise
+    finally:
+        if use_timer:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        _BUDGET.reset(token)
