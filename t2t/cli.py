@@ -37,6 +37,8 @@ def _registry(args: argparse.Namespace) -> Registry:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
+    from t2t.sources import outside_paths
+
     registry = _registry(args)
     rows = []
     for task in registry.tasks():
@@ -59,6 +61,11 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         print(
             f"{name:<{width}}  {cluster:<{cluster_width}}  {source:<{source_width}}  {len(templates)} templates"
         )
+        if args.verbose:
+            spec = registry.task(name).spec
+            print(f"    file {spec.path}; templates {', '.join(templates)}")
+            for split, path in outside_paths(spec):
+                print(f"    warning: split {split!r} reads {path}, outside the task's folder")
     print(f"{len(rows)} tasks")
     return 0
 
@@ -93,7 +100,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
-    from t2t.lint import lint
+    from t2t.lint import lint, lint_warnings
 
     registry = _registry(args)
     for name in args.tasks:
@@ -101,6 +108,8 @@ def cmd_lint(args: argparse.Namespace) -> int:
     problems = lint(registry, args.tasks or None)
     for line in problems:
         print(line)
+    for line in lint_warnings(registry, args.tasks or None):
+        print(f"warning: {line}", file=sys.stderr)
     checked = len(args.tasks) if args.tasks else len(registry.task_names)
     print(
         f"{checked} tasks checked, {len(problems)} problem{'s' if len(problems) != 1 else ''}",
@@ -297,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="extra folder of mixture files (repeatable; also $T2T_MIXTURES_PATH)",
     )
+    parser.add_argument(
+        "--strict-paths",
+        action="store_true",
+        help="refuse data files outside their task's folder (also $T2T_STRICT_PATHS=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, fn: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
@@ -304,7 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
-    command("tasks", cmd_tasks, "list every task: name, cluster, source, templates")
+    p = command("tasks", cmd_tasks, "list every task: name, cluster, source, templates")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also each task's file, templates and data files outside its folder",
+    )
 
     p = command("render", cmd_render, "print rendered examples of a task")
     p.add_argument("task")
@@ -438,6 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.strict_paths:
+        from t2t.sources import STRICT_PATHS_ENV
+
+        os.environ[STRICT_PATHS_ENV] = "1"  # read where data files load (and by child processes)
     try:
         return args.fn(args)
     except T2TError as exc:
@@ -449,6 +473,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # anything unforeseen: one line on the terminal, the traceback in a log file
+        from t2t.errors import first_line
+
+        log = write_traceback(exc)
+        print(
+            f"t2t: error: unexpected {type(exc).__name__}: {first_line(exc)} (traceback in {log})",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+
+
+def write_traceback(exc: BaseException) -> Path:
+    """Write the exception's traceback to $T2T_LOG_DIR (default ~/.cache/t2t/logs); return the file's path."""
+    import datetime
+    import traceback
+
+    folder = Path(os.environ.get("T2T_LOG_DIR", Path.home() / ".cache" / "t2t" / "logs"))
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    path = folder / f"error-{stamp}-{os.getpid()}.log"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"t2t {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(exc)))
+    except OSError:
+        path = Path(os.devnull)
+    return path
 
 
 if __name__ == "__main__":

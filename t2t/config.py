@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -210,9 +211,15 @@ class TaskSpec(Spec):
 # --------------------------------------------------------------------------------------------- YAML
 
 
-def read_text(path: Path, what: str = "file") -> str:
-    """A UTF-8 text file's contents, or one clear error."""
+MAX_FILE_BYTES = 16 * 1024 * 1024  # task, mixture and config files (golden rows included) stay far below
+
+
+def read_text(path: Path, what: str = "file", max_bytes: int = MAX_FILE_BYTES) -> str:
+    """A UTF-8 text file's contents (at most `max_bytes`), or one clear error."""
     try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise T2TError(f"{what} is {size:,} bytes, over the limit of {max_bytes:,}", Where(file=path))
         data = path.read_bytes()
     except FileNotFoundError:
         raise T2TError(f"{what} not found", Where(file=path)) from None
@@ -228,10 +235,22 @@ def read_text(path: Path, what: str = "file") -> str:
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster
 
 
+def refuse_aliases(text: str, where: Where) -> None:
+    """YAML aliases (`*name`) can expand a small file into gigabytes (the 'billion laughs'): t2t files may not
+    use them. Anchors alone are harmless."""
+    if "*" not in text:
+        return
+    for event in yaml.parse(text, Loader=SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise T2TError(f"YAML alias *{event.anchor} is not allowed in t2t files (aliases can expand without "
+                           "bound): write the value out", replace(where, line=event.start_mark.line + 1))  # fmt: skip
+
+
 def load_yaml(path: Path) -> Any:
-    """Parse a YAML file safely (plain data only), with parse errors pointing at their line."""
+    """Parse a YAML file safely (plain data only, no aliases), with parse errors pointing at their line."""
     text = read_text(path)
     try:
+        refuse_aliases(text, Where(file=path))
         return yaml.load(text, Loader=SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

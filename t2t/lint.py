@@ -9,7 +9,7 @@ import numpy as np
 from t2t.errors import T2TError, Where
 from t2t.registry import Registry
 from t2t.rng import keyed_rng
-from t2t.sources import available_offline, load_split, splits_of
+from t2t.sources import available_offline, load_split, outside_paths, splits_of
 from t2t.templates import Task
 
 SAMPLE_ROWS = 16  # real rows rendered per split and template
@@ -30,6 +30,22 @@ def lint(registry: Registry, names: list[str] | None = None) -> list[str]:
 
 def lint_task(task: Task) -> list[str]:
     return [str(p) for p in (*_unused_fields(task), *_golden(task), *_real_rows(task))]
+
+
+def lint_warnings(registry: Registry, names: list[str] | None = None) -> list[str]:
+    """Things to look at that are not errors: data files read from outside their task's folder."""
+    lines = []
+    for name in names if names is not None else registry.task_names:
+        try:
+            spec = registry.task(name).spec
+        except T2TError:
+            continue  # reported by lint()
+        for split, path in outside_paths(spec):
+            where = Where(file=spec.path, task=name, split=split)
+            lines.append(
+                f"{where}: data file outside the task's folder: {path} (refused under --strict-paths)"
+            )
+    return lines
 
 
 def _unused_fields(task: Task) -> Iterator[T2TError]:

@@ -157,11 +157,12 @@ class _Resolver:
                     )
                 rates[task] = (rate, selector, explicit, capped)
         self._check_leakage(rates, held_out, where)
-        total = sum(r for r, *_ in rates.values())
-        if not rates or not total > 0:
+        largest = max((r for r, *_ in rates.values()), default=0.0)
+        if not largest > 0:
             raise T2TError("the members' weights sum to zero: no task would ever be drawn", where)
+        total = sum(r / largest for r, *_ in rates.values())  # scaled first: huge weights cannot overflow
         members = tuple(
-            Member(task, rate, rate / total, self._size(task, spec), via, explicit, capped)
+            Member(task, rate, rate / largest / total, self._size(task, spec), via, explicit, capped)
             for task, (rate, via, explicit, capped) in rates.items()
         )
         return Mixture(spec, path, members, tuple(held_out))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from t2t.errors import T2TError
 from t2t.rng import choose_template, keyed_rng, stable_int
 
 DEFAULT_BLOCK = 4096
@@ -49,6 +50,9 @@ class _LRU(OrderedDict):
         while self.total > self.max_weight and len(self) > 1:
             self.total -= self.weight(self.popitem(last=False)[1])
         return value
+
+
+MAX_POSITION = 2**50  # float64 block arithmetic is exact far beyond; a run of 10^15 examples is not in sight
 
 
 class MixtureStream:
@@ -125,8 +129,9 @@ class MixtureStream:
     # -------------------------------------------------------------------------------------- the API
 
     def item(self, position: int) -> StreamItem:
-        if position < 0:
-            raise ValueError("stream positions start at 0")
+        if not 0 <= position < MAX_POSITION:
+            raise T2TError(f"stream position {position} is outside [0, 2^50): positions start at 0, and the "
+                           "stream's block arithmetic is exact below 2^50")  # fmt: skip
         block = self._last_block
         start, slots, occurrences = self._block(block)
         if not start <= position < start + len(slots):  # sequential reads stay in one block: no search

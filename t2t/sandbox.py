@@ -363,7 +363,9 @@ def bounded_call(fn: Any, context: Any, limits: RenderLimits) -> Any:
         except (MemoryError, OverflowError) as exc:
             raise LimitError("max_value_size", f"{type(exc).__name__}: {exc}") from None
         except Exception:
-            if time.monotonic() >= budget.deadline:  # the timer fired inside code that turned it into another error
+            if (
+                time.monotonic() >= budget.deadline
+            ):  # the timer fired inside code that turned it into another error
                 raise _timeout(limits) from None
             raise
     finally:

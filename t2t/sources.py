@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
+import logging
+import os
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -139,26 +142,84 @@ def _load_hub(spec: TaskSpec, split: str, where: Where) -> datasets.Dataset:
         raise T2TError(f"cannot load hub dataset {src.path!r}: {reason}", where) from None
 
 
+STRICT_PATHS_ENV = (
+    "T2T_STRICT_PATHS"  # 1: refuse data files outside their task's folder (also --strict-paths)
+)
+
+
+def outside_paths(spec: TaskSpec) -> list[tuple[str, Path]]:
+    """(split, resolved path) of each data file a files task reads from outside its own folder (through `..`,
+    an absolute path or a symlink): fine for your own files, worth a look in a task file from someone else."""
+    if not isinstance(spec.source, FilesSource) or spec.path is None:
+        return []
+    base = spec.path.parent.resolve()
+    found = []
+    for split, relative in spec.source.splits.items():
+        resolved = (base / relative).resolve()
+        if not resolved.is_relative_to(base):
+            found.append((split, resolved))
+    return found
+
+
 def _load_files(spec: TaskSpec, split: str, where: Where) -> datasets.Dataset:
     src = spec.source
     assert isinstance(src, FilesSource)
     base = spec.path.parent if spec.path else Path()
-    return load_data_file((base / src.splits[split]).resolve(), split, replace(where, file=None))
+    written = base / src.splits[split]
+    outside = dict(outside_paths(spec))
+    if split in outside and os.environ.get(STRICT_PATHS_ENV, "") not in ("", "0"):
+        raise T2TError(f"data file {src.splits[split]!r} lies outside the task's folder ({outside[split]}): "
+                       "refused by --strict-paths", where)  # fmt: skip
+    # The format comes from the name the task file gives (a symlink's target may have no suffix).
+    return load_data_file(
+        written.resolve(), split, replace(where, file=None), FILE_FORMATS[written.suffix.lower()]
+    )
 
 
-def load_data_file(path: Path, split: str = "train", where: Where | None = None) -> datasets.Dataset:
+def load_data_file(path: Path, split: str = "train", where: Where | None = None,
+                   builder: str | None = None) -> datasets.Dataset:  # fmt: skip
     """One local jsonl/csv/parquet file as a Dataset, with bad lines named."""
     where = replace(where or Where(), file=path, split=split)
     if not path.is_file():
         raise T2TError("data file not found", where)
-    builder = FILE_FORMATS[path.suffix.lower()]
-    if builder in ("json", "csv"):
-        _check_text_file(path, where, jsonl=path.suffix.lower() == ".jsonl")
+    builder = builder or FILE_FORMATS.get(path.suffix.lower())
+    if builder is None:
+        raise T2TError(
+            f"unknown data file format {path.suffix!r}; use one of {', '.join(sorted(FILE_FORMATS))}", where
+        )
+    if path.stat().st_size == 0:
+        raise T2TError("the data file is empty", where)
+    if builder == "json":
+        _check_text_file(path, where, jsonl=path.suffix.lower() in (".jsonl", ""))
+    elif builder == "csv":
+        _check_csv(path, where)
+    library = logging.getLogger("datasets")
+    level = library.level
+    library.setLevel(logging.CRITICAL)  # its own log line would come before t2t's one line
     try:
         return datasets.load_dataset(builder, data_files={split: str(path)}, split=split)
     except Exception as exc:
         reason = first_line(exc)
         raise T2TError(f"cannot read the {builder} file: {reason}", where) from None
+    finally:
+        library.setLevel(level)
+
+
+def _check_csv(path: Path, where: Where) -> None:
+    """Refuse non-UTF-8 bytes and rows with another number of fields than the header, naming the line."""
+    _check_text_file(path, where, jsonl=False)
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader, None)
+            if not header:
+                raise T2TError("the CSV file has no header row", replace(where, line=1))
+            for row in reader:
+                if row and len(row) != len(header):
+                    raise T2TError(f"{len(row)} fields, but the header has {len(header)}",
+                                   replace(where, line=reader.line_num))  # fmt: skip
+        except csv.Error as exc:
+            raise T2TError(f"malformed CSV: {exc}", replace(where, line=reader.line_num)) from None
 
 
 def _check_text_file(path: Path, where: Where, jsonl: bool) -> None:
@@ -167,8 +228,10 @@ def _check_text_file(path: Path, where: Where, jsonl: bool) -> None:
     def at(line: int) -> Where:
         return replace(where, line=line)
 
+    seen = 0
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
+            seen = number
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -183,6 +246,8 @@ def _check_text_file(path: Path, where: Where, jsonl: bool) -> None:
                 raise T2TError(f"not valid JSON: {exc.msg}", at(number)) from None
             if not isinstance(value, dict):
                 raise T2TError("not a JSON object", at(number))
+    if jsonl and seen == 0:
+        raise T2TError("the data file has no rows", where)
 
 
 def _load_generated(spec: TaskSpec, split: str, where: Where) -> datasets.Dataset:

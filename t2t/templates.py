@@ -16,7 +16,7 @@ from typing import Any
 from jinja2 import TemplateSyntaxError, UndefinedError, meta, nodes
 from jinja2.sandbox import SecurityError
 
-from t2t.config import TaskSpec, TemplateSpec
+from t2t.config import TaskSpec, TemplateSpec, line_of, yaml_nodes
 from t2t.errors import T2TError, Where, did_you_mean
 from t2t.rng import choose_template
 from t2t.sandbox import ENV, LimitError, RenderLimits, bounded_call, check_source, nesting_depth
@@ -117,10 +117,32 @@ def task_limits(spec: TaskSpec) -> RenderLimits:
     return replace(RenderLimits(), **overrides)
 
 
+def file_line(spec: TaskSpec, loc: tuple) -> int | None:
+    """The line of `loc` (e.g. ('templates', 0, 'input')) in the task's file, when it has one."""
+    if spec.path is None or not spec.path.is_file():
+        return None
+    try:
+        return line_of(yaml_nodes(spec.path), loc)
+    except Exception:  # the file changed since it was loaded: no line rather than a wrong one
+        return None
+
+
 def compile_template(
     spec: TaskSpec, template: TemplateSpec, limits: RenderLimits | None = None
 ) -> CompiledTemplate:
-    limits = limits or task_limits(spec)
+    try:
+        return _compile_template(spec, template, limits or task_limits(spec))
+    except T2TError as exc:  # a compile error: point at the template in the task file
+        part = next((p for p in ("input", "target", "answer_choices") if f" {p}" in f" {exc.message}"), None)
+        loc: tuple = ("templates", spec.templates.index(template))
+        if part == "answer_choices" and template.answer_choices is None:
+            loc = ("answer_choices",)
+        elif part is not None:
+            loc = (*loc, part)
+        raise exc.at(line=file_line(spec, loc)) from None
+
+
+def _compile_template(spec: TaskSpec, template: TemplateSpec, limits: RenderLimits) -> CompiledTemplate:
     where = Where(file=spec.path, task=spec.name, template=template.name)
     choices_source = template.answer_choices if template.answer_choices is not None else spec.answer_choices
     choices, choice_fields = _compile_choices(choices_source, spec, where, limits)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from t2t.config import Spec, load_yaml, validation_error
+from t2t.config import Spec, load_yaml, refuse_aliases, validation_error
 from t2t.errors import T2TError, Where
 
 Positive = Annotated[int, Field(gt=0)]
@@ -155,7 +155,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if not sep or not key:
             raise T2TError(f"override {override!r} is not of the form key=value (e.g. optimizer.lr=3e-4)")
         try:
+            refuse_aliases(raw, Where())
             value = yaml.safe_load(raw)
+        except T2TError as exc:
+            raise T2TError(f"override {override!r}: {exc.message}") from None
         except yaml.YAMLError:
             raise T2TError(f"override {override!r}: the value is not valid YAML") from None
         node = data

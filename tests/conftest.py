@@ -7,6 +7,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="t2t-test-datasets-"))
 os.environ["T2T_CACHE"] = tempfile.mkdtemp(prefix="t2t-test-cache-")  # encoded tasks, shared by the session
+os.environ["T2T_LOG_DIR"] = tempfile.mkdtemp(prefix="t2t-test-logs-")  # tracebacks of unexpected errors
 os.environ.pop("T2T_TEMPLATES_PATH", None)
 os.environ.pop("T2T_MIXTURES_PATH", None)
 
