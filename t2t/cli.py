@@ -458,9 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.strict_paths:
-        from t2t.sources import STRICT_PATHS_ENV
+    from t2t.sources import STRICT_PATHS_ENV
 
+    previous = os.environ.get(STRICT_PATHS_ENV)
+    if args.strict_paths:
         os.environ[STRICT_PATHS_ENV] = "1"  # read where data files load (and by child processes)
     try:
         return args.fn(args)
@@ -482,6 +483,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
+    finally:
+        if args.strict_paths:  # main() may run in-process (tests, notebooks): leave the environment as it was
+            if previous is None:
+                os.environ.pop(STRICT_PATHS_ENV, None)
+            else:
+                os.environ[STRICT_PATHS_ENV] = previous
 
 
 def write_traceback(exc: BaseException) -> Path:

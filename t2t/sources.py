@@ -214,10 +214,14 @@ def _check_csv(path: Path, where: Where) -> None:
             header = next(reader, None)
             if not header:
                 raise T2TError("the CSV file has no header row", replace(where, line=1))
+            rows = 0
             for row in reader:
                 if row and len(row) != len(header):
                     raise T2TError(f"{len(row)} fields, but the header has {len(header)}",
                                    replace(where, line=reader.line_num))  # fmt: skip
+                rows += bool(row)
+            if not rows:
+                raise T2TError("the data file has no rows (only a header)", where)
         except csv.Error as exc:
             raise T2TError(f"malformed CSV: {exc}", replace(where, line=reader.line_num)) from None
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from jinja2 import TemplateSyntaxError, UndefinedError, meta, nodes
+from jinja2 import TemplateSyntaxError, Undefined, UndefinedError, meta, nodes
 from jinja2.sandbox import SecurityError
 
 from t2t.config import TaskSpec, TemplateSpec, line_of, yaml_nodes
@@ -280,7 +280,10 @@ class Task:
 
     def _evaluate(self, fn: Any, context: Any, where: Where, what: str) -> Any:
         try:
-            return bounded_call(fn, context, self.limits)
+            value = bounded_call(fn, context, self.limits)
+            if isinstance(value, Undefined):  # an expression's value: fail here, not later in a repr
+                value._fail_with_undefined_error()
+            return value
         except LimitError as exc:
             raise T2TError(f"{what}: {exc}", where) from None
         except SecurityError as exc:

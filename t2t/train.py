@@ -36,6 +36,7 @@ from t2t.train_config import TrainConfig, config_dict
 from t2t.train_eval import InTrainingEval
 
 FAULT_ENV = "T2T_FAULT_KILL_AT_STEP"  # testing hook: SIGKILL this process once that many steps are done
+FAULT_RANK_ENV = "T2T_FAULT_RANK"  # ... only the process of this rank
 
 
 @dataclass
@@ -482,7 +483,8 @@ def _progress(total: int, initial: int, disable: bool):
 
 
 def _maybe_fault(step: int) -> None:
-    if os.environ.get(FAULT_ENV) == str(step):
+    rank = os.environ.get(FAULT_RANK_ENV)  # unset: every process
+    if os.environ.get(FAULT_ENV) == str(step) and rank in (None, os.environ.get("RANK", "0")):
         os.kill(os.getpid(), signal.SIGKILL)
 
 

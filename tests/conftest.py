@@ -79,6 +79,39 @@ def run_cli(capsys):
     return run
 
 
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder` with its size and modification time: equal snapshots mean nothing was written."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file() or p.is_symlink()}  # fmt: skip
+
+
+@pytest.fixture
+def run_bounded(run_cli):
+    """Run `t2t ARGS...` in-process and assert the bounds a bad input must respect: at most `seconds` of wall
+    time, at most `megabytes` of Python allocations at peak, and nothing written under `folder`."""
+    import time
+    import tracemalloc
+
+    def run(
+        folder: Path, *args: str, seconds: float = 20.0, megabytes: float = 300.0
+    ) -> tuple[int, str, str]:
+        before = snapshot(folder)
+        tracemalloc.start()
+        started = time.perf_counter()
+        try:
+            result = run_cli(*args)
+        finally:
+            took = time.perf_counter() - started
+            peak = tracemalloc.get_traced_memory()[1] / 1e6
+            tracemalloc.stop()
+        assert took < seconds, f"took {took:.1f} s"
+        assert peak < megabytes, f"peak {peak:.0f} MB"
+        assert snapshot(folder) == before, "files were written"
+        return result
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
     """A SentencePiece tokenizer (T5 layout) trained on a few built-in tasks: trains in about a second."""

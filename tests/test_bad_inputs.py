@@ -228,12 +228,13 @@ CASES = [
 
 
 @pytest.mark.parametrize(("case", "breaker", "command", "code", "pattern"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_clear_line(task_dir, run_cli, case, breaker, command, code, pattern):
+def test_bad_input_is_one_clear_line(task_dir, run_bounded, case, breaker, command, code, pattern):
     write_task(task_dir, qa_task())
     breaker(task_dir)
     verb, *options = command.split()
     args = [verb, "toy_qa", *options] if verb in ("render", "lint") else [verb]
-    exit_code, out, err = run_cli("--templates-dir", task_dir, *args)
+    # within 20 s and 300 MB of Python allocations, and nothing written
+    exit_code, out, err = run_bounded(task_dir, "--templates-dir", task_dir, *args)
     assert exit_code == code, (out, err)
     lines = (err if code == 2 else out).strip().splitlines()
     assert len(lines) == 1, lines
