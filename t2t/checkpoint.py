@@ -18,7 +18,9 @@ it with the current run and refuses any difference with one line naming it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ from t2t.encoding import tokenizer_fingerprint
 from t2t.errors import T2TError, Where
 from t2t.fileio import atomic_write_text
 from t2t.train_config import RESUMABLE_KEYS, TrainConfig, config_dict
+
+FAULT_SAVE_ENV = "T2T_FAULT_KILL_IN_SAVE"  # testing hook: SIGKILL halfway through saving this step
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -77,6 +81,8 @@ def save_checkpoint(accelerator: Any, wrapped: Any, tokenizer: Any, run_dir: Pat
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging / "accelerate"))
+    if os.environ.get(FAULT_SAVE_ENV) == str(step):  # testing hook: a kill halfway through this save
+        os.kill(os.getpid(), signal.SIGKILL)
     export_model(accelerator, wrapped, tokenizer, staging / "model", encoding)
     if accelerator.is_main_process:
         atomic_write_text(staging / RUN_STATE, json.dumps(run_state, indent=1))

@@ -401,7 +401,23 @@ def test_one_rank_killed_ends_a_two_process_run_within_a_bound(tmp_path, tokeniz
     took = time.perf_counter() - started
     assert result.returncode != 0
     assert took < 180, f"took {took:.0f} s"
+    # the launcher saw rank 1 die of the kill and stopped rank 0, rather than letting it wait in a collective
+    assert re.search(r"rank\s+: 1 \(local_rank: 1\)\s+exitcode\s+: -9", result.stderr), result.stderr[-3000:]
+    assert "done:" not in result.stdout
     assert not (run_dir / "checkpoints" / "latest").exists()
+
+
+def test_every_case_is_in_the_reliability_table():
+    from tests.test_bad_inputs import CASES
+
+    text = (REPO / "docs" / "reliability.md").read_text()
+    ids = [c[0] for table in (TEMPLATE_CASES, COMPILE_CASES, FILE_CASES, DATA_CASES, MIXTURE_CASES, CASES)
+           for c in table]  # fmt: skip
+    missing = [i for i in ids if f"| `{i}` |" not in text]
+    assert not missing, missing
+    named = re.findall(r"`(test_\w+)::(test_\w+)", text)
+    for module, test in named:  # every named test exists
+        assert f"def {test}(" in (REPO / "tests" / f"{module}.py").read_text(), (module, test)
 
 
 def one_line(err: str) -> str:

@@ -195,6 +195,31 @@ def test_exported_model_reloads_with_auto_model(tmp_path, tokenizer_dir, mixture
         assert (folder / "tokenizer.json").is_file() and (folder / "model.safetensors").is_file()
 
 
+def test_kill_9_halfway_through_a_save_then_resume_gives_the_weights_of_an_uninterrupted_run(
+    tmp_path, tokenizer_dir, mixture_dir
+):
+    straight = make_config(tmp_path / "straight", tokenizer_dir, steps=6)
+    train(straight, registry_with(mixture_dir))
+    interrupted = make_config(
+        tmp_path / "killed", tokenizer_dir, steps=6, save_every_steps=2, log_every_steps=1
+    )
+    config_path = tmp_path / "killed.yaml"
+    config_path.write_text(yaml.safe_dump(interrupted.model_dump(mode="json")))
+    command = [sys.executable, "-m", "t2t", "--mixtures-dir", str(mixture_dir), "train", str(config_path)]
+    killed = subprocess.run(command, env={**os.environ, "T2T_FAULT_KILL_IN_SAVE": "4"}, capture_output=True,
+                            text=True, cwd=tmp_path)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    folder = interrupted.run_dir / "checkpoints"
+    assert latest_checkpoint(interrupted.run_dir).name == "step_00000002"  # the torn save never became latest
+    assert (folder / ".tmp-step_00000004" / "accelerate").is_dir() and not (folder / "step_00000004").exists()
+    resumed = subprocess.run([*command, "--resume", "auto"], capture_output=True, text=True, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from step_00000002 at step 2 of 6" in resumed.stdout
+    assert not (folder / ".tmp-step_00000004").exists()  # the leftover is pruned by the next save
+    assert [r["step"] for r in metrics(interrupted.run_dir)] == list(range(1, 7))
+    assert_same_weights(weights(straight.run_dir), weights(interrupted.run_dir))  # bit-identical
+
+
 def test_interrupted_save_leaves_the_previous_checkpoint_loadable(
     tmp_path, tokenizer_dir, mixture_dir, monkeypatch
 ):
