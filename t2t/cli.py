@@ -205,6 +205,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(config, _registry(args), resume=args.resume)
     if result["main_process"]:
         print(f"done: step {result['step']}, model in {result['model']}, checkpoint {result['checkpoint']}")
+        if result["best"] is not None:
+            print(f"selected: step {result['best_step']}, exported to {result['best']} (why: selection.md)")
     return 0
 
 

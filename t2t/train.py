@@ -33,7 +33,7 @@ from t2t.modeling import build_tiny_t5, load_model
 from t2t.registry import Registry
 from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
 from t2t.train_config import TrainConfig, config_dict
-from t2t.train_eval import InTrainingEval
+from t2t.train_eval import InTrainingEval, training_eval_config
 
 FAULT_ENV = "T2T_FAULT_KILL_AT_STEP"  # testing hook: SIGKILL this process once that many steps are done
 FAULT_RANK_ENV = "T2T_FAULT_RANK"  # ... only the process of this rank
@@ -204,8 +204,8 @@ class Run:
         checkpoint = self.checkpointer.resolve(resume)  # refused before the tokenizer trains
         self.mixture = load_mixture(registry, config.mixture)
         self.tasks = self.mixture.task_names
+        check_packing(config)  # from the model's config, before the tokenizer trains or the weights load
         self.tokenizer = get_tokenizer(config, registry, self.mixture, acc)
-        check_packing(config)  # from the model's config, before its weights load
         model = get_model(config, self.tokenizer)
         self.identity = run_identity(config, self.mixture, registry, self.tokenizer, model)
         self.balancer = Balancer(config.balancing, len(self.tasks))
@@ -240,9 +240,7 @@ class Run:
 
     def eval_config(self, max_examples: int | None) -> EvalConfig:
         """Evaluation of this run's model on its eval split, encoded under the limits it trained with."""
-        return EvalConfig(split=self.mixture.spec.splits.eval, max_examples=max_examples,
-                          max_input_tokens=self.config.max_input_tokens,
-                          max_target_tokens=self.config.max_target_tokens)  # fmt: skip
+        return training_eval_config(self.config, self.mixture.spec.splits.eval, max_examples)
 
     def _restore(self, checkpoint: Path) -> None:
         state = self.checkpointer.restore(checkpoint, self.identity)

@@ -20,6 +20,14 @@ from t2t.selection import Score, Selector, load_reference
 from t2t.train_config import TrainConfig
 
 
+def training_eval_config(
+    config: TrainConfig, split: str, max_examples: int | None, generate: bool = True
+) -> EvalConfig:
+    """Evaluation of a run's model: its eval split, encoded under the limits it trained with."""
+    return EvalConfig(split=split, max_examples=max_examples, generate=generate,
+                      max_input_tokens=config.max_input_tokens, max_target_tokens=config.max_target_tokens)  # fmt: skip
+
+
 class InTrainingEval:
     def __init__(self, config: TrainConfig, registry: Any, tasks: list[str], split: str, data: Any) -> None:
         self.config, self.registry, self.tasks, self.split, self.data = config, registry, tasks, split, data
@@ -40,9 +48,7 @@ class InTrainingEval:
         self.evaluations += 1
         generation = self.evaluations % config.eval_generate_every == 0
         model.eval()
-        eval_config = EvalConfig(split=self.split, max_examples=config.eval_max_examples, generate=generation,
-                                 max_input_tokens=config.max_input_tokens,
-                                 max_target_tokens=config.max_target_tokens)  # fmt: skip
+        eval_config = training_eval_config(config, self.split, config.eval_max_examples, generation)
         record: dict[str, Any] = {"step": step, "generation": generation}
         scores: dict[str, Score] = {}
         for name in self.tasks:

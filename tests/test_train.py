@@ -114,16 +114,19 @@ def test_accumulation_equivalence(tmp_path, tokenizer_dir, mixture_dir):
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
+def cli_run(tmp_path, tokenizer_dir, mixture_dir, **changes) -> tuple[TrainConfig, list[str]]:
+    """A config written to a file, and the `python -m t2t train` command that runs it (for kill tests)."""
+    config = make_config(tmp_path / "killed", tokenizer_dir, log_every_steps=1, **changes)
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    return config, [sys.executable, "-m", "t2t", "--mixtures-dir", str(mixture_dir), "train", str(path)]
+
+
 def test_resume_after_kill_9_gives_the_weights_of_an_uninterrupted_run(tmp_path, tokenizer_dir, mixture_dir):
     straight = make_config(tmp_path / "straight", tokenizer_dir, steps=8)
     train(straight, registry_with(mixture_dir))
 
-    interrupted = make_config(
-        tmp_path / "killed", tokenizer_dir, steps=8, save_every_steps=4, log_every_steps=1
-    )
-    config_path = tmp_path / "killed.yaml"
-    config_path.write_text(yaml.safe_dump(interrupted.model_dump(mode="json")))
-    command = [sys.executable, "-m", "t2t", "--mixtures-dir", str(mixture_dir), "train", str(config_path)]
+    interrupted, command = cli_run(tmp_path, tokenizer_dir, mixture_dir, steps=8, save_every_steps=4)
     env = {
         **os.environ,
         FAULT_ENV: "5",
@@ -200,12 +203,7 @@ def test_kill_9_halfway_through_a_save_then_resume_gives_the_weights_of_an_unint
 ):
     straight = make_config(tmp_path / "straight", tokenizer_dir, steps=6)
     train(straight, registry_with(mixture_dir))
-    interrupted = make_config(
-        tmp_path / "killed", tokenizer_dir, steps=6, save_every_steps=2, log_every_steps=1
-    )
-    config_path = tmp_path / "killed.yaml"
-    config_path.write_text(yaml.safe_dump(interrupted.model_dump(mode="json")))
-    command = [sys.executable, "-m", "t2t", "--mixtures-dir", str(mixture_dir), "train", str(config_path)]
+    interrupted, command = cli_run(tmp_path, tokenizer_dir, mixture_dir, steps=6, save_every_steps=2)
     killed = subprocess.run(command, env={**os.environ, "T2T_FAULT_KILL_IN_SAVE": "4"}, capture_output=True,
                             text=True, cwd=tmp_path)  # fmt: skip
     assert killed.returncode == -9, killed.stderr[-2000:]
