@@ -242,13 +242,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for name in tasks:
             registry.task(name).spec.template(args.template)  # each task must have it: refused before loading
     device, dtype = eval_device(args.device)
-    encoding = read_encoding(args.model)  # the limits a t2t-trained model was trained under
+    model, tokenizer = load_model(args.model), load_tokenizer(args.model)
+    # The limits a t2t-trained model was trained under; else the model's own position limit (BART: 1024).
+    encoding = read_encoding(args.model)
+    positions = getattr(model.config, "max_position_embeddings", None)
     config = EvalConfig(split=args.split, max_examples=args.max_examples, batch_size=args.batch_size,
                         num_beams=args.num_beams, scoring=args.scoring, generate=not args.no_generate,
-                        max_input_tokens=args.max_input_tokens or encoding.get("max_input_tokens"),
-                        max_target_tokens=args.max_target_tokens or encoding.get("max_target_tokens"),
+                        max_input_tokens=args.max_input_tokens or encoding.get("max_input_tokens") or positions,
+                        max_target_tokens=args.max_target_tokens or encoding.get("max_target_tokens") or positions,
                         template=args.template)  # fmt: skip
-    model, tokenizer = load_model(args.model), load_tokenizer(args.model)
     if dtype == "bf16":
         import torch
 

@@ -2,9 +2,11 @@
 
 Jinja's sandbox keeps templates away from Python internals, but not away from `{{ 'a' * 10**9 }}`. The bounds:
 
-- sizes are checked at the operation, before anything is allocated: `*`, `+`, `%` and `**` on strings, lists
-  and integers, the string methods and filters that pad or repeat (`center`, `ljust`, `rjust`, `zfill`,
-  `expandtabs`, `replace`, `indent`, `format`, `str.format` widths);
+- sizes are checked at the operation, before anything is allocated: `*`, `+`, `~`, `%` and `**` on strings,
+  lists and integers, the string methods and filters that pad or repeat (`center`, `ljust`, `rjust`, `zfill`,
+  `expandtabs`, `replace`, `indent`, `format`, `str.format` widths); and wherever a value becomes text (output,
+  `~`, `%`, `format`, `join`, `pprint`, `string`, `tojson`, `sum`), the text it would make is counted first, so a
+  list of a million references to one long string cannot turn into a terabyte of text;
 - `range` counts its iterations against a per-render budget (nested loops share it);
 - the text a render outputs is counted as it is produced;
 - a wall-clock budget per render interrupts pure-Python loops (a timer signal, in the main thread);
@@ -105,6 +107,40 @@ def check_int(value: int) -> int:
     return value
 
 
+def text_size(value: Any, limit: int) -> int:
+    """About how many characters `str(value)` would have, counted without building it, and only up to just
+    past `limit`: a list of a million references to one long string is small in memory but not as text."""
+    total, stack = 0, [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item) + 4  # quotes and a separator inside a container's repr
+        elif isinstance(item, dict):
+            total += 2 + 2 * len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            total += 2 + 2 * len(item)
+            stack.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            total += item.bit_length() // 3 + 1
+        else:
+            total += 24
+    return total
+
+
+def check_text(value: Any, what: str) -> None:
+    """Refuse a value whose text would be larger than the value-size limit, before it is made into text."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        if isinstance(value, str):
+            check_size(len(value), what)
+        return
+    limit = _limits().max_value_size
+    size = text_size(value, limit)
+    if size > limit:
+        raise LimitError("max_value_size", f"{what} would make over {limit:,} characters of text")
+
+
 _WIDTH = re.compile(r"(\d+)")
 _PRINTF = re.compile(r"%[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[a-zA-Z%]")
 
@@ -148,6 +184,7 @@ def _bounded_binop(op: str, left: Any, right: Any) -> Any:
         check_size(len(left) + len(right), "'+'")
     elif op == "%" and isinstance(left, str):
         _check_printf(left)
+        check_text(right, "'%'")
     return _BINOPS[op](left, right)
 
 
@@ -165,6 +202,8 @@ def _check_str_method(obj: str, name: str, args: tuple, kwargs: dict) -> None:
         size = args[0] if args else kwargs.get("tabsize", 8)
         if isinstance(size, int):
             check_size(len(obj) * max(size, 1), "str.expandtabs")
+    elif name == "join" and args:
+        check_text(args[0] if isinstance(args[0], list | tuple) else list(args[0]), "str.join")
     elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
         count = obj.count(args[0]) if args[0] else len(obj) + 1
         check_size(len(obj) + count * max(len(args[1]) - len(args[0]), 0), "str.replace")
@@ -211,8 +250,8 @@ def _finalize(value: Any) -> Any:
     budget = _budget()
     if isinstance(value, str):
         budget.output += len(value)
-    elif isinstance(value, list | tuple | dict):
-        check_size(len(value), "output")
+    else:
+        budget.output += text_size(value, budget.limits.max_output_chars + 1)
     if budget.output > budget.limits.max_output_chars:
         raise LimitError(
             "max_output_chars", f"the output passed {budget.limits.max_output_chars:,} characters"
@@ -241,6 +280,8 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
 
     @staticmethod
     def bounded_concat(values: tuple) -> str:
+        for value in values:
+            check_text(value, "'~'")
         parts = [str(v) for v in values]
         check_size(sum(len(p) for p in parts), "'~'")
         return "".join(parts)
@@ -251,7 +292,8 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         del self.globals["lipsum"]
         self.globals["range"] = _CountedRange
         for name, check in (("center", _check_center), ("indent", _check_indent), ("format", _check_format_filter),
-                            ("replace", _check_replace_filter)):  # fmt: skip
+                            ("replace", _check_replace_filter), ("join", _check_join), ("pprint", _check_text_of),
+                            ("string", _check_text_of), ("tojson", _check_text_of), ("sum", _check_sum)):  # fmt: skip
             self.filters[name] = _checked(self.filters[name], check)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
@@ -280,6 +322,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
 
         def checked(*args: Any, **kwargs: Any) -> str:
             _check_format_string(template)
+            check_text(list(args) + list(kwargs.values()), "str.format")
             return wrapped(*args, **kwargs)
 
         return checked
@@ -299,6 +342,30 @@ def _check_indent(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> None
 def _check_format_filter(value: Any, *args: Any, **kwargs: Any) -> None:
     if isinstance(value, str):
         _check_printf(value)
+    check_text(list(args) + list(kwargs.values()), "format")
+
+
+def _check_join(*args: Any, **kwargs: Any) -> None:
+    value = args[-2] if len(args) >= 2 and not isinstance(args[-1], list | tuple) else args[-1]
+    for item in args + tuple(kwargs.values()):
+        if isinstance(item, list | tuple | str):
+            check_text(item, "join")
+    if isinstance(value, list | tuple):
+        separator = next((a for a in args if isinstance(a, str)), "")
+        check_size(len(separator) * len(value), "join")
+
+
+def _check_text_of(*args: Any, **kwargs: Any) -> None:
+    for item in args:
+        if not hasattr(item, "environment"):  # the eval context Jinja passes some filters first
+            check_text(item, "the filter's text")
+
+
+def _check_sum(*args: Any, **kwargs: Any) -> None:
+    start = kwargs.get("start", args[-1] if len(args) >= 3 else 0)
+    if not isinstance(start, int | float):
+        items = next((a for a in args if isinstance(a, list | tuple)), [])
+        check_text([start, *items], "sum")
 
 
 def _check_replace_filter(value: Any, old: Any = "", new: Any = "", *args: Any, **kwargs: Any) -> None:

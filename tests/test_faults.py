@@ -70,6 +70,15 @@ TEMPLATE_CASES = [
     ("output_flood", "{% for i in range(99999) %}{{ question }}{% endfor %}", r"the output passed 100,000 characters \(limit max_output_chars\)"),
     ("join_flood", "{{ ([question] * 90000)|join(question) }}", r"\(limit max_output_chars\)"),
     ("undefined_attribute", "{{ question.text }}", r"undefined value: 'str object' has no attribute 'text'"),
+    ("join_shared_strings", "{{ (['x' * 999999] * 999999)|join('') }}", r"join would make over 1,000,000 characters of text \(limit max_value_size\)"),
+    ("str_join_shared_strings", "{{ ''.join(['x' * 999999] * 999999) }}", r"str\.join would make over 1,000,000 characters"),
+    ("dict_fromkeys_output", "{{ {}.fromkeys(range(100000), 'x' * 100000) }}", r"\(limit max_output_chars\)"),
+    ("pprint_shared_strings", "{{ {}.fromkeys(range(100000), 'x' * 100000)|pprint }}", r"would make over 1,000,000 characters of text"),
+    ("tojson_shared_strings", "{{ (['x' * 999999] * 999999)|tojson }}", r"would make over 1,000,000 characters of text"),
+    ("sum_of_lists", "{{ ([[1] * 999999] * 999999)|sum(start=[]) }}", r"sum would make over 1,000,000 characters of text"),
+    ("concat_container", "{{ 'a' ~ (['x' * 999999] * 999999) }}", r"'~' would make over 1,000,000 characters of text"),
+    ("percent_container", "{{ '%s' % (['x' * 999999] * 999999,) }}", r"'%' would make over 1,000,000 characters of text"),
+    ("format_container", "{{ '{}'.format(['x' * 999999] * 999999) }}", r"str\.format would make over 1,000,000 characters"),
 ]  # fmt: skip
 COMPILE_CASES = [
     # id, template input, pattern; refused when the task is compiled (no row yet): the line is the template's
@@ -155,6 +164,8 @@ FILE_CASES = [
      r"toy_qa\.yaml:\d+: YAML alias \*x is not allowed"),
     ("task_file_too_big", lambda d: (d / "toy_qa.yaml").write_text(yaml.safe_dump(qa_task()) + "#" * (17 * 2**20) + "\n"), "render",
      r"toy_qa\.yaml: file is 17,\d+,\d+ bytes, over the limit of 16,777,216"),
+    ("yaml_deep_nesting", lambda d: (d / "toy_qa.yaml").write_text("name: toy_qa\nx: " + "[" * 100000 + "]" * 100000 + "\n"),
+     "render", r"toy_qa\.yaml:2: malformed YAML: exceeded maximum nesting depth"),
     ("task_file_is_a_list", lambda d: (d / "toy_qa.yaml").write_text("- a\n- b\n"), "render",
      r"toy_qa\.yaml: a task file must be a YAML mapping"),
     ("task_file_tab_indent", lambda d: (d / "toy_qa.yaml").write_text("name: toy_qa\nfields:\n\tq: x\n"), "render",
