@@ -97,7 +97,7 @@ class Selector:
             elif entry["blocked_by"]:
                 outcome = "regressed: " + "; ".join(entry["blocked_by"])
             else:
-                outcome = f"lower score than step {self.best_step}"
+                outcome = f"score not above step {self.best_step}'s"
             lines.append(f"| {entry['step']} | {entry['score']:.2f} | {outcome} |")
         return "\n".join(lines) + "\n"
 

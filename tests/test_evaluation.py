@@ -176,7 +176,7 @@ def test_selection_refuses_a_mean_gain_that_regresses_one_task():
     report = selector.report()
     assert "Selected: step 400 (weighted score 70.00)." in report
     assert "| 200 | 52.50 | regressed: b: 40.0 < reference 50.0 - 5.0 |" in report
-    assert "| 500 | 55.00 | lower score than step 400 |" in report
+    assert "| 500 | 55.00 | score not above step 400's |" in report
     # a given reference replaces the first evaluation; the margin is the smallest tolerance
     strict = Selector(margin=0.5, reference={"a": Score(70.0, 0.0)})
     assert strict.decide(1, {"a": Score(69.0, 0.0)}).blocked_by == ["a: 69.0 < reference 70.0 - 0.5"]
