@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForSeq2SeqLM
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from t2t.registry import Registry
 from t2t.train import Run
@@ -41,6 +42,15 @@ CELLS = [
     ("cpu_deepspeed_zero3", "padded", "uncertainty", "adamw", "cosine"),
     ("cpu_deepspeed_zero3", "packed", "dwa", "adamw", "inverse_sqrt"),
 ]
+# More paths, one cell each: accumulation under DeepSpeed, a tokenizer trained by the main process while the
+# other waits, in-training evaluation with selection across a resume, no gradient clipping.
+EXTRA = {
+    "cpu_deepspeed_zero2-padded-equal-adamw-cosine": ["gradient_accumulation_steps=2"],
+    "cpu_deepspeed_zero3-padded-uncertainty-adamw-cosine": ["gradient_accumulation_steps=2"],
+    "cpu_deepspeed_zero3-packed-dwa-adamw-inverse_sqrt": ["tokenizer={vocab_size: 300, rows_per_task: 100}"],
+    "cpu_ddp-packed-dwa-adamw-linear": ["eval_every_steps=1", "eval_generate_every=1", "eval_max_examples=4"],
+    "cpu_single-padded-equal-adamw-constant": ["max_grad_norm=null"],
+}
 OPTIONS = {
     "launch": ["cpu_single", "cpu_ddp", "cpu_deepspeed_zero2", "cpu_deepspeed_zero3"],
     "strategy": ["padded", "packed"],
@@ -51,6 +61,7 @@ OPTIONS = {
 
 
 def test_the_matrix_covers_every_value_and_every_pair():
+    assert set(EXTRA) <= {"-".join(c) for c in CELLS}
     names = list(OPTIONS)
     for i, name in enumerate(names):
         assert {cell[i] for cell in CELLS} == set(OPTIONS[name]), name
@@ -117,6 +128,7 @@ def test_path_matrix(cell, matrix_setup, tmp_path):
     run_dir = tmp_path / "run"
     port = 29600 + 2 * CELLS.index(cell)
     overrides = cell_overrides(run_dir, tokenizer_dir, strategy, balancing, optimizer, schedule)
+    overrides += EXTRA.get("-".join(cell), [])
     processes = 1 if launch == "cpu_single" else 2
     first = t2t_train(launch, [*overrides, "steps=2"], mixtures, port)
     assert "starting at step 0 of 2; 2 tasks" in first
@@ -141,6 +153,15 @@ def test_path_matrix(cell, matrix_setup, tmp_path):
         assert all(w != 1.0 for w in last_weights)
     model = AutoModelForSeq2SeqLM.from_pretrained(str(run_dir / "model"))
     assert model.config.d_model == 32
+    extra = " ".join(EXTRA.get("-".join(cell), []))
+    if "vocab_size" in extra:  # trained once by the main process, reused on resume
+        tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
+        assert model.config.vocab_size == len(tokenizer) <= 300 + 100
+    if "eval_every_steps" in extra:  # evaluated at steps 1, 2 (first launch) and 3 (after the resume)
+        report = (run_dir / "selection.md").read_text()
+        assert [int(m) for m in re.findall(r"^\| (\d) \|", report, re.M)] == [1, 2, 3]
+        best = AutoModelForSeq2SeqLM.from_pretrained(str(run_dir / "best"))
+        assert best.config.d_model == 32
     saved = AutoModelForSeq2SeqLM.from_pretrained(str(run_dir / "checkpoints" / "step_00000003" / "model"))
     for (name, a), b in zip(model.state_dict().items(), saved.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
