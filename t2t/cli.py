@@ -265,6 +265,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_lm_eval(args: argparse.Namespace) -> int:
+    from t2t.export import export_lm_eval
+    from t2t.mixtures import load_mixture
+
+    registry = _registry(args)
+    if args.mixture:
+        mixture = load_mixture(registry, args.mixture)
+        tasks = list(mixture.held_out) if args.held_out else [*mixture.task_names, *mixture.held_out]
+    else:
+        tasks = list(args.tasks)
+        for name in tasks:
+            registry.task(name)
+    tokenizer = None
+    if args.tokenizer is not None:
+        from t2t.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+    groups = export_lm_eval(registry, tasks, args.split, args.out, args.max_examples, tokenizer)
+    members = sum(len(m) for m in groups.values())
+    print(f"wrote {members} lm-eval tasks in {len(groups)} groups to {args.out}; run them with")
+    print(
+        f"  lm_eval --model hf --model_args pretrained=MODEL_DIR,backend=seq2seq --include_path {args.out} "
+        f"--tasks {','.join(groups)}"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from t2t.demo import run_demo
 
@@ -429,6 +456,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-generate", action="store_true", help="rank classification only (tasks with choices)")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json / .md, predictions, plot")
+
+    export = sub.add_parser(
+        "export", help="export tasks to other tools", description="export tasks to other tools"
+    )
+    export_sub = export.add_subparsers(dest="export_command", required=True, metavar="COMMAND")
+    p = export_sub.add_parser("lm-eval", help="lm-evaluation-harness tasks rendered by t2t's templates")
+    p.set_defaults(fn=cmd_export_lm_eval)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--mixture", help="the mixture's training and held-out tasks")
+    which.add_argument("--tasks", nargs="+", metavar="TASK")
+    p.add_argument("--held-out", action="store_true", help="with --mixture: only its held-out tasks")
+    p.add_argument("--split", default="validation")
+    p.add_argument(
+        "--max-examples", type=positive_int, help="per task: the rows `t2t eval --max-examples N` takes"
+    )
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        metavar="DIR",
+        help="the model's tokenizer: sizes generation budgets as t2t eval does (default 128 tokens)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="a new or empty folder")
 
     p = command("demo", cmd_demo, "train and evaluate a tiny T5 on the demo mixture, offline, in minutes")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run dir (default runs/demo)")

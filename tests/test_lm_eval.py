@@ -1,0 +1,122 @@
+"""`t2t export lm-eval` and parity with lm-evaluation-harness on the same checkpoint.
+
+A tiny T5 is trained in the session on a choice task and a generation task; its tasks are exported, lm-eval's own
+CLI (`lm_eval --model hf --model_args pretrained=DIR,backend=seq2seq`) runs them, and `t2t eval --scoring
+harness` evaluates the same rows. Accuracy agrees exactly, every choice's log-likelihood within 1e-4, and every
+generation to the letter. Needs the `lmeval` extra (`pip install -e ".[lmeval]"`; .ci/run installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+lm_eval = pytest.importorskip(
+    "lm_eval", reason="the lmeval extra is not installed: pip install -e '.[lmeval]'"
+)
+
+from t2t.metrics import METRICS  # noqa: E402
+from t2t.registry import Registry  # noqa: E402
+from t2t.train import Run  # noqa: E402
+from t2t.train_config import TrainConfig  # noqa: E402
+
+TASKS = ["word_in_list", "color_lookup"]  # answer choices (rank classification), and generation
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_tokenizer, tmp_path_factory):
+    root = tmp_path_factory.mktemp("parity")
+    (root / "mixtures").mkdir()
+    (root / "mixtures" / "pair.yaml").write_text(
+        yaml.safe_dump({"name": "pair", "members": dict.fromkeys(TASKS)})
+    )
+    tiny_tokenizer.save_pretrained(str(root / "tok"))
+    config = TrainConfig.model_validate({
+        "run_dir": str(root / "run"), "mixture": "pair", "tokenizer": {"pretrained": str(root / "tok")},
+        "model": {"tiny": {"d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64}},
+        "max_input_tokens": 64, "max_target_tokens": 16,
+        "batching": {"strategy": "padded", "batch_size": 16, "max_tokens": None, "window_examples": 64},
+        "steps": 80, "optimizer": {"lr": 1e-2}, "trackers": [], "log_every_steps": 80,
+    })  # fmt: skip
+    Run(config, Registry.default(mixtures_dirs=[root / "mixtures"])).fit()
+    return root / "run" / "model"
+
+
+def test_export_writes_tasks_that_lm_eval_loads_and_refuses_a_used_folder(checkpoint, tmp_path, run_cli):
+    out = tmp_path / "lm"
+    code, stdout, err = run_cli("export", "lm-eval", "--tasks", *TASKS, "--max-examples", "12", "--tokenizer",
+                                checkpoint, "--out", out)  # fmt: skip
+    assert code == 0, err
+    assert "wrote 6 lm-eval tasks in 2 groups" in stdout
+    mc = yaml.safe_load((out / "t2t_word_in_list__contains.yaml").read_text())
+    assert (
+        mc["output_type"] == "multiple_choice"
+        and mc["doc_to_choice"] == "choices"
+        and mc["target_delimiter"] == ""
+    )
+    docs = [json.loads(line) for line in (out / "t2t_word_in_list__contains.jsonl").read_text().splitlines()]
+    assert len(docs) == 12 and all(d["choices"][d["label"]] == d["target"] for d in docs)
+    generation = (out / "t2t_color_lookup__what_color.yaml").read_text()
+    assert "output_type: generate_until" in generation and "!function utils.process_results" in generation
+    code, _, err = run_cli("export", "lm-eval", "--tasks", "word_in_list", "--out", out)
+    assert code == 2 and "the output folder is not empty" in err
+
+
+@pytest.mark.slow
+def test_lm_eval_and_t2t_eval_agree_on_the_same_checkpoint(checkpoint, tmp_path, run_cli):
+    exported = tmp_path / "lm"
+    assert run_cli("export", "lm-eval", "--tasks", *TASKS, "--max-examples", "12", "--tokenizer", checkpoint,
+                   "--out", exported)[0] == 0  # fmt: skip
+    groups = ",".join(f"t2t_{t}" for t in TASKS)
+    result = subprocess.run(
+        [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+         f"pretrained={checkpoint},backend=seq2seq,dtype=float32", "--include_path", str(exported), "--tasks", groups,
+         "--batch_size", "1", "--device", "cpu", "--log_samples", "--output_path", str(tmp_path / "lm_out")],
+        capture_output=True, text=True, env=os.environ, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    theirs: dict[tuple[str, str, int], dict] = {}
+    for path in (tmp_path / "lm_out").rglob("samples_*.jsonl"):
+        template = path.name.removeprefix("samples_t2t_").split("__")[1].rsplit("_20", 1)[0]
+        task = path.name.removeprefix("samples_t2t_").split("__")[0]
+        for line in path.read_text().splitlines():
+            sample = json.loads(line)
+            theirs[(task, template, sample["doc"]["row"])] = sample
+    code, _, err = run_cli("eval", "--model", checkpoint, "--tasks", *TASKS, "--max-examples", "12", "--scoring",
+                           "harness", "--out", tmp_path / "t2t_out")  # fmt: skip
+    assert code == 0, err
+    ours = [
+        json.loads(line) for line in (tmp_path / "t2t_out" / "predictions.jsonl").read_text().splitlines()
+    ]
+    assert len(ours) == len(theirs) == 2 * 3 * 12
+    generated = 0
+    for record in ours:
+        sample = theirs[(record["task"], record["template"], record["row"])]
+        if record["choices"] is not None:
+            their_ll = [float(r[0]) for r in sample["filtered_resps"]]
+            assert record["choice_scores"]["sum"] == pytest.approx(their_ll, abs=1e-4)
+            assert (record["ranked"] == record["target"]) == bool(sample["acc"])
+        else:
+            assert record["prediction"] == sample["filtered_resps"][0].strip()
+            for metric in sample["doc"]["metrics"]:  # lm-eval scored it with t2t's metric, through utils.py
+                assert sample[metric] == METRICS[metric]([record["prediction"]], [record["references"]])
+            generated += bool(record["prediction"])
+    assert generated > 0  # the model does generate text, so the comparison is not of empty strings
+    report = json.loads((tmp_path / "t2t_out" / "results.json").read_text())
+    lm_results = json.loads(next((tmp_path / "lm_out").rglob("results_*.json")).read_text())["results"]
+    for template, scores in report["tasks"]["word_in_list"]["templates"].items():
+        assert scores["rank_sum"] == pytest.approx(
+            100 * lm_results[f"t2t_word_in_list__{template}"]["acc,none"]
+        )
+
+
+def test_export_refuses_an_unknown_task_before_writing(tmp_path, run_cli):
+    code, out, err = run_cli("export", "lm-eval", "--tasks", "word_in_lst", "--out", tmp_path / "lm")
+    assert code == 2 and out == ""
+    assert err.strip() == "t2t: error: unknown task 'word_in_lst' (did you mean 'word_in_list'?)"
+    assert not (tmp_path / "lm").exists()
