@@ -42,8 +42,10 @@ def main() -> None:
                     context = {**context, "answer_choices": list(template.choices)}
                 source = template.spec.input
                 work.append((template.input.render, plain.from_string(source).render, task.limits, context))
-    print(f"{len(work):,} renders (demo tasks x templates x up to {args.rows} rows); "
-          f"{platform.machine()}, {platform.python_version()}")
+    print(
+        f"{len(work):,} renders (demo tasks x templates x up to {args.rows} rows); "
+        f"{platform.machine()}, {platform.python_version()}"
+    )
     results = {"plain sandbox": [], "t2t bounded": []}
     for _ in range(args.repeats):
         for label, run in (("plain sandbox", lambda w: w[1](w[3])),
