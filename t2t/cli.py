@@ -82,10 +82,19 @@ def cmd_render(args: argparse.Namespace) -> int:
     for i in picks.tolist():
         index = int(data.source_rows[i])
         template = args.template or task.choose(args.seed, index)
-        examples.append((index, template, task.render(data.rows[i], template, args.split, index)))
+        examples.append((index, template, task.try_render(data.rows[i], template, args.split, index)))
     print(f"{task.name}: {len(picks)} of {len(data)} {args.split} rows, the ones `t2t eval --max-examples {args.n}` "
           "takes (a sample seeded by task and split, in row order)", file=sys.stderr)  # fmt: skip
     for index, template, example in examples:
+        if example is None:  # a promptsource-style template gives no input ||| target for this row
+            if args.json:
+                print(json.dumps({"task": task.name, "template": template, "split": args.split, "row": index,
+                                  "skipped": True}))  # fmt: skip
+            else:
+                print(
+                    f"── {task.name} · template {template!r} · {args.split} row {index}: skipped by the template"
+                )
+            continue
         if args.json:
             print(json.dumps({"task": task.name, "template": template, "split": args.split, "row": index,
                               "input": example.inputs, "target": example.targets,
@@ -166,7 +175,11 @@ def cmd_mixture_sample(args: argparse.Namespace) -> int:
             data[item.task] = load_split(registry.task(item.task), split)
         rows = data[item.task]
         source_row = int(rows.source_rows[item.row])
-        example = registry.task(item.task).render(rows.rows[item.row], item.template, split, source_row)
+        example = registry.task(item.task).try_render(rows.rows[item.row], item.template, split, source_row)
+        if example is None:  # passed over by training, as here
+            records.append({"position": item.position, "task": item.task, "split": split, "row": source_row,
+                            "template": item.template, "epoch": item.epoch, "skipped": True})  # fmt: skip
+            continue
         records.append({
             "position": item.position, "task": item.task, "split": split, "row": source_row,
             "template": item.template, "epoch": item.epoch, "input": example.inputs, "target": example.targets,
@@ -179,6 +192,9 @@ def cmd_mixture_sample(args: argparse.Namespace) -> int:
                 f"{record['position']:>8}  {record['task']} · {record['template']} · {split} row {record['row']}"
                 f" · epoch {record['epoch']}"
             )
+            if record.get("skipped"):
+                print("          skipped by the template (training passes this position over)")
+                continue
             print("          input:  " + record["input"].replace("\n", "\n                  "))
             print("          target: " + record["target"].replace("\n", "\n                  "))
     return 0

@@ -89,11 +89,20 @@ Choices = list[str] | str
 
 
 class TemplateSpec(Spec):
+    """A template: `input` and `target` rendered apart (t2t's kind), or one promptsource-style `jinja` rendered
+    whole and split on `|||` into input and target (a row that does not split into two non-empty parts is
+    skipped for this template, as promptsource and P3 do). With `jinja`, `answer_choices` is promptsource's
+    form too: a Jinja template whose output is split on `|||`."""
+
     name: str
-    input: str
-    target: str
+    input: str | None = None
+    target: str | None = None
+    jinja: str | None = None
     answer_choices: Choices | None = None  # overrides the task's choices for this template
     choices_in_prompt: bool = False
+    truncate_fields: Annotated[int, Field(gt=0)] | None = (
+        2048  # jinja: each {{ }} output cut, as promptsource
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -101,12 +110,31 @@ class TemplateSpec(Spec):
     def _valid_name(cls, name: str) -> str:
         return check_name(name, "template name")
 
-    @field_validator("input", "target")
+    @field_validator("input", "target", "jinja")
     @classmethod
-    def _non_blank(cls, text: str) -> str:
-        if not text.strip():
+    def _non_blank(cls, text: str | None) -> str | None:
+        if text is not None and not text.strip():
             raise ValueError("must not be empty")
         return text
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TemplateSpec:
+        if self.jinja is not None:
+            if self.input is not None or self.target is not None:
+                raise ValueError("a template has either `jinja` (promptsource style) or `input` and `target`")
+            if "|||" not in self.jinja:
+                raise ValueError("a `jinja` template separates input and target with |||")
+            if isinstance(self.answer_choices, list):
+                raise ValueError(
+                    "with `jinja`, answer_choices is a Jinja template whose output is split on |||"
+                )
+        elif self.input is None or self.target is None:
+            raise ValueError("a template needs `input` and `target` (or one promptsource-style `jinja`)")
+        return self
+
+    @property
+    def promptsource(self) -> bool:
+        return self.jinja is not None
 
 
 class GoldenSpec(Spec):

@@ -59,8 +59,12 @@ class MixtureData:
     def encode_all(self) -> dict[str, EncodedTask]:
         return {name: self.encoded(name) for name in self.task_names}
 
-    def example(self, item: StreamItem) -> Example:
+    def example(self, item: StreamItem) -> Example | None:
+        """The encoded example at a stream position, or None where its template skips the row (promptsource
+        style): the position is passed over, deterministically, on every run and resume."""
         encoded = self.encoded(item.task).templates[item.template]
+        if not encoded.input_ids[item.row]:
+            return None
         return Example(
             encoded.input_ids[item.row], encoded.labels[item.row], self.task_index[item.task], item.position
         )
@@ -70,7 +74,7 @@ def auto_target_tokens(data: MixtureData, config: BatchingSpec, multiple: int = 
     """Decoder row length that fills as fully as the encoder row: the stream's target/input token ratio (from its
     first window, so every process and every resume computes the same), 5% headroom, rounded up."""
     positions = range(min(config.window_examples, 4096))
-    examples = [data.example(data.stream.item(k)) for k in positions]
+    examples = [e for e in (data.example(data.stream.item(k)) for k in positions) if e is not None]
     ratio = sum(len(e.labels) for e in examples) / sum(len(e.input_ids) for e in examples)
     tokens = math.ceil(config.pack_input_tokens * ratio * 1.05 / multiple) * multiple
     return max(tokens, data.limits.max_target_tokens)
@@ -107,7 +111,8 @@ class BatchLoader:
     def window_examples(self, window: int) -> list[Example]:
         size = self.config.window_examples
         positions = ((window * size + i) * self.world_size + self.rank for i in range(size))
-        return [self.data.example(self.data.stream.item(k)) for k in positions]
+        examples = (self.data.example(self.data.stream.item(k)) for k in positions)
+        return [e for e in examples if e is not None]
 
     def window_batches(self, window: int) -> list[Batch]:
         examples, cfg = self.window_examples(window), self.config

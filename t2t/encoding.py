@@ -26,7 +26,7 @@ from t2t.config import FilesSource, GeneratorSource
 from t2t.sources import SplitRows, load_split
 from t2t.templates import Task
 
-CACHE_VERSION = "1"  # bump when the encoding policy changes
+CACHE_VERSION = "2"  # bump when the encoding policy changes
 ENCODE_BATCH = 1000
 
 
@@ -74,6 +74,7 @@ class EncodedTemplate:
     labels: list[list[int]]
     inputs_truncated: int
     targets_truncated: int
+    skipped: int = 0  # rows a promptsource-style template skips (their ids are empty; the stream skips them)
 
 
 @dataclass
@@ -138,22 +139,26 @@ def encode_task(
         key = cache_key(task, template, split, data_key, tokenizer_key, limits)
 
         def encode_batch(batch: dict, indices: list[int], template: str = template) -> dict:
-            examples = [
-                task.render({f: batch[f][j] for f in batch}, template, split, int(rows.source_rows[i]))
+            rendered = [
+                task.try_render({f: batch[f][j] for f in batch}, template, split, int(rows.source_rows[i]))
                 for j, i in enumerate(indices)
             ]
-            input_ids, inputs_cut = encode_texts(
-                tokenizer, [e.inputs for e in examples], limits.max_input_tokens
-            )
-            labels, targets_cut = encode_texts(
-                tokenizer, [e.targets for e in examples], limits.max_target_tokens
-            )
-            return {
-                "input_ids": input_ids,
-                "labels": labels,
-                "input_cut": inputs_cut,
-                "target_cut": targets_cut,
+            kept = [e for e in rendered if e is not None]  # a skipped (row, template) gets empty ids
+            input_ids, inputs_cut = encode_texts(tokenizer, [e.inputs for e in kept], limits.max_input_tokens)
+            labels, targets_cut = encode_texts(tokenizer, [e.targets for e in kept], limits.max_target_tokens)
+            columns: dict[str, list] = {
+                "input_ids": [],
+                "labels": [],
+                "input_cut": [],
+                "target_cut": [],
+                "skipped": [],
             }
+            values = iter(zip(input_ids, labels, inputs_cut, targets_cut, strict=True))
+            for example in rendered:
+                ids, label, cut_in, cut_out = next(values) if example is not None else ([], [], False, False)
+                for name, value in zip(columns, (ids, label, cut_in, cut_out, example is None), strict=True):
+                    columns[name].append(value)
+            return columns
 
         fields = rows.rows.select_columns(list(task.spec.fields))
         data = fields.map(
@@ -163,7 +168,11 @@ def encode_task(
         )  # fmt: skip
         columns = data[:]
         encoded.templates[template] = EncodedTemplate(
-            columns["input_ids"], columns["labels"], sum(columns["input_cut"]), sum(columns["target_cut"])
+            columns["input_ids"],
+            columns["labels"],
+            sum(columns["input_cut"]),
+            sum(columns["target_cut"]),
+            sum(columns["skipped"]),
         )
     return encoded
 

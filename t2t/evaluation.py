@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from t2t.encoding import decoder_start_id, encode_texts
+from t2t.errors import T2TError, Where
 from t2t.metrics import METRICS, PER_EXAMPLE
 from t2t.registry import Registry
 from t2t.rng import keyed_rng
@@ -139,18 +140,42 @@ def evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig) ->
     per_template, records, samplers = {}, [], {}
     templates = [task.spec.template(config.template).name] if config.template else task.template_names
     for template in templates:
-        rendered = [task.render(r, template, config.split, s) for r, s in zip(rows, source_rows, strict=True)]
-        references = [task.references(r, x) for r, x in zip(rows, rendered, strict=True)]
-        scores, predictions, samplers[template] = _template_scores(
+        attempts = [
+            task.try_render(r, template, config.split, s) for r, s in zip(rows, source_rows, strict=True)
+        ]
+        kept = np.array([a is not None for a in attempts], dtype=bool)  # promptsource-style skips
+        if not kept.any():
+            continue
+        rendered = [a for a in attempts if a is not None]
+        references = [task.references(r, x) for r, x in zip(rows, attempts, strict=True) if x is not None]
+        scores, predictions, template_samplers = _template_scores(
             model, tokenizer, task, rendered, references, config
         )
+        samplers[template] = {m: _on_kept(f, kept) for m, f in template_samplers.items()}
         per_template[template] = scores
         records.extend(_records(rendered, references, predictions))
+    if not per_template:
+        raise T2TError(f"no {config.split} row renders under any template: every template skips them",
+                       Where(file=task.spec.path, task=task.name, split=config.split))  # fmt: skip
     metric = primary_metric(task, per_template)
     summary = summarise([s[metric] for s in per_template.values()])
     summary.update(bootstrap_interval({t: f[metric] for t, f in samplers.items()}, len(picks),
                                       keyed_rng("bootstrap", task.name, config.split)))  # fmt: skip
     return TaskResult(per_template, metric, summary, records)
+
+
+def _on_kept(sampler: Any, kept: np.ndarray) -> Any:
+    """A template's metric as a function of indices into all the task's rows, where the template renders only the
+    `kept` ones (a promptsource-style template skips some): resampled rows it skipped are left out."""
+    if kept.all():
+        return sampler
+    local = np.cumsum(kept) - 1
+
+    def sample(indices: np.ndarray) -> float:
+        chosen = indices[kept[indices]]
+        return sampler(local[chosen]) if len(chosen) else 0.0
+
+    return sample
 
 
 BOOTSTRAP_SAMPLES = 200

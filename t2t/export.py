@@ -79,7 +79,9 @@ def _export_task(registry: Registry, name: str, split: str, out: Path, max_examp
         docs = []
         for i, row in zip(picks.tolist(), rows, strict=True):
             index = int(data.source_rows[i])
-            rendered = task.render(row, template, split, index)
+            rendered = task.try_render(row, template, split, index)
+            if rendered is None:  # a promptsource-style template skips this row
+                continue
             doc = {"row": index, "input": rendered.inputs, "target": rendered.targets,
                    "references": task.references(row, rendered), "metrics": list(task.spec.metrics)}  # fmt: skip
             if rendered.choices is not None:
@@ -87,6 +89,8 @@ def _export_task(registry: Registry, name: str, split: str, out: Path, max_examp
                     choices=list(rendered.choices), label=list(rendered.choices).index(rendered.targets)
                 )
             docs.append(doc)
+        if not docs:  # every row skipped by this (promptsource-style) template
+            continue
         member = task_name(name, template)
         data_file = f"{member}.jsonl"
         atomic_write_text(out / data_file, "".join(json.dumps(d) + "\n" for d in docs))
@@ -95,7 +99,8 @@ def _export_task(registry: Registry, name: str, split: str, out: Path, max_examp
             "dataset_kwargs": {"data_files": {"test": str((out / data_file).resolve())}},
             "test_split": "test", "doc_to_text": "input", "metadata": {"version": 1, "t2t_template": template},
         }  # fmt: skip
-        if docs and "choices" in docs[0]:
+        has_choices = "choices" in docs[0]
+        if has_choices:
             config.update({"output_type": "multiple_choice", "doc_to_choice": "choices", "doc_to_target": "label",
                            "target_delimiter": "", "metric_list": [{"metric": "acc", "aggregation": "mean",
                                                                     "higher_is_better": True}]})  # fmt: skip
@@ -113,8 +118,10 @@ def _export_task(registry: Registry, name: str, split: str, out: Path, max_examp
         text = text.replace("'!function utils.process_results'", "!function utils.process_results")
         atomic_write_text(out / f"{member}.yaml", text)
         members.append(member)
+    if not members:
+        raise T2TError(f"no {split} row renders under any template", Where(file=task.spec.path, task=name))
     group = {"group": task_name(name), "task": members,
-             "aggregate_metric_list": [{"metric": "acc" if "choices" in docs[0] else task.spec.metrics[0],
+             "aggregate_metric_list": [{"metric": "acc" if has_choices else task.spec.metrics[0],
                                         "aggregation": "mean", "weight_by_size": False}],
              "metadata": {"version": 1}}  # fmt: skip
     atomic_write_text(out / f"{task_name(name)}.yaml", yaml.safe_dump(group, sort_keys=False))

@@ -10,7 +10,7 @@ from t2t.errors import T2TError, Where
 from t2t.registry import Registry
 from t2t.rng import keyed_rng
 from t2t.sources import available_offline, load_split, outside_paths, splits_of
-from t2t.templates import Task
+from t2t.templates import RowSkipped, Task
 
 SAMPLE_ROWS = 16  # real rows rendered per split and template
 
@@ -18,6 +18,7 @@ SAMPLE_ROWS = 16  # real rows rendered per split and template
 def lint(registry: Registry, names: list[str] | None = None) -> list[str]:
     """Every problem found, one line each; an empty list means all is well."""
     problems: list[str] = []
+    SKIPS.clear()
     for name in names if names is not None else registry.task_names:
         try:
             task = registry.task(name)
@@ -32,9 +33,17 @@ def lint_task(task: Task) -> list[str]:
     return [str(p) for p in (*_unused_fields(task), *_golden(task), *_real_rows(task))]
 
 
+SKIPS: dict[
+    tuple[str, str], dict[str, tuple[int, int]]
+] = {}  # (task, split) -> template -> (skipped, sampled)
+
+
 def lint_warnings(registry: Registry, names: list[str] | None = None) -> list[str]:
-    """Things to look at that are not errors: data files read from outside their task's folder."""
-    lines = []
+    """Things to look at that are not errors: data files read from outside their task's folder, and how many
+    sampled rows each promptsource-style template skipped (after `lint` ran)."""
+    lines = [f"{Where(task=task, split=split, template=template)}: skips {n} of {total} sampled rows"
+             for (task, split), counts in sorted(SKIPS.items()) for template, (n, total) in counts.items()
+             if names is None or task in names]  # fmt: skip
     for name in names if names is not None else registry.task_names:
         try:
             spec = registry.task(name).spec
@@ -96,11 +105,19 @@ def _real_rows(task: Task) -> Iterator[T2TError]:
             yield exc
             return
         picks = keyed_rng("lint", task.name, split).permutation(len(data))[:SAMPLE_ROWS]
+        skipped = dict.fromkeys(task.template_names, 0)
         for i in np.sort(picks):
             row, index = data.rows[int(i)], int(data.source_rows[i])
             for template in task.template_names:
                 try:
                     task.render(row, template, split, index)
+                except RowSkipped:
+                    skipped[template] += 1
                 except T2TError as exc:
                     yield exc.at(file=task.spec.path)
                     break
+        SKIPS[(task.name, split)] = {t: (n, len(picks)) for t, n in skipped.items() if n}
+        for template, n in skipped.items():
+            if n == len(picks):
+                where = Where(file=task.spec.path, task=task.name, template=template, split=split)
+                yield T2TError(f"the template skips all {n} sampled rows: it renders no example", where)

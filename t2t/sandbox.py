@@ -30,13 +30,14 @@ import string
 import threading
 import time
 import types
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import StrictUndefined, Undefined, nodes
 from jinja2.compiler import CodeGenerator
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment, SecurityError
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class _Budget:
     deadline: float
     iterations: int = 0
     output: int = 0
+    key: tuple = ()  # (task, template, row): seeds the `choice` filter of promptsource-style templates
+    choices_made: int = 0
 
     def tick(self, n: int = 1) -> None:
         self.iterations += n
@@ -383,7 +386,54 @@ def _checked(filter_fn: Any, check: Any) -> Any:
     return run
 
 
+class PromptsourceEnvironment(BoundedEnvironment):
+    """For promptsource-style templates: the same bounds, list and dict mutation allowed (promptsource's templates
+    build lists with `.append`; t2t renders them on a deep copy of the row, so the cached row never changes), and
+    promptsource's `zip`, `most_frequent` and `choice`, the last seeded by (task, template, row, call number)
+    instead of the global random state, so a render is the same at every position and on every resume."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.globals["zip"] = zip
+        self.filters["most_frequent"] = most_frequent
+        self.filters["choice"] = seeded_choice
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        return SandboxedEnvironment.is_safe_attribute(
+            self, obj, attr, value
+        )  # mutation allowed, internals not
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, list | dict) and isinstance(__obj, types.BuiltinMethodType):
+            grow = {"append": 1, "insert": 1, "extend": text_size(args[0], _limits().max_value_size) if args else 0,
+                    "update": len(args[0]) if args and hasattr(args[0], "__len__") else 0}.get(__obj.__name__, 0)  # fmt: skip
+            check_size(len(owner) + grow, f"{type(owner).__name__}.{__obj.__name__}")
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+def most_frequent(items: Any) -> list | None:
+    """promptsource's filter: the items that occur most often, in order of first occurrence."""
+    if not items:
+        return None
+    counts = Counter(items).most_common()
+    return [item for item, count in counts if count == counts[0][1]]
+
+
+def seeded_choice(items: Any) -> Any:
+    """promptsource's `choice` filter, deterministic: seeded by the render's (task, template, row) and call count."""
+    from t2t.rng import keyed_rng
+
+    budget = _budget()
+    options = list(items)
+    if not options:
+        raise SecurityError("choice of an empty sequence")
+    budget.choices_made += 1
+    return options[int(keyed_rng("choice", *budget.key, budget.choices_made).integers(len(options)))]
+
+
 ENV = BoundedEnvironment()
+PROMPTSOURCE_ENV = PromptsourceEnvironment()
 
 
 def check_source(source: str, limits: RenderLimits) -> None:
@@ -410,10 +460,10 @@ def _on_alarm(signum: int, frame: Any) -> None:
     raise _Alarm
 
 
-def bounded_call(fn: Any, context: Any, limits: RenderLimits) -> Any:
+def bounded_call(fn: Any, context: Any, limits: RenderLimits, key: tuple = ()) -> Any:
     """Run one render (or expression) under `limits`: the per-render budget, and in the main thread a timer that
-    interrupts a render still running after `max_seconds`."""
-    budget = _Budget(limits, time.monotonic() + limits.max_seconds)
+    interrupts a render still running after `max_seconds`. `key` seeds the `choice` filter."""
+    budget = _Budget(limits, time.monotonic() + limits.max_seconds, key=key)
     token = _BUDGET.set(budget)
     use_timer = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
     previous = None

@@ -9,6 +9,7 @@ filter and `lipsum`) are removed: which template renders an example is chosen ou
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -19,9 +20,24 @@ from jinja2.sandbox import SecurityError
 from t2t.config import TaskSpec, TemplateSpec, line_of, yaml_nodes
 from t2t.errors import T2TError, Where, did_you_mean
 from t2t.rng import choose_template
-from t2t.sandbox import ENV, LimitError, RenderLimits, bounded_call, check_source, nesting_depth
+from t2t.sandbox import (
+    ENV,
+    PROMPTSOURCE_ENV,
+    LimitError,
+    RenderLimits,
+    bounded_call,
+    check_source,
+    nesting_depth,
+)
 
 TEMPLATE_VARIABLES = frozenset({"answer_choices"})
+PIPE_GUARD = "\ue000t2t-pipes\ue000"  # stands for ||| inside a row's strings while a render splits
+
+
+class RowSkipped(T2TError):
+    """A promptsource-style template gives no `input ||| target` for this row: the row is skipped for this
+    template (how P3 was built), not an error. Commands that render many rows count these; one that renders a
+    single row reports it as a line."""
 
 
 @dataclass(frozen=True)
@@ -51,21 +67,20 @@ def _refuse_private_access(ast: nodes.Template) -> str | None:
     return found[-1] if found else None
 
 
-def _parse(
-    source: str, what: str, where: Where, limits: RenderLimits, expression: bool = False
-) -> tuple[Any, set[str]]:
+def _parse(source: str, what: str, where: Where, limits: RenderLimits, expression: bool = False,
+           env: Any = ENV) -> tuple[Any, set[str]]:  # fmt: skip
     """Compile a template (or an expression) within the limits; return it with the variables it reads."""
     text = "{{ " + source + " }}" if expression else source
     try:
         check_source(source, limits)
-        ast = ENV.parse(text)
+        ast = env.parse(text)
         depth = nesting_depth(ast)
         if depth > limits.max_nesting:
             raise LimitError(
                 "max_nesting", f"the template nests {depth} levels deep (over {limits.max_nesting})"
             )
         compiled = (
-            ENV.compile_expression(source, undefined_to_none=False) if expression else ENV.from_string(ast)
+            env.compile_expression(source, undefined_to_none=False) if expression else env.from_string(ast)
         )
     except TemplateSyntaxError as exc:
         line = f" line {exc.lineno}" if not expression and source.count("\n") else ""
@@ -79,7 +94,7 @@ def _parse(
     private = _refuse_private_access(ast)
     if private is not None:
         raise T2TError(f"{what} reaches for {private!r}: refused by the sandbox", where)
-    used = meta.find_undeclared_variables(ast) - set(ENV.globals)
+    used = meta.find_undeclared_variables(ast) - set(env.globals)
     return compiled, used
 
 
@@ -96,6 +111,8 @@ class CompiledTemplate:
     target: Any
     choices: tuple[str, ...] | Any | None  # fixed tuple, compiled expression, or none
     used_fields: frozenset[str]
+    whole: Any = None  # promptsource style: the compiled `jinja`, rendered whole then split on |||
+    choices_template: Any = None  # promptsource style: answer_choices, rendered then split on |||
 
 
 def _compile_choices(choices: list[str] | str | None, spec: TaskSpec, where: Where,
@@ -133,7 +150,9 @@ def compile_template(
     try:
         return _compile_template(spec, template, limits or task_limits(spec))
     except T2TError as exc:  # a compile error: point at the template in the task file
-        part = next((p for p in ("input", "target", "answer_choices") if f" {p}" in f" {exc.message}"), None)
+        part = next(
+            (p for p in ("input", "target", "jinja", "answer_choices") if f" {p}" in f" {exc.message}"), None
+        )
         loc: tuple = ("templates", spec.templates.index(template))
         if part == "answer_choices" and template.answer_choices is None:
             loc = ("answer_choices",)
@@ -142,7 +161,27 @@ def compile_template(
         raise exc.at(line=file_line(spec, loc)) from None
 
 
+def _compile_promptsource(spec: TaskSpec, template: TemplateSpec, limits: RenderLimits) -> CompiledTemplate:
+    where = Where(file=spec.path, task=spec.name, template=template.name)
+    source = template.jinja
+    if template.truncate_fields:  # promptsource's apply(): every output cut to TEXT_VAR_LENGTH characters
+        source = source.replace("}}", f" | string | truncate({template.truncate_fields}) }}}}")
+    whole, used = _parse(source, "jinja", where, limits, env=PROMPTSOURCE_ENV)
+    choices_template, choice_fields = None, set()
+    if template.answer_choices is not None:
+        choices_template, choice_fields = _parse(template.answer_choices, "answer_choices", where, limits,
+                                                 env=PROMPTSOURCE_ENV)  # fmt: skip
+        _check_fields(choice_fields, spec, "answer_choices", where, frozenset())
+    if "answer_choices" in used and choices_template is None:
+        raise T2TError("jinja uses answer_choices but the template declares none", where)
+    _check_fields(used, spec, "jinja", where, TEMPLATE_VARIABLES)
+    fields = frozenset((used | choice_fields) - TEMPLATE_VARIABLES)
+    return CompiledTemplate(template, None, None, None, fields, whole, choices_template)
+
+
 def _compile_template(spec: TaskSpec, template: TemplateSpec, limits: RenderLimits) -> CompiledTemplate:
+    if template.promptsource:
+        return _compile_promptsource(spec, template, limits)
     where = Where(file=spec.path, task=spec.name, template=template.name)
     choices_source = template.answer_choices if template.answer_choices is not None else spec.answer_choices
     choices, choice_fields = _compile_choices(choices_source, spec, where, limits)
@@ -223,6 +262,10 @@ class Task:
             )
         compiled = self.templates[template]
         where = Where(file=self.spec.path, task=self.name, template=template, split=split, row=index)
+        if compiled.whole is not None:
+            return self._render_promptsource(
+                compiled, row, where, Provenance(self.name, template, split, index)
+            )
         context = self._fields(row, where, compiled.used_fields)
         choices = self._choices(compiled, context, where)
         if choices is not None:
@@ -236,6 +279,36 @@ class Task:
         if choices is not None and targets not in choices:
             raise T2TError(f"target {targets!r} is not one of the answer choices {list(choices)!r}", where)
         return Rendered(inputs, targets, choices, Provenance(self.name, template, split, index))
+
+    def _render_promptsource(self, compiled: CompiledTemplate, row: Mapping[str, Any], where: Where,
+                             provenance: Provenance) -> Rendered:  # fmt: skip
+        """promptsource's Template.apply in the sandbox: `|||` in the row's strings protected, answer_choices
+        rendered and split, the whole template rendered and split into input and target. The row is deep-copied
+        first: a template may build lists with `.append`, and the cached row must never change."""
+        key = (self.name, provenance.template, provenance.row)
+        context = {k: v.replace("|||", PIPE_GUARD) if isinstance(v, str) else v
+                   for k, v in copy.deepcopy(self._fields(row, where, compiled.used_fields)).items()}  # fmt: skip
+        choices = None
+        if compiled.choices_template is not None:
+            text = self._evaluate(compiled.choices_template.render, context, where, "answer_choices", key)
+            choices = tuple(part.strip().replace(PIPE_GUARD, "|||") for part in text.split("|||"))
+        context["answer_choices"] = list(choices) if choices is not None else None
+        output = self._evaluate(compiled.whole.render, context, where, "jinja", key)
+        parts = [part.replace(PIPE_GUARD, "|||").strip() for part in output.split("|||")]
+        if len(parts) != 2 or not all(parts):
+            raise RowSkipped(f"the template gives {len(parts)} part(s), not a non-empty input ||| target: row "
+                             "skipped for this template", where)  # fmt: skip
+        if choices is not None and parts[1] not in choices:
+            raise T2TError(f"target {parts[1]!r} is not one of the answer choices {list(choices)!r}", where)
+        return Rendered(parts[0], parts[1], choices, provenance)
+
+    def try_render(self, row: Mapping[str, Any], template: str, split: str = "train",
+                   index: int = 0) -> Rendered | None:  # fmt: skip
+        """`render`, or None where a promptsource-style template skips the row."""
+        try:
+            return self.render(row, template, split, index)
+        except RowSkipped:
+            return None
 
     def render_example(self, row: Mapping[str, Any], split: str, index: int, seed: int) -> Rendered:
         """Render with the template chosen for (seed, task, index)."""
@@ -278,9 +351,9 @@ class Task:
             raise T2TError(f"answer_choices must be distinct and non-empty, got {list(choices)!r}", where)
         return choices
 
-    def _evaluate(self, fn: Any, context: Any, where: Where, what: str) -> Any:
+    def _evaluate(self, fn: Any, context: Any, where: Where, what: str, key: tuple = ()) -> Any:
         try:
-            value = bounded_call(fn, context, self.limits)
+            value = bounded_call(fn, context, self.limits, key)
             if isinstance(value, Undefined):  # an expression's value: fail here, not later in a repr
                 value._fail_with_undefined_error()
             return value

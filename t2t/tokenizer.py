@@ -35,7 +35,9 @@ def mixture_texts(
         for j, i in enumerate(picks):
             row, source_row = {f: values[j] for f, values in columns.items()}, int(data.source_rows[i])
             for template in task.template_names:
-                example = task.render(row, template, split, source_row)
+                example = task.try_render(row, template, split, source_row)
+                if example is None:  # a promptsource-style template skips this row
+                    continue
                 yield example.inputs
                 yield example.targets
                 yield from example.choices or ()

@@ -73,7 +73,10 @@ class InTrainingEval:
                               self.data.tokenizer_key)  # fmt: skip
         template = encoded.templates[task.template_names[0]]
         n = min(self.config.eval_max_examples, len(template.input_ids))
-        examples = [Example(template.input_ids[i], template.labels[i], 0) for i in range(n)]
+        examples = [
+            Example(template.input_ids[i], template.labels[i], 0) for i in range(n) if template.input_ids[i]
+        ]
+        n = len(examples)
         start = decoder_start_id(model.config)
         total = tokens = 0.0
         for first in range(0, n, 32):

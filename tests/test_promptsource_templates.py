@@ -1,0 +1,176 @@
+"""promptsource-style templates (`jinja:` rendered whole, then split on `|||`) against promptsource's own output.
+
+tests/fixtures/promptsource holds four templates.yaml files of promptsource 0.2.3 (Apache-2.0, its LICENSE
+beside them), hand-written rows in each dataset's schema (rows.json) and what promptsource's own
+`Template.apply` made of them (expected.json; make_expected.py says how). Every template that does not use the
+random `choice` filter must render exactly as promptsource did, rows promptsource skips included; the others
+must be deterministic; no template may change the row it renders.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from t2t.config import TaskSpec
+from t2t.templates import RowSkipped, Task
+
+FIXTURES = Path(__file__).parent / "fixtures" / "promptsource"
+ROWS = json.loads((FIXTURES / "rows.json").read_text())
+EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
+
+
+class _Loader(yaml.SafeLoader):
+    """Reads promptsource's files as plain data: its two tags become mappings."""
+
+
+for _tag in ("!Template", "!TemplateMetadata"):
+    _Loader.add_constructor(_tag, lambda loader, node: loader.construct_mapping(node, deep=True))
+
+
+def slug(name: str, taken: set[str]) -> str:
+    base = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "template"
+    base = base if base[0].isalpha() else f"t_{base}"
+    candidate, n = base, 2
+    while candidate in taken:
+        candidate, n = f"{base}_{n}", n + 1
+    taken.add(candidate)
+    return candidate
+
+
+def task_for(dataset: str) -> tuple[Task, dict[str, str]]:
+    """A t2t task holding the dataset's promptsource templates as they are; promptsource name -> t2t name."""
+    data = yaml.load((FIXTURES / "templates" / dataset / "templates.yaml").read_text(), Loader=_Loader)
+    taken: set[str] = set()
+    names, templates = {}, []
+    for template in data["templates"].values():
+        names[template["name"]] = slug(template["name"], taken)
+        templates.append({"name": names[template["name"]], "jinja": template["jinja"],
+                          "answer_choices": template["answer_choices"]})  # fmt: skip
+    spec = TaskSpec.model_validate({
+        "name": re.sub(r"[^a-z0-9]+", "_", dataset), "version": 1, "cluster": "promptsource",
+        "source": {"kind": "generator", "generator": "add_numbers", "sizes": {"train": 1}},
+        "fields": {field: field for field in ROWS[dataset][0]}, "templates": templates,
+    })  # fmt: skip
+    return Task(spec), names
+
+
+@pytest.mark.parametrize("dataset", sorted(EXPECTED))
+def test_promptsource_templates_render_as_promptsource_does(dataset):
+    task, names = task_for(dataset)
+    compared = skipped = 0
+    for name, outputs in EXPECTED[dataset].items():
+        for index, (row, expected) in enumerate(zip(ROWS[dataset], outputs, strict=True)):
+            before = copy.deepcopy(row)
+            if expected == "skipped":
+                with pytest.raises(RowSkipped, match="row skipped for this template"):
+                    task.render(row, names[name], "train", index)
+                skipped += 1
+            elif expected == "random":
+                first = task.render(row, names[name], "train", index)
+                again = task.render(row, names[name], "train", index)
+                assert first == again  # the choice filter is seeded by (task, template, row)
+            else:
+                rendered = task.render(row, names[name], "train", index)
+                assert [rendered.inputs, rendered.targets] == expected[:2], (name, index)
+                assert (list(rendered.choices) if rendered.choices else None) == expected[2], (name, index)
+                compared += 1
+            assert row == before  # never mutated, though templates may .append to lists
+    assert compared > 0 or dataset == "asset/simplification"
+    if dataset in ("super_glue/rte", "super_glue/copa", "commonsense_qa"):
+        assert skipped > 0  # promptsource's in-template row filters are exercised
+
+
+def test_pipes_inside_a_row_do_not_split_it():
+    task, names = task_for("super_glue/rte")
+    rendered = task.render(ROWS["super_glue/rte"][1], names["GPT-3 style"], "train", 1)
+    assert "losing their effectiveness ||| against illness" in rendered.inputs
+
+
+def test_seeded_choice_differs_between_rows_and_stays_within_the_options():
+    task, names = task_for("asset/simplification")
+    row = ROWS["asset/simplification"][0]
+    targets = {task.render(row, names["verbose-to-simplification"], "train", i).targets for i in range(40)}
+    assert targets <= {
+        "Nearby counties are Marin, Mendocino, Lake and Napa."
+    }  # the one shorter simplification
+    picks = {task.render(row, names["choose-verbose"], "train", i).targets for i in range(40)}
+    assert len(picks) == 2  # the seeded choice still varies with the row index
+
+
+def test_a_jinja_template_with_input_and_target_is_refused(task_dir, run_cli):
+    from tests.conftest import qa_task, write_task
+
+    write_task(task_dir, qa_task(templates=[{"name": "both", "jinja": "{{ question }} ||| {{ answer }}",
+                                             "input": "x", "target": "y"}], golden=[]))  # fmt: skip
+    code, _, err = run_cli("--templates-dir", task_dir, "render", "toy_qa")
+    assert code == 2 and "either `jinja` (promptsource style) or `input` and `target`" in err
+
+
+@pytest.fixture
+def rte_folder(tmp_path):
+    """A files task holding RTE's promptsource templates, on rows of which every third is unlabelled (skipped)."""
+    from tests.conftest import write_jsonl
+
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    rows = [
+        {**ROWS["super_glue/rte"][i % 2], "idx": i, "label": -1 if i % 3 == 2 else i % 2} for i in range(30)
+    ]
+    write_jsonl(folder / "train.jsonl", rows)
+    write_jsonl(folder / "validation.jsonl", rows)
+    data = yaml.load(
+        (FIXTURES / "templates" / "super_glue" / "rte" / "templates.yaml").read_text(), Loader=_Loader
+    )
+    taken: set[str] = set()
+    templates = [{"name": slug(t["name"], taken), "jinja": t["jinja"], "answer_choices": t["answer_choices"]}
+                 for t in list(data["templates"].values())[:3]]  # fmt: skip
+    golden_row = {k: v for k, v in ROWS["super_glue/rte"][0].items() if k != "idx"}
+    expected = EXPECTED["super_glue/rte"]["MNLI crowdsource"][0]
+    spec = {"name": "ps_rte", "version": 1, "cluster": "nli",
+            "source": {"kind": "files", "splits": {"train": "train.jsonl", "validation": "validation.jsonl"}},
+            "fields": {"premise": "", "hypothesis": "", "label": "0 entailment, 1 not, -1 unlabelled"},
+            "metrics": ["accuracy"], "templates": templates,
+            "golden": [{"template": "mnli_crowdsource", "row": golden_row, "input": expected[0],
+                        "target": expected[1], "choices": expected[2]}]}  # fmt: skip
+    (folder / "ps_rte.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    mixtures = tmp_path / "mixtures"
+    mixtures.mkdir()
+    (mixtures / "ps.yaml").write_text(yaml.safe_dump({"name": "ps", "members": {"ps_rte": None}}))
+    return folder, mixtures
+
+
+def test_a_promptsource_task_through_the_cli(rte_folder, tmp_path, run_cli, tiny_tokenizer):
+    folder, mixtures = rte_folder
+    dirs = ["--templates-dir", folder, "--mixtures-dir", mixtures]
+    code, out, err = run_cli(*dirs, "render", "ps_rte", "-n", "30", "--template", "can_we_infer")
+    assert code == 0, err
+    assert out.count("skipped by the template") == 10 and out.count("input:") == 20
+    code, out, err = run_cli(*dirs, "lint", "ps_rte")
+    assert code == 0, out
+    assert re.search(
+        r"template 'can_we_infer', split '(train|validation)'.*: skips \d+ of \d+ sampled rows", err
+    )
+    code, out, _ = run_cli(*dirs, "mixture", "sample", "ps", "--count", "12", "--json")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert any(r.get("skipped") for r in records) and any("input" in r for r in records)
+    tiny_tokenizer.save_pretrained(str(tmp_path / "tok"))
+    code, _, err = run_cli(*dirs, "train", Path(__file__).parents[1] / "configs" / "tiny_cpu.yaml",
+                           f"run_dir={tmp_path / 'run'}", "mixture=ps", f"tokenizer={{pretrained: {tmp_path / 'tok'}}}",
+                           "model.tiny={d_model: 32, num_layers: 1, num_heads: 2, d_ff: 64}", "steps=3",
+                           "batching={strategy: padded, batch_size: 4, max_tokens: null, window_examples: 16}",
+                           "trackers=[]", "log_every_steps=1")  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli(*dirs, "eval", "--model", tmp_path / "run" / "model", "--tasks", "ps_rte", "--out",
+                           tmp_path / "eval")  # fmt: skip
+    assert code == 0, err
+    predictions = [
+        json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
+    ]
+    assert len(predictions) == 3 * 20  # the 10 unlabelled rows are skipped under every template
+    assert all(p["choices"] == ["Yes", "No"] for p in predictions)
