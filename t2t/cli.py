@@ -308,6 +308,22 @@ def cmd_export_lm_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_promptsource(args: argparse.Namespace) -> int:
+    from t2t.promptsource import import_promptsource
+
+    report = import_promptsource(args.path, args.out, args.datasets)
+    print(f"{len(report.new) + len(report.changed) + len(report.unchanged)} task files in {args.out} "
+          f"({len(report.new)} new, {len(report.changed)} changed, {len(report.unchanged)} unchanged), "
+          f"{report.templates} templates")  # fmt: skip
+    for name in report.changed:
+        print(f"changed: {name}")
+    if report.failed:
+        print(f"{len(report.failed)} templates could not be imported:")
+        for line in report.failed:
+            print(f"  {line}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from t2t.demo import run_demo
 
@@ -472,6 +488,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-generate", action="store_true", help="rank classification only (tasks with choices)")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json / .md, predictions, plot")
+
+    imports = sub.add_parser("import", help="import tasks from other tools", description="import tasks")
+    imports_sub = imports.add_subparsers(dest="import_command", required=True, metavar="COMMAND")
+    p = imports_sub.add_parser("promptsource", help="promptsource's templates as t2t task files, as they are")
+    p.set_defaults(fn=cmd_import_promptsource)
+    p.add_argument("path", type=Path, help="an unpacked promptsource sdist or a git clone")
+    p.add_argument(
+        "--out", type=Path, required=True, help="folder for the task files (use it with --templates-dir)"
+    )
+    p.add_argument("--datasets", nargs="+", metavar="NAME", help="only these (dataset or dataset/subset)")
 
     export = sub.add_parser(
         "export", help="export tasks to other tools", description="export tasks to other tools"

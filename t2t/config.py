@@ -177,6 +177,8 @@ class TaskSpec(Spec):
     # field -> the value a template sees where a row lacks the field or holds null (else that is an error)
     defaults: dict[str, Any] = Field(default_factory=dict)
     limits: LimitsSpec = LimitsSpec()  # render limits, where the defaults do not suit this task
+    # Where the file came from when a tool wrote it (e.g. `t2t import promptsource`): its templates, licence, ids.
+    origin: dict[str, Any] = Field(default_factory=dict)
     path: Path | None = Field(default=None, exclude=True)  # set by the loader, never by the file
 
     @field_validator("name", "cluster")

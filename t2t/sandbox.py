@@ -397,6 +397,9 @@ class PromptsourceEnvironment(BoundedEnvironment):
         self.globals["zip"] = zip
         self.filters["most_frequent"] = most_frequent
         self.filters["choice"] = seeded_choice
+        self.filters["random"] = (
+            seeded_choice  # Jinja's own random filter, used by a few templates: seeded too
+        )
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         return SandboxedEnvironment.is_safe_attribute(

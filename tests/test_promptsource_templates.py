@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,54 @@ def test_a_promptsource_task_through_the_cli(rte_folder, tmp_path, run_cli, tiny
     ]
     assert len(predictions) == 3 * 20  # the 10 unlabelled rows are skipped under every template
     assert all(p["choices"] == ["Yes", "No"] for p in predictions)
+
+
+def test_import_lint_render_and_reimport(tmp_path, run_cli):
+    from t2t.config import load_task_spec
+
+    sdist = tmp_path / "promptsource-0.2.3"
+    shutil.copytree(FIXTURES, sdist / "promptsource")  # the layout of an unpacked sdist
+    (sdist / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: promptsource\nVersion: 0.2.3\n")
+    out = tmp_path / "imported"
+    code, stdout, err = run_cli("import", "promptsource", sdist, "--out", out)
+    assert code == 0, err
+    n_templates = sum(len(t) for t in EXPECTED.values())
+    assert (
+        stdout.splitlines()[0]
+        == f"4 task files in {out} (4 new, 0 changed, 0 unchanged), {n_templates} templates"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["ps_asset_simplification.yaml", "ps_commonsense_qa.yaml",
+                                                     "ps_super_glue_copa.yaml", "ps_super_glue_rte.yaml"]  # fmt: skip
+    spec = load_task_spec(out / "ps_super_glue_rte.yaml")
+    assert (
+        spec.source.path == "aps/super_glue" and spec.source.name == "rte"
+    )  # today's hub id, from the data file
+    assert set(spec.fields) == {"premise", "hypothesis", "label"}  # found in the templates' syntax trees
+    assert spec.origin == {"tool": "promptsource", "version": "0.2.3", "licence": "Apache-2.0",
+                           "dataset": "super_glue", "subset": "rte"}  # fmt: skip
+    assert spec.templates[0].metadata["promptsource_id"] == "2b52a83c-0021-41fe-b44c-5aaa076d71a2"
+    code, out_lint, err = run_cli("--templates-dir", out, "lint", "ps_super_glue_rte", "ps_super_glue_copa")
+    assert code == 0 and out_lint == "", out_lint
+    assert "no golden examples yet (imported from promptsource)" in err
+    for dataset in EXPECTED:  # the imported files render as promptsource does
+        task = Task(load_task_spec(out / f"ps_{re.sub(r'[^a-z0-9]+', '_', dataset)}.yaml"))
+        by_name = {t.metadata["promptsource_name"]: t.name for t in task.spec.templates}
+        for name, outputs in EXPECTED[dataset].items():
+            for index, (row, expected) in enumerate(zip(ROWS[dataset], outputs, strict=True)):
+                rendered = task.try_render(row, by_name[name], "train", index)
+                if expected == "skipped":
+                    assert rendered is None
+                elif expected != "random":
+                    assert [rendered.inputs, rendered.targets] == expected[:2]
+    code, stdout, _ = run_cli("import", "promptsource", sdist, "--out", out)
+    assert "(0 new, 0 changed, 4 unchanged)" in stdout
+    rte = sdist / "promptsource" / "templates" / "super_glue" / "rte" / "templates.yaml"
+    rte.write_text(rte.read_text().replace("Yes or no?", "Yes or no ?", 1))
+    code, stdout, _ = run_cli("import", "promptsource", sdist, "--out", out)
+    assert "(0 new, 1 changed, 3 unchanged)" in stdout and "changed: ps_super_glue_rte" in stdout
+
+
+def test_import_refuses_a_folder_without_templates(tmp_path, run_cli):
+    code, out, err = run_cli("import", "promptsource", tmp_path, "--out", tmp_path / "out")
+    assert code == 2 and out == "" and "no promptsource templates here" in err
+    assert not (tmp_path / "out").exists()
