@@ -15,6 +15,9 @@ Jinja's sandbox keeps templates away from Python internals, but not away from `{
 - a template's source length and nesting depth are bounded when it is compiled;
 - functions, methods, modules and classes never render into text (their repr holds a memory address).
 
+`PromptsourceEnvironment` is the same with what promptsource's templates need (list mutation, bounded, on a
+deep copy of the row; `zip`, `most_frequent`, a seeded `choice`/`random`).
+
 Breaking a bound raises `LimitError` naming the limit; t2t.templates turns it into one line naming the file,
 task, template and row. The defaults (`RenderLimits`) are far above what any shipped or promptsource template
 needs; a task file overrides them under `limits:`.
