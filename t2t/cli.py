@@ -226,6 +226,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def selected_tasks(args: argparse.Namespace, registry: Registry) -> tuple[list[str], set[str]]:
+    """The tasks of `--mixture M [--held-out]` or `--tasks ...` (each checked to exist), and the held-out ones."""
+    from t2t.mixtures import load_mixture
+
+    if args.mixture:
+        mixture = load_mixture(registry, args.mixture)
+        tasks = list(mixture.held_out) if args.held_out else [*mixture.task_names, *mixture.held_out]
+        return tasks, set(mixture.held_out)
+    for name in args.tasks:
+        registry.task(name)
+    return list(args.tasks), set()
+
+
+def add_task_selection(p: argparse.ArgumentParser) -> None:
+    """--mixture M [--held-out] | --tasks T ..., and --split, for commands that take tasks to evaluate."""
+    add_task_selection(p)
+
+
 def eval_device(name: str) -> tuple[str, str]:
     """(device, dtype) for `t2t eval --device`: auto takes the GPU when there is one (in bf16 there)."""
     import torch
@@ -240,20 +258,12 @@ def eval_device(name: str) -> tuple[str, str]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from t2t.checkpoint import read_encoding
     from t2t.evaluation import EvalConfig, evaluate
-    from t2t.mixtures import load_mixture
     from t2t.modeling import load_model
     from t2t.reports import print_evaluation, save_evaluation
     from t2t.tokenizer import load_tokenizer
 
     registry = _registry(args)
-    if args.mixture:
-        mixture = load_mixture(registry, args.mixture)
-        held_out = set(mixture.held_out)
-        tasks = list(mixture.held_out) if args.held_out else [*mixture.task_names, *mixture.held_out]
-    else:
-        held_out, tasks = set(), list(args.tasks)
-        for name in tasks:
-            registry.task(name)
+    tasks, held_out = selected_tasks(args, registry)
     if args.template is not None:
         for name in tasks:
             registry.task(name).spec.template(args.template)  # each task must have it: refused before loading
@@ -283,16 +293,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_export_lm_eval(args: argparse.Namespace) -> int:
     from t2t.export import export_lm_eval
-    from t2t.mixtures import load_mixture
 
     registry = _registry(args)
-    if args.mixture:
-        mixture = load_mixture(registry, args.mixture)
-        tasks = list(mixture.held_out) if args.held_out else [*mixture.task_names, *mixture.held_out]
-    else:
-        tasks = list(args.tasks)
-        for name in tasks:
-            registry.task(name)
+    tasks, _ = selected_tasks(args, registry)
     tokenizer = None
     if args.tokenizer is not None:
         from t2t.tokenizer import load_tokenizer
@@ -453,11 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", type=Path, required=True, help="an HF seq2seq dir (a t2t run's model/, a flan-t5 dir)"
     )
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--mixture", help="the mixture's training and held-out tasks")
-    which.add_argument("--tasks", nargs="+", metavar="TASK")
-    p.add_argument("--held-out", action="store_true", help="with --mixture: only its held-out tasks")
-    p.add_argument("--split", default="validation")
+    add_task_selection(p)
     p.add_argument(
         "--max-examples",
         type=positive_int,
