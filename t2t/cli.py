@@ -241,7 +241,11 @@ def selected_tasks(args: argparse.Namespace, registry: Registry) -> tuple[list[s
 
 def add_task_selection(p: argparse.ArgumentParser) -> None:
     """--mixture M [--held-out] | --tasks T ..., and --split, for commands that take tasks to evaluate."""
-    add_task_selection(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--mixture", help="the mixture's training and held-out tasks")
+    which.add_argument("--tasks", nargs="+", metavar="TASK")
+    p.add_argument("--held-out", action="store_true", help="with --mixture: only its held-out tasks")
+    p.add_argument("--split", default="validation")
 
 
 def eval_device(name: str) -> tuple[str, str]:
@@ -504,11 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_sub = export.add_subparsers(dest="export_command", required=True, metavar="COMMAND")
     p = export_sub.add_parser("lm-eval", help="lm-evaluation-harness tasks rendered by t2t's templates")
     p.set_defaults(fn=cmd_export_lm_eval)
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--mixture", help="the mixture's training and held-out tasks")
-    which.add_argument("--tasks", nargs="+", metavar="TASK")
-    p.add_argument("--held-out", action="store_true", help="with --mixture: only its held-out tasks")
-    p.add_argument("--split", default="validation")
+    add_task_selection(p)
     p.add_argument(
         "--max-examples", type=positive_int, help="per task: the rows `t2t eval --max-examples N` takes"
     )
