@@ -244,7 +244,6 @@ class Checkpointer:
         """Copy the selected checkpoint's model to RUN_DIR/best (a plain HF dir), replacing it atomically."""
         out = self.run_dir / BEST
         if self.accelerator.is_main_process:
-            mark_best(self.run_dir, step)
             staging = self.run_dir / f".tmp-{BEST}"
             shutil.rmtree(staging, ignore_errors=True)
             shutil.copytree(checkpoint_path(self.run_dir, step) / "model", staging)

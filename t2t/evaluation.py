@@ -125,7 +125,9 @@ class TaskResult:
     bootstrap interval, and one record per example and template."""
 
     per_template: dict[str, dict[str, float]]
-    metric: str
+    metric: (
+        str | None
+    )  # None (and an empty summary) when nothing was scored: rank classification only, no choices
     summary: dict[str, float]
     records: list[dict]
 
@@ -157,6 +159,8 @@ def evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig) ->
     if not per_template:
         raise T2TError(f"no {config.split} row renders under any template: every template skips them",
                        Where(file=task.spec.path, task=task.name, split=config.split))  # fmt: skip
+    if not any(per_template.values()):  # rank classification only, and the task has no answer choices
+        return TaskResult(per_template, None, {}, records)
     metric = primary_metric(task, per_template)
     summary = summarise([s[metric] for s in per_template.values()])
     summary.update(bootstrap_interval({t: f[metric] for t, f in samplers.items()}, len(picks),
@@ -275,6 +279,8 @@ def evaluate(model: Any, tokenizer: Any, registry: Registry, tasks: list[str], h
         task = registry.task(name)
         result = evaluate_task(model, tokenizer, task, config)
         per_template = result.per_template
+        if result.metric is None:  # --no-generate on a task without answer choices: nothing to report
+            continue
         report["tasks"][name] = {
             "cluster": task.spec.cluster, "held_out": name in held_out, "metric": result.metric,
             "templates": per_template, "summary": result.summary,

@@ -55,7 +55,7 @@ class InTrainingEval:
             task = self.registry.task(name)
             record[f"eval_loss/{name}"] = self.validation_loss(task, model, tokenizer)
             result = evaluate_task(model, tokenizer, task, eval_config)
-            if next(iter(result.per_template.values())):
+            if result.metric is not None:  # scored (a generation-only task is not, between generation rounds)
                 scores[name] = Score(result.summary["median"], result.summary["ci_half_width"])
                 record[f"eval/{name}"] = scores[name].value
         model.train()

@@ -221,3 +221,13 @@ def test_eval_template_device_and_rows_match_render(trained_yes_no, tmp_path, ru
             "t2t: error: --device cuda: no CUDA device is available here (use --device cpu or auto)"
         )
         assert not (tmp_path / "e3").exists()
+
+
+def test_no_generate_reports_only_the_tasks_with_answer_choices(trained_yes_no, tmp_path, run_cli):
+    registry, run_dir = trained_yes_no
+    code, _, err = run_cli("--templates-dir", registry.template_dirs[-1], "eval", "--model", run_dir / "model",
+                           "--tasks", "say_it", "add_numbers", "--max-examples", "4", "--no-generate",
+                           "--out", tmp_path / "eval")  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(report["tasks"]) == {"say_it"} and report["tasks"]["say_it"]["metric"] == "rank_sum"

@@ -315,3 +315,15 @@ def test_non_finite_loss_stops_naming_the_tasks(tmp_path, tokenizer_dir, mixture
     ):
         run.fit()
     assert latest_checkpoint(config.run_dir).name == "step_00000002"  # the last good checkpoint is untouched
+
+
+def test_in_training_evaluation_between_generation_rounds(tmp_path, tokenizer_dir, mixture_dir):
+    # The default eval_generate_every is 2: the first evaluation scores rank classification only, which a
+    # generation task (no answer choices) does not have; it still gets its validation loss, and no score.
+    config = make_config(tmp_path, tokenizer_dir, steps=4, eval_every_steps=2, eval_max_examples=4)
+    assert config.eval_generate_every == 2
+    train(config, registry_with(mixture_dir))
+    first, second = [json.loads(line) for line in (config.run_dir / "eval.jsonl").read_text().splitlines()]
+    assert first["generation"] is False and "eval_loss/add_numbers" in first and "eval/add_numbers" not in first
+    assert second["generation"] is True and 0.0 <= second["eval/add_numbers"] <= 100.0
+    assert (config.run_dir / "best").is_dir()  # the one selection round chose step 4
