@@ -20,7 +20,7 @@ from t2t.mixtures import Mixture, stream_for
 from t2t.registry import Registry
 from t2t.rng import keyed_rng
 from t2t.sampler import StreamItem
-from t2t.train_config import BatchingSpec
+from t2t.train_config import BatchingSpec, packed_rows_problem
 
 
 @dataclass
@@ -80,16 +80,6 @@ def auto_target_tokens(data: MixtureData, config: BatchingSpec, multiple: int = 
     return max(tokens, data.limits.max_target_tokens)
 
 
-def check_packed_rows(config: BatchingSpec, limits: Limits) -> None:
-    """Packed rows must hold the longest example the limits allow (else that example fits no row)."""
-    for side, row, limit in (("input", config.pack_input_tokens, limits.max_input_tokens),
-                             ("target", config.pack_target_tokens, limits.max_target_tokens)):  # fmt: skip
-        if row is not None and row < limit:
-            raise T2TError(f"batching.pack_{side}_tokens={row} is shorter than max_{side}_tokens={limit}: "
-                           f"an example of {limit} {side} tokens would fit no packed row; raise the row "
-                           f"length or lower the limit")  # fmt: skip
-
-
 class BatchLoader:
     """Batches of one process, from its state on; `state` always names the next batch."""
 
@@ -102,7 +92,9 @@ class BatchLoader:
             if config.pack_target_tokens is None:
                 target = auto_target_tokens(data, config)
                 self.config = config = config.model_copy(update={"pack_target_tokens": target})
-            check_packed_rows(config, data.limits)
+            problem = packed_rows_problem(config, data.limits.max_input_tokens, data.limits.max_target_tokens)
+            if problem is not None:
+                raise T2TError(problem)
         self.state = state or LoaderState()
         self.pad_id = data.tokenizer.pad_token_id
         # The model's decoder start token (t2t.encoding.decoder_start_id); T5's is the pad id.

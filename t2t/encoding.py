@@ -146,19 +146,15 @@ def encode_task(
             kept = [e for e in rendered if e is not None]  # a skipped (row, template) gets empty ids
             input_ids, inputs_cut = encode_texts(tokenizer, [e.inputs for e in kept], limits.max_input_tokens)
             labels, targets_cut = encode_texts(tokenizer, [e.targets for e in kept], limits.max_target_tokens)
-            columns: dict[str, list] = {
-                "input_ids": [],
-                "labels": [],
-                "input_cut": [],
-                "target_cut": [],
-                "skipped": [],
-            }
-            values = iter(zip(input_ids, labels, inputs_cut, targets_cut, strict=True))
-            for example in rendered:
-                ids, label, cut_in, cut_out = next(values) if example is not None else ([], [], False, False)
-                for name, value in zip(columns, (ids, label, cut_in, cut_out, example is None), strict=True):
-                    columns[name].append(value)
-            return columns
+
+            def spread(values: list, empty: Any) -> list:
+                """One value per kept example, back in row order, `empty` where the template skipped the row."""
+                values = iter(values)
+                return [next(values) if e is not None else empty for e in rendered]
+
+            return {"input_ids": spread(input_ids, []), "labels": spread(labels, []),
+                    "input_cut": spread(inputs_cut, False), "target_cut": spread(targets_cut, False),
+                    "skipped": [e is None for e in rendered]}  # fmt: skip
 
         fields = rows.rows.select_columns(list(task.spec.fields))
         data = fields.map(
@@ -180,9 +176,14 @@ def encode_task(
 def truncation_warnings(
     encoded: dict[str, EncodedTask], limits: Limits, threshold: float = 0.01
 ) -> list[str]:
-    """One line per task whose targets (or inputs) are cut more often than `threshold`."""
+    """One line per task whose targets (or inputs) are cut more often than `threshold`, and one per template
+    that skips rows (promptsource style: training passes those positions over)."""
     lines = []
     for name, task in encoded.items():
+        for template, data in task.templates.items():
+            if data.skipped:
+                lines.append(f"task {name}: template {template} skips {data.skipped} of {task.n_rows} rows "
+                             "(no input ||| target for them); training passes those positions over")  # fmt: skip
         cut = task.truncation()
         if cut["targets"] > threshold:
             lines.append(

@@ -53,8 +53,8 @@ def export_lm_eval(registry: Registry, tasks: list[str], split: str, out: Path, 
         import lm_eval  # noqa: F401  (checked before anything is written)
     except ImportError:
         raise T2TError("t2t export lm-eval needs lm-eval: pip install 't2t[lmeval]'") from None
-    if out.exists() and any(out.iterdir()):
-        raise T2TError("the output folder is not empty: choose another --out or remove it", Where(file=out))
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise T2TError("--out must be a new or empty folder: choose another or remove it", Where(file=out))
     out.mkdir(parents=True, exist_ok=True)
     groups: dict[str, list[str]] = {}
     try:
@@ -154,7 +154,6 @@ def check_loads(folder: Path, groups: dict[str, list[str]]) -> None:
         raise T2TError(
             f"lm-eval cannot load the exported tasks: {first_line(exc)}", Where(file=folder)
         ) from None
-    text = repr(loaded)
-    absent = [t for members in groups.values() for t in members if t not in text]
+    absent = [t for members in groups.values() for t in members if t not in loaded.get("tasks", {})]
     if absent:
         raise T2TError(f"lm-eval loaded the groups without task {absent[0]!r}", Where(file=folder))

@@ -157,6 +157,8 @@ def _compile_problem(task: dict, template: dict) -> str | None:
 
 
 def import_promptsource(path: Path, out: Path, datasets: list[str] | None = None) -> ImportReport:
+    if out.exists() and not out.is_dir():
+        raise T2TError("--out must be a folder", Where(file=out))
     root = templates_dir(path)
     version = _version(path)
     hub_ids = yaml.safe_load((Path(__file__).parent / "promptsource_hub.yaml").read_text())

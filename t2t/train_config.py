@@ -102,6 +102,18 @@ class SelectionSpec(Spec):
     reference: Path | None = None  # a `t2t eval` results.json; None: the run's first evaluation
 
 
+def packed_rows_problem(batching: BatchingSpec, max_input_tokens: int, max_target_tokens: int) -> str | None:
+    """Why packed rows could not hold the longest example the token limits allow, or None."""
+    if batching.strategy != "packed":
+        return None
+    for side, row, limit in (("input", batching.pack_input_tokens, max_input_tokens),
+                             ("target", batching.pack_target_tokens, max_target_tokens)):  # fmt: skip
+        if row is not None and row < limit:
+            return (f"batching.pack_{side}_tokens={row} is shorter than max_{side}_tokens={limit}: an example "
+                    "that long would fit no packed row")  # fmt: skip
+    return None
+
+
 class TrainConfig(Spec):
     run_dir: Path
     mixture: str
@@ -132,13 +144,9 @@ class TrainConfig(Spec):
 
     @model_validator(mode="after")
     def _packed_rows_hold_the_longest_example(self) -> TrainConfig:
-        b = self.batching
-        if b.strategy == "packed":
-            for side, row, limit in (("input", b.pack_input_tokens, self.max_input_tokens),
-                                     ("target", b.pack_target_tokens, self.max_target_tokens)):  # fmt: skip
-                if row is not None and row < limit:
-                    raise ValueError(f"batching.pack_{side}_tokens={row} is shorter than max_{side}_tokens="
-                                     f"{limit}: an example that long would fit no packed row")  # fmt: skip
+        problem = packed_rows_problem(self.batching, self.max_input_tokens, self.max_target_tokens)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
 

@@ -200,6 +200,12 @@ def test_eval_template_device_and_rows_match_render(trained_yes_no, tmp_path, ru
     assert set(report["tasks"]["say_it"]["templates"]) == {"repeat"}
     assert report["device"] == "cpu" and report["dtype"] == "fp32"
     assert report["max_input_tokens"] == 256  # read from the model's t2t_encoding.json (the config's default)
+    code, _, err = run_cli(*dirs, "eval", "--model", run_dir / "model", "--tasks", "say_it", "--max-examples", "5",
+                           "--scoring", "t0", "--max-input-tokens", "3", "--max-target-tokens", "2",
+                           "--no-generate", "--out", tmp_path / "e_t0")  # fmt: skip
+    assert code == 0, err
+    cut = json.loads((tmp_path / "e_t0" / "results.json").read_text())
+    assert (cut["scoring"], cut["max_input_tokens"], cut["max_target_tokens"]) == ("t0", 3, 2)
     evaluated = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     # `t2t render -n 5 --json` shows exactly the rows `t2t eval --max-examples 5` took
     code, stdout, err = run_cli(*dirs, "render", "say_it", "-n", "5", "--split", "validation", "--template",

@@ -63,8 +63,12 @@ def test_export_writes_tasks_that_lm_eval_loads_and_refuses_a_used_folder(checkp
     assert len(docs) == 12 and all(d["choices"][d["label"]] == d["target"] for d in docs)
     generation = (out / "t2t_color_lookup__what_color.yaml").read_text()
     assert "output_type: generate_until" in generation and "!function utils.process_results" in generation
+    code, stdout, err = run_cli("export", "lm-eval", "--mixture", "demo", "--held-out", "--max-examples", "5",
+                                "--out", tmp_path / "held_out")  # fmt: skip
+    assert code == 0, err
+    assert "--tasks t2t_color_check,t2t_sum_check" in stdout  # the demo's held-out tasks, ready to run
     code, _, err = run_cli("export", "lm-eval", "--tasks", "word_in_list", "--out", out)
-    assert code == 2 and "the output folder is not empty" in err
+    assert code == 2 and "--out must be a new or empty folder" in err
 
 
 @pytest.mark.slow

@@ -161,12 +161,13 @@ def test_a_promptsource_task_through_the_cli(rte_folder, tmp_path, run_cli, tiny
     records = [json.loads(line) for line in out.splitlines()]
     assert any(r.get("skipped") for r in records) and any("input" in r for r in records)
     tiny_tokenizer.save_pretrained(str(tmp_path / "tok"))
-    code, _, err = run_cli(*dirs, "train", Path(__file__).parents[1] / "configs" / "tiny_cpu.yaml",
+    code, out, err = run_cli(*dirs, "train", Path(__file__).parents[1] / "configs" / "tiny_cpu.yaml",
                            f"run_dir={tmp_path / 'run'}", "mixture=ps", f"tokenizer={{pretrained: {tmp_path / 'tok'}}}",
                            "model.tiny={d_model: 32, num_layers: 1, num_heads: 2, d_ff: 64}", "steps=3",
                            "batching={strategy: padded, batch_size: 4, max_tokens: null, window_examples: 16}",
                            "trackers=[]", "log_every_steps=1")  # fmt: skip
     assert code == 0, err
+    assert "task ps_rte: template can_we_infer skips 10 of 30 rows" in out
     code, _, err = run_cli(*dirs, "eval", "--model", tmp_path / "run" / "model", "--tasks", "ps_rte", "--out",
                            tmp_path / "eval")  # fmt: skip
     assert code == 0, err
@@ -216,6 +217,10 @@ def test_import_lint_render_and_reimport(tmp_path, run_cli):
                     assert [rendered.inputs, rendered.targets] == expected[:2]
     code, stdout, _ = run_cli("import", "promptsource", sdist, "--out", out)
     assert "(0 new, 0 changed, 4 unchanged)" in stdout
+    code, stdout, _ = run_cli("import", "promptsource", sdist, "--out", tmp_path / "only", "--datasets",
+                              "super_glue/rte", "commonsense_qa")  # fmt: skip
+    assert code == 0 and sorted(p.name for p in (tmp_path / "only").iterdir()) == [
+        "ps_commonsense_qa.yaml", "ps_super_glue_rte.yaml"]  # fmt: skip
     rte = sdist / "promptsource" / "templates" / "super_glue" / "rte" / "templates.yaml"
     rte.write_text(rte.read_text().replace("Yes or no?", "Yes or no ?", 1))
     code, stdout, _ = run_cli("import", "promptsource", sdist, "--out", out)
@@ -226,3 +231,16 @@ def test_import_refuses_a_folder_without_templates(tmp_path, run_cli):
     code, out, err = run_cli("import", "promptsource", tmp_path, "--out", tmp_path / "out")
     assert code == 2 and out == "" and "no promptsource templates here" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_truncate_fields_cuts_each_output_as_promptsource_does():
+    row = {"premise": "word " * 1000, "hypothesis": "h", "label": 0}
+    spec = {"name": "cut", "version": 1, "cluster": "c", "fields": {"premise": "", "hypothesis": "", "label": ""},
+            "source": {"kind": "generator", "generator": "add_numbers", "sizes": {"train": 1}},
+            "templates": [{"name": "default", "jinja": "{{ premise }} ||| {{ hypothesis }}"},
+                          {"name": "short", "jinja": "{{ premise }} ||| {{ hypothesis }}", "truncate_fields": 20},
+                          {"name": "whole", "jinja": "{{ premise }} ||| {{ hypothesis }}", "truncate_fields": None}]}  # fmt: skip
+    task = Task(TaskSpec.model_validate(spec))
+    default, short, whole = (task.render(row, name).inputs for name in ("default", "short", "whole"))
+    assert len(whole) == 4999 and 2040 < len(default) <= 2048 and default.endswith("...")  # at most 2,048
+    assert short == "word word word..."  # Jinja's truncate: cut at a word boundary, then "..."

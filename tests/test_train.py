@@ -324,6 +324,26 @@ def test_in_training_evaluation_between_generation_rounds(tmp_path, tokenizer_di
     assert config.eval_generate_every == 2
     train(config, registry_with(mixture_dir))
     first, second = [json.loads(line) for line in (config.run_dir / "eval.jsonl").read_text().splitlines()]
-    assert first["generation"] is False and "eval_loss/add_numbers" in first and "eval/add_numbers" not in first
+    assert (
+        first["generation"] is False and "eval_loss/add_numbers" in first and "eval/add_numbers" not in first
+    )
     assert second["generation"] is True and 0.0 <= second["eval/add_numbers"] <= 100.0
     assert (config.run_dir / "best").is_dir()  # the one selection round chose step 4
+
+
+def test_selection_against_a_reference_results_file(tmp_path, tokenizer_dir, mixture_dir):
+    # A reference no checkpoint of a 4-step run can reach: every evaluation regresses, none is selected.
+    reference = tmp_path / "reference.json"
+    reference.write_text(json.dumps({"tasks": {t: {"summary": {"median": 100.0, "ci_half_width": 0.0}}
+                                               for t in ("add_numbers", "color_lookup")}}))  # fmt: skip
+    config = make_config(tmp_path, tokenizer_dir, steps=4, eval_every_steps=2, eval_generate_every=1,
+                         eval_max_examples=4, selection={"margin": 1.0, "reference": str(reference)})  # fmt: skip
+    result = train(config, registry_with(mixture_dir))
+    assert result["best"] is None and not (config.run_dir / "best").exists()
+    report = (config.run_dir / "selection.md").read_text()
+    assert "No evaluated checkpoint was eligible" in report and f"results file {reference}" in report
+    assert "| 2 |" in report and "regressed: add_numbers:" in report
+    bad = make_config(tmp_path / "bad", tokenizer_dir, steps=2, eval_every_steps=1,
+                      selection={"reference": str(tmp_path / "missing.json")})  # fmt: skip
+    with pytest.raises(T2TError, match="selection.reference: no such file"):
+        Run(bad, registry_with(mixture_dir))
