@@ -345,5 +345,5 @@ def test_selection_against_a_reference_results_file(tmp_path, tokenizer_dir, mix
     assert "| 2 |" in report and "regressed: add_numbers:" in report
     bad = make_config(tmp_path / "bad", tokenizer_dir, steps=2, eval_every_steps=1,
                       selection={"reference": str(tmp_path / "missing.json")})  # fmt: skip
-    with pytest.raises(T2TError, match="selection.reference: no such file"):
+    with pytest.raises(T2TError, match=r"selection\.reference: no such file"):
         Run(bad, registry_with(mixture_dir))
