@@ -109,15 +109,15 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
-    from t2t.lint import lint, lint_warnings
+    from t2t.lint import lint
 
     registry = _registry(args)
     for name in args.tasks:
         registry.task(name)  # unknown names are bad input (exit 2), not lint problems
-    problems = lint(registry, args.tasks or None)
+    problems, warnings = lint(registry, args.tasks or None)
     for line in problems:
         print(line)
-    for line in lint_warnings(registry, args.tasks or None):
+    for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
     checked = len(args.tasks) if args.tasks else len(registry.task_names)
     print(

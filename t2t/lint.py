@@ -15,49 +15,34 @@ from t2t.templates import RowSkipped, Task
 SAMPLE_ROWS = 16  # real rows rendered per split and template
 
 
-def lint(registry: Registry, names: list[str] | None = None) -> list[str]:
-    """Every problem found, one line each; an empty list means all is well."""
+def lint(registry: Registry, names: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(problems, warnings), one line each: no problem means all is well; warnings are things to look at (data
+    files outside a task's folder, an imported task without golden rows, rows a promptsource-style template
+    skips)."""
     problems: list[str] = []
-    SKIPS.clear()
+    warnings: list[str] = []
     for name in names if names is not None else registry.task_names:
         try:
             task = registry.task(name)
         except T2TError as exc:
             problems.append(str(exc))
             continue
-        problems.extend(lint_task(task))
+        problems.extend(lint_task(task, warnings))
+    return problems, warnings
+
+
+def lint_task(task: Task, warnings: list[str] | None = None) -> list[str]:
+    """The task's problems; its warnings are appended to `warnings` when given."""
+    notes = warnings if warnings is not None else []
+    problems = [str(p) for p in (*_unused_fields(task), *_golden(task), *_real_rows(task, notes))]
+    spec = task.spec
+    if not spec.golden and spec.origin:
+        notes.append(f"{Where(file=spec.path, task=task.name)}: no golden examples yet (imported from "
+                     f"{spec.origin.get('tool', 'elsewhere')}): add one under 'golden' to pin its rendering")  # fmt: skip
+    for split, path in outside_paths(spec):
+        where = Where(file=spec.path, task=task.name, split=split)
+        notes.append(f"{where}: data file outside the task's folder: {path} (refused under --strict-paths)")
     return problems
-
-
-def lint_task(task: Task) -> list[str]:
-    return [str(p) for p in (*_unused_fields(task), *_golden(task), *_real_rows(task))]
-
-
-SKIPS: dict[
-    tuple[str, str], dict[str, tuple[int, int]]
-] = {}  # (task, split) -> template -> (skipped, sampled)
-
-
-def lint_warnings(registry: Registry, names: list[str] | None = None) -> list[str]:
-    """Things to look at that are not errors: data files read from outside their task's folder, and how many
-    sampled rows each promptsource-style template skipped (after `lint` ran)."""
-    lines = [f"{Where(task=task, split=split, template=template)}: skips {n} of {total} sampled rows"
-             for (task, split), counts in sorted(SKIPS.items()) for template, (n, total) in counts.items()
-             if names is None or task in names]  # fmt: skip
-    for name in names if names is not None else registry.task_names:
-        try:
-            spec = registry.task(name).spec
-        except T2TError:
-            continue  # reported by lint()
-        if not spec.golden and spec.origin:
-            lines.append(f"{Where(file=spec.path, task=name)}: no golden examples yet (imported from "
-                         f"{spec.origin.get('tool', 'elsewhere')}): add one under 'golden' to pin its rendering")  # fmt: skip
-        for split, path in outside_paths(spec):
-            where = Where(file=spec.path, task=name, split=split)
-            lines.append(
-                f"{where}: data file outside the task's folder: {path} (refused under --strict-paths)"
-            )
-    return lines
 
 
 def _unused_fields(task: Task) -> Iterator[T2TError]:
@@ -97,7 +82,7 @@ def _golden(task: Task) -> Iterator[T2TError]:
                 yield T2TError(f"golden {part} differs: expected {expected!r}, rendered {actual!r}", where)
 
 
-def _real_rows(task: Task) -> Iterator[T2TError]:
+def _real_rows(task: Task, notes: list[str]) -> Iterator[T2TError]:
     """Render a seeded sample of real rows of every split under every template."""
     if not available_offline(task.spec):
         return
@@ -119,8 +104,10 @@ def _real_rows(task: Task) -> Iterator[T2TError]:
                 except T2TError as exc:
                     yield exc.at(file=task.spec.path)
                     break
-        SKIPS[(task.name, split)] = {t: (n, len(picks)) for t, n in skipped.items() if n}
         for template, n in skipped.items():
+            if n:
+                notes.append(f"{Where(task=task.name, split=split, template=template)}: skips {n} of {len(picks)} "
+                             "sampled rows")  # fmt: skip
             if n == len(picks):
                 where = Where(file=task.spec.path, task=task.name, template=template, split=split)
                 yield T2TError(f"the template skips all {n} sampled rows: it renders no example", where)
