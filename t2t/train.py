@@ -321,7 +321,7 @@ class Run:
             task_loss += batch_loss
             task_tokens += batch_tokens
             objective += balanced.detach() / global_tokens
-            self.weights = used.detach().float().cpu()
+            self.weights = used.detach()  # stays on the device: read (and synchronised) only when logged
         self.scheduler.step()
         reduced = acc.reduce(torch.cat([task_loss, task_tokens, objective[None],
                                         torch.tensor([float(sum(b.real_tokens for b in micro)),
@@ -352,7 +352,7 @@ class Run:
         progress.update(1)
         if self.state.step % config.log_every_steps and self.state.step != config.steps:
             return
-        record = window.flush(self.tasks, self.weights.tolist())
+        record = window.flush(self.tasks, self.weights.float().cpu().tolist())
         record.update(
             step=self.state.step, lr=self.scheduler.get_last_lr()[0], tokens_seen=self.state.tokens_seen
         )
