@@ -153,7 +153,8 @@ def cmd_mixture_show(args: argparse.Namespace) -> int:
     from t2t.reports import print_mixture_report
 
     registry = _registry(args)
-    result = report(load_mixture(registry, args.mixture), registry, args.steps, args.batch_size)
+    mixture = load_mixture(registry, args.mixture, sizes="try")
+    result = report(mixture, registry, args.steps, args.batch_size, args.skip_sample)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -163,34 +164,38 @@ def cmd_mixture_show(args: argparse.Namespace) -> int:
 
 def cmd_mixture_sample(args: argparse.Namespace) -> int:
     from t2t.mixtures import load_mixture, stream_for
+    from t2t.prompting import Prompter
     from t2t.sources import load_split
 
     registry = _registry(args)
     mixture = load_mixture(registry, args.mixture)
     split = mixture.spec.splits.train
-    stream, data = stream_for(mixture, registry), {}
+    stream, prompters = stream_for(mixture, registry), {}
+    members = {m.task: m for m in mixture.members}
     records = []
     for item in stream.items(args.start, args.count):
-        if item.task not in data:
-            data[item.task] = load_split(registry.task(item.task), split)
-        rows = data[item.task]
-        source_row = int(rows.source_rows[item.row])
-        example = registry.task(item.task).try_render(rows.rows[item.row], item.template, split, source_row)
-        if example is None:  # passed over by training, as here
-            records.append({"position": item.position, "task": item.task, "split": split, "row": source_row,
-                            "template": item.template, "epoch": item.epoch, "skipped": True})  # fmt: skip
+        if item.task not in prompters:
+            task = registry.task(item.task)
+            prompters[item.task] = Prompter(task, load_split(task, split), split, members[item.task].prompting,
+                                            mixture.spec.seed)  # fmt: skip
+        prompter = prompters[item.task]
+        source_row = int(prompter.rows.source_rows[item.row])
+        record = {"position": item.position, "task": item.task, "split": split, "row": source_row,
+                  "template": item.template, "epoch": item.epoch}  # fmt: skip
+        prompted = prompter.prompted(item)
+        if prompted is None:  # passed over by training, as here
+            records.append({**record, "skipped": True})
             continue
-        records.append({
-            "position": item.position, "task": item.task, "split": split, "row": source_row,
-            "template": item.template, "epoch": item.epoch, "input": example.inputs, "target": example.targets,
-        })  # fmt: skip
+        record.update(input=prompted.text(), target=prompted.targets, exemplars=len(prompted.exemplars))
+        records.append(record)
     for record in records:
         if args.json:
             print(json.dumps(record))
         else:
+            shots = f" · {record['exemplars']}-shot" if record.get("exemplars") else ""
             print(
                 f"{record['position']:>8}  {record['task']} · {record['template']} · {split} row {record['row']}"
-                f" · epoch {record['epoch']}"
+                f" · epoch {record['epoch']}{shots}"
             )
             if record.get("skipped"):
                 print("          skipped by the template (training passes this position over)")
@@ -226,17 +231,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def selected_tasks(args: argparse.Namespace, registry: Registry) -> tuple[list[str], set[str]]:
-    """The tasks of `--mixture M [--held-out]` or `--tasks ...` (each checked to exist), and the held-out ones."""
+def selected_tasks(
+    args: argparse.Namespace, registry: Registry
+) -> tuple[list[str], set[str], dict[str, tuple[str, ...]] | None]:
+    """The tasks of `--mixture M [--held-out]` or `--tasks ...` (each checked to exist), the held-out ones, and
+    the templates the mixture uses for each (its template filter), None for `--tasks`."""
     from t2t.mixtures import load_mixture
 
     if args.mixture:
-        mixture = load_mixture(registry, args.mixture)
+        mixture = load_mixture(registry, args.mixture, sizes="skip")
         tasks = list(mixture.held_out) if args.held_out else [*mixture.task_names, *mixture.held_out]
-        return tasks, set(mixture.held_out)
+        return tasks, set(mixture.held_out), {t: mixture.templates_of(t) for t in tasks}
     for name in args.tasks:
         registry.task(name)
-    return list(args.tasks), set()
+    return list(args.tasks), set(), None
 
 
 def add_task_selection(p: argparse.ArgumentParser) -> None:
@@ -267,7 +275,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from t2t.tokenizer import load_tokenizer
 
     registry = _registry(args)
-    tasks, held_out = selected_tasks(args, registry)
+    tasks, held_out, templates = selected_tasks(args, registry)
     if args.template is not None:
         for name in tasks:
             registry.task(name).spec.template(args.template)  # each task must have it: refused before loading
@@ -286,7 +294,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         model = model.to(torch.bfloat16)
     model = model.to(device)
-    report, records = evaluate(model, tokenizer, registry, tasks, held_out, config)
+    report, records = evaluate(model, tokenizer, registry, tasks, held_out, config, templates)
     report.update(model=str(args.model), device=device, dtype=dtype, max_input_tokens=config.max_input_tokens,
                   max_target_tokens=config.max_target_tokens)  # fmt: skip
     paths = save_evaluation(report, records, args.out)
@@ -299,13 +307,13 @@ def cmd_export_lm_eval(args: argparse.Namespace) -> int:
     from t2t.export import export_lm_eval
 
     registry = _registry(args)
-    tasks, _ = selected_tasks(args, registry)
+    tasks, _, templates = selected_tasks(args, registry)
     tokenizer = None
     if args.tokenizer is not None:
         from t2t.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer)
-    groups = export_lm_eval(registry, tasks, args.split, args.out, args.max_examples, tokenizer)
+    groups = export_lm_eval(registry, tasks, args.split, args.out, args.max_examples, tokenizer, templates)
     members = sum(len(m) for m in groups.values())
     print(f"wrote {members} lm-eval tasks in {len(groups)} groups to {args.out}; run them with")
     print(
@@ -317,13 +325,20 @@ def cmd_export_lm_eval(args: argparse.Namespace) -> int:
 
 def cmd_import_promptsource(args: argparse.Namespace) -> int:
     from t2t.promptsource import import_promptsource
+    from t2t.registry import scan, shipped_dir
 
-    report = import_promptsource(args.path, args.out, args.datasets)
+    shipped_templates = shipped_dir("templates").resolve()
+    into_shipped = args.out.resolve().is_relative_to(shipped_templates)  # t2t's own folder: regenerating it
+    shipped = set() if into_shipped else set(scan([shipped_templates], "task"))
+    report = import_promptsource(args.path, args.out, args.datasets, shipped)
     print(f"{len(report.new) + len(report.changed) + len(report.unchanged)} task files in {args.out} "
           f"({len(report.new)} new, {len(report.changed)} changed, {len(report.unchanged)} unchanged), "
           f"{report.templates} templates")  # fmt: skip
     for name in report.changed:
         print(f"changed: {name}")
+    if report.shipped:
+        print(f"left out {len(report.shipped)} that t2t ships already imported (templates/promptsource; a "
+              f"--templates-dir may not define them again): {', '.join(report.shipped)}")  # fmt: skip
     if report.failed:
         print(f"{len(report.failed)} templates could not be imported:")
         for line in report.failed:
@@ -424,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", type=positive_int, default=32, help="examples per step, all processes (default 32)"
     )
+    p.add_argument(
+        "--skip-sample", type=non_negative_int, default=200, metavar="N",
+        help="count, per template, the rows it skips among N sampled rows of each task that is readable "
+             "offline (default 200; 0: don't)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true")
     p = mixture_sub.add_parser("sample", help="the exact examples at stream positions K..K+N-1")
     p.set_defaults(fn=cmd_mixture_sample)

@@ -179,6 +179,7 @@ class TaskSpec(Spec):
     limits: LimitsSpec = LimitsSpec()  # render limits, where the defaults do not suit this task
     # Where the file came from when a tool wrote it (e.g. `t2t import promptsource`): its templates, licence, ids.
     origin: dict[str, Any] = Field(default_factory=dict)
+    few_shot_separator: str | None = None  # between exemplars when a mixture prompts this task few-shot
     path: Path | None = Field(default=None, exclude=True)  # set by the loader, never by the file
 
     @field_validator("name", "cluster")

@@ -17,9 +17,11 @@ from t2t.batching import Batch, Example, bucket_by_length, pack, packed_batch, p
 from t2t.encoding import EncodedTask, Limits, encode_task, tokenizer_fingerprint
 from t2t.errors import T2TError
 from t2t.mixtures import Mixture, stream_for
+from t2t.prompting import Prompter, fit_input
 from t2t.registry import Registry
 from t2t.rng import keyed_rng
 from t2t.sampler import StreamItem
+from t2t.sources import load_split
 from t2t.train_config import BatchingSpec, packed_rows_problem
 
 
@@ -45,16 +47,25 @@ class MixtureData:
         self.stream = stream_for(mixture, registry)
         self.task_names = mixture.task_names
         self.task_index = {name: i for i, name in enumerate(self.task_names)}
+        self.members = {m.task: m for m in mixture.members}
         self._encoded: dict[str, EncodedTask] = {}
+        self._prompters: dict[str, Prompter] = {}
         self.tokenizer_key = tokenizer_fingerprint(tokenizer)
 
     def encoded(self, task: str) -> EncodedTask:
         if task not in self._encoded:
             self._encoded[task] = encode_task(
                 self.registry.task(task), self.mixture.spec.splits.train, self.tokenizer, self.limits,
-                self.cache_dir, self.tokenizer_key,
+                self.cache_dir, self.tokenizer_key, self.members[task].templates,
             )  # fmt: skip
         return self._encoded[task]
+
+    def prompter(self, task: str) -> Prompter:
+        if task not in self._prompters:
+            found, split = self.registry.task(task), self.mixture.spec.splits.train
+            self._prompters[task] = Prompter(found, load_split(found, split), split,
+                                             self.members[task].prompting, self.mixture.spec.seed)  # fmt: skip
+        return self._prompters[task]
 
     def encode_all(self) -> dict[str, EncodedTask]:
         return {name: self.encoded(name) for name in self.task_names}
@@ -65,9 +76,15 @@ class MixtureData:
         encoded = self.encoded(item.task).templates[item.template]
         if not encoded.input_ids[item.row]:
             return None
-        return Example(
-            encoded.input_ids[item.row], encoded.labels[item.row], self.task_index[item.task], item.position
-        )
+        input_ids = encoded.input_ids[item.row]
+        prompter = self.prompter(item.task)
+        if prompter.active:  # FLAN-style variants (t2t.prompting); the target is the cached one
+            options, exemplars = prompter.choices(item)
+            if options or exemplars:
+                prompted = prompter.prompted(item)
+                assert prompted is not None  # the cached ids say the template renders this row
+                input_ids = fit_input(prompted, self.tokenizer, self.limits.max_input_tokens)
+        return Example(input_ids, encoded.labels[item.row], self.task_index[item.task], item.position)
 
 
 def auto_target_tokens(data: MixtureData, config: BatchingSpec, multiple: int = 8) -> int:

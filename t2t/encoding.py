@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,15 +128,16 @@ def encode_task(
     limits: Limits,
     cache_dir: Path | None = None,
     tokenizer_key: str | None = None,
+    templates: Sequence[str] | None = None,
 ) -> EncodedTask:
-    """Encode every row of a split under every template (cached on disk)."""
+    """Encode every row of a split under each of `templates` (default: all the task's), cached on disk."""
     rows = load_split(task, split)
     cache_dir = cache_dir or default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     tokenizer_key = tokenizer_key or tokenizer_fingerprint(tokenizer)
     data_key = _data_key(task, rows)
     encoded = EncodedTask(task.name, split)
-    for template in task.template_names:
+    for template in templates or task.template_names:
         key = cache_key(task, template, split, data_key, tokenizer_key, limits)
 
         def encode_batch(batch: dict, indices: list[int], template: str = template) -> dict:

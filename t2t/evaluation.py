@@ -14,6 +14,7 @@ decoder start token.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,15 +133,20 @@ class TaskResult:
     records: list[dict]
 
 
-def evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig) -> TaskResult:
-    """Metrics per template, the median over templates with a bootstrap interval, and per-example records."""
+def evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
+                  templates: Sequence[str] | None = None) -> TaskResult:  # fmt: skip
+    """Metrics per template (`templates`, else all the task's), the median over templates with a bootstrap
+    interval, and per-example records. `config.template` picks one."""
     data = load_split(task, config.split)
     picks = select_rows(task.name, config.split, len(data), config.max_examples)
     rows = data.rows.select(picks.tolist())[:]
     rows = [{f: rows[f][j] for f in rows} for j in range(len(picks))]
     source_rows = [int(data.source_rows[i]) for i in picks]
     per_template, records, samplers = {}, [], {}
-    templates = [task.spec.template(config.template).name] if config.template else task.template_names
+    if config.template:
+        templates = [task.spec.template(config.template).name]
+    elif templates is None:
+        templates = task.template_names
     for template in templates:
         attempts = [
             task.try_render(r, template, config.split, s) for r, s in zip(rows, source_rows, strict=True)
@@ -270,14 +276,15 @@ def summarise(values: list[float]) -> dict[str, float]:
 
 
 def evaluate(model: Any, tokenizer: Any, registry: Registry, tasks: list[str], held_out: set[str],
-             config: EvalConfig) -> tuple[dict, list[dict]]:  # fmt: skip
-    """The full report (per task, template, cluster, seen / held-out) and the per-example records."""
+             config: EvalConfig, templates: dict[str, Sequence[str]] | None = None) -> tuple[dict, list[dict]]:  # fmt: skip
+    """The full report (per task, template, cluster, seen / held-out) and the per-example records; `templates`
+    names each task's templates where a mixture filters them."""
     model.eval()
     report: dict[str, Any] = {"split": config.split, "scoring": config.scoring, "tasks": {}}
     all_records: list[dict] = []
     for name in tasks:
         task = registry.task(name)
-        result = evaluate_task(model, tokenizer, task, config)
+        result = evaluate_task(model, tokenizer, task, config, (templates or {}).get(name))
         per_template = result.per_template
         if result.metric is None:  # --no-generate on a task without answer choices: nothing to report
             continue

@@ -46,8 +46,10 @@ def task_name(task: str, template: str | None = None) -> str:
 
 
 def export_lm_eval(registry: Registry, tasks: list[str], split: str, out: Path, max_examples: int | None,
-                   tokenizer: Any | None = None) -> dict[str, list[str]]:  # fmt: skip
-    """Write the lm-eval tasks of `tasks` into `out` (a new or empty folder); returns group -> its task names.
+                   tokenizer: Any | None = None,
+                   templates: dict[str, tuple[str, ...]] | None = None) -> dict[str, list[str]]:  # fmt: skip
+    """Write the lm-eval tasks of `tasks` into `out` (a new or empty folder), one per template (`templates[task]`
+    where a mixture filters them, else all); returns group -> its task names.
     Nothing is left behind when the export fails."""
     try:
         import lm_eval  # noqa: F401  (checked before anything is written)
@@ -59,7 +61,10 @@ def export_lm_eval(registry: Registry, tasks: list[str], split: str, out: Path, 
     groups: dict[str, list[str]] = {}
     try:
         for name in tasks:
-            groups[task_name(name)] = _export_task(registry, name, split, out, max_examples, tokenizer)
+            chosen = (templates or {}).get(name)
+            groups[task_name(name)] = _export_task(
+                registry, name, split, out, max_examples, tokenizer, chosen
+            )
         (out / "utils.py").write_text(UTILS)
         check_loads(out, groups)
     except BaseException:
@@ -69,13 +74,13 @@ def export_lm_eval(registry: Registry, tasks: list[str], split: str, out: Path, 
 
 
 def _export_task(registry: Registry, name: str, split: str, out: Path, max_examples: int | None,
-                 tokenizer: Any | None) -> list[str]:  # fmt: skip
+                 tokenizer: Any | None, templates: tuple[str, ...] | None = None) -> list[str]:  # fmt: skip
     task = registry.task(name)
     data = load_split(task, split)
     picks = select_rows(task.name, split, len(data), max_examples)
     rows = data.rows.select(picks.tolist())
     members = []
-    for template in task.template_names:
+    for template in templates or task.template_names:
         docs = []
         for i, row in zip(picks.tolist(), rows, strict=True):
             index = int(data.source_rows[i])

@@ -58,6 +58,7 @@ class ImportReport:
     unchanged: list[str] = field(default_factory=list)
     templates: int = 0
     failed: list[str] = field(default_factory=list)  # "task: template: reason"
+    shipped: list[str] = field(default_factory=list)  # left out: t2t ships a task of that name
 
 
 def templates_dir(path: Path) -> Path:
@@ -102,6 +103,20 @@ def template_fields(sources: list[str]) -> set[str]:
 
     return {f for f in found - NOT_FIELDS - set(PROMPTSOURCE_ENV.globals)
             if f.isidentifier() and not f.startswith("_") and f not in RESERVED_FIELDS}  # fmt: skip
+
+
+def task_specs(data: dict, hub: dict, version: str) -> tuple[list[dict], list[str]]:
+    """The task files of one promptsource file: one, or one per split variant (t2t/promptsource_hub.yaml)."""
+    spec, failed = task_spec(data, hub["hub_ids"], version)
+    variants = hub["split_variants"].get(data["dataset"]) if not data.get("subset") else None
+    if not variants:
+        return [spec], failed
+    specs = []
+    for variant, splits in variants.items():
+        source = {**spec["source"], "splits": dict(splits)}
+        specs.append({**spec, "name": f"{spec['name']}_{slug(variant)}", "source": source,
+                      "description": f"{spec['description']}, {variant} (splits {', '.join(splits.values())})"})  # fmt: skip
+    return specs, failed
 
 
 def task_spec(data: dict, hub_ids: dict[str, str], version: str) -> tuple[dict, list[str]]:
@@ -156,12 +171,15 @@ def _compile_problem(task: dict, template: dict) -> str | None:
     return None
 
 
-def import_promptsource(path: Path, out: Path, datasets: list[str] | None = None) -> ImportReport:
+def import_promptsource(path: Path, out: Path, datasets: list[str] | None = None,
+                        shipped: set[str] | None = None) -> ImportReport:  # fmt: skip
+    """Import into `out`, leaving out the task names in `shipped` (t2t ships T0's datasets already imported, and
+    a folder given with --templates-dir may not define a shipped task again)."""
     if out.exists() and not out.is_dir():
         raise T2TError("--out must be a folder", Where(file=out))
     root = templates_dir(path)
     version = _version(path)
-    hub_ids = yaml.safe_load((Path(__file__).parent / "promptsource_hub.yaml").read_text())
+    hub = yaml.safe_load((Path(__file__).parent / "promptsource_hub.yaml").read_text())
     files = sorted(root.rglob("templates.yaml"))
     report = ImportReport()
     specs = []
@@ -170,11 +188,12 @@ def import_promptsource(path: Path, out: Path, datasets: list[str] | None = None
         label = data["dataset"] + (f"/{data['subset']}" if data.get("subset") else "")
         if datasets and label not in datasets and data["dataset"] not in datasets:
             continue
-        spec, failed = task_spec(data, hub_ids, version)
-        report.failed.extend(failed)
-        if spec["templates"]:
-            specs.append(spec)
-    if datasets and not specs:
+        found, failed = task_specs(data, hub, version)
+        report.shipped.extend(spec["name"] for spec in found if spec["name"] in (shipped or ()))
+        found = [spec for spec in found if spec["name"] not in (shipped or ())]
+        report.failed.extend(f for f in failed if f.split(":")[0] not in (shipped or ()))
+        specs.extend(spec for spec in found if spec["templates"])
+    if datasets and not specs and not report.shipped:
         raise T2TError(f"none of {', '.join(datasets)} is in this promptsource collection", Where(file=path))
     names = [s["name"] for s in specs]
     if len(set(names)) != len(names):

@@ -9,8 +9,33 @@ from rich.console import Console
 from rich.table import Table
 
 
+def _prompting_note(prompting: dict | None) -> str:
+    if not prompting:
+        return ""
+    notes = []
+    if prompting["few_shot"]:
+        share = prompting["few_shot_share"]
+        notes.append(f"{prompting['few_shot']}-shot" + (f" {share:.0%}" if share < 1 else ""))
+    if prompting["options"]:
+        notes.append("options" + (f" {prompting['options']:.0%}" if prompting["options"] < 1 else ""))
+    return ", ".join(notes)
+
+
+def _templates_cell(row: dict) -> str:
+    cell = str(len(row["templates"]))
+    if row["skipped"]:
+        pairs = row["sampled_rows"] * len(row["templates"])
+        skipped = sum(row["skipped"].values())
+        cell += f" ({skipped / pairs:.0%} skip)" if skipped and pairs else ""
+    return cell
+
+
+def _count(value: float | None, spec: str) -> str:
+    return "?" if value is None else format(value, spec)
+
+
 def print_mixture_report(result: dict, console: Console | None = None) -> None:
-    console = console or Console(width=None if sys.stdout.isatty() else 132)
+    console = console or Console(width=None if sys.stdout.isatty() else 150)
     rate = result["rate"]
     rule = rate["rule"] + (f", scale {rate['scale']:g}" if rate["scale"] != 1 else "")
     rule += f", cap K={rate['cap']:g}" if rate["cap"] is not None else ""
@@ -18,34 +43,34 @@ def print_mixture_report(result: dict, console: Console | None = None) -> None:
     title = (f"mixture {result['mixture']}: {result['training_tasks']} training tasks, "
              f"{result['held_out_tasks']} held out; rate {rule}; "
              f"{result['steps']} steps x {result['batch_size']} = {result['examples_drawn']:,} examples")  # fmt: skip
+    if result["templates"]:
+        title += "; templates with " + ", ".join(f"{k} = {v}" for k, v in result["templates"].items())
     table = Table(title=title, title_justify="left")
     for column, justify in (("task", "left"), ("cluster", "left"), ("weight", "right"), ("prob", "right"),
-                            ("examples", "right"), ("drawn", "right"), ("epochs", "right"), ("via", "left"), ("note", "left")):  # fmt: skip
+                            ("examples", "right"), ("drawn", "right"), ("epochs", "right"), ("templates", "right"),
+                            ("via", "left"), ("note", "left")):  # fmt: skip
         table.add_column(column, justify=justify)
     for row in result["tasks"]:
         if row["held_out"]:
-            table.add_row(
-                row["task"], row["cluster"], "-", "-", f"{row['examples']:,}", "-", "-", "", "held out (eval)"
-            )
+            table.add_row(row["task"], row["cluster"], "-", "-", _count(row["examples"], ","), "-", "-",
+                          _templates_cell(row), "", "held out (eval)")  # fmt: skip
             continue
-        note = "capped" if row["capped"] else ""
+        note = ", ".join(
+            n for n in ("capped" if row["capped"] else "", _prompting_note(row["prompting"])) if n
+        )
         via = row["via"] if row["via"] != row["task"] else ""
         weight = f"{row['weight']:g}" if row["weight"] is not None else "rule"
-        table.add_row(row["task"], row["cluster"], weight, f"{row['probability']:.4f}", f"{row['examples']:,}",
-                      f"{row['expected_drawn']:,.0f}", f"{row['expected_epochs']:.2f}", via, note)  # fmt: skip
+        table.add_row(row["task"], row["cluster"], weight, _count(row["probability"], ".4f"),
+                      _count(row["examples"], ","), _count(row["expected_drawn"], ",.0f"),
+                      _count(row["expected_epochs"], ".2f"), _templates_cell(row), via, note)  # fmt: skip
     table.add_section()
-    table.add_row(
-        "total",
-        "",
-        "",
-        "1.0000",
-        f"{result['training_examples']:,}",
-        f"{result['examples_drawn']:,}",
-        "",
-        "",
-        "",
-    )
+    known = result["training_examples"] is not None
+    table.add_row("total", "", "", "1.0000" if known else "?", _count(result["training_examples"], ","),
+                  f"{result['examples_drawn']:,}", "", "", "", "")  # fmt: skip
     console.print(table)
+    if result["needs_hub"]:
+        console.print(f"the row counts of {len(result['needs_hub'])} tasks need the hub (not reachable here, or "
+                      "HF_DATASETS_OFFLINE is set); the rates, draws and epochs that rest on them show as ?")  # fmt: skip
     for warning in result["warnings"]:
         console.print(f"warning: {warning}", style="yellow")
 

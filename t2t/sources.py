@@ -7,6 +7,8 @@ import functools
 import json
 import logging
 import os
+import socket
+import urllib.parse
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +44,22 @@ def splits_of(spec: TaskSpec) -> list[str]:
     if isinstance(src, GeneratorSource):
         return list(src.sizes)
     return list(src.splits) or ["train", "validation", "test"]
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub can be asked at all: not switched off (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE) and its host
+    answers a TCP connection within `timeout` seconds. A quick no spares a plan the datasets library's retries."""
+    if any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    ):
+        return False
+    url = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def available_offline(spec: TaskSpec) -> bool:

@@ -54,7 +54,7 @@ class InTrainingEval:
         for name in self.tasks:
             task = self.registry.task(name)
             record[f"eval_loss/{name}"] = self.validation_loss(task, model, tokenizer)
-            result = evaluate_task(model, tokenizer, task, eval_config)
+            result = evaluate_task(model, tokenizer, task, eval_config, self.data.mixture.templates_of(name))
             if result.metric is not None:  # scored (a generation-only task is not, between generation rounds)
                 scores[name] = Score(result.summary["median"], result.summary["ci_half_width"])
                 record[f"eval/{name}"] = scores[name].value
@@ -68,10 +68,12 @@ class InTrainingEval:
 
     @torch.no_grad()
     def validation_loss(self, task: Any, model: Any, tokenizer: Any) -> float:
-        """Mean token loss of the first examples of the eval split (first template), cached encodings."""
+        """Mean token loss of the first examples of the eval split (the mixture's first template for the task),
+        cached encodings."""
+        first = self.data.mixture.templates_of(task.name)[0]
         encoded = encode_task(task, self.split, tokenizer, self.data.limits, self.config.cache_dir,
-                              self.data.tokenizer_key)  # fmt: skip
-        template = encoded.templates[task.template_names[0]]
+                              self.data.tokenizer_key, templates=(first,))  # fmt: skip
+        template = encoded.templates[first]
         n = min(self.config.eval_max_examples, len(template.input_ids))
         examples = [
             Example(template.input_ids[i], template.labels[i], 0) for i in range(n) if template.input_ids[i]

@@ -263,11 +263,63 @@ def test_stream_depends_on_the_seed_and_templates_vary_per_epoch():
 @pytest.mark.parametrize("name", sorted(Registry.default().mixture_files))
 def test_shipped_mixtures_resolve_and_report(name):
     registry = Registry.default()
-    mixture = load_mixture(registry, name)
+    mixture = load_mixture(registry, name, sizes="try")  # the tests run with the hub switched off
     result = report(mixture, registry, steps=100, batch_size=8)
-    assert sum(row["probability"] for row in result["tasks"]) == pytest.approx(1.0)
     assert mixture.held_out
     assert set(mixture.task_names).isdisjoint(mixture.held_out)
+    if name.startswith("t0_train"):  # over promptsource's hub datasets: planned without row counts
+        assert set(result["needs_hub"]) == {*mixture.task_names, *mixture.held_out}
+        assert all(row["probability"] is None for row in result["tasks"] if not row["held_out"])
+    else:
+        assert not result["needs_hub"]
+        assert sum(row["probability"] for row in result["tasks"]) == pytest.approx(1.0)
+
+
+T0_HELD_OUT = {"ps_anli_r1", "ps_anli_r2", "ps_anli_r3", "ps_super_glue_cb", "ps_super_glue_rte",
+               "ps_super_glue_copa", "ps_hellaswag", "ps_story_cloze_2016", "ps_winogrande_winogrande_xl",
+               "ps_super_glue_wsc_fixed", "ps_super_glue_wic"}  # fmt: skip
+
+
+def _original(registry, task):
+    return tuple(
+        t.name for t in registry.task(task).spec.templates if t.metadata.get("original_task") is True
+    )
+
+
+def test_t0_train_trains_every_template_and_scores_the_held_out_set_with_original_task_templates():
+    registry = Registry.default()
+    mixture = load_mixture(registry, "t0_train", sizes="skip")
+    assert len(mixture.members) == 38 and set(mixture.held_out) == T0_HELD_OUT
+    assert mixture.spec.rate.per_template and mixture.spec.rate.cap == 500_000
+    for m in mixture.members:
+        assert m.templates == registry.task(m.task).template_names
+    # ANLI's rounds are tasks of their own, on the dataset's round splits
+    assert registry.task("ps_anli_r2").spec.source.splits == {"train": "train_r2", "validation": "dev_r2",
+                                                              "test": "test_r2"}  # fmt: skip
+    hellaswag = mixture.held_out_templates["ps_hellaswag"]
+    assert hellaswag == _original(registry, "ps_hellaswag") and len(hellaswag) == 4
+    assert len(registry.task("ps_hellaswag").template_names) == 11  # 7 of them generate, not complete
+
+
+def test_t0_train_original_filters_training_and_held_out_templates():
+    registry = Registry.default()
+    mixture = load_mixture(registry, "t0_train_original", sizes="skip")
+    assert len(mixture.members) == 35  # App Reviews, Hotpot QA and QuaRel have no original-task template
+    for m in mixture.members:
+        assert m.templates == _original(registry, m.task) and m.templates
+    assert mixture.held_out_templates["ps_hellaswag"] == _original(registry, "ps_hellaswag")
+
+
+def test_a_mixture_that_needs_hub_counts_refuses_to_train_and_plans_offline(tmp_path, run_cli):
+    registry = Registry.default()
+    with pytest.raises(T2TError, match="cannot load hub dataset"):
+        load_mixture(registry, "t0_train")  # training needs every count
+    with pytest.raises(T2TError, match="need the hub"):
+        stream_for(load_mixture(registry, "t0_train", sizes="skip"), registry)
+    code, out, _ = run_cli("mixture", "show", "t0_train")
+    assert code == 0
+    assert "the row counts of 49 tasks need the hub" in out
+    assert "ps_super_glue_wsc_fixed" in out
 
 
 def test_demo_mixture_holds_out_a_whole_untrained_cluster():

@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from t2t.config import TaskSpec
+from t2t.promptsource import import_promptsource
+from t2t.registry import shipped_dir
 from t2t.templates import RowSkipped, Task
 
 FIXTURES = Path(__file__).parent / "fixtures" / "promptsource"
@@ -187,14 +189,25 @@ def test_import_lint_render_and_reimport(tmp_path, run_cli):
     out = tmp_path / "imported"
     code, stdout, err = run_cli("import", "promptsource", sdist, "--out", out)
     assert code == 0, err
-    n_templates = sum(len(t) for t in EXPECTED.values())
-    assert (
-        stdout.splitlines()[0]
-        == f"4 task files in {out} (4 new, 0 changed, 0 unchanged), {n_templates} templates"
-    )
-    assert sorted(p.name for p in out.iterdir()) == ["ps_asset_simplification.yaml", "ps_commonsense_qa.yaml",
-                                                     "ps_super_glue_copa.yaml", "ps_super_glue_rte.yaml"]  # fmt: skip
-    spec = load_task_spec(out / "ps_super_glue_rte.yaml")
+    n_templates = len(EXPECTED["asset/simplification"]) + len(EXPECTED["commonsense_qa"])
+    assert stdout.splitlines()[:2] == [
+        f"2 task files in {out} (2 new, 0 changed, 0 unchanged), {n_templates} templates",
+        "left out 2 that t2t ships already imported (templates/promptsource; a --templates-dir may not define "
+        "them again): ps_super_glue_copa, ps_super_glue_rte",
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["ps_asset_simplification.yaml", "ps_commonsense_qa.yaml"]
+    # into a folder of its own (no shipped names to avoid), every file is written
+    own = tmp_path / "own"
+    assert import_promptsource(sdist, own).new == [
+        "ps_asset_simplification",
+        "ps_commonsense_qa",
+        "ps_super_glue_copa",
+        "ps_super_glue_rte",
+    ]
+    # the shipped file is what the importer writes from promptsource 0.2.3
+    shipped = shipped_dir("templates") / "promptsource" / "ps_super_glue_rte.yaml"
+    assert (own / "ps_super_glue_rte.yaml").read_text() == shipped.read_text()
+    spec = load_task_spec(own / "ps_super_glue_rte.yaml")
     assert (
         spec.source.path == "aps/super_glue" and spec.source.name == "rte"
     )  # today's hub id, from the data file
@@ -202,11 +215,11 @@ def test_import_lint_render_and_reimport(tmp_path, run_cli):
     assert spec.origin == {"tool": "promptsource", "version": "0.2.3", "licence": "Apache-2.0",
                            "dataset": "super_glue", "subset": "rte"}  # fmt: skip
     assert spec.templates[0].metadata["promptsource_id"] == "2b52a83c-0021-41fe-b44c-5aaa076d71a2"
-    code, out_lint, err = run_cli("--templates-dir", out, "lint", "ps_super_glue_rte", "ps_super_glue_copa")
+    code, out_lint, err = run_cli("--templates-dir", out, "lint", "ps_commonsense_qa", "ps_super_glue_copa")
     assert code == 0 and out_lint == "", out_lint
     assert "no golden examples yet (imported from promptsource)" in err
     for dataset in EXPECTED:  # the imported files render as promptsource does
-        task = Task(load_task_spec(out / f"ps_{re.sub(r'[^a-z0-9]+', '_', dataset)}.yaml"))
+        task = Task(load_task_spec(own / f"ps_{re.sub(r'[^a-z0-9]+', '_', dataset)}.yaml"))
         by_name = {t.metadata["promptsource_name"]: t.name for t in task.spec.templates}
         for name, outputs in EXPECTED[dataset].items():
             for index, (row, expected) in enumerate(zip(ROWS[dataset], outputs, strict=True)):
@@ -216,15 +229,15 @@ def test_import_lint_render_and_reimport(tmp_path, run_cli):
                 elif expected != "random":
                     assert [rendered.inputs, rendered.targets] == expected[:2]
     code, stdout, _ = run_cli("import", "promptsource", sdist, "--out", out)
-    assert "(0 new, 0 changed, 4 unchanged)" in stdout
+    assert "(0 new, 0 changed, 2 unchanged)" in stdout
     code, stdout, _ = run_cli("import", "promptsource", sdist, "--out", tmp_path / "only", "--datasets",
                               "super_glue/rte", "commonsense_qa")  # fmt: skip
-    assert code == 0 and sorted(p.name for p in (tmp_path / "only").iterdir()) == [
-        "ps_commonsense_qa.yaml", "ps_super_glue_rte.yaml"]  # fmt: skip
+    assert code == 0 and sorted(p.name for p in (tmp_path / "only").iterdir()) == ["ps_commonsense_qa.yaml"]
+    assert "left out 1 that t2t ships already imported" in stdout
     rte = sdist / "promptsource" / "templates" / "super_glue" / "rte" / "templates.yaml"
     rte.write_text(rte.read_text().replace("Yes or no?", "Yes or no ?", 1))
-    code, stdout, _ = run_cli("import", "promptsource", sdist, "--out", out)
-    assert "(0 new, 1 changed, 3 unchanged)" in stdout and "changed: ps_super_glue_rte" in stdout
+    report = import_promptsource(sdist, own)
+    assert report.changed == ["ps_super_glue_rte"] and len(report.unchanged) == 3
 
 
 def test_import_refuses_a_folder_without_templates(tmp_path, run_cli):

@@ -17,7 +17,10 @@ TASK_FILES = sorted(REGISTRY.task_files.items())
 def test_shipped_task_lints_clean(name, path):
     task = REGISTRY.task(name)
     assert task.spec.path == path
-    assert task.spec.golden, "every shipped task documents itself with golden rows"
+    if (
+        task.spec.origin.get("tool") != "promptsource"
+    ):  # imported as they are; rendering parity: test_promptsource*
+        assert task.spec.golden, "every hand-written shipped task documents itself with golden rows"
     assert lint_task(task) == []
 
 
