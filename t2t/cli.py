@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from t2t.errors import T2TError
+from t2t.errors import T2TError, Where
 from t2t.registry import Registry
 
 EXIT_PROBLEMS = 1  # lint found problems
@@ -303,6 +303,97 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_rows(path: Path) -> list:
+    """Rows to predict: jsonl (a file, or stdin for `-`) read line by line as given, so that each row keeps
+    exactly its own fields; csv and parquet through datasets (a bad line is named either way)."""
+    if str(path) != "-" and path.suffix.lower() not in (".jsonl", ".json"):
+        from t2t.sources import load_data_file
+
+        return [dict(row) for row in load_data_file(path, "input")]
+    if str(path) == "-":
+        lines, where = sys.stdin, "stdin"
+    else:
+        if not path.is_file():
+            raise T2TError("input file not found", Where(file=path))
+        lines, where = path.open(encoding="utf-8", errors="strict"), str(path)
+    rows = []
+    try:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise T2TError(f"{where} line {number}: not JSON: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise T2TError(f"{where}: not UTF-8 text") from None
+    if not rows:
+        raise T2TError(f"{where} holds no rows (one JSON object per line)")
+    return rows
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from t2t.fileio import atomic_write_text
+    from t2t.serving import (
+        BadRow,
+        Predictor,
+        Prepared,
+        ServeLimits,
+        choose_template,
+        render_rows,
+        result_record,
+    )
+
+    registry = _registry(args)
+    task = registry.task(args.task)
+    if args.out.is_dir():
+        raise T2TError("--out must be a file, not a folder", Where(file=args.out))
+    template = choose_template(task, args.template)
+    rows = _read_rows(args.input)
+    limits = ServeLimits(max_field_chars=args.max_field_chars)
+    bad = [(i, r) for i, r in enumerate(render_rows(task, template, rows, limits)) if isinstance(r, BadRow)]
+    if bad and not args.skip_bad_rows:  # refused before the model loads
+        index, problem = bad[0]
+        more = f" ({len(bad) - 1} more bad rows; --skip-bad-rows answers the rest)" if len(bad) > 1 else ""
+        raise T2TError(f"{problem.message}{more}", Where(file=args.input, task=task.name, template=template,
+                                                         row=index))  # fmt: skip
+    device, dtype = eval_device(args.device)
+    predictor = Predictor.load(args.model, registry, [task.name], device, dtype, limits)
+    prepared = predictor.prepare(task, template, rows)
+    good = [i for i, p in enumerate(prepared) if isinstance(p, Prepared)]
+    # length-bucketed: the rows in order of input length, answered `--batch-size` at a time
+    order = sorted(good, key=lambda i: prepared[i].tokens)
+    results: list = list(prepared)
+    with tqdm(total=len(order), desc=f"predict {task.name}", unit="row", disable=args.quiet) as bar:
+        for start in range(0, len(order), args.batch_size):
+            chunk = order[start : start + args.batch_size]
+            for i, answer in zip(chunk, predictor.answer([prepared[i] for i in chunk]), strict=True):
+                results[i] = answer
+            bar.update(len(chunk))
+    lines = [json.dumps({"row": i, **result_record(r, args.scores, args.with_input)}) for i, r in enumerate(results)]
+    atomic_write_text(args.out, "".join(line + "\n" for line in lines))
+    refused = f", {len(bad)} refused (their lines say why)" if bad else ""
+    print(f"wrote {args.out}: {len(good)} rows answered with template {template}{refused}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from t2t.server import serve
+    from t2t.serving import Predictor, ServeLimits
+
+    registry = _registry(args)
+    tasks, _, _ = selected_tasks(args, registry)
+    device, dtype = eval_device(args.device)
+    limits = ServeLimits(max_rows=args.max_rows, max_field_chars=args.max_field_chars,
+                         max_body_bytes=args.max_body_bytes, batch_rows=args.batch_rows,
+                         batch_tokens=args.batch_tokens, wait_ms=args.wait_ms)  # fmt: skip
+    predictor = Predictor.load(args.model, registry, tasks, device, dtype, limits)
+    serve(predictor, args.host, args.port, batching=not args.no_batching)
+    return 0
+
+
 def cmd_export_lm_eval(args: argparse.Namespace) -> int:
     from t2t.export import export_lm_eval
 
@@ -511,6 +602,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-generate", action="store_true", help="rank classification only (tasks with choices)")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json / .md, predictions, plot")
+
+    p = command("predict", cmd_predict, "answer a file of raw rows with one task's template (offline batches)")
+    p.add_argument("--model", type=Path, required=True, help="an HF seq2seq dir (a t2t run's model/)")
+    p.add_argument("--task", required=True)
+    p.add_argument("--template", help="default: the task's serve_template, else its first template")
+    p.add_argument("--input", type=Path, required=True, help="rows.jsonl, .csv or .parquet; - for jsonl on stdin")
+    p.add_argument("--out", type=Path, required=True, help="preds.jsonl: one line per input row, in order")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one, in bf16), cpu, cuda")
+    p.add_argument("--scores", action="store_true", help="also every answer choice's log-likelihood")
+    p.add_argument("--with-input", action="store_true", help="also the rendered input")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="answer the good rows and write why each bad one is refused (default: refuse the file)")  # fmt: skip
+    p.add_argument("--max-field-chars", type=positive_int, default=20_000, help="characters per field value")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = command("serve", cmd_serve, "an HTTP JSON API over a model: tasks routed, requests batched, health, metrics")
+    p.add_argument("--model", type=Path, required=True, help="an HF seq2seq dir (a t2t run's model/)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--mixture", help="serve the mixture's training and held-out tasks")
+    which.add_argument("--tasks", nargs="+", metavar="TASK")
+    p.set_defaults(held_out=False)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one, in bf16), cpu, cuda")
+    p.add_argument("--no-batching", action="store_true", help="one model call per request")
+    p.add_argument("--batch-rows", type=positive_int, default=64, help="rows per model call (default 64)")
+    p.add_argument("--batch-tokens", type=positive_int, default=16_384, help="input tokens per model call")
+    p.add_argument("--wait-ms", type=float, default=5.0, help="how long a batch waits for more requests (ms)")
+    p.add_argument("--max-rows", type=positive_int, default=256, help="rows per request (over: 413)")
+    p.add_argument("--max-field-chars", type=positive_int, default=20_000, help="characters per field (over: 422)")
+    p.add_argument("--max-body-bytes", type=positive_int, default=4_000_000, help="request body bytes (over: 413)")
 
     imports = sub.add_parser("import", help="import tasks from other tools", description="import tasks")
     imports_sub = imports.add_subparsers(dest="import_command", required=True, metavar="COMMAND")

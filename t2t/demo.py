@@ -68,6 +68,7 @@ def run_demo(out: Path, steps: int, max_examples: int, registry: Registry) -> di
     print(f"scores         {paths['plot']}   results {paths['json']}")
     print(f"predictions    {paths['predictions']}")
     print(f"took {minutes:.1f} minutes")
+    print(f"serve it       t2t serve --model {out / 'model'} --mixture {MIXTURE}   (docs/serving.md)")
     return {"results": results, "report": report_path, "minutes": minutes}
 
 

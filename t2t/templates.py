@@ -208,6 +208,7 @@ class Task:
         self.limits = task_limits(spec)
         self.templates = {t.name: compile_template(spec, t, self.limits) for t in spec.templates}
         self.template_names = tuple(self.templates)
+        self._input_parts: dict[str, tuple[Any, frozenset[str]]] = {}
         self.filter = None
         where = Where(file=spec.path, task=spec.name)
         self.filter_fields: set[str] = set()
@@ -301,6 +302,75 @@ class Task:
         if choices is not None and parts[1] not in choices:
             raise T2TError(f"target {parts[1]!r} is not one of the answer choices {list(choices)!r}", where)
         return Rendered(parts[0], parts[1], choices, provenance)
+
+    # ----------------------------------------------------------------------------- inputs alone (serving)
+
+    def input_part(self, template: str) -> tuple[Any, frozenset[str]]:
+        """The compiled input of a template, apart from its target, and the fields it (with the choices) reads:
+        what a caller must give to be answered. A promptsource-style template's input is its `jinja` up to the
+        first `|||`; one whose input does not compile apart from its target cannot be served (T2TError)."""
+        if template not in self._input_parts:
+            compiled = self.templates[template]
+            where = Where(file=self.spec.path, task=self.name, template=template)
+            if compiled.whole is None:
+                source, env = compiled.spec.input, ENV
+            else:
+                source, env = compiled.spec.jinja, PROMPTSOURCE_ENV
+                if "|||" not in source:
+                    raise T2TError("the template has no ||| to split its input from its target", where)
+                source = source.split("|||", 1)[0]
+                if compiled.spec.truncate_fields:
+                    source = source.replace("}}", f" | string | truncate({compiled.spec.truncate_fields}) }}}}")
+            try:
+                part, used = _parse(source, "input", where, self.limits, env=env)
+            except T2TError as exc:
+                raise T2TError(f"the template's input does not render apart from its target ({exc.message}): "
+                               "serve another template", where) from None  # fmt: skip
+            choice_fields: set[str] = set()
+            if compiled.choices_template is not None:
+                choice_fields = set(meta.find_undeclared_variables(env.parse(compiled.spec.answer_choices)))
+            elif compiled.choices is not None and not isinstance(compiled.choices, tuple):
+                choice_fields = set(self._choice_fields(compiled))
+            fields = frozenset((used | choice_fields) - TEMPLATE_VARIABLES - set(env.globals))
+            self._input_parts[template] = (part, fields)
+        return self._input_parts[template]
+
+    def _choice_fields(self, compiled: CompiledTemplate) -> set[str]:
+        source = compiled.spec.answer_choices if compiled.spec.answer_choices is not None else self.spec.answer_choices
+        return set(meta.find_undeclared_variables(ENV.parse("{{ " + source + " }}")))
+
+    def render_input(self, row: Mapping[str, Any], template: str, index: int = 0) -> tuple[str, tuple | None]:
+        """(input, answer choices) of a row that may lack the target's fields: what serving answers. The row must
+        hold every field the input and the choices read (or the task's default for it); values are data."""
+        part, fields = self.input_part(template)
+        compiled = self.templates[template]
+        where = Where(file=self.spec.path, task=self.name, template=template, row=index)
+        context: dict[str, Any] = {}
+        for name in sorted(fields):
+            value = row.get(name, self.spec.defaults.get(name))
+            if value is None:
+                value = self.spec.defaults.get(name)
+            if value is None:
+                raise T2TError(f"row has no field {name!r} (the template's input reads it)", where)
+            context[name] = value
+        key = (self.name, template, index)
+        if compiled.whole is not None:
+            context = {k: v.replace("|||", PIPE_GUARD) if isinstance(v, str) else v
+                       for k, v in copy.deepcopy(context).items()}  # fmt: skip
+            choices = None
+            if compiled.choices_template is not None:
+                text = self._evaluate(compiled.choices_template.render, context, where, "answer_choices", key)
+                choices = tuple(c.strip().replace(PIPE_GUARD, "|||") for c in text.split("|||"))
+            context["answer_choices"] = list(choices) if choices is not None else None
+            inputs = self._evaluate(part.render, context, where, "input", key).replace(PIPE_GUARD, "|||").strip()
+        else:
+            choices = self._choices(compiled, context, where)
+            if choices is not None:
+                context["answer_choices"] = list(choices)
+            inputs = self._evaluate(part.render, context, where, "input").strip()
+        if not inputs:
+            raise T2TError("input renders empty", where)
+        return inputs, choices
 
     def try_render(self, row: Mapping[str, Any], template: str, split: str = "train",
                    index: int = 0) -> Rendered | None:  # fmt: skip

@@ -1,0 +1,347 @@
+"""`t2t serve`: an HTTP JSON API over t2t.serving, on FastAPI + uvicorn, with dynamic batching.
+
+Requests for any tasks wait in one queue; a single worker takes the first, gathers the others that arrive within
+`wait_ms` (up to `batch_rows` rows and `batch_tokens` input tokens), and answers them in one model call on one
+thread (the model is never run concurrently). A batch that fails is retried request by request, so a failing
+request never fails its neighbours. Shutdown (SIGINT / SIGTERM): new requests get 503, those in flight finish.
+Every error is one JSON object {"error": "..."}; tracebacks go to the server's log, never to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict
+
+from t2t.errors import T2TError
+from t2t.serving import Answer, BadRow, NotFound, Predictor, Prepared, result_record
+
+log = logging.getLogger("t2t.serve")
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: str
+    template: str | None = None
+    rows: list[Any]
+    return_scores: bool = False
+    return_input: bool = False
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "t2t_requests", "predict requests", ["task", "status"], registry=self.registry
+        )
+        self.rows = Counter("t2t_rows", "rows answered", ["task"], registry=self.registry)
+        self.errors = Counter("t2t_row_errors", "rows refused", ["task"], registry=self.registry)
+        self.latency = Histogram("t2t_request_latency_seconds", "predict request latency", ["task"],
+                                 registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))  # fmt: skip
+        self.batch_rows = Histogram("t2t_batch_rows", "rows per model call", registry=self.registry,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))  # fmt: skip
+        self.queue = Gauge("t2t_queue_depth", "requests waiting for the model", registry=self.registry)
+
+
+@dataclass
+class _Job:
+    prepared: list[Prepared]
+    future: asyncio.Future
+
+
+class Batcher:
+    """Coalesces queued requests into model calls on one worker thread."""
+
+    def __init__(self, predictor: Predictor, metrics: Metrics, batching: bool = True) -> None:
+        self.predictor, self.metrics, self.batching = predictor, metrics, batching
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2t-model")
+        self.task: asyncio.Task | None = None
+        # predict requests received but not yet queued (their bodies still being read or parsed): a batch being
+        # gathered waits for them (up to wait_ms), and for nothing else
+        self.arriving = 0
+        self.last_jobs = 1  # requests in the last batch: under load the next batch waits for company
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.executor.shutdown(wait=True)
+
+    async def submit(self, prepared: list[Prepared]) -> list[Answer]:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Job(prepared, future))
+        self.metrics.queue.set(self.queue.qsize())
+        return await future
+
+    async def _gather(self) -> list[_Job]:
+        limits = self.predictor.limits
+        jobs = [await self.queue.get()]
+        if not self.batching:
+            return jobs
+        rows = len(jobs[0].prepared)
+        tokens = sum(p.tokens for p in jobs[0].prepared)
+        deadline = time.monotonic() + limits.wait_ms / 1000
+        while rows < limits.batch_rows and tokens < limits.batch_tokens:
+            if self.queue.empty():
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.arriving == 0 and self.last_jobs == 1):  # no load: answer now
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), left)
+                except TimeoutError:
+                    break
+            else:
+                job = self.queue.get_nowait()
+            jobs.append(job)
+            rows += len(job.prepared)
+            tokens += sum(p.tokens for p in job.prepared)
+        return jobs
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = await self._gather()
+            self.last_jobs = len(jobs)
+            self.metrics.queue.set(self.queue.qsize())
+            prepared = [p for job in jobs for p in job.prepared]
+            self.metrics.batch_rows.observe(len(prepared))
+            try:
+                answers = await loop.run_in_executor(self.executor, self.predictor.answer, prepared)
+            except Exception:
+                if len(jobs) == 1:
+                    log.exception("model call failed")
+                    _settle(jobs[0].future, error=RuntimeError("the model call failed (see the server log)"))
+                    continue
+                for job in jobs:  # retried one by one: only the request that fails, fails
+                    try:
+                        _settle(job.future, await loop.run_in_executor(self.executor, self.predictor.answer,
+                                                                       job.prepared))  # fmt: skip
+                    except Exception:
+                        log.exception("model call failed")
+                        _settle(job.future, error=RuntimeError("the model call failed (see the server log)"))
+                continue
+            start = 0
+            for job in jobs:
+                _settle(job.future, answers[start : start + len(job.prepared)])
+                start += len(job.prepared)
+
+
+def _settle(future: asyncio.Future, value: Any = None, error: BaseException | None = None) -> None:
+    if future.done():  # the client went away
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class Gate:
+    """Pure ASGI middleware in front of the app: 503 while draining; a body over `max_bytes` gets 413, by its
+    Content-Length or while it streams (the body is read here, at most `max_bytes` of it, and handed on whole);
+    predict requests counted as arriving until their handler queues them; an error that escapes the app is
+    logged, and the client gets one JSON line if nothing was sent yet."""
+
+    def __init__(self, app: Any, state: dict, max_bytes: int) -> None:
+        self.app, self.state, self.max_bytes = app, state, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.state["draining"]:
+            await _error(503, "the server is shutting down")(scope, receive, send)
+            return
+        too_large = _error(413, f"the request body is over the limit of {self.max_bytes:,} bytes (max_body_bytes)")
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await too_large(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            event = await receive()
+            if event["type"] != "http.request":  # the client went away
+                return
+            body += event.get("body", b"")
+            if len(body) > self.max_bytes:
+                await too_large(scope, receive, send)
+                return
+            more = event.get("more_body", False)
+        handed, started = False, False
+
+        async def replay() -> dict:
+            nonlocal handed
+            if not handed:
+                handed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        async def watch(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        batcher = self.state["batcher"]
+        state = scope.setdefault("state", {})
+        state["arriving"] = scope.get("path") == "/v1/predict"
+        batcher.arriving += state["arriving"]
+        try:
+            await self.app(scope, replay, watch)
+        except Exception:
+            log.exception("unexpected error on %s", scope.get("path"))
+            if not started:
+                await _error(500, INTERNAL)(scope, receive, send)
+        finally:
+            batcher.arriving -= state["arriving"]
+
+
+INTERNAL = "internal error (logged by the server)"
+
+
+def create_app(predictor: Predictor, batching: bool = True) -> FastAPI:
+    metrics = Metrics()
+    state: dict[str, Any] = {"draining": False, "batcher": None}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher = state["batcher"] = Batcher(predictor, metrics, batching)
+        batcher.start()
+        yield
+        state["draining"] = True
+        await batcher.stop()
+
+    app = FastAPI(
+        title="t2t", description="t2t's tasks over one model: routed, batched, watched", lifespan=lifespan
+    )
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, INTERNAL)  # Gate logs it
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return _error(400, "the request body is not valid JSON")
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return _error(422, f"{where or 'body'}: {first.get('msg', 'invalid request')}")
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "model_loaded": predictor.model is not None, "device": predictor.device,
+                "dtype": predictor.dtype, "tasks": len(predictor.task_names)}  # fmt: skip
+
+    @app.get("/v1/tasks")
+    async def tasks() -> dict:
+        return {"tasks": [predictor.describe(name) for name in predictor.task_names]}
+
+    @app.get("/v1/health")
+    async def health() -> JSONResponse:
+        loop = asyncio.get_running_loop()
+        batcher = state["batcher"]
+        report = {}
+        for name in predictor.task_names:  # on the model's thread, between batches
+            report[name] = await loop.run_in_executor(batcher.executor, predictor.health, name)
+        unhealthy = [n for n, r in report.items() if r["healthy"] is False]
+        body = {"healthy": not unhealthy, "unhealthy": unhealthy, "tasks": report}
+        return JSONResponse(body, status_code=200 if not unhealthy else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/predict")
+    async def predict(body: PredictRequest, request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        prepared_or_error = _prepare(body)
+        batcher = state["batcher"]
+        batcher.arriving -= request.state.arriving  # queued (or answered with an error) from here on
+        request.state.arriving = False
+        if isinstance(prepared_or_error, JSONResponse):
+            return prepared_or_error
+        task, template, prepared = prepared_or_error
+        good = [p for p in prepared if isinstance(p, Prepared)]
+        answers = iter(await batcher.submit(good))
+        results = [next(answers) if isinstance(p, Prepared) else p for p in prepared]
+        metrics.rows.labels(task.name).inc(len(good))
+        metrics.requests.labels(task.name, "200").inc()
+        metrics.latency.labels(task.name).observe(time.perf_counter() - started)
+        return JSONResponse({
+            "task": task.name, "template": template, "answered": len(good), "refused": len(prepared) - len(good),
+            "results": [result_record(r, body.return_scores, body.return_input) for r in results],
+        })  # fmt: skip
+
+    def _prepare(body: PredictRequest) -> JSONResponse | tuple:
+        """Route, check and render a request: (task, template, prepared rows), or the error response."""
+        limits = predictor.limits
+        if len(body.rows) > limits.max_rows:
+            metrics.requests.labels(
+                body.task if body.task in predictor.task_names else "unknown", "413"
+            ).inc()
+            return _error(413, f"{len(body.rows)} rows is over the limit of {limits.max_rows} rows per request "
+                               "(max_rows)")  # fmt: skip
+        if not body.rows:
+            return _error(422, "rows: give at least one row")
+        try:
+            task = predictor.task(body.task)
+            template = predictor.template(task, body.template)
+        except NotFound as exc:
+            metrics.requests.labels("unknown", "404").inc()
+            return _error(404, exc.message)
+        except T2TError as exc:
+            return _error(422, str(exc))
+        prepared = predictor.prepare(task, template, body.rows)
+        refused = sum(isinstance(p, BadRow) for p in prepared)
+        metrics.errors.labels(task.name).inc(refused)
+        if refused == len(prepared):
+            metrics.requests.labels(task.name, "422").inc()
+            return _error(422, f"no row can be answered; {prepared[0]}")
+        return task, template, prepared
+
+    return Gate(app, state, predictor.limits.max_body_bytes)
+
+
+def serve(
+    predictor: Predictor, host: str, port: int, batching: bool = True, graceful_seconds: float = 30
+) -> None:
+    """Run the API until SIGINT / SIGTERM; requests in flight finish (up to `graceful_seconds`)."""
+    import uvicorn
+
+    app = create_app(predictor, batching)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_seconds,
+                            access_log=False)  # fmt: skip
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            app.state["draining"] = True  # new requests: 503; those in flight go on
+            super().handle_exit(sig, frame)
+
+    print(f"t2t serve: {len(predictor.task_names)} tasks on http://{host}:{port} (docs at /docs), "
+          f"{predictor.device} {predictor.dtype}, batching {'on' if batching else 'off'}", flush=True)  # fmt: skip
+    Server(config).run()

@@ -1,0 +1,273 @@
+"""The prediction core of `t2t predict` and `t2t serve`: a task's template over a caller's raw rows, then the model.
+
+A row is checked (fields the task declares, JSON values, a size bound per field), rendered with the task's
+template apart from its target (`Task.render_input`: the caller need not know the answer), and answered under
+the one encoding policy of training and `t2t eval` (t2t.encoding): a task with answer choices by rank
+classification (`t2t.evaluation.score_choices`, each choice scored in one decoder pass over one encoder pass per
+row; the answer is the choice of highest summed log-likelihood, as `t2t eval`'s `ranked`), any other task by
+greedy generation (`t2t.evaluation.generate`). Rows of any tasks go through the model together; a bad row is
+refused on its own and the others are answered.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from t2t.errors import T2TError, Where, did_you_mean
+from t2t.registry import Registry
+from t2t.templates import Task
+
+MAX_VALUE_DEPTH = 4  # a field may hold a list or mapping of JSON values, nested this deep at most
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    max_rows: int = 256  # rows per request
+    max_field_chars: int = 20_000  # characters per field value (its JSON text, for lists and mappings)
+    max_body_bytes: int = 4_000_000  # an HTTP request body
+    batch_rows: int = 64  # rows per model call when requests are coalesced
+    batch_tokens: int = 16_384  # input tokens per model call
+    wait_ms: float = 5.0  # how long the first request of a batch waits for others
+
+
+class NotFound(T2TError):
+    """An unknown task or template (HTTP 404)."""
+
+
+class BadRow(T2TError):
+    """One row that cannot be answered, with the reason (HTTP 422 when no row of a request is answerable)."""
+
+
+@dataclass
+class Prepared:
+    """A row rendered and ready for the model."""
+
+    task: str
+    template: str
+    input: str
+    choices: tuple[str, ...] | None
+    tokens: int  # input tokens (for batch bounds)
+
+
+@dataclass
+class Answer:
+    answer: str
+    scores: dict[str, float] | None = None  # choice -> summed log-likelihood, for tasks with answer choices
+    input: str = ""
+
+
+@dataclass
+class Predictor:
+    model: Any
+    tokenizer: Any
+    registry: Registry
+    task_names: list[str]
+    max_input_tokens: int | None
+    max_target_tokens: int
+    limits: ServeLimits = field(default_factory=ServeLimits)
+    device: str = "cpu"
+    dtype: str = "fp32"
+    calls: int = 0  # model calls made (batches)
+
+    @classmethod
+    def load(cls, model_dir: Path, registry: Registry, task_names: Sequence[str], device: str = "cpu",
+             dtype: str = "fp32", limits: ServeLimits | None = None) -> Predictor:  # fmt: skip
+        from t2t.checkpoint import read_encoding
+        from t2t.modeling import load_model
+        from t2t.tokenizer import load_tokenizer
+
+        for name in task_names:
+            registry.task(name)  # unknown names refused before the model loads
+        model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+        encoding = read_encoding(model_dir)  # the limits it trained under; else its own position limit
+        positions = getattr(model.config, "max_position_embeddings", None)
+        if dtype == "bf16":
+            import torch
+
+            model = model.to(torch.bfloat16)
+        model = model.to(device).eval()
+        return cls(model, tokenizer, registry, list(task_names), encoding.get("max_input_tokens") or positions,
+                   encoding.get("max_target_tokens") or positions or 128, limits or ServeLimits(), device, dtype)  # fmt: skip
+
+    # ------------------------------------------------------------------------------------ routing
+
+    def task(self, name: str) -> Task:
+        if name not in self.task_names:
+            raise NotFound(f"unknown task {name!r}{did_you_mean(name, self.task_names)}; served: "
+                           f"{', '.join(self.task_names)}")  # fmt: skip
+        return self.registry.task(name)
+
+    def template(self, task: Task, name: str | None) -> str:
+        return choose_template(task, name)
+
+    def prepare(self, task: Task, template: str, rows: Sequence[Any]) -> list[Prepared | BadRow]:
+        """Each row checked and rendered, or the reason it cannot be (naming the row and the field)."""
+        out: list[Prepared | BadRow] = []
+        for rendered in render_rows(task, template, rows, self.limits):
+            if isinstance(rendered, BadRow):
+                out.append(rendered)
+                continue
+            text, choices = rendered
+            tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
+            if self.max_input_tokens is not None:
+                tokens = min(tokens, self.max_input_tokens)
+            out.append(Prepared(task.name, template, text, choices, tokens))
+        return out
+
+    # ------------------------------------------------------------------------------------ the model
+
+    def answer(self, prepared: Sequence[Prepared], return_scores: bool = True) -> list[Answer]:
+        """Answers of rows of any tasks: choice rows ranked together, the others generated together."""
+        from t2t.evaluation import generate, score_choices
+
+        self.calls += 1
+        answers: list[Answer | None] = [None] * len(prepared)
+        ranked = [i for i, p in enumerate(prepared) if p.choices is not None]
+        generated = [i for i, p in enumerate(prepared) if p.choices is None]
+        batch = max(len(prepared), 1)
+        if ranked:
+            scores = score_choices(self.model, self.tokenizer, [prepared[i].input for i in ranked],
+                                   [prepared[i].choices for i in ranked], "t2t", batch, self.max_input_tokens,
+                                   self.max_target_tokens)  # fmt: skip
+            for i, score in zip(ranked, scores, strict=True):
+                choices, sums = prepared[i].choices, score["sum"]
+                best = max(range(len(sums)), key=lambda k: (sums[k], -k))
+                answers[i] = Answer(choices[best], dict(zip(choices, sums, strict=True)), prepared[i].input)
+        if generated:
+            texts = generate(self.model, self.tokenizer, [prepared[i].input for i in generated],
+                             self.max_target_tokens, batch, 1, self.max_input_tokens)  # fmt: skip
+            for i, text in zip(generated, texts, strict=True):
+                answers[i] = Answer(text, None, prepared[i].input)
+        return [a for a in answers if a is not None]
+
+    def predict(
+        self, task_name: str, rows: Sequence[Any], template: str | None = None
+    ) -> list[Answer | BadRow]:
+        """Route, check, render and answer one task's rows (no batching across calls)."""
+        task = self.task(task_name)
+        chosen = self.template(task, template)
+        prepared = self.prepare(task, chosen, rows)
+        good = [p for p in prepared if isinstance(p, Prepared)]
+        answers = iter(self.answer(good) if good else [])
+        return [next(answers) if isinstance(p, Prepared) else p for p in prepared]
+
+    # ------------------------------------------------------------------------------------ health
+
+    def health(self, task_name: str) -> dict:
+        """The task's golden rows through the model: the rendered input must equal the golden input (the template
+        still matches what the task file promises); the answers' agreement with the golden targets is reported."""
+        import time
+
+        task = self.registry.task(task_name)
+        if not task.spec.golden:
+            return {"healthy": None, "reason": "the task has no golden rows", "golden_rows": 0}
+        started = time.perf_counter()
+        problems, agree, rows = [], 0, []
+        for n, golden in enumerate(task.spec.golden):
+            try:
+                text, choices = task.render_input(golden.row, golden.template, n)
+            except T2TError as exc:
+                problems.append(f"golden row {n} (template {golden.template}): {exc.message}")
+                continue
+            if text != golden.input:
+                problems.append(f"golden row {n} (template {golden.template}) renders {text!r}, the task file "
+                                f"expects {golden.input!r}")  # fmt: skip
+                continue
+            tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
+            rows.append((Prepared(task.name, golden.template, text, choices, tokens), golden.target))
+        if rows:
+            answers = self.answer([p for p, _ in rows])
+            agree = sum(a.answer == target for a, (_, target) in zip(answers, rows, strict=True))
+        return {"healthy": not problems, "golden_rows": len(task.spec.golden), "rendered": len(rows),
+                "answers_agree": agree, "agreement": agree / len(rows) if rows else None, "problems": problems,
+                "latency_ms": round(1000 * (time.perf_counter() - started), 2)}  # fmt: skip
+
+    def describe(self, task_name: str) -> dict:
+        task = self.registry.task(task_name)
+        templates = []
+        for name in task.template_names:
+            compiled = task.templates[name]
+            try:
+                _, fields = task.input_part(name)
+                servable = True
+            except T2TError:
+                fields, servable = frozenset(), False
+            choices = compiled.choices if isinstance(compiled.choices, tuple) else None
+            templates.append({"name": name, "input_fields": sorted(fields), "servable": servable,
+                              "answer_choices": list(choices) if choices else None,
+                              "ranked": compiled.choices is not None or compiled.choices_template is not None})  # fmt: skip
+        return {"task": task.name, "description": task.spec.description, "cluster": task.spec.cluster,
+                "fields": dict(task.spec.fields), "default_template": task.spec.serve_template or task.template_names[0],
+                "templates": templates, "metrics": list(task.spec.metrics)}  # fmt: skip
+
+
+def choose_template(task: Task, name: str | None) -> str:
+    """The template to answer with: `name`, else the task's `serve_template`, else its first."""
+    chosen = name or task.spec.serve_template or task.template_names[0]
+    if chosen not in task.templates:
+        raise NotFound(f"task {task.name!r} has no template {chosen!r}{did_you_mean(chosen, task.template_names)}"
+                       f"; its templates: {', '.join(task.template_names)}")  # fmt: skip
+    task.input_part(chosen)  # a template whose input cannot be rendered apart is refused here
+    return chosen
+
+
+def render_rows(task: Task, template: str, rows: Sequence[Any],
+                limits: ServeLimits) -> list[tuple[str, tuple[str, ...] | None] | BadRow]:  # fmt: skip
+    """Each row checked (declared fields, JSON values, the size bound) and its input rendered, or why not."""
+    out: list[tuple[str, tuple[str, ...] | None] | BadRow] = []
+    for index, row in enumerate(rows):
+        try:
+            _check_row(task, row, limits)
+            out.append(task.render_input(row, template, index))
+        except T2TError as exc:
+            out.append(BadRow(exc.message, Where(task=task.name, template=template, row=index)))
+    return out
+
+
+def _check_row(task: Task, row: Any, limits: ServeLimits) -> None:
+    if not isinstance(row, dict):
+        raise T2TError(f"a row must be an object of the task's fields, got {type(row).__name__}")
+    for name, value in row.items():
+        if name not in task.spec.fields:
+            raise T2TError(f"unknown field {name!r}{did_you_mean(name, list(task.spec.fields))}; the task's "
+                           f"fields: {', '.join(task.spec.fields)}")  # fmt: skip
+        problem = _value_problem(value, MAX_VALUE_DEPTH)
+        if problem:
+            raise T2TError(f"field {name!r}: {problem}")
+        size = len(value) if isinstance(value, str) else len(json.dumps(value))
+        if size > limits.max_field_chars:
+            raise T2TError(f"field {name!r} holds {size:,} characters, over the limit of "
+                           f"{limits.max_field_chars:,} (max_field_chars)")  # fmt: skip
+
+
+def _value_problem(value: Any, depth: int) -> str | None:
+    """Why a field value is not a plain JSON value (nested at most `depth` deep), or None."""
+    if value is None or isinstance(value, str | bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "a number must be finite"
+    if isinstance(value, list | dict):
+        if depth <= 0:
+            return f"nested deeper than {MAX_VALUE_DEPTH} levels"
+        items = value.values() if isinstance(value, dict) else value
+        if isinstance(value, dict) and not all(isinstance(k, str) for k in value):
+            return "mapping keys must be strings"
+        return next((p for p in (_value_problem(v, depth - 1) for v in items) if p), None)
+    return f"a {type(value).__name__} is not a JSON value"
+
+
+def result_record(result: Answer | BadRow, return_scores: bool, return_input: bool) -> dict:
+    """One row's answer (or refusal) as JSON."""
+    if isinstance(result, BadRow):
+        return {"error": str(result)}
+    record: dict[str, Any] = {"answer": result.answer}
+    if return_scores and result.scores is not None:
+        record["scores"] = result.scores
+    if return_input:
+        record["input"] = result.input
+    return record

@@ -1,0 +1,354 @@
+"""`t2t serve` as a user runs it: a real uvicorn server in a subprocess on a tiny checkpoint trained here, talked
+to with a real HTTP client; and `t2t predict`, whose answers must equal the server's and `t2t eval`'s."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from t2t.registry import Registry
+from t2t.sources import load_split, select_rows
+from t2t.train import Run
+from t2t.train_config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = ["sentiment", "add_numbers", "larger_number"]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_tokenizer, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    (root / "mixtures").mkdir()
+    (root / "mixtures" / "three.yaml").write_text(yaml.safe_dump({"name": "three", "members": dict.fromkeys(TASKS),
+                                                                   "rate": {"rule": "uniform"}}))  # fmt: skip
+    tiny_tokenizer.save_pretrained(str(root / "tok"))
+    config = TrainConfig.model_validate({
+        "run_dir": str(root / "run"), "mixture": "three", "tokenizer": {"pretrained": str(root / "tok")},
+        "model": {"tiny": {"d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64}},
+        "max_input_tokens": 48, "max_target_tokens": 8,
+        "batching": {"strategy": "padded", "batch_size": 16, "max_tokens": None, "window_examples": 64},
+        "steps": 40, "optimizer": {"lr": 1e-2}, "trackers": [], "log_every_steps": 40,
+    })  # fmt: skip
+    Run(config, Registry.default(mixtures_dirs=[root / "mixtures"])).fit()
+    return root / "run" / "model", root / "mixtures"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: Path, mixtures: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [sys.executable, "-m", "t2t", "--mixtures-dir", str(mixtures), "serve", "--model", str(model),
+               "--mixture", "three", "--port", str(port), "--device", "cpu", *extra]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited: {process.stdout.read()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise AssertionError("the server did not come up in 120 s")
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    model, mixtures = checkpoint
+    process, url = start_server(model, mixtures, "--max-rows", "40", "--max-field-chars", "300",
+                                "--max-body-bytes", "60000", "--wait-ms", "20")  # fmt: skip
+    yield url
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+
+
+def eval_rows(task: str, n: int) -> list[dict]:
+    """The rows `t2t eval --max-examples n` takes from the validation split, as plain dicts."""
+    data = load_split(Registry.default().task(task), "validation")
+    return [dict(data.rows[int(i)]) for i in select_rows(task, "validation", len(data), n)]
+
+
+def post(url: str, body, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}/v1/predict", json=body, timeout=120, **kwargs)
+
+
+def test_tasks_and_liveness(server):
+    assert httpx.get(f"{server}/healthz").json() == {"status": "ok", "model_loaded": True, "device": "cpu",
+                                                      "dtype": "fp32", "tasks": 3}  # fmt: skip
+    tasks = {t["task"]: t for t in httpx.get(f"{server}/v1/tasks").json()["tasks"]}
+    assert sorted(tasks) == sorted(TASKS)
+    sentiment = tasks["sentiment"]
+    assert sentiment["fields"] == {
+        "text": 'a sentence like "the plum was sweet and fun"',
+        "label": "0 negative, 1 positive",
+    }
+    assert sentiment["default_template"] == "review" and sentiment["metrics"] == ["accuracy"]
+    assert sentiment["templates"][0] == {"name": "review", "input_fields": ["text"], "servable": True,
+                                         "answer_choices": ["negative", "positive"], "ranked": True}  # fmt: skip
+    assert tasks["add_numbers"]["templates"][0]["input_fields"] == ["a", "b"]
+    assert tasks["add_numbers"]["templates"][0]["ranked"] is False
+    assert httpx.get(f"{server}/openapi.json").json()["paths"].keys() >= {
+        "/v1/predict",
+        "/v1/tasks",
+        "/v1/health",
+    }
+
+
+def test_predict_routes_renders_and_scores(server):
+    response = post(server, {"task": "sentiment", "rows": [{"text": "the plum was sweet and fun"}],
+                             "return_scores": True, "return_input": True})  # fmt: skip
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["task"], body["template"], body["answered"], body["refused"]) == (
+        "sentiment",
+        "review",
+        1,
+        0,
+    )
+    result = body["results"][0]
+    assert result["input"] == "Review: the plum was sweet and fun\nIs this review positive or negative?"
+    assert set(result["scores"]) == {"negative", "positive"}
+    assert result["answer"] == max(result["scores"], key=result["scores"].get)
+    assert all(s < 0 for s in result["scores"].values())  # log-likelihoods
+    # choices that come from the row (larger_number: the two numbers themselves)
+    body = post(server, {"task": "larger_number", "template": "greater", "rows": [{"a": 12, "b": 7}],
+                         "return_scores": True}).json()  # fmt: skip
+    assert set(body["results"][0]["scores"]) == {"12", "7"} and body["template"] == "greater"
+    # a generation task: no scores
+    body = post(server, {"task": "add_numbers", "rows": [{"a": 3, "b": 4}], "return_scores": True}).json()
+    assert set(body["results"][0]) == {"answer"}
+
+
+def test_field_values_are_data_never_templates(server):
+    payloads = ["{{ 7*7 }}", "{% raw %}x{% endraw %}", "{{ ''.__class__ }}"]
+    body = post(
+        server, {"task": "sentiment", "rows": [{"text": p} for p in payloads], "return_input": True}
+    ).json()
+    assert [r["input"] for r in body["results"]] == [
+        f"Review: {p}\nIs this review positive or negative?" for p in payloads
+    ]
+
+
+def test_a_bad_row_is_refused_alone(server):
+    rows = [
+        {"text": "fine"},
+        {"txt": "typo"},
+        {},
+        {"text": "x" * 301},
+        {"text": {"deep": [[[[["x"]]]]]}},
+        ["a"],
+    ]
+    body = post(server, {"task": "sentiment", "rows": rows}).json()
+    assert (body["answered"], body["refused"]) == (1, 5)
+    errors = [r.get("error") for r in body["results"]]
+    assert errors[0] is None and body["results"][0]["answer"] in ("negative", "positive")
+    assert "row 1" in errors[1] and "unknown field 'txt' (did you mean 'text'?)" in errors[1]
+    assert "row 2" in errors[2] and "row has no field 'text'" in errors[2]
+    assert "row 3" in errors[3] and "field 'text' holds 301 characters, over the limit of 300" in errors[3]
+    assert "row 4" in errors[4] and "nested deeper than 4 levels" in errors[4]
+    assert "row 5" in errors[5] and "a row must be an object" in errors[5]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({"task": "sentimnt", "rows": [{"text": "a"}]}, 404, "unknown task 'sentimnt' (did you mean 'sentiment'?)"),
+    ({"task": "sentiment", "template": "nope", "rows": [{"text": "a"}]}, 404, "has no template 'nope'"),
+    ({"task": "sentiment", "rows": [{"label": 1}]}, 422, "no row can be answered; task 'sentiment', template "
+                                                          "'review', row 0: row has no field 'text'"),
+    ({"task": "sentiment", "rows": [{"text": "a", "extra": 1}]}, 422, "row 0: unknown field 'extra'"),
+    ({"task": "sentiment", "rows": [{"text": "a"}] * 41}, 413, "41 rows is over the limit of 40 rows per request"),
+    ({"task": "sentiment", "rows": []}, 422, "give at least one row"),
+    ({"task": "sentiment"}, 422, "rows: Field required"),
+    ({"task": "sentiment", "rows": [{"text": "a"}], "stream": True}, 422, "stream: Extra inputs are not permitted"),
+])  # fmt: skip
+def test_errors_are_one_json_line_with_the_right_status(server, body, status, message):
+    response = post(server, body)
+    assert response.status_code == status, response.text
+    assert list(response.json()) == ["error"] and message in response.json()["error"]
+
+
+def test_malformed_json_and_oversized_bodies(server):
+    response = httpx.post(f"{server}/v1/predict", content=b'{"task": "sentiment", "rows": [', timeout=30,
+                          headers={"content-type": "application/json"})  # fmt: skip
+    assert response.status_code == 400 and response.json() == {"error": "the request body is not valid JSON"}
+    big = json.dumps({"task": "sentiment", "rows": [{"text": "word " * 50}] * 300}).encode()
+    response = httpx.post(f"{server}/v1/predict", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "over the limit of 60,000 bytes" in response.json()["error"]
+
+    def chunks():  # no Content-Length: the limit holds while the body streams
+        for _ in range(100):
+            yield b" " * 1000
+
+    response = httpx.post(
+        f"{server}/v1/predict", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+
+
+def test_per_task_health_runs_the_golden_rows(server):
+    response = httpx.get(f"{server}/v1/health", timeout=120)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["healthy"] is True and body["unhealthy"] == []
+    sentiment = body["tasks"]["sentiment"]
+    assert sentiment["healthy"] is True and sentiment["problems"] == []
+    assert sentiment["golden_rows"] == sentiment["rendered"] == 2 and 0 <= sentiment["answers_agree"] <= 2
+    assert sentiment["latency_ms"] > 0
+
+
+def test_concurrent_requests_are_batched_and_answer_as_predict_and_eval(
+    server, checkpoint, tmp_path, run_cli
+):
+    model, mixtures = checkpoint
+    rows = {task: eval_rows(task, 16) for task in TASKS}
+    templates = {"sentiment": "feeling", "add_numbers": "plus", "larger_number": "larger"}
+    before = httpx.get(f"{server}/metrics").text
+
+    def ask(i: int) -> tuple[str, int, str]:
+        task = TASKS[i % 3]
+        row = (i // 3) % 16
+        body = post(server, {"task": task, "template": templates[task], "rows": [rows[task][row]]}).json()
+        return task, row, body["results"][0]["answer"]
+
+    with ThreadPoolExecutor(64) as pool:
+        served = list(pool.map(ask, range(64)))
+    assert len(served) == 64
+    metrics = httpx.get(f"{server}/metrics").text
+    assert 't2t_requests_total{status="200",task="sentiment"}' in metrics
+    calls = _sample(metrics, "t2t_batch_rows_count") - _sample(before, "t2t_batch_rows_count")
+    assert calls < 64  # coalesced: fewer model calls than requests
+    for task in TASKS:
+        write_rows = tmp_path / f"{task}.jsonl"
+        write_rows.write_text("".join(json.dumps(r) + "\n" for r in rows[task]))
+        out = tmp_path / f"{task}.preds.jsonl"
+        code, _, err = run_cli("--mixtures-dir", mixtures, "predict", "--model", model, "--task", task, "--template",
+                               templates[task], "--input", write_rows, "--out", out, "--device", "cpu", "--quiet")  # fmt: skip
+        assert code == 0, err
+        predicted = [json.loads(line)["answer"] for line in out.read_text().splitlines()]
+        for served_task, row, answer in served:
+            if served_task == task:
+                assert answer == predicted[row], (task, row)
+        code, _, err = run_cli("eval", "--model", model, "--tasks", task, "--template", templates[task],
+                               "--max-examples", "16", "--device", "cpu", "--out", tmp_path / f"eval-{task}")  # fmt: skip
+        assert code == 0, err
+        records = [
+            json.loads(line)
+            for line in (tmp_path / f"eval-{task}" / "predictions.jsonl").read_text().splitlines()
+        ]
+        key = "ranked" if task != "add_numbers" else "prediction"
+        assert [r[key] for r in records] == predicted, task
+
+
+def _sample(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_unhealthy_when_a_template_no_longer_renders_its_golden_rows(checkpoint, tmp_path):
+    model, _ = checkpoint
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    spec = yaml.safe_load((REPO / "templates" / "builtin" / "sentiment.yaml").read_text())
+    spec["name"] = "sentiment_edited"
+    spec["templates"][0]["input"] = "Review text: {{ text }}"  # the golden rows still expect the old input
+    (tasks / "sentiment_edited.yaml").write_text(yaml.safe_dump(spec))
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "t2t", "--templates-dir", str(tasks), "serve", "--model", str(model),
+                                "--tasks", "sentiment_edited", "add_numbers", "--port", str(port), "--device", "cpu"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        response = httpx.get(f"{url}/v1/health", timeout=120)
+        assert response.status_code == 503
+        body = response.json()
+        assert body["unhealthy"] == ["sentiment_edited"] and body["tasks"]["add_numbers"]["healthy"] is True
+        assert (
+            "renders 'Review text: the fig was poor', the task file expects"
+            in body["tasks"]["sentiment_edited"]["problems"][0]
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def test_shutdown_lets_requests_in_flight_finish(checkpoint):
+    model, mixtures = checkpoint
+    process, url = start_server(model, mixtures, "--no-batching")
+    results: list = []
+
+    def slow_request():  # many rows: a second or more of model time
+        results.append(post(url, {"task": "add_numbers", "rows": [{"a": i, "b": i} for i in range(200)]}))
+
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+    time.sleep(0.5)
+    os.kill(process.pid, signal.SIGTERM)
+    thread.join(timeout=120)
+    assert process.wait(timeout=60) in (
+        0,
+        -signal.SIGTERM,
+    )  # uvicorn re-raises the signal once it has drained
+    assert results and results[0].status_code == 200 and results[0].json()["answered"] == 200
+    output = process.stdout.read()
+    assert "Traceback" not in output
+
+
+def test_predict_refuses_a_bad_file_whole_or_answers_the_rest(checkpoint, tmp_path, run_cli):
+    model, _ = checkpoint
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "so good"}\n{"txt": "typo"}\n{"text": "awful"}\n')
+    out = tmp_path / "preds.jsonl"
+    code, _, err = run_cli("predict", "--model", model, "--task", "sentiment", "--input", rows, "--out", out,
+                           "--device", "cpu", "--quiet")  # fmt: skip
+    assert code == 2 and not out.exists()
+    assert err.count("\n") == 1 and "rows.jsonl" in err and "row 1" in err and "unknown field 'txt'" in err
+    code, stdout, err = run_cli("predict", "--model", model, "--task", "sentiment", "--input", rows, "--out", out,
+                                "--device", "cpu", "--quiet", "--skip-bad-rows", "--scores", "--with-input")  # fmt: skip
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["row"] for line in lines] == [0, 1, 2]
+    assert "unknown field 'txt'" in lines[1]["error"] and lines[0]["input"].startswith("Review: so good")
+    assert set(lines[2]["scores"]) == {"negative", "positive"}
+    assert "2 rows answered with template review, 1 refused" in stdout
+    # jsonl on stdin, csv and parquet files give the same answers
+    import pandas as pd
+
+    pd.DataFrame([{"text": "so good"}, {"text": "awful"}]).to_csv(tmp_path / "rows.csv", index=False)
+    pd.DataFrame([{"text": "so good"}, {"text": "awful"}]).to_parquet(tmp_path / "rows.parquet")
+    answers = [lines[0]["answer"], lines[2]["answer"]]
+    for source in ("rows.csv", "rows.parquet"):
+        code, _, err = run_cli("predict", "--model", model, "--task", "sentiment", "--input", tmp_path / source,
+                               "--out", tmp_path / "p.jsonl", "--device", "cpu", "--quiet")  # fmt: skip
+        assert code == 0, err
+        assert [json.loads(x)["answer"] for x in (tmp_path / "p.jsonl").read_text().splitlines()] == answers
+    result = subprocess.run([sys.executable, "-m", "t2t", "predict", "--model", str(model), "--task", "sentiment",
+                             "--input", "-", "--out", str(tmp_path / "s.jsonl"), "--device", "cpu", "--quiet"],
+                            input='{"text": "so good"}\n{"text": "awful"}\n', capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(x)["answer"] for x in (tmp_path / "s.jsonl").read_text().splitlines()] == answers
+    result = subprocess.run([sys.executable, "-m", "t2t", "predict", "--model", str(model), "--task", "sentiment",
+                             "--input", "-", "--out", str(tmp_path / "bad.jsonl"), "--device", "cpu"],
+                            input='{"text": "ok"}\nnot json\n', capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert result.returncode == 2 and "stdin line 2: not JSON" in result.stderr
+    assert not (tmp_path / "bad.jsonl").exists()
