@@ -372,7 +372,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             for i, answer in zip(chunk, predictor.answer([prepared[i] for i in chunk]), strict=True):
                 results[i] = answer
             bar.update(len(chunk))
-    lines = [json.dumps({"row": i, **result_record(r, args.scores, args.with_input)}) for i, r in enumerate(results)]
+    lines = [
+        json.dumps({"row": i, **result_record(r, args.scores, args.with_input)})
+        for i, r in enumerate(results)
+    ]
     atomic_write_text(args.out, "".join(line + "\n" for line in lines))
     refused = f", {len(bad)} refused (their lines say why)" if bad else ""
     print(f"wrote {args.out}: {len(good)} rows answered with template {template}{refused}")
@@ -603,11 +606,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-generate", action="store_true", help="rank classification only (tasks with choices)")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json / .md, predictions, plot")
 
-    p = command("predict", cmd_predict, "answer a file of raw rows with one task's template (offline batches)")
+    p = command(
+        "predict", cmd_predict, "answer a file of raw rows with one task's template (offline batches)"
+    )
     p.add_argument("--model", type=Path, required=True, help="an HF seq2seq dir (a t2t run's model/)")
     p.add_argument("--task", required=True)
     p.add_argument("--template", help="default: the task's serve_template, else its first template")
-    p.add_argument("--input", type=Path, required=True, help="rows.jsonl, .csv or .parquet; - for jsonl on stdin")
+    p.add_argument(
+        "--input", type=Path, required=True, help="rows.jsonl, .csv or .parquet; - for jsonl on stdin"
+    )
     p.add_argument("--out", type=Path, required=True, help="preds.jsonl: one line per input row, in order")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default="auto", help="auto (the GPU when there is one, in bf16), cpu, cuda")
@@ -618,7 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-field-chars", type=positive_int, default=20_000, help="characters per field value")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = command("serve", cmd_serve, "an HTTP JSON API over a model: tasks routed, requests batched, health, metrics")
+    p = command(
+        "serve", cmd_serve, "an HTTP JSON API over a model: tasks routed, requests batched, health, metrics"
+    )
     p.add_argument("--model", type=Path, required=True, help="an HF seq2seq dir (a t2t run's model/)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--mixture", help="serve the mixture's training and held-out tasks")
@@ -632,8 +641,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-tokens", type=positive_int, default=16_384, help="input tokens per model call")
     p.add_argument("--wait-ms", type=float, default=5.0, help="how long a batch waits for more requests (ms)")
     p.add_argument("--max-rows", type=positive_int, default=256, help="rows per request (over: 413)")
-    p.add_argument("--max-field-chars", type=positive_int, default=20_000, help="characters per field (over: 422)")
-    p.add_argument("--max-body-bytes", type=positive_int, default=4_000_000, help="request body bytes (over: 413)")
+    p.add_argument(
+        "--max-field-chars", type=positive_int, default=20_000, help="characters per field (over: 422)"
+    )
+    p.add_argument(
+        "--max-body-bytes", type=positive_int, default=4_000_000, help="request body bytes (over: 413)"
+    )
 
     imports = sub.add_parser("import", help="import tasks from other tools", description="import tasks")
     imports_sub = imports.add_subparsers(dest="import_command", required=True, metavar="COMMAND")

@@ -180,7 +180,9 @@ class TaskSpec(Spec):
     # Where the file came from when a tool wrote it (e.g. `t2t import promptsource`): its templates, licence, ids.
     origin: dict[str, Any] = Field(default_factory=dict)
     few_shot_separator: str | None = None  # between exemplars when a mixture prompts this task few-shot
-    serve_template: str | None = None  # the template `t2t predict` / `t2t serve` use by default (else the first)
+    serve_template: str | None = (
+        None  # the template `t2t predict` / `t2t serve` use by default (else the first)
+    )
     path: Path | None = Field(default=None, exclude=True)  # set by the loader, never by the file
 
     @field_validator("name", "cluster")

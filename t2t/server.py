@@ -177,7 +177,9 @@ class Gate:
         if self.state["draining"]:
             await _error(503, "the server is shutting down")(scope, receive, send)
             return
-        too_large = _error(413, f"the request body is over the limit of {self.max_bytes:,} bytes (max_body_bytes)")
+        too_large = _error(
+            413, f"the request body is over the limit of {self.max_bytes:,} bytes (max_body_bytes)"
+        )
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await too_large(scope, receive, send)

@@ -320,7 +320,9 @@ class Task:
                     raise T2TError("the template has no ||| to split its input from its target", where)
                 source = source.split("|||", 1)[0]
                 if compiled.spec.truncate_fields:
-                    source = source.replace("}}", f" | string | truncate({compiled.spec.truncate_fields}) }}}}")
+                    source = source.replace(
+                        "}}", f" | string | truncate({compiled.spec.truncate_fields}) }}}}"
+                    )
             try:
                 part, used = _parse(source, "input", where, self.limits, env=env)
             except T2TError as exc:
@@ -336,7 +338,11 @@ class Task:
         return self._input_parts[template]
 
     def _choice_fields(self, compiled: CompiledTemplate) -> set[str]:
-        source = compiled.spec.answer_choices if compiled.spec.answer_choices is not None else self.spec.answer_choices
+        source = (
+            compiled.spec.answer_choices
+            if compiled.spec.answer_choices is not None
+            else self.spec.answer_choices
+        )
         return set(meta.find_undeclared_variables(ENV.parse("{{ " + source + " }}")))
 
     def render_input(self, row: Mapping[str, Any], template: str, index: int = 0) -> tuple[str, tuple | None]:
@@ -362,7 +368,9 @@ class Task:
                 text = self._evaluate(compiled.choices_template.render, context, where, "answer_choices", key)
                 choices = tuple(c.strip().replace(PIPE_GUARD, "|||") for c in text.split("|||"))
             context["answer_choices"] = list(choices) if choices is not None else None
-            inputs = self._evaluate(part.render, context, where, "input", key).replace(PIPE_GUARD, "|||").strip()
+            inputs = (
+                self._evaluate(part.render, context, where, "input", key).replace(PIPE_GUARD, "|||").strip()
+            )
         else:
             choices = self._choices(compiled, context, where)
             if choices is not None:
