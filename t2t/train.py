@@ -21,7 +21,7 @@ import torch
 import yaml
 from accelerate.utils import DistributedType
 
-from t2t.balancing import Balancer, ModelWithBalancing
+from t2t.balancing import Balancer, ModelWithBalancing, gradient_parameters
 from t2t.checkpoint import Checkpointer, checkpoint_path, mark_best, run_identity
 from t2t.data import BatchLoader, LoaderState, MixtureData
 from t2t.encoding import Limits, decoder_start_id, truncation_warnings
@@ -178,6 +178,16 @@ def get_optimizer_and_scheduler(config: TrainConfig, wrapped: torch.nn.Module):
     return optimizer, scheduler
 
 
+def check_gradient_method(accelerator: Any, config: TrainConfig) -> None:
+    """The gradient methods need whole per-task gradients on their subset: refused under ZeRO-3."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    stage = plugin.deepspeed_config.get("zero_optimization", {}).get("stage") if plugin is not None else None
+    if stage == 3:
+        raise T2TError(f"balancing.method={config.balancing.method} needs per-task gradients, which ZeRO-3 keeps "
+                       "partitioned: use ZeRO-1/2, DDP or one process, or a loss-only method (equal, uncertainty, "
+                       "dwa, rlw, gls) under ZeRO-3")  # fmt: skip
+
+
 def configure_deepspeed(accelerator: Any, config: TrainConfig) -> None:
     """Fill the DeepSpeed JSON's "auto" values from the training config, the one source of truth."""
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
@@ -208,9 +218,16 @@ class Run:
         self.tokenizer = get_tokenizer(config, registry, self.mixture, acc)
         model = get_model(config, self.tokenizer)
         self.identity = run_identity(config, self.mixture, registry, self.tokenizer, model)
-        self.balancer = Balancer(config.balancing, len(self.tasks))
+        self.balancer = Balancer(config.balancing, len(self.tasks), config.seed)
+        subset = None
+        if self.balancer.uses_gradients:
+            check_gradient_method(acc, config)
+            subset = [p for _, p in gradient_parameters(model, config.balancing.gradient_params)]
         wrapped = ModelWithBalancing(
-            model, len(self.tasks), learn_log_vars=config.balancing.method == "uncertainty"
+            model,
+            len(self.tasks),
+            learn_log_vars=config.balancing.method == "uncertainty",
+            gradient_params=subset,
         )
         optimizer, scheduler = get_optimizer_and_scheduler(config, wrapped)
         configure_deepspeed(acc, config)
@@ -316,10 +333,11 @@ class Run:
         task_loss = torch.zeros(len(self.tasks), device=device)
         task_tokens = torch.zeros(len(self.tasks), device=device)
         objective = torch.zeros((), device=device)
-        for batch in micro:
+        for index, batch in enumerate(micro):
             tensors = {name: t.to(device) for name, t in batch.tensors.items()}
+            weigher = self.balancer.weigher(self.state.step, index, acc.process_index)
             with acc.accumulate(self.model):
-                balanced, batch_loss, batch_tokens, used = self.model(tensors, weights)
+                balanced, batch_loss, batch_tokens, used = self.model(tensors, weights, weigher)
                 self._check_finite(batch_loss.sum(), tensors)
                 acc.backward(balanced * scale)
                 deepspeed_clips = acc.distributed_type == DistributedType.DEEPSPEED  # from its config
@@ -340,6 +358,9 @@ class Run:
                  "objective": float(reduced[2 * n]), "real_tokens": int(reduced[2 * n + 1]),
                  "examples": int(reduced[2 * n + 2])}  # fmt: skip
         self.balancer.observe(stats["task_loss"], stats["task_tokens"])
+        if self.balancer.spec.method == "gradnorm" and acc.num_processes > 1:  # one state on every rank
+            state = torch.tensor(self.balancer.gradnorm.weights, device=device, dtype=torch.float64)
+            self.balancer.gradnorm.weights = (acc.reduce(state, "mean")).cpu().numpy()
         self.state.tokens_seen += stats["real_tokens"]
         self.state.examples_seen += stats["examples"]
         return stats
@@ -362,6 +383,7 @@ class Run:
         if self.state.step % config.log_every_steps and self.state.step != config.steps:
             return
         record = window.flush(self.tasks, self.weights.float().cpu().tolist())
+        record.update(self.balancer.gradient_stats(self.tasks))
         record.update(
             step=self.state.step, lr=self.scheduler.get_last_lr()[0], tokens_seen=self.state.tokens_seen
         )
@@ -427,6 +449,10 @@ class Run:
         if not acc.is_main_process:
             return
         warnings = truncation_warnings(self.data.encode_all(), self.data.limits)
+        if self.balancer.weighs and self.config.batching.strategy == "padded":
+            warnings.append(f"balancing.method={self.config.balancing.method} weighs the tasks within each "
+                            "micro-batch, and length-bucketed padded batches often hold a single task (where it "
+                            "changes nothing): packed batches mix tasks")  # fmt: skip
         for line in warnings:
             print(f"warning: {line}")
         n_params = sum(p.numel() for p in acc.unwrap_model(self.model).model.parameters())

@@ -84,11 +84,19 @@ class ScheduleSpec(Spec):
 
 
 class BalancingSpec(Spec):
-    method: Literal["equal", "uncertainty", "dwa"] = "equal"
+    method: Literal["equal", "uncertainty", "dwa", "pcgrad", "cagrad", "mgda", "gradnorm", "rlw", "gls"] = (
+        "equal"
+    )
     dwa_temperature: Annotated[float, Field(gt=0)] = 2.0
     dwa_window_steps: Positive = (
         20  # DWA compares mean task losses of the last two windows of this many steps
     )
+    # pcgrad / cagrad / mgda / gradnorm: the parameters whose per-task gradients are compared (globs over the
+    # model's parameter names); default: the last decoder block and the decoder's final layer norm
+    gradient_params: list[str] | None = None
+    cagrad_c: Annotated[float, Field(ge=0)] = 0.5
+    gradnorm_alpha: Annotated[float, Field(ge=0)] = 1.5
+    gradnorm_lr: Annotated[float, Field(gt=0)] = 0.025
 
 
 class SelectionSpec(Spec):

@@ -126,6 +126,24 @@ def tiny_tokenizer(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tokenizer_dir(tiny_tokenizer, tmp_path_factory):
+    """The tiny tokenizer saved as a pretrained folder (for `tokenizer: {pretrained: DIR}`)."""
+    path = tmp_path_factory.mktemp("train_tok") / "tok"
+    tiny_tokenizer.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def mixture_dir(tmp_path_factory):
+    """A folder with `two_tasks`: add_numbers and color_lookup, uniform, sum_check held out."""
+    folder = tmp_path_factory.mktemp("mixtures")
+    spec = {"name": "two_tasks", "members": {"add_numbers": None, "color_lookup": None}, "rate": {"rule": "uniform"},
+            "held_out": ["sum_check"]}  # fmt: skip
+    (folder / "two_tasks.yaml").write_text(yaml.safe_dump(spec))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def demo_data(tiny_tokenizer):
     """The demo mixture's training data with the tiny tokenizer (tasks encoded once per session)."""
     from t2t.data import MixtureData

@@ -21,22 +21,6 @@ from t2t.train_config import TrainConfig, load_train_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def tokenizer_dir(tiny_tokenizer, tmp_path_factory):
-    path = tmp_path_factory.mktemp("train_tok") / "tok"
-    tiny_tokenizer.save_pretrained(str(path))
-    return path
-
-
-@pytest.fixture(scope="session")
-def mixture_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mixtures")
-    spec = {"name": "two_tasks", "members": {"add_numbers": None, "color_lookup": None}, "rate": {"rule": "uniform"},
-            "held_out": ["sum_check"]}  # fmt: skip
-    (folder / "two_tasks.yaml").write_text(yaml.safe_dump(spec))
-    return folder
-
-
 def make_config(tmp_path, tokenizer_dir, **changes) -> TrainConfig:
     data = {
         "run_dir": str(tmp_path / "run"), "mixture": "two_tasks",
