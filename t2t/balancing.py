@@ -185,7 +185,7 @@ class Balancer:
         (this process's micro-batches); empty for the methods that take no gradients."""
         if not self.uses_gradients or not self._norm_counts.any():
             return {}
-        record: dict = {}
+        record: dict = {"grad_tasks": list(tasks)}
         for t, name in enumerate(tasks):
             if self._norm_counts[t]:
                 record[f"grad_norm/{name}"] = float(self._norms[t] / self._norm_counts[t])

@@ -449,6 +449,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_affinity(args: argparse.Namespace) -> int:
+    from t2t.affinity import affinity_report
+
+    out = args.out or args.run_dir / "affinity"
+    result = affinity_report(args.run_dir, out, args.threshold)
+    tasks, cosine = result["tasks"], result["cosine"]
+    width = max(len(t) for t in tasks)
+    print(f"mean gradient cosine over {result['log_lines']} log lines (rows and columns: {', '.join(tasks)})")
+    for name, row in zip(tasks, cosine, strict=True):
+        print(f"  {name:<{width}}  " + " ".join("   .  " if x is None else f"{x:+.2f} " for x in row))
+    print(f"suggested groups (average linkage, merged while the mean cosine > {args.threshold:g}):")
+    for group in result["groups"]:
+        print("  " + ", ".join(group))
+    print(f"wrote {out / 'affinity.json'} and {out / 'affinity.png'}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from t2t.compare import compare
 
@@ -605,6 +622,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-generate", action="store_true", help="rank classification only (tasks with choices)")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json / .md, predictions, plot")
+
+    p = command(
+        "affinity", cmd_affinity, "which tasks help each other: a task x task map from a run's gradients"
+    )
+    p.add_argument(
+        "run_dir", type=Path, help="a run trained with a gradient method (balancing.method=pcgrad ...)"
+    )
+    p.add_argument(
+        "--out", type=Path, help="folder for affinity.json and affinity.png (default RUN_DIR/affinity)"
+    )
+    p.add_argument(
+        "--threshold", type=float, default=0.0, help="merge groups while their mean cosine is above it"
+    )
 
     p = command(
         "predict", cmd_predict, "answer a file of raw rows with one task's template (offline batches)"

@@ -252,3 +252,59 @@ def test_gradient_methods_are_refused_under_zero3_and_run_under_ddp(tmp_path, to
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     records = metrics(tmp_path / "ddp")
     assert "grad_cosine" in records[-1]
+
+
+# ---------------------------------------------------------------------------------------- affinity
+
+
+def write_metrics(run_dir: Path, matrices: list) -> None:
+    run_dir.mkdir(parents=True)
+    lines = [{"step": 1, "loss": 1.0}]  # a line without cosines is passed over
+    lines += [
+        {"step": i + 2, "grad_tasks": ["a", "b", "c"], "grad_cosine": m} for i, m in enumerate(matrices)
+    ]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_affinity_by_hand(tmp_path, run_cli):
+    # a-b agree (0.9 then 0.7: mean 0.8), a-c conflict (-0.5), b-c conflict (-0.2, then unknown: mean -0.2)
+    write_metrics(tmp_path / "run", [
+        [[1, 0.9, -0.5], [0.9, 1, -0.2], [-0.5, -0.2, 1]],
+        [[1, 0.7, -0.5], [0.7, 1, None], [-0.5, None, 1]],
+    ])  # fmt: skip
+    code, out, err = run_cli("affinity", tmp_path / "run")
+    assert code == 0, err
+    result = json.loads((tmp_path / "run" / "affinity" / "affinity.json").read_text())
+    assert result["cosine"] == [[1, 0.8, -0.5], [0.8, 1, -0.2], [-0.5, -0.2, 1]]
+    assert result["negative_share"][0][2] == 1.0 and result["negative_share"][0][1] == 0.0
+    assert result["groups"] == [["a", "b"], ["c"]] and result["log_lines"] == 2
+    assert (tmp_path / "run" / "affinity" / "affinity.png").stat().st_size > 0
+    assert "  a, b\n  c\n" in out
+    # a threshold above 0.8 keeps every task apart; below -0.5 merges all (mean of a-b group to c: -0.35)
+    code, _, _ = run_cli("affinity", tmp_path / "run", "--threshold", "0.85", "--out", tmp_path / "t1")
+    assert json.loads((tmp_path / "t1" / "affinity.json").read_text())["groups"] == [["a"], ["b"], ["c"]]
+    code, _, _ = run_cli("affinity", tmp_path / "run", "--threshold", "-0.4", "--out", tmp_path / "t2")
+    assert json.loads((tmp_path / "t2" / "affinity.json").read_text())["groups"] == [["a", "b", "c"]]
+
+
+def test_affinity_refuses_a_run_without_cosines(tmp_path, run_cli):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    code, _, err = run_cli("affinity", tmp_path / "run")
+    assert code == 2 and "logged no gradient cosines: train it with a gradient method" in err
+    code, _, err = run_cli("affinity", tmp_path / "nowhere")
+    assert code == 2 and "no metrics.jsonl here" in err
+
+
+def test_affinity_from_a_trained_run(tmp_path, tokenizer_dir, mixture_dir, run_cli):
+    config = make_config(tmp_path, tokenizer_dir, steps=4, log_every_steps=2)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    code, _, err = run_cli("--mixtures-dir", mixture_dir, "train", path, "balancing.method=mgda", PACKED)
+    assert code == 0, err
+    code, out, err = run_cli("affinity", config.run_dir)
+    assert "suggested groups" in out
+    assert code == 0, err
+    result = json.loads((config.run_dir / "affinity" / "affinity.json").read_text())
+    assert result["tasks"] == ["add_numbers", "color_lookup"] and result["log_lines"] == 2
+    assert result["cosine"][0][0] == pytest.approx(1.0) and -1 <= result["cosine"][0][1] <= 1
