@@ -471,7 +471,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.out.exists() and any(args.out.iterdir()):
         raise T2TError(f"{args.out} exists and is not empty: choose another --out or remove it")
-    result = compare(args.mixture, args.out, args.steps, args.max_examples, args.margin, _registry(args))
+    result = compare(
+        args.mixture, args.out, args.steps, args.max_examples, args.margin, _registry(args), args.seeds
+    )
     print((args.out / "compare.md").read_text())
     print(
         f"wrote {args.out / 'compare.md'} and {args.out / 'compare.png'}; mean delta {result['mean_delta']:+.1f}"
@@ -720,7 +722,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-examples", type=positive_int, default=100, help="evaluation examples per task")
     p.add_argument(
-        "--margin", type=float, default=2.0, help="points below which a delta is negative transfer"
+        "--margin", type=float, default=0.0,
+        help="negative transfer: the delta's whole 95%% interval below -MARGIN points (default 0)",
+    )  # fmt: skip
+    p.add_argument(
+        "--seeds", type=positive_int, default=1, help="mixture and single-task runs per seed (default 1)"
     )
     p.add_argument("--out", type=Path, default=Path("runs/compare"))
 

@@ -1,24 +1,29 @@
 """`t2t compare`: the mixture model against single-task baselines, to catch negative transfer.
 
-The mixture is trained once; then, for each training task, a model of the same size is trained on that task
-alone with the example budget the mixture gave it (its probability times the mixture's examples), using the
-mixture run's tokenizer. Both are evaluated on the task under every template; the report gives per task the
-mixture-minus-single delta of the median over templates, flags negative transfer (delta below -margin), and the
-mean delta.
+For each of `seeds` seeds the mixture is trained; then, for each training task, a model of the same size is
+trained on that task alone with the example budget the mixture gave it (its probability times the mixture's
+examples), using the mixture run's tokenizer. Both are evaluated on the task under every template. Per task the
+delta is the mixture-minus-single median over templates, averaged over seeds, with a 95% percentile-bootstrap
+interval that resamples the evaluation rows (the same rows for both models) and the seeds. Negative transfer is
+flagged only when the whole interval lies below -margin (margin 0 by default): one seed's noise on a hundred
+rows does not make a flag.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from t2t.demo import demo_config
-from t2t.evaluation import evaluate
+from t2t.evaluation import evaluate_task
 from t2t.fileio import atomic_write_text
 from t2t.mixtures import load_mixture
 from t2t.registry import Registry
+from t2t.rng import keyed_rng
 from t2t.train import Run
 
 
@@ -28,19 +33,87 @@ def _train(config, registry: Registry) -> Run:
     return run
 
 
-def _scores(run: Run, registry: Registry, tasks: list[str], max_examples: int) -> dict[str, float]:
+BOOTSTRAP_SAMPLES = 1000
+
+
+@dataclass
+class Scored:
+    """One model's score on one task: the median over templates, and per template the primary metric as a
+    function of row indices (for the bootstrap)."""
+
+    median: float
+    samplers: dict
+
+
+def _scores(run: Run, registry: Registry, tasks: list[str], max_examples: int) -> dict[str, Scored]:
     model = run.accelerator.unwrap_model(run.model).model
-    report, _ = evaluate(model, run.tokenizer, registry, tasks, set(),
-                         run.eval_config(max_examples))  # fmt: skip
-    return {name: info["summary"]["median"] for name, info in report["tasks"].items()}
+    model.eval()
+    scores = {}
+    for name in tasks:
+        result = evaluate_task(model, run.tokenizer, registry.task(name), run.eval_config(max_examples))
+        scores[name] = Scored(result.summary["median"], result.samplers)
+    return scores
 
 
-def compare(
-    mixture_name: str, out: Path, steps: int, max_examples: int, margin: float, registry: Registry
-) -> dict:
+def delta_interval(mixed: list[Scored], single: list[Scored], n_rows: int, rng: np.random.Generator,
+                   samples: int = BOOTSTRAP_SAMPLES) -> tuple[float, float, float]:  # fmt: skip
+    """(mean over seeds of mixture - single, 95% interval low, high): rows and seeds resampled together."""
+
+    def median(scored: Scored, rows: np.ndarray) -> float:
+        return float(np.median([sample(rows) for sample in scored.samplers.values()]))
+
+    point = float(np.mean([m.median - s.median for m, s in zip(mixed, single, strict=True)]))
+    seeds = len(mixed)
+    deltas = []
+    for _ in range(samples):
+        rows = rng.integers(0, n_rows, size=n_rows)
+        chosen = rng.integers(0, seeds, size=seeds)
+        deltas.append(float(np.mean([median(mixed[k], rows) - median(single[k], rows) for k in chosen])))
+    low, high = (float(np.percentile(deltas, q)) for q in (2.5, 97.5))
+    return point, low, high
+
+
+def compare(mixture_name: str, out: Path, steps: int, max_examples: int, margin: float, registry: Registry,
+            seeds: int = 1) -> dict:  # fmt: skip
     mixture = load_mixture(registry, mixture_name)
-    print(f"mixture run: {mixture_name}, {steps} steps")
-    config = demo_config(out / "mixture", steps).model_copy(update={"mixture": mixture_name, "trackers": []})
+    mixed_runs, single_runs, budgets = [], [], {}
+    for seed in range(seeds):
+        mixed, singles, budgets = _one_seed(mixture, out / f"seed_{seed}" if seeds > 1 else out, steps,
+                                            max_examples, registry, seed)  # fmt: skip
+        mixed_runs.append(mixed)
+        single_runs.append(singles)
+    rows = []
+    for member in mixture.members:
+        task = member.task
+        n_rows = _rows(registry, task, mixture.spec.splits.eval, max_examples)
+        point, low, high = delta_interval([m[task] for m in mixed_runs], [s[task] for s in single_runs], n_rows,
+                                          keyed_rng("compare", mixture_name, task))  # fmt: skip
+        rows.append({"task": task, "examples": round(budgets[task]),
+                     "mixture": float(np.mean([m[task].median for m in mixed_runs])),
+                     "single": float(np.mean([s[task].median for s in single_runs])),
+                     "delta": point, "ci_low": low, "ci_high": high,
+                     "negative_transfer": high < -margin})  # fmt: skip
+    result = {"mixture": mixture_name, "steps": steps, "margin": margin, "seeds": seeds, "tasks": rows,
+              "mean_delta": sum(r["delta"] for r in rows) / len(rows)}  # fmt: skip
+    atomic_write_text(out / "compare.md", compare_markdown(result))
+    plot_deltas(result, out / "compare.png")
+    return result
+
+
+def _rows(registry: Registry, task: str, split: str, max_examples: int) -> int:
+    from t2t.sources import load_split, select_rows
+
+    data = load_split(registry.task(task), split)
+    return len(select_rows(task, split, len(data), max_examples))
+
+
+def _one_seed(mixture, out: Path, steps: int, max_examples: int, registry: Registry,
+              seed: int) -> tuple[dict, dict, dict]:  # fmt: skip
+    """The mixture run and the single-task runs of one seed: their scores, and each task's example budget."""
+    print(f"mixture run: {mixture.name}, {steps} steps, seed {seed}")
+    config = demo_config(out / "mixture", steps).model_copy(
+        update={"mixture": mixture.name, "trackers": [], "seed": seed}
+    )
     mixed = _train(config, registry)
     mixed_scores = _scores(mixed, registry, mixture.task_names, max_examples)
     examples_per_step = mixed.state.examples_seen / mixed.state.step
@@ -53,12 +126,12 @@ def compare(
                 "splits": mixture.spec.splits.model_dump(), "seed": mixture.spec.seed}  # fmt: skip
         (mixtures_dir / f"single_{member.task}.yaml").write_text(yaml.safe_dump(spec))
     single_registry = Registry(registry.template_dirs, [*registry.mixture_dirs, mixtures_dir])
-    rows = []
+    single_scores, budgets = {}, {}
     for member in mixture.members:
-        budget = member.probability * mixed.state.examples_seen
+        budget = budgets[member.task] = member.probability * mixed.state.examples_seen
         single_steps = max(1, math.ceil(budget / examples_per_step))
         name = f"single_{member.task}"
-        print(f"single-task run: {member.task}, {single_steps} steps (~{budget:,.0f} examples)")
+        print(f"single-task run: {member.task}, {single_steps} steps (~{budget:,.0f} examples), seed {seed}")
         single_config = config.model_copy(update={
             "run_dir": out / "single" / member.task, "mixture": name, "steps": single_steps,
             "tokenizer": config.tokenizer.model_copy(update={"pretrained": str(out / "mixture" / "tokenizer"),
@@ -67,26 +140,24 @@ def compare(
                 update={"warmup_steps": max(1, single_steps // 20)}),
         })  # fmt: skip
         single = _train(single_config, single_registry)
-        single_score = _scores(single, single_registry, [member.task], max_examples)[member.task]
-        delta = mixed_scores[member.task] - single_score
-        rows.append({"task": member.task, "examples": round(budget), "mixture": mixed_scores[member.task],
-                     "single": single_score, "delta": delta, "negative_transfer": delta < -margin})  # fmt: skip
-    result = {"mixture": mixture_name, "steps": steps, "margin": margin, "tasks": rows,
-              "mean_delta": sum(r["delta"] for r in rows) / len(rows)}  # fmt: skip
-    atomic_write_text(out / "compare.md", compare_markdown(result))
-    plot_deltas(result, out / "compare.png")
-    return result
+        single_scores[member.task] = _scores(single, single_registry, [member.task], max_examples)[
+            member.task
+        ]
+    return mixed_scores, single_scores, budgets
 
 
 def compare_markdown(result: dict) -> str:
+    seeds = result["seeds"]
     lines = [f"# Mixture `{result['mixture']}` against single-task baselines", "",
-             f"Median over templates of each task's score ([0, 100]); single-task models have the mixture model's "
-             f"size and the example budget the mixture gave the task. Negative transfer: delta < -{result['margin']:g}.",
-             "", "| task | examples | mixture | single | delta | |", "|---|---|---|---|---|---|"]  # fmt: skip
+             f"Median over templates of each task's score ([0, 100]), mean over {seeds} seed(s); single-task models "
+             "have the mixture model's size and the example budget the mixture gave the task. The interval is a 95% "
+             f"bootstrap over evaluation rows{' and seeds' if seeds > 1 else ''}; negative transfer: the whole "
+             f"interval below {0.0 - result['margin']:g}.",
+             "", "| task | examples | mixture | single | delta | 95% interval | |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in result["tasks"]:
         flag = "negative transfer" if r["negative_transfer"] else ""
         lines.append(f"| {r['task']} | {r['examples']:,} | {r['mixture']:.1f} | {r['single']:.1f} | "
-                     f"{r['delta']:+.1f} | {flag} |")  # fmt: skip
+                     f"{r['delta']:+.1f} | [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] | {flag} |")  # fmt: skip
     lines += ["", f"Mean delta: {result['mean_delta']:+.1f} points over {len(result['tasks'])} tasks."]
     return "\n".join(lines) + "\n"
 
@@ -96,7 +167,9 @@ def plot_deltas(result: dict, out_path: Path) -> Path:
 
     rows = result["tasks"]
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4.5))
-    ax.bar(range(len(rows)), [r["delta"] for r in rows],
+    deltas = [r["delta"] for r in rows]
+    errors = [[r["delta"] - r["ci_low"] for r in rows], [r["ci_high"] - r["delta"] for r in rows]]
+    ax.bar(range(len(rows)), deltas, yerr=errors, capsize=3,
            color=["#c44e52" if r["negative_transfer"] else "#55a868" for r in rows])  # fmt: skip
     ax.axhline(0, color="black", linewidth=0.8)
     ax.axhline(-result["margin"], color="#c44e52", linewidth=0.8, linestyle="--")

@@ -15,7 +15,7 @@ decoder start token.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -131,6 +131,8 @@ class TaskResult:
     )  # None (and an empty summary) when nothing was scored: rank classification only, no choices
     summary: dict[str, float]
     records: list[dict]
+    # template -> the primary metric as a function of row indices (for bootstraps over rows, as t2t compare's)
+    samplers: dict[str, Any] = field(default_factory=dict)
 
 
 def evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
@@ -171,7 +173,7 @@ def evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
     summary = summarise([s[metric] for s in per_template.values()])
     summary.update(bootstrap_interval({t: f[metric] for t, f in samplers.items()}, len(picks),
                                       keyed_rng("bootstrap", task.name, config.split)))  # fmt: skip
-    return TaskResult(per_template, metric, summary, records)
+    return TaskResult(per_template, metric, summary, records, {t: f[metric] for t, f in samplers.items()})
 
 
 def _on_kept(sampler: Any, kept: np.ndarray) -> Any:
