@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from t2t.errors import T2TError
-from t2t.gradients import GRADIENT_METHODS, LOSS_METHODS, GradNorm, cagrad, gls, mgda, pcgrad, rlw
+from t2t.gradients import FAMO, GRADIENT_METHODS, LOSS_METHODS, GradNorm, cagrad, gls, mgda, pcgrad, rlw
 from t2t.modeling import loss_sums
 from t2t.rng import keyed_rng
 from t2t.train_config import BalancingSpec
@@ -131,6 +131,7 @@ class Balancer:
         self._window_tokens = [0.0] * n_tasks
         self._window_steps = 0
         self.gradnorm = GradNorm(n_tasks, spec.gradnorm_alpha, spec.gradnorm_lr)
+        self.famo = FAMO(n_tasks)
         self._reset_gradient_stats()
 
     @property
@@ -161,6 +162,8 @@ class Balancer:
                 return self.gradnorm.coefficients(gram, losses, tasks)
             if method == "rlw":
                 return rlw(len(tasks), self.seed, step, micro * 1000 + rank)
+            if method == "famo":
+                return self.famo.coefficients(losses, tasks)
             return gls(losses)
 
         return weigh
@@ -209,6 +212,9 @@ class Balancer:
         """Record one optimizer step's summed task losses (all processes): DWA's windows, GradNorm's first losses."""
         if self.spec.method == "gradnorm":
             self.gradnorm.observe_first(task_loss, task_tokens)
+        if self.spec.method == "famo":
+            self.famo.observe(np.array([loss / tokens if tokens else np.nan
+                                        for loss, tokens in zip(task_loss, task_tokens, strict=True)]))  # fmt: skip
         if self.spec.method != "dwa":
             return
         for t in range(self.n_tasks):
@@ -229,7 +235,8 @@ class Balancer:
 
     def state_dict(self) -> dict:
         return {"history": self.history, "window_loss": self._window_loss, "window_tokens": self._window_tokens,
-                "window_steps": self._window_steps, "gradnorm": self.gradnorm.state_dict()}  # fmt: skip
+                "window_steps": self._window_steps, "gradnorm": self.gradnorm.state_dict(),
+                "famo": self.famo.state_dict()}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         self.history = [list(h) for h in state["history"]]
@@ -237,3 +244,5 @@ class Balancer:
         self._window_steps = state["window_steps"]
         if "gradnorm" in state:
             self.gradnorm.load_state_dict(state["gradnorm"])
+        if "famo" in state:
+            self.famo.load_state_dict(state["famo"])

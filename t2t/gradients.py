@@ -16,6 +16,10 @@ coefficients are on mean task losses L_t; "equal" coefficients are 1 for every t
 - RLW (Lin et al. 2021): a = T * softmax(z), z ~ N(0, 1), drawn from (seed, step, micro-batch).
 - GLS (Chennupati et al. 2019): minimising the geometric mean of the task losses gives a_t proportional to 1 / L_t
   (normalised to sum T).
+- FAMO (Liu et al. 2023): the gradient of sum_t z_t log L_t / c, z = softmax(xi), c = sum_t z_t / L_t, so
+  a_t = T z_t / (c L_t); after each optimizer step xi takes an Adam step (lr 0.025, weight decay 1e-3, as the
+  official code) along -J' delta, J the softmax's Jacobian and delta_t = log L_t(previous step) - log L_t(this
+  step), from the mean task losses of all processes: the tasks whose losses fall least gain weight.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 from t2t.rng import keyed_rng
 
 GRADIENT_METHODS = ("pcgrad", "cagrad", "mgda", "gradnorm")
-LOSS_METHODS = ("rlw", "gls")
+LOSS_METHODS = ("rlw", "gls", "famo")
 
 
 def pcgrad(gram: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -152,3 +156,49 @@ def rlw(n_tasks: int, seed: int, step: int, micro: int) -> np.ndarray:
 def gls(losses: np.ndarray) -> np.ndarray:
     inverse = 1.0 / np.maximum(losses, 1e-12)
     return len(losses) * inverse / inverse.sum()
+
+
+class FAMO:
+    """FAMO's task logits and their Adam state (host side, the same on every process); in the checkpoint."""
+
+    def __init__(self, n_tasks: int, lr: float = 0.025, weight_decay: float = 1e-3) -> None:
+        self.lr, self.weight_decay = lr, weight_decay
+        self.logits = np.zeros(n_tasks)
+        self.m, self.v, self.t = np.zeros(n_tasks), np.zeros(n_tasks), 0
+        self.previous = np.full(n_tasks, np.nan)  # the last step's mean task losses
+
+    def coefficients(self, losses: np.ndarray, tasks: np.ndarray) -> np.ndarray:
+        z = np.exp(self.logits[tasks] - self.logits[tasks].max())
+        z /= z.sum()
+        inverse = z / np.maximum(losses, 1e-8)
+        return len(tasks) * inverse / inverse.sum()
+
+    def observe(self, losses: np.ndarray) -> None:
+        """One optimizer step's mean task losses (nan for a task not drawn): Adam on the logits."""
+        known = ~np.isnan(self.previous) & ~np.isnan(losses)
+        if known.any():
+            delta = np.zeros_like(self.logits)
+            delta[known] = np.log(self.previous[known] + 1e-8) - np.log(losses[known] + 1e-8)
+            z = np.exp(self.logits - self.logits.max())
+            z /= z.sum()
+            grad = z * (delta - z @ delta) + self.weight_decay * self.logits  # J' delta, J = diag(z) - z z'
+            self.t += 1
+            self.m = 0.9 * self.m + 0.1 * grad
+            self.v = 0.999 * self.v + 0.001 * grad**2
+            m_hat, v_hat = self.m / (1 - 0.9**self.t), self.v / (1 - 0.999**self.t)
+            self.logits = self.logits - self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+        self.previous = np.where(np.isnan(losses), self.previous, losses)
+
+    def state_dict(self) -> dict:
+        def plain(a):
+            return [None if np.isnan(x) else float(x) for x in a]
+
+        return {"logits": plain(self.logits), "m": plain(self.m), "v": plain(self.v), "t": self.t,
+                "previous": plain(self.previous)}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        def array(values):
+            return np.array([np.nan if x is None else x for x in values], dtype=float)
+
+        self.logits, self.m, self.v = array(state["logits"]), array(state["m"]), array(state["v"])
+        self.t, self.previous = state["t"], array(state["previous"])

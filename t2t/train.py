@@ -185,7 +185,7 @@ def check_gradient_method(accelerator: Any, config: TrainConfig) -> None:
     if stage == 3:
         raise T2TError(f"balancing.method={config.balancing.method} needs per-task gradients, which ZeRO-3 keeps "
                        "partitioned: use ZeRO-1/2, DDP or one process, or a loss-only method (equal, uncertainty, "
-                       "dwa, rlw, gls) under ZeRO-3")  # fmt: skip
+                       "dwa, rlw, gls, famo) under ZeRO-3")  # fmt: skip
 
 
 def configure_deepspeed(accelerator: Any, config: TrainConfig) -> None:

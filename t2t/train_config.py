@@ -84,9 +84,9 @@ class ScheduleSpec(Spec):
 
 
 class BalancingSpec(Spec):
-    method: Literal["equal", "uncertainty", "dwa", "pcgrad", "cagrad", "mgda", "gradnorm", "rlw", "gls"] = (
-        "equal"
-    )
+    method: Literal[
+        "equal", "uncertainty", "dwa", "pcgrad", "cagrad", "mgda", "gradnorm", "rlw", "gls", "famo"
+    ] = "equal"
     dwa_temperature: Annotated[float, Field(gt=0)] = 2.0
     dwa_window_steps: Positive = (
         20  # DWA compares mean task losses of the last two windows of this many steps

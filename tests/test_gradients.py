@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from t2t.balancing import ModelWithBalancing, gradient_parameters
-from t2t.gradients import GradNorm, cagrad, gls, mgda, min_norm_simplex, pcgrad, rlw
+from t2t.gradients import FAMO, GradNorm, cagrad, gls, mgda, min_norm_simplex, pcgrad, rlw
 from t2t.train import FAULT_ENV, train
 from tests.test_train import assert_same_weights, cli_run, make_config, metrics, registry_with, weights
 
@@ -131,6 +131,27 @@ def test_loss_only_methods():
     assert rlw(3, seed=0, step=6, micro=0) != pytest.approx(a)
 
 
+def test_famo_by_hand():
+    famo = FAMO(2, lr=0.025, weight_decay=0.0)
+    # uniform logits: a ~ 1 / L (as GLS); losses 1 and 4: 2 * (1, 0.25) / 1.25
+    assert famo.coefficients(np.array([1.0, 4.0]), np.array([0, 1])) == pytest.approx([1.6, 0.4])
+    famo.observe(np.array([2.0, 2.0]))  # the first step: nothing to compare with yet
+    assert famo.logits == pytest.approx([0, 0]) and famo.t == 0
+    # task 0's loss fell (delta = log 2 - log 1), task 1's did not: J' delta = z (delta - z.delta) = (+c, -c);
+    # Adam's first step moves each logit by lr against the sign: task 0 loses weight, task 1 gains it
+    famo.observe(np.array([1.0, 2.0]))
+    assert famo.logits == pytest.approx([-0.025, 0.025], abs=1e-6)
+    a = famo.coefficients(np.array([1.0, 1.0]), np.array([0, 1]))
+    assert a[1] > 1 > a[0] and a.sum() == pytest.approx(2)
+    famo.observe(
+        np.array([np.nan, 1.5])
+    )  # a task not drawn keeps its last loss and gets no update of its own
+    assert famo.previous == pytest.approx([1.0, 1.5])
+    again = FAMO(2)
+    again.load_state_dict(json.loads(json.dumps(famo.state_dict())))
+    assert again.logits == pytest.approx(famo.logits) and again.t == famo.t
+
+
 # ------------------------------------------------------------------------------- through the model
 
 
@@ -188,7 +209,7 @@ def test_the_update_on_the_subset_is_the_methods(method):
 # ---------------------------------------------------------------------------------- the trainer
 
 
-@pytest.mark.parametrize("method", ["pcgrad", "cagrad", "mgda", "gradnorm", "rlw", "gls"])
+@pytest.mark.parametrize("method", ["pcgrad", "cagrad", "mgda", "gradnorm", "rlw", "gls", "famo"])
 def test_methods_train_and_log_through_t2t_train(method, tmp_path, tokenizer_dir, mixture_dir, run_cli):
     config = make_config(tmp_path, tokenizer_dir, steps=4, log_every_steps=2)
     path = tmp_path / "config.yaml"
@@ -206,7 +227,7 @@ def test_methods_train_and_log_through_t2t_train(method, tmp_path, tokenizer_dir
     assert [r["step"] for r in records] == [2, 4]
     last = records[-1]
     assert set(k for k in last if k.startswith("weight/")) == {"weight/add_numbers", "weight/color_lookup"}
-    if method in ("rlw", "gls"):
+    if method in ("rlw", "gls", "famo"):
         assert "grad_cosine" not in last
     else:
         assert {"grad_norm/add_numbers", "grad_norm/color_lookup"} <= last.keys()
@@ -214,7 +235,7 @@ def test_methods_train_and_log_through_t2t_train(method, tmp_path, tokenizer_dir
         assert cosine.shape == (2, 2) and np.allclose(np.diag(cosine), 1.0) and np.allclose(cosine, cosine.T)
 
 
-@pytest.mark.parametrize("method", ["pcgrad", "gradnorm"])
+@pytest.mark.parametrize("method", ["pcgrad", "gradnorm", "famo"])
 def test_resume_after_kill_with_a_gradient_method_is_exact(method, tmp_path, tokenizer_dir, mixture_dir):
     packed = {"strategy": "packed", "rows_per_batch": 4, "pack_input_tokens": 96, "pack_target_tokens": 16,
               "window_examples": 64}  # fmt: skip
