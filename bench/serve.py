@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+from t2t.server import wait_until_serving
 
 REPO = Path(__file__).resolve().parents[1]
 REQUESTS = [
@@ -41,14 +41,8 @@ def start(model: Path, batching: bool, wait_ms: float) -> tuple[subprocess.Popen
                "--device", "cpu", "--wait-ms", str(wait_ms)] + ([] if batching else ["--no-batching"])  # fmt: skip
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit("the server did not start")
+    wait_until_serving(url, process, 120)
+    return process, url
 
 
 async def _client(host: str, port: int, bodies: list[bytes], latencies: list[float]) -> None:

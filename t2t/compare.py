@@ -107,13 +107,18 @@ def _rows(registry: Registry, task: str, split: str, max_examples: int) -> int:
     return len(select_rows(task, split, len(data), max_examples))
 
 
-def _one_seed(mixture, out: Path, steps: int, max_examples: int, registry: Registry,
-              seed: int) -> tuple[dict, dict, dict]:  # fmt: skip
+def run_config(mixture_name: str, run_dir: Path, steps: int, seed: int, update: dict | None = None):
+    """The demo's training config for a mixture run of t2t compare (and bench/mtl.py), with `update` applied."""
+    return demo_config(run_dir, steps).model_copy(
+        update={"mixture": mixture_name, "trackers": [], "seed": seed, **(update or {})}
+    )
+
+
+def _one_seed(mixture, out: Path, steps: int, max_examples: int, registry: Registry, seed: int,
+              update: dict | None = None) -> tuple[dict, dict, dict]:  # fmt: skip
     """The mixture run and the single-task runs of one seed: their scores, and each task's example budget."""
     print(f"mixture run: {mixture.name}, {steps} steps, seed {seed}")
-    config = demo_config(out / "mixture", steps).model_copy(
-        update={"mixture": mixture.name, "trackers": [], "seed": seed}
-    )
+    config = run_config(mixture.name, out / "mixture", steps, seed, update)
     mixed = _train(config, registry)
     mixed_scores = _scores(mixed, registry, mixture.task_names, max_examples)
     examples_per_step = mixed.state.examples_seen / mixed.state.step

@@ -347,3 +347,23 @@ def serve(
     print(f"t2t serve: {len(predictor.task_names)} tasks on http://{host}:{port} (docs at /docs), "
           f"{predictor.device} {predictor.dtype}, batching {'on' if batching else 'off'}", flush=True)  # fmt: skip
     Server(config).run()
+
+
+def wait_until_serving(url: str, process: Any = None, seconds: float = 120) -> None:
+    """Block until the t2t server at `url` answers /healthz (for scripts and tests that start one); T2TError when
+    `process` (a Popen) exits first or `seconds` pass."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise T2TError(f"the server exited with {process.returncode}: {output[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    raise T2TError(f"the server at {url} did not answer /healthz within {seconds:g} s")

@@ -153,3 +153,25 @@ def demo_data(tiny_tokenizer):
 
     registry = Registry.default()
     return MixtureData(load_mixture(registry, "demo"), registry, tiny_tokenizer, Limits(64, 24))
+
+
+def train_checkpoint(root: Path, tokenizer, name: str, members: dict, steps: int, max_input_tokens: int,
+                     max_target_tokens: int) -> Path:  # fmt: skip
+    """A tiny T5 trained on the mixture `name` (written under root/mixtures) with the given tokenizer; returns the
+    exported model folder root/run/model."""
+    from t2t.registry import Registry
+    from t2t.train import Run
+    from t2t.train_config import TrainConfig
+
+    (root / "mixtures").mkdir(exist_ok=True)
+    (root / "mixtures" / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, "members": members}))
+    tokenizer.save_pretrained(str(root / "tok"))
+    config = TrainConfig.model_validate({
+        "run_dir": str(root / "run"), "mixture": name, "tokenizer": {"pretrained": str(root / "tok")},
+        "model": {"tiny": {"d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64}},
+        "max_input_tokens": max_input_tokens, "max_target_tokens": max_target_tokens,
+        "batching": {"strategy": "padded", "batch_size": 16, "max_tokens": None, "window_examples": 64},
+        "steps": steps, "optimizer": {"lr": 1e-2}, "trackers": [], "log_every_steps": steps,
+    })  # fmt: skip
+    Run(config, Registry.default(mixtures_dirs=[root / "mixtures"])).fit()
+    return root / "run" / "model"

@@ -21,9 +21,7 @@ lm_eval = pytest.importorskip(
 )
 
 from t2t.metrics import METRICS  # noqa: E402
-from t2t.registry import Registry  # noqa: E402
-from t2t.train import Run  # noqa: E402
-from t2t.train_config import TrainConfig  # noqa: E402
+from tests.conftest import train_checkpoint  # noqa: E402
 
 TASKS = ["word_in_list", "color_lookup"]  # answer choices (rank classification), and generation
 
@@ -31,20 +29,7 @@ TASKS = ["word_in_list", "color_lookup"]  # answer choices (rank classification)
 @pytest.fixture(scope="module")
 def checkpoint(tiny_tokenizer, tmp_path_factory):
     root = tmp_path_factory.mktemp("parity")
-    (root / "mixtures").mkdir()
-    (root / "mixtures" / "pair.yaml").write_text(
-        yaml.safe_dump({"name": "pair", "members": dict.fromkeys(TASKS)})
-    )
-    tiny_tokenizer.save_pretrained(str(root / "tok"))
-    config = TrainConfig.model_validate({
-        "run_dir": str(root / "run"), "mixture": "pair", "tokenizer": {"pretrained": str(root / "tok")},
-        "model": {"tiny": {"d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64}},
-        "max_input_tokens": 64, "max_target_tokens": 16,
-        "batching": {"strategy": "padded", "batch_size": 16, "max_tokens": None, "window_examples": 64},
-        "steps": 80, "optimizer": {"lr": 1e-2}, "trackers": [], "log_every_steps": 80,
-    })  # fmt: skip
-    Run(config, Registry.default(mixtures_dirs=[root / "mixtures"])).fit()
-    return root / "run" / "model"
+    return train_checkpoint(root, tiny_tokenizer, "pair", dict.fromkeys(TASKS), 80, 64, 16)
 
 
 def test_export_writes_tasks_that_lm_eval_loads_and_refuses_a_used_folder(checkpoint, tmp_path, run_cli):

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from t2t.registry import Registry
+from t2t.server import wait_until_serving
 from t2t.sources import load_split, select_rows
-from t2t.train import Run
-from t2t.train_config import TrainConfig
+from tests.conftest import train_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ["sentiment", "add_numbers", "larger_number"]
@@ -29,19 +29,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def checkpoint(tiny_tokenizer, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    (root / "mixtures").mkdir()
-    (root / "mixtures" / "three.yaml").write_text(yaml.safe_dump({"name": "three", "members": dict.fromkeys(TASKS),
-                                                                   "rate": {"rule": "uniform"}}))  # fmt: skip
-    tiny_tokenizer.save_pretrained(str(root / "tok"))
-    config = TrainConfig.model_validate({
-        "run_dir": str(root / "run"), "mixture": "three", "tokenizer": {"pretrained": str(root / "tok")},
-        "model": {"tiny": {"d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64}},
-        "max_input_tokens": 48, "max_target_tokens": 8,
-        "batching": {"strategy": "padded", "batch_size": 16, "max_tokens": None, "window_examples": 64},
-        "steps": 40, "optimizer": {"lr": 1e-2}, "trackers": [], "log_every_steps": 40,
-    })  # fmt: skip
-    Run(config, Registry.default(mixtures_dirs=[root / "mixtures"])).fit()
-    return root / "run" / "model", root / "mixtures"
+    members = {task: {"weight": 1.0} for task in TASKS}
+    return train_checkpoint(root, tiny_tokenizer, "three", members, 40, 48, 8), root / "mixtures"
 
 
 def free_port() -> int:
@@ -50,30 +39,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, mixtures: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, *extra: str, before: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """`t2t [BEFORE...] serve --model MODEL EXTRA...` on a free port, once it answers."""
     port = free_port()
-    command = [sys.executable, "-m", "t2t", "--mixtures-dir", str(mixtures), "serve", "--model", str(model),
-               "--mixture", "three", "--port", str(port), "--device", "cpu", *extra]  # fmt: skip
+    command = [sys.executable, "-m", "t2t", *before, "serve", "--model", str(model), "--port", str(port),
+               "--device", "cpu", *extra]  # fmt: skip
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited: {process.stdout.read()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise AssertionError("the server did not come up in 120 s")
+    wait_until_serving(url, process, 120)
+    return process, url
 
 
 @pytest.fixture(scope="module")
 def server(checkpoint):
     model, mixtures = checkpoint
-    process, url = start_server(model, mixtures, "--max-rows", "40", "--max-field-chars", "300",
-                                "--max-body-bytes", "60000", "--wait-ms", "20")  # fmt: skip
+    process, url = start_server(model, "--mixture", "three", "--max-rows", "40", "--max-field-chars", "300",
+                                "--max-body-bytes", "60000", "--wait-ms", "20", before=("--mixtures-dir", str(mixtures)))  # fmt: skip
     yield url
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)
@@ -267,18 +248,10 @@ def test_unhealthy_when_a_template_no_longer_renders_its_golden_rows(checkpoint,
     spec["name"] = "sentiment_edited"
     spec["templates"][0]["input"] = "Review text: {{ text }}"  # the golden rows still expect the old input
     (tasks / "sentiment_edited.yaml").write_text(yaml.safe_dump(spec))
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "t2t", "--templates-dir", str(tasks), "serve", "--model", str(model),
-                                "--tasks", "sentiment_edited", "add_numbers", "--port", str(port), "--device", "cpu"],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    process, url = start_server(
+        model, "--tasks", "sentiment_edited", "add_numbers", before=("--templates-dir", str(tasks))
+    )
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
         response = httpx.get(f"{url}/v1/health", timeout=120)
         assert response.status_code == 503
         body = response.json()
@@ -294,7 +267,9 @@ def test_unhealthy_when_a_template_no_longer_renders_its_golden_rows(checkpoint,
 
 def test_shutdown_lets_requests_in_flight_finish(checkpoint):
     model, mixtures = checkpoint
-    process, url = start_server(model, mixtures, "--no-batching")
+    process, url = start_server(
+        model, "--mixture", "three", "--no-batching", before=("--mixtures-dir", str(mixtures))
+    )
     results: list = []
 
     def slow_request():  # many rows: a second or more of model time
