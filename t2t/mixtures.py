@@ -129,7 +129,7 @@ def rule_rate(n_examples: int, rate: RateSpec) -> float:
 @dataclass(frozen=True)
 class Member:
     """One training task of a resolved mixture. Rate and probability are None where they rest on row counts
-    that need the hub (`load_mixture(..., offline=True)`)."""
+    that need the hub (`load_mixture(..., sizes="try" or "skip")`)."""
 
     task: str
     rate: float | None
