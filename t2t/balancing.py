@@ -13,7 +13,7 @@ the task's mean loss over the last two windows of `dwa_window_steps` steps; weig
 have passed. The uncertainty parameters live in `ModelWithBalancing`, whose forward computes the balanced loss, so
 DeepSpeed gathers, shards and trains them like the model's own.
 
-The gradient methods (pcgrad, cagrad, mgda, gradnorm) and the loss-only ones (rlw, gls) of t2t.gradients weight
+The gradient methods (pcgrad, cagrad, mgda, gradnorm) and the loss-only ones (rlw, gls, famo) of t2t.gradients weight
 the micro-batch's mean task losses L_t = S_t / N_t:
 
     loss = sum_t a_t * (n / T') * L_t / G        a from the method; T' tasks present, n their tokens
