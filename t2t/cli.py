@@ -353,7 +353,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     template = choose_template(task, args.template)
     rows = _read_rows(args.input)
     limits = ServeLimits(max_field_chars=args.max_field_chars)
-    bad = [(i, r) for i, r in enumerate(render_rows(task, template, rows, limits)) if isinstance(r, BadRow)]
+    rendered = render_rows(task, template, rows, limits)
+    bad = [(i, r) for i, r in enumerate(rendered) if isinstance(r, BadRow)]
     if bad and not args.skip_bad_rows:  # refused before the model loads
         index, problem = bad[0]
         more = f" ({len(bad) - 1} more bad rows; --skip-bad-rows answers the rest)" if len(bad) > 1 else ""
@@ -361,7 +362,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                          row=index))  # fmt: skip
     device, dtype = eval_device(args.device)
     predictor = Predictor.load(args.model, registry, [task.name], device, dtype, limits)
-    prepared = predictor.prepare(task, template, rows)
+    prepared = predictor.prepare(task, template, rendered)
     good = [i for i, p in enumerate(prepared) if isinstance(p, Prepared)]
     # length-bucketed: the rows in order of input length, answered `--batch-size` at a time
     order = sorted(good, key=lambda i: prepared[i].tokens)

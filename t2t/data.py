@@ -79,9 +79,9 @@ class MixtureData:
         input_ids = encoded.input_ids[item.row]
         prompter = self.prompter(item.task)
         if prompter.active:  # FLAN-style variants (t2t.prompting); the target is the cached one
-            options, exemplars = prompter.choices(item)
+            options, exemplars = choices = prompter.choices(item)
             if options or exemplars:
-                prompted = prompter.prompted(item)
+                prompted = prompter.prompted(item, choices)
                 assert prompted is not None  # the cached ids say the template renders this row
                 input_ids = fit_input(prompted, self.tokenizer, self.limits.max_input_tokens)
         return Example(input_ids, encoded.labels[item.row], self.task_index[item.task], item.position)

@@ -84,7 +84,7 @@ class Prompter:
         """(options suffix or not, the exemplar rows oldest first) for a stream item."""
         rng = keyed_rng("prompting", self.seed, self.task.name, item.occurrence)
         shot_draw, options_draw = rng.random(2)
-        options = bool(options_draw < self.prompting.options)
+        options = bool(options_draw < self.prompting.options) and self._takes_options(item.template)
         k = self.prompting.few_shot
         if not k or shot_draw >= self.prompting.few_shot_share:
             return options, []
@@ -99,12 +99,13 @@ class Prompter:
                     break
         return options, chosen
 
-    def prompted(self, item: StreamItem) -> Prompted | None:
-        """The item's prompt, or None where its template skips the row."""
+    def prompted(self, item: StreamItem, choices: tuple[bool, list[int]] | None = None) -> Prompted | None:
+        """The item's prompt (with `choices`, its `self.choices(item)` already drawn), or None where its template
+        skips the row."""
         example = self.render(item.row, item.template)
         if example is None:
             return None
-        options, exemplar_rows = self.choices(item)
+        options, exemplar_rows = choices if choices is not None else self.choices(item)
         exemplars = []
         for row in exemplar_rows:
             shot = self.render(row, item.template)
@@ -114,9 +115,15 @@ class Prompter:
         return Prompted(tuple(exemplars), self._input(example, item.template, options), example.targets,
                         self.separator)  # fmt: skip
 
+    def _takes_options(self, template: str) -> bool:
+        """Whether the template has answer choices it does not already list (else the suffix never applies, and
+        training keeps the cached input)."""
+        compiled = self.task.templates[template]
+        has_choices = compiled.choices is not None or compiled.choices_template is not None
+        return has_choices and not compiled.spec.choices_in_prompt
+
     def _input(self, rendered: Rendered, template: str, options: bool) -> str:
-        lists_choices = self.task.spec.template(template).choices_in_prompt
-        if options and rendered.choices is not None and not lists_choices:
+        if options and rendered.choices is not None:  # `options` is only drawn for templates that take them
             return rendered.inputs + options_suffix(rendered.choices)
         return rendered.inputs
 

@@ -31,7 +31,16 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict
 
 from t2t.errors import T2TError
-from t2t.serving import Answer, BadRow, NotFound, Predictor, Prepared, result_record
+from t2t.serving import (
+    Answer,
+    BadRow,
+    NotFound,
+    Predictor,
+    Prepared,
+    choose_template,
+    render_rows,
+    result_record,
+)
 
 log = logging.getLogger("t2t.serve")
 
@@ -312,13 +321,13 @@ def create_app(predictor: Predictor, batching: bool = True) -> FastAPI:
             return _error(422, "rows: give at least one row")
         try:
             task = predictor.task(body.task)
-            template = predictor.template(task, body.template)
+            template = choose_template(task, body.template)
         except NotFound as exc:
             metrics.requests.labels("unknown", "404").inc()
             return _error(404, exc.message)
         except T2TError as exc:
             return _error(422, str(exc))
-        prepared = predictor.prepare(task, template, body.rows)
+        prepared = predictor.prepare(task, template, render_rows(task, template, body.rows, limits))
         refused = sum(isinstance(p, BadRow) for p in prepared)
         metrics.errors.labels(task.name).inc(refused)
         if refused == len(prepared):

@@ -22,7 +22,10 @@ from t2t.errors import T2TError, Where, did_you_mean
 from t2t.registry import Registry
 from t2t.templates import Task
 
-MAX_VALUE_DEPTH = 4  # a field may hold a list or mapping of JSON values, nested this deep at most
+MAX_VALUE_DEPTH = 4
+Rendered = tuple[
+    str, tuple[str, ...] | None
+]  # (input, answer choices) of a row  # a field may hold a list or mapping of JSON values, nested this deep at most
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,6 @@ class Predictor:
     limits: ServeLimits = field(default_factory=ServeLimits)
     device: str = "cpu"
     dtype: str = "fp32"
-    calls: int = 0  # model calls made (batches)
 
     @classmethod
     def load(cls, model_dir: Path, registry: Registry, task_names: Sequence[str], device: str = "cpu",
@@ -102,30 +104,25 @@ class Predictor:
                            f"{', '.join(self.task_names)}")  # fmt: skip
         return self.registry.task(name)
 
-    def template(self, task: Task, name: str | None) -> str:
-        return choose_template(task, name)
+    def prepared(self, task: str, template: str, text: str, choices: tuple[str, ...] | None) -> Prepared:
+        """A rendered input ready for the model, with its token count (for the batch bounds)."""
+        tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
+        if self.max_input_tokens is not None:
+            tokens = min(tokens, self.max_input_tokens)
+        return Prepared(task, template, text, choices, tokens)
 
-    def prepare(self, task: Task, template: str, rows: Sequence[Any]) -> list[Prepared | BadRow]:
-        """Each row checked and rendered, or the reason it cannot be (naming the row and the field)."""
-        out: list[Prepared | BadRow] = []
-        for rendered in render_rows(task, template, rows, self.limits):
-            if isinstance(rendered, BadRow):
-                out.append(rendered)
-                continue
-            text, choices = rendered
-            tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
-            if self.max_input_tokens is not None:
-                tokens = min(tokens, self.max_input_tokens)
-            out.append(Prepared(task.name, template, text, choices, tokens))
-        return out
+    def prepare(
+        self, task: Task, template: str, rendered: Sequence[Rendered | BadRow]
+    ) -> list[Prepared | BadRow]:
+        """`render_rows`' results ready for the model; the refusals pass through."""
+        return [r if isinstance(r, BadRow) else self.prepared(task.name, template, *r) for r in rendered]
 
     # ------------------------------------------------------------------------------------ the model
 
-    def answer(self, prepared: Sequence[Prepared], return_scores: bool = True) -> list[Answer]:
+    def answer(self, prepared: Sequence[Prepared]) -> list[Answer]:
         """Answers of rows of any tasks: choice rows ranked together, the others generated together."""
         from t2t.evaluation import generate, score_choices
 
-        self.calls += 1
         answers: list[Answer | None] = [None] * len(prepared)
         ranked = [i for i, p in enumerate(prepared) if p.choices is not None]
         generated = [i for i, p in enumerate(prepared) if p.choices is None]
@@ -144,17 +141,6 @@ class Predictor:
             for i, text in zip(generated, texts, strict=True):
                 answers[i] = Answer(text, None, prepared[i].input)
         return [a for a in answers if a is not None]
-
-    def predict(
-        self, task_name: str, rows: Sequence[Any], template: str | None = None
-    ) -> list[Answer | BadRow]:
-        """Route, check, render and answer one task's rows (no batching across calls)."""
-        task = self.task(task_name)
-        chosen = self.template(task, template)
-        prepared = self.prepare(task, chosen, rows)
-        good = [p for p in prepared if isinstance(p, Prepared)]
-        answers = iter(self.answer(good) if good else [])
-        return [next(answers) if isinstance(p, Prepared) else p for p in prepared]
 
     # ------------------------------------------------------------------------------------ health
 
@@ -178,8 +164,7 @@ class Predictor:
                 problems.append(f"golden row {n} (template {golden.template}) renders {text!r}, the task file "
                                 f"expects {golden.input!r}")  # fmt: skip
                 continue
-            tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
-            rows.append((Prepared(task.name, golden.template, text, choices, tokens), golden.target))
+            rows.append((self.prepared(task.name, golden.template, text, choices), golden.target))
         if rows:
             answers = self.answer([p for p, _ in rows])
             agree = sum(a.answer == target for a, (_, target) in zip(answers, rows, strict=True))
@@ -216,10 +201,11 @@ def choose_template(task: Task, name: str | None) -> str:
     return chosen
 
 
-def render_rows(task: Task, template: str, rows: Sequence[Any],
-                limits: ServeLimits) -> list[tuple[str, tuple[str, ...] | None] | BadRow]:  # fmt: skip
+def render_rows(
+    task: Task, template: str, rows: Sequence[Any], limits: ServeLimits
+) -> list[Rendered | BadRow]:
     """Each row checked (declared fields, JSON values, the size bound) and its input rendered, or why not."""
-    out: list[tuple[str, tuple[str, ...] | None] | BadRow] = []
+    out: list[Rendered | BadRow] = []
     for index, row in enumerate(rows):
         try:
             _check_row(task, row, limits)

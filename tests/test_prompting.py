@@ -223,3 +223,36 @@ def test_t2t_train_runs_a_prompted_mixture(prompted_mixture, tiny_tokenizer, tmp
     evaluation = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     assert {"eval/reviews", "eval/sentiment"} <= evaluation[-1].keys()
     assert (run / "model" / "config.json").is_file()
+
+
+def test_mixture_show_counts_skipped_rows_per_template_and_rates_per_template(tmp_path, run_cli):
+    tasks, mixtures = tmp_path / "tasks", tmp_path / "mixtures"
+    tasks.mkdir(), mixtures.mkdir()
+    write_jsonl(tasks / "rows.jsonl", [{"text": f"r{i}", "label": int(i < 3)} for i in range(10)])
+    write_task(tasks, {
+        "name": "picky", "version": 1, "cluster": "c", "source": {"kind": "files", "splits": {"train": "rows.jsonl"}},
+        "fields": {"text": "", "label": ""}, "metrics": ["exact_match"],
+        "templates": [{"name": "positives", "jinja": "{% if label == 1 %}{{ text }} ||| yes{% endif %}"},
+                      {"name": "all", "jinja": "{{ text }} ||| {{ label }}"}],
+    })  # fmt: skip
+    spec = {
+        "name": "m",
+        "members": {"picky": None, "sentiment": None},
+        "rate": {"rule": "examples", "per_template": True},
+    }
+    (mixtures / "m.yaml").write_text(yaml.safe_dump(spec))
+    code, out, err = run_cli(
+        "--templates-dir", tasks, "--mixtures-dir", mixtures, "mixture", "show", "m", "--json"
+    )
+    assert code == 0, err
+    rows = {r["task"]: r for r in json.loads(out)["tasks"]}
+    # 7 of the 10 rows are not positive: the first template skips them, the second none
+    assert rows["picky"]["skipped"] == {"positives": 7, "all": 0} and rows["picky"]["sampled_rows"] == 10
+    assert "task picky: template positives skips 7 of 10 sampled rows" in " ".join(
+        json.loads(out)["warnings"]
+    )
+    # per_template: N counts (row, template) pairs, 10 x 2 and 60 x 3
+    assert rows["picky"]["rate"] == 20 and rows["sentiment"]["rate"] == rows["sentiment"]["examples"] * 3
+    code, out, _ = run_cli("--templates-dir", tasks, "--mixtures-dir", mixtures, "mixture", "show", "m",
+                           "--skip-sample", "0", "--json")  # fmt: skip
+    assert json.loads(out)["tasks"][0]["skipped"] is None

@@ -54,7 +54,7 @@ def start_server(model: Path, *extra: str, before: tuple[str, ...] = ()) -> tupl
 def server(checkpoint):
     model, mixtures = checkpoint
     process, url = start_server(model, "--mixture", "three", "--max-rows", "40", "--max-field-chars", "300",
-                                "--max-body-bytes", "60000", "--wait-ms", "20", before=("--mixtures-dir", str(mixtures)))  # fmt: skip
+                                "--max-body-bytes", "60000", "--wait-ms", "20", "--batch-rows", "16", "--batch-tokens", "4096", before=("--mixtures-dir", str(mixtures)))  # fmt: skip
     yield url
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)
@@ -214,6 +214,10 @@ def test_concurrent_requests_are_batched_and_answer_as_predict_and_eval(
     assert 't2t_requests_total{status="200",task="sentiment"}' in metrics
     calls = _sample(metrics, "t2t_batch_rows_count") - _sample(before, "t2t_batch_rows_count")
     assert calls < 64  # coalesced: fewer model calls than requests
+    within = _sample(metrics, 't2t_batch_rows_bucket{le="16.0"}') - _sample(
+        before, 't2t_batch_rows_bucket{le="16.0"}'
+    )
+    assert within == calls  # --batch-rows 16: no model call took more than 16 rows
     for task in TASKS:
         write_rows = tmp_path / f"{task}.jsonl"
         write_rows.write_text("".join(json.dumps(r) + "\n" for r in rows[task]))
@@ -306,6 +310,12 @@ def test_predict_refuses_a_bad_file_whole_or_answers_the_rest(checkpoint, tmp_pa
     assert "unknown field 'txt'" in lines[1]["error"] and lines[0]["input"].startswith("Review: so good")
     assert set(lines[2]["scores"]) == {"negative", "positive"}
     assert "2 rows answered with template review, 1 refused" in stdout
+    code, _, err = run_cli("predict", "--model", model, "--task", "sentiment", "--input", rows, "--out", out,
+                           "--device", "cpu", "--quiet", "--skip-bad-rows", "--max-field-chars", "6", "--batch-size", "1")  # fmt: skip
+    assert code == 0, err
+    limited = [json.loads(line) for line in out.read_text().splitlines()]
+    assert "field 'text' holds 7 characters, over the limit of 6 (max_field_chars)" in limited[0]["error"]
+    assert limited[2]["answer"] == lines[2]["answer"]  # "awful": 5 characters
     # jsonl on stdin, csv and parquet files give the same answers
     import pandas as pd
 
