@@ -34,17 +34,28 @@ def read_cosines(run_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, int]
             record = json.loads(line)
         except json.JSONDecodeError:
             raise T2TError("not a JSON line", Where(file=path, line=number)) from None
-        if "grad_cosine" not in record:
+        if not isinstance(record, dict) or "grad_cosine" not in record:
             continue
+        named = record.get("grad_tasks")
+        if not isinstance(named, list) or not all(isinstance(t, str) for t in named):
+            raise T2TError(
+                "grad_cosine without a grad_tasks list of task names", Where(file=path, line=number)
+            )
         if tasks is None:
-            tasks = list(record["grad_tasks"])
+            tasks = list(named)
             n = len(tasks)
             total, count, negative = np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n))
-        if record["grad_tasks"] != tasks:
+        if named != tasks:
             raise T2TError("the tasks change between log lines", Where(file=path, line=number))
-        matrix = np.array(
-            [[np.nan if x is None else x for x in row] for row in record["grad_cosine"]], dtype=float
-        )
+        try:
+            matrix = np.array(
+                [[np.nan if x is None else x for x in row] for row in record["grad_cosine"]], dtype=float
+            )
+        except (TypeError, ValueError):
+            matrix = None
+        if matrix is None or matrix.shape != (len(tasks), len(tasks)):
+            raise T2TError(f"grad_cosine is not a {len(tasks)} x {len(tasks)} matrix of numbers",
+                           Where(file=path, line=number))  # fmt: skip
         known = ~np.isnan(matrix)
         total[known] += matrix[known]
         count[known] += 1

@@ -315,6 +315,11 @@ def test_affinity_refuses_a_run_without_cosines(tmp_path, run_cli):
     assert code == 2 and "logged no gradient cosines: train it with a gradient method" in err
     code, _, err = run_cli("affinity", tmp_path / "nowhere")
     assert code == 2 and "no metrics.jsonl here" in err
+    bad = {"grad_tasks": ["a", "b"], "grad_cosine": [[1, "x"], [0.5]]}
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n' + json.dumps(bad) + "\n")
+    code, _, err = run_cli("affinity", tmp_path / "run")
+    assert code == 2 and "metrics.jsonl:2: grad_cosine is not a 2 x 2 matrix of numbers" in err
+    assert not (tmp_path / "run" / "affinity").exists()
 
 
 def test_affinity_from_a_trained_run(tmp_path, tokenizer_dir, mixture_dir, run_cli):
