@@ -29,6 +29,22 @@ def non_negative_int(text: str) -> int:
     return int(text)
 
 
+def port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number in 1..65535, not {text!r}")
+    return int(text)
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text!r}")
+    return value
+
+
 def _registry(args: argparse.Namespace) -> Registry:
     return Registry.default(args.templates_dir, args.mixtures_dir)
 
@@ -667,12 +683,17 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--tasks", nargs="+", metavar="TASK")
     p.set_defaults(held_out=False)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--port", type=port, default=8000)
     p.add_argument("--device", default="auto", help="auto (the GPU when there is one, in bf16), cpu, cuda")
     p.add_argument("--no-batching", action="store_true", help="one model call per request")
     p.add_argument("--batch-rows", type=positive_int, default=64, help="rows per model call (default 64)")
     p.add_argument("--batch-tokens", type=positive_int, default=16_384, help="input tokens per model call")
-    p.add_argument("--wait-ms", type=float, default=5.0, help="how long a batch waits for more requests (ms)")
+    p.add_argument(
+        "--wait-ms",
+        type=non_negative_float,
+        default=5.0,
+        help="how long a batch waits for more requests (ms)",
+    )
     p.add_argument("--max-rows", type=positive_int, default=256, help="rows per request (over: 413)")
     p.add_argument(
         "--max-field-chars", type=positive_int, default=20_000, help="characters per field (over: 422)"

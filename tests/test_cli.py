@@ -118,6 +118,15 @@ def test_wheel_carries_the_shipped_templates_and_mixtures(tmp_path):
             ["eval", "--model", "m", "--tasks", "x", "--out", "o", "--batch-size", "many"],
             "must be a positive integer",
         ),
+        (["serve", "--model", "m", "--tasks", "x", "--port", "70000"], "must be a port number in 1..65535"),
+        (
+            ["serve", "--model", "m", "--tasks", "x", "--wait-ms", "-5"],
+            "must be a finite number >= 0, not '-5'",
+        ),
+        (
+            ["serve", "--model", "m", "--tasks", "x", "--wait-ms", "nan"],
+            "must be a finite number >= 0, not 'nan'",
+        ),
     ],
 )
 def test_bad_numbers_are_refused_by_the_parser(run_cli, capsys, args, message):
