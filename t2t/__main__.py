@@ -1,5 +1,3 @@
-import sys
+from t2t.cli import run
 
-from t2t.cli import main
-
-sys.exit(main())
+run()

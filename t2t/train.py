@@ -314,12 +314,11 @@ class Run:
         return final
 
     def close(self) -> None:
-        """Take the process group down on every rank together. Left to interpreter exit, gloo's and DeepSpeed's
-        communication threads can be torn down in any order, and one rank now and then aborts after a
-        finished run ("terminate called without an active exception")."""
+        """Every rank leaves the run together: nothing of the run is still in flight on any rank afterwards.
+        The process group itself stays up; `t2t train` then ends a multi-process run without the interpreter's
+        teardown (t2t.cli.run)."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             self.accelerator.wait_for_everyone()
-            torch.distributed.destroy_process_group()
 
     def train_step(self, micro: list) -> dict:
         """One optimizer step over the micro-batches of this process. The wrapped module's forward returns the
