@@ -31,11 +31,13 @@ import fnmatch
 import math
 import re
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from t2t.adapters import batch_routes, router_of
 from t2t.errors import T2TError
 from t2t.gradients import FAMO, GRADIENT_METHODS, LOSS_METHODS, GradNorm, cagrad, gls, mgda, pcgrad, rlw
 from t2t.modeling import loss_sums
@@ -76,22 +78,27 @@ class ModelWithBalancing(nn.Module):
     """
 
     def __init__(self, model: nn.Module, n_tasks: int, learn_log_vars: bool,
-                 gradient_params: list[nn.Parameter] | None = None) -> None:  # fmt: skip
+                 gradient_params: list[nn.Parameter] | None = None, task_slots: list[int] | None = None,
+                 pull: float = 0.0) -> None:  # fmt: skip
         super().__init__()
         self.model = model
         self.n_tasks = n_tasks
         self.learn_log_vars = learn_log_vars
         self.log_vars = nn.Parameter(torch.zeros(n_tasks), requires_grad=learn_log_vars)
         self.gradient_params = gradient_params  # set for the gradient methods (kept out of the module tree)
+        # adapters (t2t.adapters): each task's adapter slot (-1: none), and the weight of their pull to the mean
+        self.register_buffer("task_slots", torch.tensor(task_slots or [], dtype=torch.long), persistent=False)
+        self.pull = pull
 
     def forward(self, tensors: dict[str, torch.Tensor], weights: torch.Tensor,
                 weigher: Weigher | None = None) -> tuple[torch.Tensor, ...]:  # fmt: skip
-        """(objective, task_loss, task_tokens, weights used): the objective is the weighted sum over tasks of the
-        micro-batch's summed token losses (before dividing by G); `weights` serve `equal` and `dwa`, `weigher` the
-        methods of t2t.gradients."""
-        sums = loss_sums(self.model, tensors, self.n_tasks)
+        """(objective, task_loss, task_tokens, weights used, penalty): the objective is the weighted sum over tasks
+        of the micro-batch's summed token losses (before dividing by G); `weights` serve `equal` and `dwa`,
+        `weigher` the methods of t2t.gradients. `penalty` is the adapters' pull toward their mean (0 without),
+        counted once per optimizer step by the caller."""
+        sums, penalty = self._sums(tensors)
         if weigher is not None:
-            return self._weighed(sums, weigher)
+            return (*self._weighed(sums, weigher), penalty)
         if self.learn_log_vars:
             log_vars = self.log_vars.float()
             objective = (torch.exp(-log_vars) * sums.task_loss + log_vars * sums.task_tokens).sum()
@@ -99,7 +106,29 @@ class ModelWithBalancing(nn.Module):
         else:
             objective = (weights * sums.task_loss).sum()
             used = weights
-        return objective, sums.task_loss.detach(), sums.task_tokens, used
+        return objective, sums.task_loss.detach(), sums.task_tokens, used, penalty
+
+    def _sums(self, tensors: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:
+        """The loss sums, every token through its task's adapter where the model has adapters; the pull penalty
+        is summed by the adapter layers during the forward, where ZeRO-3 has their weights gathered."""
+        router = router_of(self.model)
+        if router is None:
+            sums = loss_sums(self.model, tensors, self.n_tasks)
+            return sums, torch.zeros((), device=sums.loss.device)
+        encoder, decoder = batch_routes(tensors, self.task_slots)
+        router.collect_penalty, router.penalty = self.pull > 0, None
+        try:
+            with router.use(encoder, decoder):
+                sums = loss_sums(self.model, tensors, self.n_tasks)
+        finally:
+            router.collect_penalty = False
+        penalty = (
+            router.penalty * self.pull
+            if router.penalty is not None
+            else torch.zeros((), device=sums.loss.device)
+        )
+        router.penalty = None
+        return sums, penalty
 
     def _weighed(self, sums, weigher: Weigher) -> tuple[torch.Tensor, ...]:
         present = torch.nonzero(sums.task_tokens > 0).flatten()

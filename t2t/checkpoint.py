@@ -1,7 +1,8 @@
 """Checkpoints, written atomically: a crash mid-save leaves the previous checkpoint valid and `latest` on it.
 
     RUN_DIR/checkpoints/step_00000100/
-        model/            plain HF dir (model + tokenizer, safetensors): from_pretrained works, after ZeRO-3 too
+        model/            plain HF dir (model + tokenizer, safetensors): from_pretrained works, after ZeRO-3 too;
+                          with sharing.mode=adapters, the backbone, and its adapters in model/adapters/ (peft)
         accelerate/       accelerate / DeepSpeed state (optimizer, scheduler, RNG, balancing parameters)
         run_state.json    step, tokens, each process's data position, balancing state
     RUN_DIR/checkpoints/latest   the name of the newest complete checkpoint
@@ -53,14 +54,22 @@ def export_model(
 ) -> None:
     """Write the seq2seq model (gathered from every process under ZeRO-3) and tokenizer as a plain HF dir, with the
     encoding limits it was trained under (read by `t2t eval`)."""
+    from t2t.adapters import ADAPTERS_DIR, router_of, save_adapters, split_state
+
     state = accelerator.get_state_dict(wrapped)  # every process must call this under ZeRO-3
     inner = {k.removeprefix("model."): v for k, v in (state or {}).items() if k.startswith("model.")}
+    model = accelerator.unwrap_model(wrapped).model
+    router = router_of(model)
+    if router is not None:  # the backbone as a plain HF model, each adapter beside it in peft's format
+        inner, lora = split_state(inner, model.t2t_adapter_paths)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        accelerator.unwrap_model(wrapped).model.save_pretrained(
+        model.save_pretrained(
             str(out_dir), state_dict=inner, save_function=accelerator.save, safe_serialization=True
         )
         tokenizer.save_pretrained(str(out_dir))
+        if router is not None:
+            save_adapters(out_dir / ADAPTERS_DIR, router.routing, lora, base_name=str(out_dir))
         if encoding is not None:
             atomic_write_text(out_dir / ENCODING_FILE, json.dumps(encoding, indent=1) + "\n")
 

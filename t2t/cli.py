@@ -284,6 +284,7 @@ def eval_device(name: str) -> tuple[str, str]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from t2t.adapters import load_adapters
     from t2t.checkpoint import read_encoding
     from t2t.evaluation import EvalConfig, evaluate
     from t2t.modeling import load_model
@@ -297,6 +298,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             registry.task(name).spec.template(args.template)  # each task must have it: refused before loading
     device, dtype = eval_device(args.device)
     model, tokenizer = load_model(args.model), load_tokenizer(args.model)
+    load_adapters(model, args.model)  # a model trained with sharing.mode=adapters: each task's own
     # The limits a t2t-trained model was trained under; else the model's own position limit (BART: 1024).
     encoding = read_encoding(args.model)
     positions = getattr(model.config, "max_position_embeddings", None)
@@ -430,6 +432,16 @@ def cmd_export_lm_eval(args: argparse.Namespace) -> int:
     print(
         f"  lm_eval --model hf --model_args pretrained=MODEL_DIR,backend=seq2seq --include_path {args.out} "
         f"--tasks {','.join(groups)}"
+    )
+    return 0
+
+
+def cmd_export_merged(args: argparse.Namespace) -> int:
+    from t2t.adapters import merged
+
+    adapter, out = merged(args.model, args.adapter, args.out)
+    print(
+        f"wrote {out}: the backbone of {args.model} with adapter {adapter} merged in (a plain HF model dir)"
     )
     return 0
 
@@ -713,7 +725,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", metavar="NAME", help="only these (dataset or dataset/subset)")
 
     export = sub.add_parser(
-        "export", help="export tasks to other tools", description="export tasks to other tools"
+        "export",
+        help="export tasks to other tools, or a single-task model",
+        description="export tasks to other tools (lm-eval), or one adapter merged into a plain HF model",
     )
     export_sub = export.add_subparsers(dest="export_command", required=True, metavar="COMMAND")
     p = export_sub.add_parser("lm-eval", help="lm-evaluation-harness tasks rendered by t2t's templates")
@@ -728,6 +742,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="the model's tokenizer: sizes generation budgets as t2t eval does (default 128 tokens)",
     )
+    p.add_argument("--out", type=Path, required=True, help="a new or empty folder")
+
+    p = export_sub.add_parser(
+        "merged", help="one adapter of a model trained with adapters, merged into a plain HF dir"
+    )
+    p.set_defaults(fn=cmd_export_merged)
+    p.add_argument(
+        "--model", type=Path, required=True, help="an exported model dir with adapters/ (RUN_DIR/model)"
+    )
+    p.add_argument("--adapter", required=True, metavar="NAME", help="an adapter, or a task (its adapter)")
     p.add_argument("--out", type=Path, required=True, help="a new or empty folder")
 
     p = command("demo", cmd_demo, "train and evaluate a tiny T5 on the demo mixture, offline, in minutes")

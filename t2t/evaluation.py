@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from t2t.adapters import route_task, routed, router_of
 from t2t.encoding import decoder_start_id, encode_texts
 from t2t.errors import T2TError, Where
 from t2t.metrics import METRICS, PER_EXAMPLE
@@ -60,10 +61,13 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
 @torch.no_grad()
 def score_choices(model: Any, tokenizer: Any, inputs: list[str], choices: list[tuple[str, ...]],
                   scoring: str = "t2t", batch_size: int = 32, max_input_tokens: int | None = None,
-                  max_target_tokens: int | None = None) -> list[dict[str, list[float]]]:  # fmt: skip
-    """Per example and normalisation, the score of each choice (log-likelihood, normalised)."""
+                  max_target_tokens: int | None = None,
+                  tasks: Sequence[str] | None = None) -> list[dict[str, list[float]]]:  # fmt: skip
+    """Per example and normalisation, the score of each choice (log-likelihood, normalised). `tasks` (one per
+    input) routes each row through its task's adapter, for a model with adapters (t2t.adapters)."""
     convention = SCORINGS[scoring]
     device = next(model.parameters()).device
+    router = router_of(model) if tasks is not None else None
     start_id = decoder_start_id(model.config)
     input_ids, _ = encode_texts(tokenizer, inputs, max_input_tokens, convention["input_eos"])
     results: list[dict[str, list[float]]] = [{} for _ in inputs]
@@ -73,7 +77,9 @@ def score_choices(model: Any, tokenizer: Any, inputs: list[str], choices: list[t
         encoder_ids = _pad([input_ids[i] for i in batch], tokenizer.pad_token_id).to(device)
         mask = (encoder_ids != tokenizer.pad_token_id).long()
         mask[:, 0] = 1
-        hidden = model.get_encoder()(input_ids=encoder_ids, attention_mask=mask).last_hidden_state
+        slots = router.rows([tasks[i] for i in batch], device) if router is not None else None
+        with routed(router, slots):
+            hidden = model.get_encoder()(input_ids=encoder_ids, attention_mask=mask).last_hidden_state
         owners, targets, texts = [], [], []
         for row, i in enumerate(batch):
             choice_ids, _ = encode_texts(
@@ -87,8 +93,9 @@ def score_choices(model: Any, tokenizer: Any, inputs: list[str], choices: list[t
         labels = _pad(targets, -100).to(device)
         decoder_input = torch.cat([torch.full_like(labels[:, :1], start_id),
                                    labels[:, :-1].clamp(min=0)], dim=1)  # fmt: skip
-        logits = model(encoder_outputs=(hidden.index_select(0, owner),), attention_mask=mask.index_select(0, owner),
-                       decoder_input_ids=decoder_input, use_cache=False).logits  # fmt: skip
+        with routed(router, slots.index_select(0, owner) if slots is not None else None):
+            logits = model(encoder_outputs=(hidden.index_select(0, owner),), attention_mask=mask.index_select(0, owner),
+                           decoder_input_ids=decoder_input, use_cache=False).logits  # fmt: skip
         token_logp = -F.cross_entropy(
             logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
         )
@@ -103,18 +110,23 @@ def score_choices(model: Any, tokenizer: Any, inputs: list[str], choices: list[t
 
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, inputs: list[str], max_new_tokens: int, batch_size: int = 32,
-             num_beams: int = 1, max_input_tokens: int | None = None) -> list[str]:  # fmt: skip
-    """Greedy (or beam) generation in batches sorted by input length; outputs in the input order."""
+             num_beams: int = 1, max_input_tokens: int | None = None,
+             tasks: Sequence[str] | None = None) -> list[str]:  # fmt: skip
+    """Greedy (or beam) generation in batches sorted by input length; outputs in the input order. `tasks` as in
+    score_choices."""
     device = next(model.parameters()).device
+    router = router_of(model) if tasks is not None else None
     input_ids, _ = encode_texts(tokenizer, inputs, max_input_tokens, eos=True)
     outputs: list[str] = [""] * len(inputs)
     order = sorted(range(len(inputs)), key=lambda i: len(input_ids[i]))
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         ids = _pad([input_ids[i] for i in batch], tokenizer.pad_token_id).to(device)
-        generated = model.generate(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(),
-                                   max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                                   decoder_start_token_id=decoder_start_id(model.config))  # fmt: skip
+        slots = router.rows([tasks[i] for i in batch], device) if router is not None else None
+        with routed(router, slots):
+            generated = model.generate(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(),
+                                       max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                       decoder_start_token_id=decoder_start_id(model.config))  # fmt: skip
         for i, text in zip(batch, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
             outputs[i] = text.strip()
     return outputs
@@ -138,7 +150,13 @@ class TaskResult:
 def evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
                   templates: Sequence[str] | None = None) -> TaskResult:  # fmt: skip
     """Metrics per template (`templates`, else all the task's), the median over templates with a bootstrap
-    interval, and per-example records. `config.template` picks one."""
+    interval, and per-example records. `config.template` picks one. A model with adapters runs the task's own."""
+    with route_task(model, task.name):
+        return _evaluate_task(model, tokenizer, task, config, templates)
+
+
+def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
+                   templates: Sequence[str] | None) -> TaskResult:  # fmt: skip
     data = load_split(task, config.split)
     picks = select_rows(task.name, config.split, len(data), config.max_examples)
     rows = data.rows.select(picks.tolist())[:]

@@ -79,6 +79,7 @@ class Predictor:
     @classmethod
     def load(cls, model_dir: Path, registry: Registry, task_names: Sequence[str], device: str = "cpu",
              dtype: str = "fp32", limits: ServeLimits | None = None) -> Predictor:  # fmt: skip
+        from t2t.adapters import load_adapters
         from t2t.checkpoint import read_encoding
         from t2t.modeling import load_model
         from t2t.tokenizer import load_tokenizer
@@ -86,6 +87,7 @@ class Predictor:
         for name in task_names:
             registry.task(name)  # unknown names refused before the model loads
         model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+        load_adapters(model, model_dir)  # with adapters, each row of a batch goes through its task's
         encoding = read_encoding(model_dir)  # the limits it trained under; else its own position limit
         positions = getattr(model.config, "max_position_embeddings", None)
         if dtype == "bf16":
@@ -130,14 +132,15 @@ class Predictor:
         if ranked:
             scores = score_choices(self.model, self.tokenizer, [prepared[i].input for i in ranked],
                                    [prepared[i].choices for i in ranked], "t2t", batch, self.max_input_tokens,
-                                   self.max_target_tokens)  # fmt: skip
+                                   self.max_target_tokens, [prepared[i].task for i in ranked])  # fmt: skip
             for i, score in zip(ranked, scores, strict=True):
                 choices, sums = prepared[i].choices, score["sum"]
                 best = max(range(len(sums)), key=lambda k: (sums[k], -k))
                 answers[i] = Answer(choices[best], dict(zip(choices, sums, strict=True)), prepared[i].input)
         if generated:
             texts = generate(self.model, self.tokenizer, [prepared[i].input for i in generated],
-                             self.max_target_tokens, batch, 1, self.max_input_tokens)  # fmt: skip
+                             self.max_target_tokens, batch, 1, self.max_input_tokens,
+                             [prepared[i].task for i in generated])  # fmt: skip
             for i, text in zip(generated, texts, strict=True):
                 answers[i] = Answer(text, None, prepared[i].input)
         return [a for a in answers if a is not None]

@@ -21,6 +21,7 @@ import torch
 import yaml
 from accelerate.utils import DistributedType
 
+from t2t.adapters import attach, plan_routing
 from t2t.balancing import Balancer, ModelWithBalancing, gradient_parameters
 from t2t.checkpoint import Checkpointer, checkpoint_path, mark_best, run_identity
 from t2t.data import BatchLoader, LoaderState, MixtureData
@@ -218,6 +219,7 @@ class Run:
         self.tokenizer = get_tokenizer(config, registry, self.mixture, acc)
         model = get_model(config, self.tokenizer)
         self.identity = run_identity(config, self.mixture, registry, self.tokenizer, model)
+        task_slots = self._attach_adapters(model)
         self.balancer = Balancer(config.balancing, len(self.tasks), config.seed)
         subset = None
         if self.balancer.uses_gradients:
@@ -228,6 +230,8 @@ class Run:
             len(self.tasks),
             learn_log_vars=config.balancing.method == "uncertainty",
             gradient_params=subset,
+            task_slots=task_slots,
+            pull=config.sharing.pull,
         )
         optimizer, scheduler = get_optimizer_and_scheduler(config, wrapped)
         configure_deepspeed(acc, config)
@@ -246,6 +250,23 @@ class Run:
         if checkpoint is not None:
             self._restore(checkpoint)
         self.metrics_path = config.run_dir / "metrics.jsonl"
+
+    def _attach_adapters(self, model: Any) -> list[int] | None:
+        """sharing.mode=adapters: LoRA adapters per task or cluster on `model` (t2t.adapters), the backbone
+        frozen unless sharing.train_backbone; returns each training task's adapter slot."""
+        spec = self.config.sharing
+        if spec.mode != "adapters":
+            return None
+        clusters = {t: self.registry.task(t).spec.cluster for t in [*self.tasks, *self.mixture.held_out]}
+        routing = plan_routing(spec.per, self.tasks, list(self.mixture.held_out), clusters, spec.r, spec.alpha,
+                               spec.targets)  # fmt: skip
+        torch.manual_seed(self.config.seed + 1)  # the adapters' initial A: the same on every process
+        router = attach(model, routing, spec.dropout)
+        if not spec.train_backbone:
+            adapter_params = {id(p) for layer in router.layers for p in (layer.lora_A, layer.lora_B)}
+            for param in model.parameters():
+                param.requires_grad_(id(param) in adapter_params)
+        return [routing.index(t) for t in self.tasks]
 
     @property
     def encoding(self) -> dict:
@@ -336,9 +357,10 @@ class Run:
             tensors = {name: t.to(device) for name, t in batch.tensors.items()}
             weigher = self.balancer.weigher(self.state.step, index, acc.process_index)
             with acc.accumulate(self.model):
-                balanced, batch_loss, batch_tokens, used = self.model(tensors, weights, weigher)
+                balanced, batch_loss, batch_tokens, used, penalty = self.model(tensors, weights, weigher)
                 self._check_finite(batch_loss.sum(), tensors)
-                acc.backward(balanced * scale)
+                # the engines divide by k and average over processes: the penalty counts once per step
+                acc.backward(balanced * scale + penalty)
                 deepspeed_clips = acc.distributed_type == DistributedType.DEEPSPEED  # from its config
                 if acc.sync_gradients and self.config.max_grad_norm is not None and not deepspeed_clips:
                     acc.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
@@ -346,7 +368,7 @@ class Run:
                 self.optimizer.zero_grad()
             task_loss += batch_loss
             task_tokens += batch_tokens
-            objective += balanced.detach() / global_tokens
+            objective += balanced.detach() / global_tokens + penalty.detach() / (k * acc.num_processes)
             self.weights = used.detach()  # stays on the device: read (and synchronised) only when logged
         self.scheduler.step()
         reduced = acc.reduce(torch.cat([task_loss, task_tokens, objective[None],

@@ -99,6 +99,20 @@ class BalancingSpec(Spec):
     gradnorm_lr: Annotated[float, Field(gt=0)] = 0.025
 
 
+class SharingSpec(Spec):
+    """hard: one model for every task. adapters: LoRA adapters per task or per cluster on the shared backbone
+    (t2t.adapters), trained with it or on a frozen one, optionally pulled toward their mean."""
+
+    mode: Literal["hard", "adapters"] = "hard"
+    per: Literal["task", "cluster"] = "task"
+    r: Positive = 8
+    alpha: Annotated[float, Field(gt=0)] = 16.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    targets: list[str] = Field(default_factory=lambda: ["q", "v"], min_length=1)  # linear layers, by name
+    train_backbone: bool = True
+    pull: Annotated[float, Field(ge=0)] = 0.0  # weight of sum_k ||dW_k - mean dW||^2 in the loss
+
+
 class SelectionSpec(Spec):
     """Checkpoint selection (t2t.selection): no task may fall below a fixed reference by more than
     max(margin, its bootstrap noise)."""
@@ -141,6 +155,7 @@ class TrainConfig(Spec):
     save_every_steps: Positive | None = None  # None: only at the end
     keep_checkpoints: Positive = 2
     balancing: BalancingSpec = BalancingSpec()
+    sharing: SharingSpec = SharingSpec()
     eval_every_steps: Positive | None = None  # validation loss and rank classification of the training tasks
     eval_generate_every: Positive = (
         2  # ... and generation (and checkpoint selection) every this many evaluations

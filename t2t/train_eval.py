@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from t2t.adapters import route_task
 from t2t.batching import Example, pad_batch
 from t2t.encoding import decoder_start_id, encode_task
 from t2t.evaluation import EvalConfig, evaluate_task
@@ -84,7 +85,8 @@ class InTrainingEval:
         for first in range(0, n, 32):
             batch = pad_batch(examples[first : first + 32], tokenizer.pad_token_id, start)
             tensors = {k: v.to(next(model.parameters()).device) for k, v in batch.tensors.items()}
-            sums = loss_sums(model, tensors, 1)
+            with route_task(model, task.name):  # the task's adapter, where the model has adapters
+                sums = loss_sums(model, tensors, 1)
             total, tokens = total + float(sums.loss), tokens + float(sums.tokens)
         return total / max(tokens, 1.0)
 

@@ -43,9 +43,14 @@ CELLS = [
     ("cpu_deepspeed_zero3", "packed", "dwa", "adamw", "inverse_sqrt"),
 ]
 # More paths, one cell each: accumulation under DeepSpeed, a tokenizer trained by the main process while the
-# other waits, in-training evaluation with selection across a resume, no gradient clipping.
+# other waits, in-training evaluation with selection across a resume, no gradient clipping, adapters per cluster
+# pulled to their mean under DDP, adapters on a frozen backbone under ZeRO-3.
 EXTRA = {
     "cpu_deepspeed_zero2-padded-equal-adamw-cosine": ["gradient_accumulation_steps=2"],
+    "cpu_ddp-padded-uncertainty-adafactor-constant": [
+        "sharing={mode: adapters, per: cluster, r: 4, pull: 0.1}"
+    ],
+    "cpu_deepspeed_zero3-packed-equal-adafactor-linear": ["sharing={mode: adapters, train_backbone: false}"],
     "cpu_deepspeed_zero3-padded-uncertainty-adamw-cosine": ["gradient_accumulation_steps=2"],
     "cpu_deepspeed_zero3-packed-dwa-adamw-inverse_sqrt": ["tokenizer={vocab_size: 300, rows_per_task: 100}"],
     "cpu_ddp-packed-dwa-adamw-linear": ["eval_every_steps=1", "eval_generate_every=1", "eval_max_examples=4"],
@@ -165,6 +170,20 @@ def test_path_matrix(cell, matrix_setup, tmp_path):
     saved = AutoModelForSeq2SeqLM.from_pretrained(str(run_dir / "checkpoints" / "step_00000003" / "model"))
     for (name, a), b in zip(model.state_dict().items(), saved.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+    if "sharing" in extra:  # the adapters beside the backbone, in peft's files, the same in the checkpoint
+        from safetensors.torch import load_file
+
+        routing = json.loads((run_dir / "model" / "adapters" / "routing.json").read_text())
+        assert set(routing["tasks"]) == {"add_numbers", "color_lookup"}
+        first = routing["adapters"][0]
+        final = load_file(str(run_dir / "model" / "adapters" / first / "adapter_model.safetensors"))
+        kept = load_file(str(run_dir / "checkpoints" / "step_00000003" / "model" / "adapters" / first
+                             / "adapter_model.safetensors"))  # fmt: skip
+        assert final.keys() == kept.keys() and all(torch.equal(final[k], kept[k]) for k in final)
+        assert any(float(v.abs().sum()) > 0 for k, v in final.items() if "lora_B" in k)  # trained away from 0
+        if "train_backbone: false" in extra:  # the backbone did not move: the same as at step 2
+            step2 = load_file(str(run_dir / "checkpoints" / "step_00000002" / "model" / "model.safetensors"))
+            assert all(torch.equal(v, step2[k]) for k, v in model.state_dict().items() if k in step2)
 
 
 # ------------------------------------------------------------------------------ equivalence tests
