@@ -6,7 +6,8 @@ Packed batches (tasks mix within a micro-batch, where the per-micro-batch method
 baselines are trained once (t2t compare's, same size and budget), then one mixture run per method. Per method:
 mean score over the training tasks (median over templates each), mean delta against the single-task baselines
 with a 95% bootstrap interval over rows (pooled over tasks), tasks with negative transfer (interval below 0),
-the held-out tasks' mean, and the time per step relative to `equal`. Run it alone on the machine.
+the held-out tasks' mean, and the time per step relative to `equal`. `adapters` is `equal` with LoRA adapters per
+cluster (sharing.mode=adapters). Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from t2t.registry import Registry
 from t2t.rng import keyed_rng
 from t2t.train import Run
 
-METHODS = ["equal", "uncertainty", "dwa", "pcgrad", "cagrad", "mgda", "gradnorm", "rlw", "gls", "famo"]
+METHODS = ["equal", "uncertainty", "dwa", "pcgrad", "cagrad", "mgda", "gradnorm", "rlw", "gls", "famo", "adapters"]
+# "adapters": equal balancing, LoRA adapters per cluster on the trained backbone (soft sharing)
+ADAPTERS = {"mode": "adapters", "per": "cluster", "r": 8, "alpha": 16}
 PACKED = {"strategy": "packed", "rows_per_batch": 32, "pack_input_tokens": 128, "pack_target_tokens": 32,
           "window_examples": 2048, "batch_size": None, "max_tokens": None}  # fmt: skip
 
@@ -50,9 +53,12 @@ def main() -> None:
     n_rows = {t: _rows(registry, t, mixture.spec.splits.eval, args.max_examples) for t in tasks}
     for method in args.methods:
         config = run_config("demo", args.out / method, args.steps, 0, update)
-        config = config.model_copy(
-            update={"balancing": config.balancing.model_copy(update={"method": method})}
-        )
+        if method == "adapters":
+            config = config.model_copy(update={"sharing": config.sharing.model_validate(ADAPTERS)})
+        else:
+            config = config.model_copy(
+                update={"balancing": config.balancing.model_copy(update={"method": method})}
+            )
         run = Run(config, registry)
         run.fit()
         logged = [json.loads(line) for line in run.metrics_path.read_text().splitlines()][1:]  # after warm-up

@@ -48,10 +48,14 @@ from t2t.train_config import BalancingSpec
 Weigher = Callable[[np.ndarray | None, np.ndarray, np.ndarray], np.ndarray]
 
 
-def gradient_parameters(model: nn.Module, patterns: list[str] | None) -> list[tuple[str, nn.Parameter]]:
-    """The parameters whose per-task gradients a gradient method compares: those matching `patterns`, else the
-    last decoder block and the decoder's final layer norm; never one tied to the input embeddings."""
+def gradient_parameters(model: nn.Module, patterns: list[str] | None,
+                        exact: bool = False) -> list[tuple[str, nn.Parameter]]:  # fmt: skip
+    """The parameters whose per-task gradients a gradient method compares: every trainable one when `exact`;
+    else those matching `patterns`, else the last decoder block and the decoder's final layer norm; never one tied
+    to the input embeddings unless `exact`."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if exact:
+        return named
     if patterns is None:
         blocks = [
             int(m.group(2)) for n, _ in named if (m := re.search(r"decoder\.(block|layers)\.(\d+)\.", n))

@@ -180,13 +180,18 @@ def get_optimizer_and_scheduler(config: TrainConfig, wrapped: torch.nn.Module):
 
 
 def check_gradient_method(accelerator: Any, config: TrainConfig) -> None:
-    """The gradient methods need whole per-task gradients on their subset: refused under ZeRO-3."""
+    """The gradient methods need whole per-task gradients on their subset: refused under ZeRO-3; the exact
+    variant needs the step's whole batch in one micro-batch on one process."""
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     stage = plugin.deepspeed_config.get("zero_optimization", {}).get("stage") if plugin is not None else None
     if stage == 3:
         raise T2TError(f"balancing.method={config.balancing.method} needs per-task gradients, which ZeRO-3 keeps "
                        "partitioned: use ZeRO-1/2, DDP or one process, or a loss-only method (equal, uncertainty, "
                        "dwa, rlw, gls, famo) under ZeRO-3")  # fmt: skip
+    if config.balancing.exact and (accelerator.num_processes > 1 or config.gradient_accumulation_steps > 1):
+        raise T2TError(f"balancing.exact makes the step's update {config.balancing.method}'s own on the step's whole "
+                       "batch, so it runs on one process without accumulation; with several processes or "
+                       "micro-batches each is weighed apart: drop balancing.exact (the subset version)")  # fmt: skip
 
 
 def configure_deepspeed(accelerator: Any, config: TrainConfig) -> None:
@@ -224,7 +229,8 @@ class Run:
         subset = None
         if self.balancer.uses_gradients:
             check_gradient_method(acc, config)
-            subset = [p for _, p in gradient_parameters(model, config.balancing.gradient_params)]
+            subset = [p for _, p in gradient_parameters(model, config.balancing.gradient_params,
+                                                        config.balancing.exact)]  # fmt: skip
         wrapped = ModelWithBalancing(
             model,
             len(self.tasks),

@@ -10,6 +10,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from t2t.config import Spec, load_yaml, refuse_aliases, validation_error
 from t2t.errors import T2TError, Where
+from t2t.gradients import GRADIENT_METHODS
 
 Positive = Annotated[int, Field(gt=0)]
 
@@ -94,9 +95,21 @@ class BalancingSpec(Spec):
     # pcgrad / cagrad / mgda / gradnorm: the parameters whose per-task gradients are compared (globs over the
     # model's parameter names); default: the last decoder block and the decoder's final layer norm
     gradient_params: list[str] | None = None
+    # ... or every trainable parameter, the tied embeddings included: the method's own update, exactly (one
+    # process, no accumulation; memory: one full gradient per task)
+    exact: bool = False
     cagrad_c: Annotated[float, Field(ge=0)] = 0.5
     gradnorm_alpha: Annotated[float, Field(ge=0)] = 1.5
     gradnorm_lr: Annotated[float, Field(gt=0)] = 0.025
+
+    @model_validator(mode="after")
+    def _exact(self) -> BalancingSpec:
+        if self.exact and self.method not in GRADIENT_METHODS:
+            raise ValueError(f"balancing.exact applies to the gradient methods ({', '.join(GRADIENT_METHODS)}), "
+                             f"not to {self.method}")  # fmt: skip
+        if self.exact and self.gradient_params is not None:
+            raise ValueError("give balancing.exact or balancing.gradient_params, not both: exact takes every parameter")
+        return self
 
 
 class SharingSpec(Spec):

@@ -163,13 +163,19 @@ def test_default_subset_is_the_last_decoder_block_and_final_norm():
     assert not any("shared" in n or "embed" in n for n in names)
 
 
-@pytest.mark.parametrize("method", ["pcgrad", "mgda", "cagrad"])
-def test_the_update_on_the_subset_is_the_methods(method):
+@pytest.mark.parametrize(("method", "exact"), [("pcgrad", False), ("mgda", False), ("cagrad", False),
+                                               ("pcgrad", True), ("cagrad", True)])  # fmt: skip
+def test_the_update_on_the_subset_is_the_methods(method, exact):
     """One micro-batch of three tasks: the gradient left on the subset by the one backward of the weighted loss
-    equals the method's combination of the per-task gradients, computed here apart."""
+    equals the method's combination of the per-task gradients, computed here apart. With `exact` the subset is
+    every parameter, the tied embeddings included: the method's update on the whole model."""
     torch.manual_seed(0)
     model = tiny_t5()
-    subset = [p for _, p in gradient_parameters(model, None)]
+    named = gradient_parameters(model, None, exact)
+    subset = [p for _, p in named]
+    if exact:
+        assert [n for n, _ in named] == [n for n, _ in model.named_parameters()]
+        assert any(n == "shared.weight" for n, _ in named)
     wrapped = ModelWithBalancing(model, 3, learn_log_vars=False, gradient_params=subset)
     ids = torch.randint(2, 64, (6, 7))
     labels = torch.randint(2, 64, (6, 3))
@@ -234,6 +240,23 @@ def test_methods_train_and_log_through_t2t_train(method, tmp_path, tokenizer_dir
         assert {"grad_norm/add_numbers", "grad_norm/color_lookup"} <= last.keys()
         cosine = np.array(last["grad_cosine"], dtype=float)
         assert cosine.shape == (2, 2) and np.allclose(np.diag(cosine), 1.0) and np.allclose(cosine, cosine.T)
+
+
+def test_exact_gradient_methods_through_t2t_train(tmp_path, tokenizer_dir, mixture_dir, run_cli):
+    config = make_config(tmp_path, tokenizer_dir, steps=2, log_every_steps=1)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    code, out, err = run_cli("--mixtures-dir", mixture_dir, "train", path, "balancing={method: pcgrad, exact: true}",
+                             PACKED)  # fmt: skip
+    assert code == 0, err
+    assert "grad_cosine" in metrics(config.run_dir)[-1]
+    code, _, err = run_cli("--mixtures-dir", mixture_dir, "train", path, "balancing={method: pcgrad, exact: true}",
+                           PACKED, "gradient_accumulation_steps=2", f"run_dir={tmp_path / 'acc'}")  # fmt: skip
+    assert code == 2 and "balancing.exact" in err and "one process without accumulation" in err
+    assert not (tmp_path / "acc" / "checkpoints").exists()
+    code, _, err = run_cli("--mixtures-dir", mixture_dir, "train", path, "balancing={method: rlw, exact: true}",
+                           f"run_dir={tmp_path / 'rlw'}")  # fmt: skip
+    assert code == 2 and "balancing.exact applies to the gradient methods" in err
 
 
 @pytest.mark.parametrize("method", ["pcgrad", "gradnorm", "famo"])
