@@ -45,6 +45,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text!r}")
+    return value
+
+
 def _registry(args: argparse.Namespace) -> Registry:
     return Registry.default(args.templates_dir, args.mixtures_dir)
 
@@ -482,16 +489,30 @@ def cmd_affinity(args: argparse.Namespace) -> int:
     from t2t.affinity import affinity_report
 
     out = args.out or args.run_dir / "affinity"
-    result = affinity_report(args.run_dir, out, args.threshold)
-    tasks, cosine = result["tasks"], result["cosine"]
+    lookahead = None
+    if args.lookahead:
+        lookahead = {"registry": _registry(args), "batch_size": args.lookahead_batch, "lr": args.lookahead_lr}
+    result = affinity_report(args.run_dir, out, args.threshold, lookahead)
+    tasks = result["tasks"]
     width = max(len(t) for t in tasks)
-    print(f"mean gradient cosine over {result['log_lines']} log lines (rows and columns: {', '.join(tasks)})")
-    for name, row in zip(tasks, cosine, strict=True):
-        print(f"  {name:<{width}}  " + " ".join("   .  " if x is None else f"{x:+.2f} " for x in row))
-    print(f"suggested groups (average linkage, merged while the mean cosine > {args.threshold:g}):")
+    if "cosine" in result:
+        print(
+            f"mean gradient cosine over {result['log_lines']} log lines (rows and columns: {', '.join(tasks)})"
+        )
+        for name, row in zip(tasks, result["cosine"], strict=True):
+            print(f"  {name:<{width}}  " + " ".join("   .  " if x is None else f"{x:+.2f} " for x in row))
+    if lookahead is not None:
+        print(f"lookahead affinity over {len(result['lookahead_checkpoints'])} checkpoint(s), row helps column "
+              "(1 - L_col after one step on the row's loss / L_col before):")  # fmt: skip
+        for name, row in zip(tasks, result["lookahead"], strict=True):
+            print(f"  {name:<{width}}  " + " ".join(f"{x:+.1e}" for x in row))
+    basis = "the symmetrised lookahead affinity" if lookahead is not None else "the mean cosine"
+    print(f"suggested groups (average linkage, merged while {basis} > {args.threshold:g}):")
     for group in result["groups"]:
         print("  " + ", ".join(group))
-    print(f"wrote {out / 'affinity.json'} and {out / 'affinity.png'}")
+    written = [out / "affinity.json"] + [out / n for n, key in (("affinity.png", "cosine"),
+                                                                 ("lookahead.png", "lookahead")) if key in result]  # fmt: skip
+    print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
 
 
@@ -658,13 +679,25 @@ def build_parser() -> argparse.ArgumentParser:
         "affinity", cmd_affinity, "which tasks help each other: a task x task map from a run's gradients"
     )
     p.add_argument(
-        "run_dir", type=Path, help="a run trained with a gradient method (balancing.method=pcgrad ...)"
+        "run_dir",
+        type=Path,
+        help="a run trained with a gradient method (balancing.method=pcgrad ...), or any run "
+        "with --lookahead",
     )
     p.add_argument(
-        "--out", type=Path, help="folder for affinity.json and affinity.png (default RUN_DIR/affinity)"
+        "--out", type=Path, help="folder for affinity.json and the maps' PNGs (default RUN_DIR/affinity)"
     )
     p.add_argument(
-        "--threshold", type=float, default=0.0, help="merge groups while their mean cosine is above it"
+        "--threshold", type=float, default=0.0, help="merge groups while their mean affinity is above it"
+    )
+    p.add_argument("--lookahead", action="store_true",
+                   help="also TAG's lookahead affinity on the run's checkpoints (one backward per task, one forward "
+                        "per pair and checkpoint: for small mixtures)")  # fmt: skip
+    p.add_argument(
+        "--lookahead-batch", type=positive_int, default=32, metavar="N", help="training rows per task"
+    )
+    p.add_argument(
+        "--lookahead-lr", type=positive_float, metavar="LR", help="the lookahead step (default: the run's lr)"
     )
 
     p = command(

@@ -108,7 +108,9 @@ class BalancingSpec(Spec):
             raise ValueError(f"balancing.exact applies to the gradient methods ({', '.join(GRADIENT_METHODS)}), "
                              f"not to {self.method}")  # fmt: skip
         if self.exact and self.gradient_params is not None:
-            raise ValueError("give balancing.exact or balancing.gradient_params, not both: exact takes every parameter")
+            raise ValueError(
+                "give balancing.exact or balancing.gradient_params, not both: exact takes every parameter"
+            )
         return self
 
 

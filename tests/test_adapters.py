@@ -226,6 +226,13 @@ def test_adapters_tell_apart_tasks_that_hard_sharing_cannot(run_cli, twins, toke
     hard_scores = _accuracy(run_cli, twins, hard / "model", tmp_path / "eval_hard")
     assert hard_scores["say_yes"] + hard_scores["say_no"] <= 120.0
 
+    # TAG's lookahead on the backbone, each task's loss through its own adapter
+    code, out, err = run_cli("--templates-dir", str(tasks), "--mixtures-dir", str(mixtures), "affinity", str(run),
+                             "--lookahead", "--lookahead-batch", "8")  # fmt: skip
+    assert code == 0, err
+    lookahead = json.loads((run / "affinity" / "affinity.json").read_text())["lookahead"]
+    assert len(lookahead) == 2 and all(len(row) == 2 for row in lookahead)
+
     # peft loads each adapter onto the backbone and gives the routed model's logits for that task
     from peft import PeftModel
 

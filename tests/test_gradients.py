@@ -358,3 +358,58 @@ def test_affinity_from_a_trained_run(tmp_path, tokenizer_dir, mixture_dir, run_c
     result = json.loads((config.run_dir / "affinity" / "affinity.json").read_text())
     assert result["tasks"] == ["add_numbers", "color_lookup"] and result["log_lines"] == 2
     assert result["cosine"][0][0] == pytest.approx(1.0) and -1 <= result["cosine"][0][1] <= 1
+
+
+def test_lookahead_equals_an_sgd_step_taken_apart_and_sees_conflict():
+    """_lookahead's Z against torch's SGD on a copy of the model; two tasks with the same inputs and opposite
+    targets: a step for one lowers its own loss (Z[i, i] > 0) and raises the other's (Z[i, j] < 0)."""
+    import copy
+
+    from t2t.affinity import _lookahead
+    from t2t.batching import Example, pad_batch
+    from t2t.modeling import loss_sums
+
+    torch.manual_seed(0)
+    model = tiny_t5().eval()
+    inputs = [[5, 9, 12, 1], [7, 7, 3, 1], [20, 4, 1]]
+    batches = {"yes": {"examples": [Example(i, [30], 0) for i in inputs], "pad": 0},
+               "no": {"examples": [Example(i, [31], 0) for i in inputs], "pad": 0}}  # fmt: skip
+    tensors = {t: pad_batch(b["examples"]).tensors for t, b in batches.items()}
+
+    def mean_loss(m, task):
+        sums = loss_sums(m, tensors[task], 1)
+        return sums.loss / sums.tokens
+
+    before = [p.detach().clone() for p in model.parameters()]
+    z = _lookahead(model, ["yes", "no"], batches, 0.05)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # left as it was
+
+    for i, task in enumerate(["yes", "no"]):
+        stepped = copy.deepcopy(model)
+        optimizer = torch.optim.SGD(stepped.parameters(), lr=0.05)
+        mean_loss(stepped, task).backward()
+        optimizer.step()
+        with torch.no_grad():
+            expected = [1 - float(mean_loss(stepped, t)) / float(mean_loss(model, t)) for t in ["yes", "no"]]
+        assert z[i] == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert z[0, 0] > 0 and z[1, 1] > 0 and z[0, 1] < 0 and z[1, 0] < 0
+
+
+def test_affinity_lookahead_from_a_run_without_a_gradient_method(tmp_path, tokenizer_dir, mixture_dir, run_cli):
+    config = make_config(tmp_path, tokenizer_dir, steps=4, log_every_steps=2, save_every_steps=2)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    code, _, err = run_cli("--mixtures-dir", mixture_dir, "train", path)
+    assert code == 0, err
+    code, _, err = run_cli("affinity", config.run_dir)
+    assert code == 2 and "logged no gradient cosines" in err
+    code, out, err = run_cli("--mixtures-dir", mixture_dir, "affinity", config.run_dir, "--lookahead",
+                             "--lookahead-batch", "8")  # fmt: skip
+    assert code == 0, err
+    assert "lookahead affinity over 2 checkpoint(s)" in out and "suggested groups" in out
+    result = json.loads((config.run_dir / "affinity" / "affinity.json").read_text())
+    assert result["tasks"] == ["add_numbers", "color_lookup"]
+    assert result["lookahead_checkpoints"] == ["step_00000002", "step_00000004"]
+    z = np.array(result["lookahead"])
+    assert z.shape == (2, 2) and (np.diag(z) > 0).all()  # a step on a task's own loss lowers it
+    assert "cosine" not in result and (config.run_dir / "affinity" / "lookahead.png").is_file()
