@@ -128,7 +128,10 @@ def test_wheel_carries_the_shipped_templates_and_mixtures(tmp_path):
             "must be a finite number >= 0, not 'nan'",
         ),
         (["affinity", "run", "--lookahead", "--lookahead-lr", "0"], "must be a finite number > 0, not '0'"),
-        (["affinity", "run", "--lookahead", "--lookahead-batch", "-3"], "must be a positive integer, not '-3'"),
+        (
+            ["affinity", "run", "--lookahead", "--lookahead-batch", "-3"],
+            "must be a positive integer, not '-3'",
+        ),
     ],
 )
 def test_bad_numbers_are_refused_by_the_parser(run_cli, capsys, args, message):

@@ -249,7 +249,7 @@ def test_exact_gradient_methods_through_t2t_train(tmp_path, tokenizer_dir, mixtu
     code, out, err = run_cli("--mixtures-dir", mixture_dir, "train", path, "balancing={method: pcgrad, exact: true}",
                              PACKED)  # fmt: skip
     assert code == 0, err
-    assert "grad_cosine" in metrics(config.run_dir)[-1]
+    assert "balancing pcgrad" in out and "grad_cosine" in metrics(config.run_dir)[-1]
     code, _, err = run_cli("--mixtures-dir", mixture_dir, "train", path, "balancing={method: pcgrad, exact: true}",
                            PACKED, "gradient_accumulation_steps=2", f"run_dir={tmp_path / 'acc'}")  # fmt: skip
     assert code == 2 and "balancing.exact" in err and "one process without accumulation" in err
@@ -395,7 +395,9 @@ def test_lookahead_equals_an_sgd_step_taken_apart_and_sees_conflict():
     assert z[0, 0] > 0 and z[1, 1] > 0 and z[0, 1] < 0 and z[1, 0] < 0
 
 
-def test_affinity_lookahead_from_a_run_without_a_gradient_method(tmp_path, tokenizer_dir, mixture_dir, run_cli):
+def test_affinity_lookahead_from_a_run_without_a_gradient_method(
+    tmp_path, tokenizer_dir, mixture_dir, run_cli
+):
     config = make_config(tmp_path, tokenizer_dir, steps=4, log_every_steps=2, save_every_steps=2)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
