@@ -189,9 +189,15 @@ class Predictor:
             templates.append({"name": name, "input_fields": sorted(fields), "servable": servable,
                               "answer_choices": list(choices) if choices else None,
                               "ranked": compiled.choices is not None or compiled.choices_template is not None})  # fmt: skip
+        from t2t.adapters import router_of
+
+        router = router_of(
+            self.model
+        )  # a model with adapters: the one this task's rows go through (None: backbone)
+        adapter = router.routing.tasks.get(task.name) if router is not None else None
         return {"task": task.name, "description": task.spec.description, "cluster": task.spec.cluster,
                 "fields": dict(task.spec.fields), "default_template": task.spec.serve_template or task.template_names[0],
-                "templates": templates, "metrics": list(task.spec.metrics)}  # fmt: skip
+                "templates": templates, "metrics": list(task.spec.metrics), "adapter": adapter}  # fmt: skip
 
 
 def choose_template(task: Task, name: str | None) -> str:

@@ -21,7 +21,7 @@ import torch
 import yaml
 from accelerate.utils import DistributedType
 
-from t2t.adapters import attach, plan_routing
+from t2t.adapters import attach, plan_routing, read_routing, router_of
 from t2t.balancing import Balancer, ModelWithBalancing, gradient_parameters
 from t2t.checkpoint import Checkpointer, checkpoint_path, mark_best, run_identity
 from t2t.data import BatchLoader, LoaderState, MixtureData
@@ -117,6 +117,9 @@ def get_tokenizer(config: TrainConfig, registry: Registry, mixture: Mixture, acc
 def get_model(config: TrainConfig, tokenizer: Any):
     if config.model.pretrained:
         model = load_model(config.model.pretrained)
+        if read_routing(Path(config.model.pretrained)) is not None and os.environ.get("RANK", "0") == "0":
+            print(f"warning: {config.model.pretrained} has adapters (adapters/routing.json); training starts from "
+                  "its backbone alone (sharing.mode=adapters adds new ones; `t2t export merged` folds one in)")  # fmt: skip
     else:
         model = build_tiny_t5(config.model.tiny, tokenizer, seed=config.seed)
     return model
@@ -487,7 +490,15 @@ class Run:
         print(f"t2t train: {start} at step {self.state.step} of {self.config.steps}; {len(self.tasks)} tasks, "
               f"{n_params / 1e6:.2f}M parameters, {acc.num_processes} process(es), {acc.distributed_type.name.lower()}, "
               f"precision {acc.mixed_precision}, batching {self.config.batching.strategy}, "
-              f"balancing {self.config.balancing.method}")  # fmt: skip
+              f"balancing {self.config.balancing.method}{self._sharing_note()}")  # fmt: skip
+
+    def _sharing_note(self) -> str:
+        spec = self.config.sharing
+        if spec.mode != "adapters":
+            return ""
+        router = router_of(self.accelerator.unwrap_model(self.model).model)
+        frozen = ", backbone frozen" if not spec.train_backbone else ""
+        return f", adapters per {spec.per} ({len(router.routing.adapters)}, r {spec.r}{frozen})"
 
 
 class _LogWindow:

@@ -208,7 +208,7 @@ def test_adapters_tell_apart_tasks_that_hard_sharing_cannot(run_cli, twins, toke
     tasks, mixtures = twins
     run = tmp_path / "adapters"
     out = _train(run_cli, twins, tokenizer_dir, run, "sharing={mode: adapters, per: task, r: 4, alpha: 8}")
-    assert "batching packed" in out
+    assert "batching packed, balancing equal, adapters per task (2, r 4)" in out
     model_dir = run / "model"
     routing = json.loads((model_dir / "adapters" / "routing.json").read_text())
     assert routing["adapters"] == ["say_no", "say_yes"] and routing["tasks"] == {
@@ -225,6 +225,12 @@ def test_adapters_tell_apart_tasks_that_hard_sharing_cannot(run_cli, twins, toke
     _train(run_cli, twins, tokenizer_dir, hard)
     hard_scores = _accuracy(run_cli, twins, hard / "model", tmp_path / "eval_hard")
     assert hard_scores["say_yes"] + hard_scores["say_no"] <= 120.0
+
+    # a new run from this model starts from its backbone, and says so
+    out = _train(
+        run_cli, twins, tokenizer_dir, tmp_path / "again", f"model={{pretrained: {model_dir}}}", "steps=1"
+    )
+    assert f"warning: {model_dir} has adapters" in out
 
     # TAG's lookahead on the backbone, each task's loss through its own adapter
     code, out, err = run_cli("--templates-dir", str(tasks), "--mixtures-dir", str(mixtures), "affinity", str(run),
@@ -277,6 +283,7 @@ def test_adapters_tell_apart_tasks_that_hard_sharing_cannot(run_cli, twins, toke
         [predictor.prepared(t, "ask", "Answer: red cat dog", None) for t in ("say_yes", "say_no")]
     )
     assert [a.answer for a in generated] == ["yes", "no"]
+    assert predictor.describe("say_no")["adapter"] == "say_no"
 
     # export merged: one adapter folded into a plain HF model that answers like the routed one
     code, out, err = run_cli(
