@@ -19,13 +19,26 @@ from pathlib import Path
 
 import numpy as np
 
-from t2t.compare import Scored, _one_seed, _rows, _scores, delta_interval, run_config
+from t2t.compare import _one_seed, _rows, _scores, run_config
+from t2t.evaluation import Scored, delta_interval
 from t2t.mixtures import load_mixture
 from t2t.registry import Registry
 from t2t.rng import keyed_rng
 from t2t.train import Run
 
-METHODS = ["equal", "uncertainty", "dwa", "pcgrad", "cagrad", "mgda", "gradnorm", "rlw", "gls", "famo", "adapters"]
+METHODS = [
+    "equal",
+    "uncertainty",
+    "dwa",
+    "pcgrad",
+    "cagrad",
+    "mgda",
+    "gradnorm",
+    "rlw",
+    "gls",
+    "famo",
+    "adapters",
+]
 # "adapters": equal balancing, LoRA adapters per cluster on the trained backbone (soft sharing)
 ADAPTERS = {"mode": "adapters", "per": "cluster", "r": 8, "alpha": 16}
 PACKED = {"strategy": "packed", "rows_per_batch": 32, "pack_input_tokens": 128, "pack_target_tokens": 32,

@@ -49,11 +49,11 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
 ENCODING_FILE = "t2t_encoding.json"  # beside an exported model: the limits it was trained with
 
 
-def export_model(
-    accelerator: Any, wrapped: Any, tokenizer: Any, out_dir: Path, encoding: dict | None = None
-) -> None:
+def export_model(accelerator: Any, wrapped: Any, tokenizer: Any, out_dir: Path, encoding: dict | None = None,
+                 final_dir: Path | None = None) -> None:  # fmt: skip
     """Write the seq2seq model (gathered from every process under ZeRO-3) and tokenizer as a plain HF dir, with the
-    encoding limits it was trained under (read by `t2t eval`)."""
+    encoding limits it was trained under (read by `t2t eval`). `final_dir`: where `out_dir` will be renamed to
+    (the adapters' files name it as their base model)."""
     from t2t.adapters import ADAPTERS_DIR, router_of, save_adapters, split_state
 
     state = accelerator.get_state_dict(wrapped)  # every process must call this under ZeRO-3
@@ -69,7 +69,7 @@ def export_model(
         )
         tokenizer.save_pretrained(str(out_dir))
         if router is not None:
-            save_adapters(out_dir / ADAPTERS_DIR, router.routing, lora, base_name=str(out_dir))
+            save_adapters(out_dir / ADAPTERS_DIR, router.routing, lora, base_name=str(final_dir or out_dir))
         if encoding is not None:
             atomic_write_text(out_dir / ENCODING_FILE, json.dumps(encoding, indent=1) + "\n")
 
@@ -92,7 +92,7 @@ def save_checkpoint(accelerator: Any, wrapped: Any, tokenizer: Any, run_dir: Pat
     accelerator.save_state(str(staging / "accelerate"))
     if os.environ.get(FAULT_SAVE_ENV) == str(step):  # testing hook: a kill halfway through this save
         os.kill(os.getpid(), signal.SIGKILL)
-    export_model(accelerator, wrapped, tokenizer, staging / "model", encoding)
+    export_model(accelerator, wrapped, tokenizer, staging / "model", encoding, final / "model")
     if accelerator.is_main_process:
         atomic_write_text(staging / RUN_STATE, json.dumps(run_state, indent=1))
     accelerator.wait_for_everyone()

@@ -12,14 +12,13 @@ rows does not make a flag.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from t2t.demo import demo_config
-from t2t.evaluation import evaluate_task
+from t2t.evaluation import Scored, delta_interval, evaluate_task
 from t2t.fileio import atomic_write_text
 from t2t.mixtures import load_mixture
 from t2t.registry import Registry
@@ -33,18 +32,6 @@ def _train(config, registry: Registry) -> Run:
     return run
 
 
-BOOTSTRAP_SAMPLES = 1000
-
-
-@dataclass
-class Scored:
-    """One model's score on one task: the median over templates, and per template the primary metric as a
-    function of row indices (for the bootstrap)."""
-
-    median: float
-    samplers: dict
-
-
 def _scores(run: Run, registry: Registry, tasks: list[str], max_examples: int) -> dict[str, Scored]:
     model = run.accelerator.unwrap_model(run.model).model
     model.eval()
@@ -53,24 +40,6 @@ def _scores(run: Run, registry: Registry, tasks: list[str], max_examples: int) -
         result = evaluate_task(model, run.tokenizer, registry.task(name), run.eval_config(max_examples))
         scores[name] = Scored(result.summary["median"], result.samplers)
     return scores
-
-
-def delta_interval(mixed: list[Scored], single: list[Scored], n_rows: int, rng: np.random.Generator,
-                   samples: int = BOOTSTRAP_SAMPLES) -> tuple[float, float, float]:  # fmt: skip
-    """(mean over seeds of mixture - single, 95% interval low, high): rows and seeds resampled together."""
-
-    def median(scored: Scored, rows: np.ndarray) -> float:
-        return float(np.median([sample(rows) for sample in scored.samplers.values()]))
-
-    point = float(np.mean([m.median - s.median for m, s in zip(mixed, single, strict=True)]))
-    seeds = len(mixed)
-    deltas = []
-    for _ in range(samples):
-        rows = rng.integers(0, n_rows, size=n_rows)
-        chosen = rng.integers(0, seeds, size=seeds)
-        deltas.append(float(np.mean([median(mixed[k], rows) - median(single[k], rows) for k in chosen])))
-    low, high = (float(np.percentile(deltas, q)) for q in (2.5, 97.5))
-    return point, low, high
 
 
 def compare(mixture_name: str, out: Path, steps: int, max_examples: int, margin: float, registry: Registry,

@@ -145,6 +145,8 @@ class TaskResult:
     records: list[dict]
     # template -> the primary metric as a function of row indices (for bootstraps over rows, as t2t compare's)
     samplers: dict[str, Any] = field(default_factory=dict)
+    rows: dict[str, dict] = field(default_factory=dict)  # template -> the same as JSON (metric_rows, kept)
+    n_rows: int = 0  # the rows evaluated (indices of the samplers run over 0..n_rows-1)
 
 
 def evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
@@ -179,7 +181,8 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
         scores, predictions, template_samplers = _template_scores(
             model, tokenizer, task, rendered, references, config
         )
-        samplers[template] = {m: _on_kept(f, kept) for m, f in template_samplers.items()}
+        samplers[template] = {m: {**rows, "kept": None if kept.all() else kept.tolist()}
+                              for m, rows in template_samplers.items()}  # fmt: skip
         per_template[template] = scores
         records.extend(_records(rendered, references, predictions))
     if not per_template:
@@ -188,10 +191,11 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
     if not any(per_template.values()):  # rank classification only, and the task has no answer choices
         return TaskResult(per_template, None, {}, records)
     metric = primary_metric(task, per_template)
+    rows_of = {t: f[metric] for t, f in samplers.items()}
     summary = summarise([s[metric] for s in per_template.values()])
-    summary.update(bootstrap_interval({t: f[metric] for t, f in samplers.items()}, len(picks),
+    summary.update(bootstrap_interval(samplers_of(rows_of), len(picks),
                                       keyed_rng("bootstrap", task.name, config.split)))  # fmt: skip
-    return TaskResult(per_template, metric, summary, records, {t: f[metric] for t, f in samplers.items()})
+    return TaskResult(per_template, metric, summary, records, samplers_of(rows_of), rows_of, len(picks))
 
 
 def _on_kept(sampler: Any, kept: np.ndarray) -> Any:
@@ -229,11 +233,11 @@ def bootstrap_interval(samplers: dict[str, Any], n: int, rng: np.random.Generato
 def _template_scores(
     model, tokenizer, task, rendered: list[Rendered], references, config
 ) -> tuple[dict, list, dict]:
-    """Scores of one template, per-example predictions, and for each metric a function of example indices that
-    recomputes it on those examples (for the bootstrap)."""
+    """Scores of one template, per-example predictions, and for each metric its `metric_rows` (to recompute it on
+    any resample of the examples, for the bootstrap)."""
     inputs = [r.inputs for r in rendered]
     scores: dict[str, float] = {}
-    samplers: dict[str, Any] = {}
+    samplers: dict[str, dict] = {}
     predictions: list[dict] = [{} for _ in rendered]
     if config.generate:
         longest = max(
@@ -243,7 +247,7 @@ def _template_scores(
                              config.batch_size, config.num_beams, config.max_input_tokens)  # fmt: skip
         for metric in task.spec.metrics:
             scores[metric] = METRICS[metric](generated, references)
-            samplers[metric] = resampler(metric, generated, references)
+            samplers[metric] = metric_rows(metric, generated, references)
         for p, text in zip(predictions, generated, strict=True):
             p["prediction"] = text
     if rendered[0].choices is not None:
@@ -253,20 +257,70 @@ def _template_scores(
             correct = np.array([r.choices[int(np.argmax(s[name]))] == r.targets
                                 for r, s in zip(rendered, choice_scores, strict=True)], dtype=float)  # fmt: skip
             scores[f"rank_{name}"] = 100.0 * float(correct.mean())
-            samplers[f"rank_{name}"] = lambda idx, correct=correct: 100.0 * float(correct[idx].mean())
+            samplers[f"rank_{name}"] = {"metric": f"rank_{name}", "values": (100.0 * correct).tolist()}
         for p, s, r in zip(predictions, choice_scores, rendered, strict=True):
             p["choice_scores"] = s
             p["ranked"] = r.choices[int(np.argmax(s["sum"]))]
     return scores, predictions, samplers
 
 
-def resampler(metric: str, predictions: list[str], references: list[list[str]]) -> Any:
-    """The metric as a function of example indices: a mean of per-example scores where the metric is one (all
-    but corpus BLEU, which is recomputed on the resampled corpus)."""
+def metric_rows(metric: str, predictions: list[str], references: list[list[str]]) -> dict:
+    """What a metric needs to be recomputed on any resample of the examples, as JSON: per-example scores where the
+    metric is a mean of them (all but corpus BLEU), else the predictions and references."""
     if metric in PER_EXAMPLE:
-        values = np.array([METRICS[metric]([p], [r]) for p, r in zip(predictions, references, strict=True)])
-        return lambda idx: float(values[idx].mean())
-    return lambda idx: METRICS[metric]([predictions[i] for i in idx], [references[i] for i in idx])
+        return {
+            "metric": metric,
+            "values": [METRICS[metric]([p], [r]) for p, r in zip(predictions, references, strict=True)],
+        }
+    return {"metric": metric, "predictions": list(predictions), "references": [list(r) for r in references]}
+
+
+def sampler_of(rows: dict) -> Any:
+    """The metric of `metric_rows` as a function of example indices; with `kept` (which of the task's rows the
+    template rendered), of indices into all the task's rows."""
+    if "values" in rows:
+        values = np.asarray(rows["values"], dtype=float)
+        sample = lambda idx: float(values[idx].mean())  # noqa: E731
+    else:
+        metric, predictions, references = rows["metric"], rows["predictions"], rows["references"]
+        sample = lambda idx: METRICS[metric]([predictions[i] for i in idx], [references[i] for i in idx])  # noqa: E731
+    kept = rows.get("kept")
+    return sample if kept is None else _on_kept(sample, np.asarray(kept, dtype=bool))
+
+
+def samplers_of(templates: dict[str, dict]) -> dict[str, Any]:
+    return {name: sampler_of(rows) for name, rows in templates.items()}
+
+
+@dataclass
+class Scored:
+    """One model's score on one task: the median over templates, and per template the primary metric as a
+    function of row indices (for the bootstrap)."""
+
+    median: float
+    samplers: dict
+
+
+PAIRED_SAMPLES = 1000
+
+
+def delta_interval(mixed: list[Scored], single: list[Scored], n_rows: int, rng: np.random.Generator,
+                   samples: int = PAIRED_SAMPLES) -> tuple[float, float, float]:  # fmt: skip
+    """(mean over seeds of the first minus the second, 95% interval low, high): the paired percentile bootstrap of
+    `t2t compare` and of checkpoint selection, resampling the rows (the same rows for both) and the seeds."""
+
+    def median(scored: Scored, rows: np.ndarray) -> float:
+        return float(np.median([sample(rows) for sample in scored.samplers.values()]))
+
+    point = float(np.mean([m.median - s.median for m, s in zip(mixed, single, strict=True)]))
+    seeds = len(mixed)
+    deltas = []
+    for _ in range(samples):
+        rows = rng.integers(0, n_rows, size=n_rows)
+        chosen = rng.integers(0, seeds, size=seeds)
+        deltas.append(float(np.mean([median(mixed[k], rows) - median(single[k], rows) for k in chosen])))
+    low, high = (float(np.percentile(deltas, q)) for q in (2.5, 97.5))
+    return point, low, high
 
 
 def _records(rendered: list[Rendered], references: list[list[str]], predictions: list[dict]) -> list[dict]:

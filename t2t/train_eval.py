@@ -52,17 +52,19 @@ class InTrainingEval:
         eval_config = training_eval_config(config, self.split, config.eval_max_examples, generation)
         record: dict[str, Any] = {"step": step, "generation": generation}
         scores: dict[str, Score] = {}
+        rows: dict[str, dict] = {}  # per-row scores: selection compares them with the reference's, paired
         for name in self.tasks:
             task = self.registry.task(name)
             record[f"eval_loss/{name}"] = self.validation_loss(task, model, tokenizer)
             result = evaluate_task(model, tokenizer, task, eval_config, self.data.mixture.templates_of(name))
             if result.metric is not None:  # scored (a generation-only task is not, between generation rounds)
                 scores[name] = Score(result.summary["median"], result.summary["ci_half_width"])
+                rows[name] = {"n": result.n_rows, "templates": result.rows}
                 record[f"eval/{name}"] = scores[name].value
         model.train()
         decision = None
         if generation:
-            decision = self.selector.decide(step, scores)
+            decision = self.selector.decide(step, scores, rows)
             record.update({"eval_score": decision.score, "best": decision.accepted,
                            "blocked_by": decision.blocked_by})  # fmt: skip
         return record, decision

@@ -215,7 +215,18 @@ def test_adapters_tell_apart_tasks_that_hard_sharing_cannot(run_cli, twins, toke
         "say_yes": "say_yes",
         "say_no": "say_no",
     }
-    # the backbone is a plain HF model; each adapter is a peft LoRA dir
+    # the backbone is a plain HF model; each adapter is a peft LoRA dir naming it as its base
+    config = json.loads((model_dir / "adapters" / "say_no" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8
+    assert config["base_model_name_or_path"] == str(model_dir)
+    kept = json.loads(
+        (
+            run / "checkpoints" / "step_00000060" / "model" / "adapters" / "say_no" / "adapter_config.json"
+        ).read_text()
+    )
+    assert kept["base_model_name_or_path"] == str(
+        run / "checkpoints" / "step_00000060" / "model"
+    )  # not the staging dir
     assert AutoModelForSeq2SeqLM.from_pretrained(str(model_dir)).config.d_model == 32
     scores = _accuracy(run_cli, twins, model_dir, tmp_path / "eval_adapters")
     assert scores == {"say_yes": 100.0, "say_no": 100.0}

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import yaml
 
-from t2t.compare import Scored, compare, delta_interval
+from t2t.compare import compare
+from t2t.evaluation import Scored, delta_interval
 from t2t.registry import Registry
 
 

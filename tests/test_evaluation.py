@@ -237,3 +237,31 @@ def test_no_generate_reports_only_the_tasks_with_answer_choices(trained_yes_no, 
     assert code == 0, err
     report = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert set(report["tasks"]) == {"say_it"} and report["tasks"]["say_it"]["metric"] == "rank_sum"
+
+
+def test_selection_against_the_first_evaluation_is_paired_by_rows():
+    """Two templates over the same 20 rows. One row lost (100 -> 95) is within the paired noise; five lost
+    (-> 75) is a regression whose whole interval lies below -margin. The unpaired rule with zero half-widths
+    would have blocked the first; the rows travel with the selector's state."""
+
+    def rows(correct: int) -> dict:
+        values = [100.0] * correct + [0.0] * (20 - correct)
+        return {
+            "n": 20,
+            "templates": {t: {"metric": "rank_sum", "values": values, "kept": None} for t in ("a", "b")},
+        }
+
+    selector = Selector(margin=1.0)
+    assert selector.decide(1, {"x": Score(100.0, 0.0)}, {"x": rows(20)}).accepted
+    assert selector.decide(2, {"x": Score(95.0, 0.0)}, {"x": rows(19)}).blocked_by == []
+    assert (
+        Selector(margin=1.0, reference={"x": Score(100.0, 0.0)}).decide(2, {"x": Score(95.0, 0.0)}).blocked_by
+    )
+    restored = Selector(margin=1.0)
+    restored.load_state_dict(json.loads(json.dumps(selector.state_dict())))
+    for judge in (selector, restored):
+        blocked = judge.decide(3, {"x": Score(75.0, 0.0)}, {"x": rows(15)}).blocked_by
+        assert len(blocked) == 1 and blocked[0].startswith("x: 75.0 vs reference 100.0, delta -25.0 [")
+        low, high = (float(v) for v in blocked[0].split("[")[1].split("]")[0].split(", "))
+        assert low < -25.0 < high < -1.0
+    assert "paired bootstrap interval" in selector.report()

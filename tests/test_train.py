@@ -76,15 +76,20 @@ def captured_gradients(config, registry):
     return captured
 
 
-def test_accumulation_equivalence(tmp_path, tokenizer_dir, mixture_dir):
+@pytest.mark.parametrize(
+    "sharing", [None, {"mode": "adapters", "r": 4, "pull": 1000.0}], ids=["hard", "adapters"]
+)
+def test_accumulation_equivalence(tmp_path, tokenizer_dir, mixture_dir, sharing):
     # The same 8 examples per step: one batch of 8, or 4 batches of 2 accumulated. The loss is token-weighted
-    # over the window, so every step applies the same gradient (to float32 rounding).
+    # over the window, so every step applies the same gradient (to float32 rounding). With adapters and a
+    # strong pull (zero at the first step, where every B is 0; dominant after), the pull counts once per step.
     registry = registry_with(mixture_dir)
+    extra = {"sharing": sharing} if sharing else {}
     big = make_config(
-        tmp_path / "a", tokenizer_dir, **{"batching.batch_size": 8, "batching.window_examples": 8}
+        tmp_path / "a", tokenizer_dir, **{"batching.batch_size": 8, "batching.window_examples": 8}, **extra
     )
     small = make_config(tmp_path / "b", tokenizer_dir, gradient_accumulation_steps=4,
-                        **{"batching.batch_size": 2, "batching.window_examples": 8})  # fmt: skip
+                        **{"batching.batch_size": 2, "batching.window_examples": 8}, **extra)  # fmt: skip
     grads_big, grads_small = captured_gradients(big, registry), captured_gradients(small, registry)
     assert len(grads_big) == len(grads_small) == 6
     first_big, first_small = grads_big[0], grads_small[0]  # same weights, same examples: the same gradient
