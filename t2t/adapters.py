@@ -308,6 +308,14 @@ def read_routing(model_dir: Path) -> Routing | None:
         raise T2TError(f"not a t2t routing table: {exc}", Where(file=path)) from None
 
 
+def adapter_file(model_dir: Path, name: str) -> Path:
+    """The weights of adapter `name`, which the routing table names (refused when absent)."""
+    file = Path(model_dir) / ADAPTERS_DIR / name / "adapter_model.safetensors"
+    if not file.is_file():
+        raise T2TError(f"adapter {name!r} of the routing table has no weights", Where(file=file))
+    return file
+
+
 def load_adapters(model: nn.Module, model_dir: Path) -> Router | None:
     """Attach the adapters saved beside an exported model (none: the model is returned as it is)."""
     from safetensors.torch import load_file
@@ -318,10 +326,13 @@ def load_adapters(model: nn.Module, model_dir: Path) -> Router | None:
     router = attach(model, routing)
     paths = dict(zip(model.t2t_adapter_paths, router.layers, strict=True))
     for k, name in enumerate(routing.adapters):
-        file = Path(model_dir) / ADAPTERS_DIR / name / "adapter_model.safetensors"
-        if not file.is_file():
-            raise T2TError(f"adapter {name!r} of the routing table has no weights", Where(file=file))
-        tensors = load_file(str(file))
+        file = adapter_file(model_dir, name)
+        try:
+            tensors = load_file(str(file))
+        except Exception as exc:  # safetensors raises its own error types for a torn or foreign file
+            raise T2TError(
+                f"adapter {name!r}: not a readable safetensors file ({exc})", Where(file=file)
+            ) from None
         for path, layer in paths.items():
             for leaf, param in (("lora_A", layer.lora_A), ("lora_B", layer.lora_B)):
                 key = f"{PEFT_PREFIX}{path}.{leaf}.weight"
@@ -356,6 +367,7 @@ def merged(model_dir: Path, name: str, out: Path) -> tuple[str, Path]:
                        Where(file=model_dir / ADAPTERS_DIR / ROUTING_FILE))  # fmt: skip
     if out.exists() and any(out.iterdir()):
         raise T2TError("--out must be a new or empty folder", Where(file=out))
+    load_adapters(load_model(model_dir), model_dir)  # every adapter file readable and of the right shapes
     base = load_model(model_dir)
     single = PeftModel.from_pretrained(base, str(model_dir / ADAPTERS_DIR / adapter)).merge_and_unload()
     staging = out.parent / f".tmp-{out.name}"

@@ -323,3 +323,19 @@ def test_adapters_tell_apart_tasks_that_hard_sharing_cannot(run_cli, twins, toke
         str(tmp_path / "m"),
     )
     assert code == 2 and "no adapters" in err
+
+    # a torn adapter file: one line naming it, from eval and from export merged, nothing written
+    weights = model_dir / "adapters" / "say_yes" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    code, _, err = run_cli("--templates-dir", str(tasks), "eval", "--model", str(model_dir), "--tasks", "say_yes",
+                           "--out", str(tmp_path / "torn"), "--no-generate")  # fmt: skip
+    assert code == 2 and "adapter 'say_yes': not a readable safetensors file" in err and str(weights) in err
+    assert not (tmp_path / "torn").exists()
+    code, _, err = run_cli("export", "merged", "--model", str(model_dir), "--adapter", "say_no", "--out",
+                           str(tmp_path / "m"))  # fmt: skip
+    assert code == 2 and "not a readable safetensors file" in err and not (tmp_path / "m").exists()
+    weights.unlink()
+    code, _, err = run_cli("--templates-dir", str(tasks), "predict", "--model", str(model_dir), "--task", "say_yes",
+                           "--input", str(rows), "--out", str(tmp_path / "p.jsonl"), "--quiet")  # fmt: skip
+    assert code == 2 and "adapter 'say_yes' of the routing table has no weights" in err
+    assert not (tmp_path / "p.jsonl").exists()
