@@ -829,6 +829,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.strict_paths:
         os.environ[STRICT_PATHS_ENV] = "1"  # read where data files load (and by child processes)
     try:
+        if args.fn in COMPUTING:
+            problem = configure_threads()
+            if problem is not None:
+                raise T2TError(problem)
         return args.fn(args)
     except T2TError as exc:
         print(f"t2t: error: {exc}", file=sys.stderr)
@@ -856,6 +860,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 os.environ[STRICT_PATHS_ENV] = previous
 
 
+# commands that run a model: their torch threads are chosen before torch loads (configure_threads)
+COMPUTING = {cmd_train, cmd_eval, cmd_predict, cmd_serve, cmd_demo, cmd_compare, cmd_affinity}
+
+
 def write_traceback(exc: BaseException) -> Path:
     """Write the exception's traceback to $T2T_LOG_DIR (default ~/.cache/t2t/logs); return the file's path."""
     import datetime
@@ -870,6 +878,55 @@ def write_traceback(exc: BaseException) -> Path:
     except OSError:
         path = Path(os.devnull)
     return path
+
+
+THREADS_ENV = "T2T_NUM_THREADS"
+
+
+def busy_cpus(seconds: float = 0.2) -> float:
+    """How many CPUs other processes keep busy right now (from /proc/stat over `seconds`; 0 where unreadable)."""
+    import time
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as handle:
+            fields = [int(x) for x in handle.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    if total1 <= total0:
+        return 0.0
+    return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+
+
+def configure_threads(environ: dict | None = None, torch_loaded: bool | None = None,
+                      busy: float | None = None) -> str | None:  # fmt: skip
+    """Torch's thread count for a process about to import it, through OMP_NUM_THREADS (read when OpenMP starts):
+    `T2T_NUM_THREADS`, else the CPUs this process may run on (`os.sched_getaffinity`) less those other processes
+    keep busy at start (at least 1). OpenMP threads that share a core with another busy process wait for each
+    other and the loop slows many times over (bench/threads.py); one thread per free core does not. A user's
+    OMP_NUM_THREADS (or a launcher's: torchrun sets 1 per process) stays. Returns a problem, or None. Too late
+    once torch is imported (t2t used as a library): then nothing changes."""
+    environ = os.environ if environ is None else environ
+    if "torch" in sys.modules if torch_loaded is None else torch_loaded:
+        return None
+    wanted = environ.get(THREADS_ENV)
+    if wanted is not None:
+        if not wanted.strip().isdigit() or int(wanted) <= 0:
+            return f"{THREADS_ENV} must be a positive integer, not {wanted!r}"
+        environ["OMP_NUM_THREADS"] = str(int(wanted))
+        return None
+    if "OMP_NUM_THREADS" in environ:
+        return None
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = busy_cpus() if busy is None else busy
+    environ["OMP_NUM_THREADS"] = str(max(1, allowed - round(busy)))
+    return None
 
 
 def run() -> None:

@@ -488,7 +488,8 @@ class Run:
         n_params = sum(p.numel() for p in acc.unwrap_model(self.model).model.parameters())
         start = f"resuming from {self.checkpoint.name}" if self.checkpoint else "starting"
         print(f"t2t train: {start} at step {self.state.step} of {self.config.steps}; {len(self.tasks)} tasks, "
-              f"{n_params / 1e6:.2f}M parameters, {acc.num_processes} process(es), {acc.distributed_type.name.lower()}, "
+              f"{n_params / 1e6:.2f}M parameters, {acc.num_processes} process(es) of {torch.get_num_threads()} thread(s), "
+              f"{acc.distributed_type.name.lower()}, "
               f"precision {acc.mixed_precision}, batching {self.config.batching.strategy}, "
               f"balancing {self.config.balancing.method}{self._sharing_note()}")  # fmt: skip
 

@@ -4,11 +4,14 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from tests.conftest import qa_task, write_task
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_tasks_lists_every_shipped_task(run_cli):
@@ -145,3 +148,45 @@ def test_output_piped_into_head_ends_quietly(tmp_path):
     result = subprocess.run(f"{sys.executable} -m t2t render add_numbers -n 400 | head -1", shell=True,
                             capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     assert result.stdout.startswith("── add_numbers") and "Traceback" not in result.stderr
+
+
+def test_thread_settings_from_the_environment():
+    import os
+
+    from t2t.cli import configure_threads
+
+    allowed = len(os.sched_getaffinity(0))
+    env = {}
+    assert configure_threads(env, torch_loaded=False, busy=0.2) is None
+    assert env["OMP_NUM_THREADS"] == str(allowed)  # a quiet machine: every CPU this process may use
+    env = {}
+    configure_threads(env, torch_loaded=False, busy=allowed + 3.0)
+    assert env["OMP_NUM_THREADS"] == "1"  # all busy elsewhere: one thread, not threads waiting on each other
+    env = {"OMP_NUM_THREADS": "8"}  # the user's (or torchrun's) choice stays
+    configure_threads(env, torch_loaded=False, busy=0.0)
+    assert env == {"OMP_NUM_THREADS": "8"}
+    env = {"T2T_NUM_THREADS": "3", "OMP_NUM_THREADS": "8"}  # ... unless T2T_NUM_THREADS says otherwise
+    assert configure_threads(env, torch_loaded=False, busy=0.0) is None and env["OMP_NUM_THREADS"] == "3"
+    for bad in ("0", "two", "-1", ""):
+        problem = configure_threads({"T2T_NUM_THREADS": bad}, torch_loaded=False, busy=0.0)
+        assert problem == f"T2T_NUM_THREADS must be a positive integer, not {bad!r}"
+    untouched = {"T2T_NUM_THREADS": "1"}
+    assert configure_threads(untouched, torch_loaded=True) is None and untouched == {"T2T_NUM_THREADS": "1"}
+
+
+def test_t2t_num_threads_reaches_torch_through_the_command(tmp_path, tokenizer_dir, mixture_dir):
+    env = {**os.environ, "T2T_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "t2t", "--mixtures-dir", str(mixture_dir), "train", "configs/tiny_cpu.yaml",
+               f"run_dir={tmp_path / 'run'}", "mixture=two_tasks", "tokenizer={pretrained: " + str(tokenizer_dir) + "}",
+               "model.tiny={d_model: 32, num_layers: 1, num_heads: 2, d_ff: 64}", "steps=1", "trackers=[]",
+               "max_input_tokens=48", "max_target_tokens=8"]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 process(es) of 1 thread(s)" in result.stdout
+    bad = subprocess.run(
+        command, cwd=REPO, env={**env, "T2T_NUM_THREADS": "many"}, capture_output=True, text=True
+    )
+    assert (
+        bad.returncode == 2
+        and bad.stderr.strip() == "t2t: error: T2T_NUM_THREADS must be a positive integer, not 'many'"
+    )
