@@ -362,12 +362,15 @@ class Run:
         task_loss = torch.zeros(len(self.tasks), device=device)
         task_tokens = torch.zeros(len(self.tasks), device=device)
         objective = torch.zeros((), device=device)
+        non_finite = torch.zeros(k, device=device)  # per micro-batch; checked once, before the step's update
         for index, batch in enumerate(micro):
             tensors = {name: t.to(device) for name, t in batch.tensors.items()}
             weigher = self.balancer.weigher(self.state.step, index, acc.process_index)
             with acc.accumulate(self.model):
                 balanced, batch_loss, batch_tokens, used, penalty = self.model(tensors, weights, weigher)
-                self._check_finite(batch_loss.sum(), tensors)
+                non_finite[index] = (~torch.isfinite(batch_loss.sum())).float()
+                if index == k - 1:  # before the last backward: under DeepSpeed it steps the engine
+                    self._check_finite(non_finite, micro)
                 # the engines divide by k and average over processes: the penalty counts once per step
                 acc.backward(balanced * scale + penalty)
                 deepspeed_clips = acc.distributed_type == DistributedType.DEEPSPEED  # from its config
@@ -395,15 +398,16 @@ class Run:
         self.state.examples_seen += stats["examples"]
         return stats
 
-    def _check_finite(self, loss: torch.Tensor, tensors: dict) -> None:
-        bad = self.accelerator.reduce(
-            torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=loss.device), "sum"
-        )
-        if bad.item() > 0:
-            ids = sorted({int(t) for t in tensors["task_ids"].unique().tolist() if t >= 0})
-            names = ", ".join(self.tasks[i] for i in ids) or "unknown"
-            raise T2TError(f"non-finite loss at step {self.state.step + 1} (this process's batch holds tasks {names}); "
-                           "the last checkpoint is untouched")  # fmt: skip
+    def _check_finite(self, non_finite: torch.Tensor, micro: list) -> None:
+        """One reduction and one host sync per optimizer step (not per micro-batch): stop on a non-finite loss of
+        any micro-batch of any process, naming the tasks of this process's bad micro-batches."""
+        if float(self.accelerator.reduce(non_finite.sum(), "sum")) == 0:
+            return
+        bad = [b for b, flag in zip(micro, non_finite.tolist(), strict=True) if flag]
+        ids = sorted({int(t) for b in bad for t in b.tensors["task_ids"].unique().tolist() if t >= 0})
+        names = ", ".join(self.tasks[i] for i in ids) or "unknown (another process's batch)"
+        raise T2TError(f"non-finite loss at step {self.state.step + 1} (this process's batch holds tasks {names}); "
+                       "the last checkpoint is untouched")  # fmt: skip
 
     # ---------------------------------------------------------------------------- side effects
 

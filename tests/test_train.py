@@ -284,17 +284,25 @@ def test_adafactor_and_cosine_run(tmp_path, tokenizer_dir, mixture_dir):
     assert result["step"] == 4 and metrics(config.run_dir)[-1]["loss"] > 0
 
 
-def test_non_finite_loss_stops_naming_the_tasks(tmp_path, tokenizer_dir, mixture_dir, monkeypatch):
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_non_finite_loss_stops_naming_the_tasks(
+    tmp_path, tokenizer_dir, mixture_dir, monkeypatch, accumulation
+):
+    # checked once per optimizer step: with accumulation, a poisoned first micro-batch still stops the step
     import t2t.balancing as balancing_module
 
-    config = make_config(tmp_path, tokenizer_dir, steps=6, save_every_steps=2)
+    config = make_config(tmp_path, tokenizer_dir, steps=6, save_every_steps=2,
+                         gradient_accumulation_steps=accumulation)  # fmt: skip
     run = Run(config, registry_with(mixture_dir))
     real = balancing_module.loss_sums
+    calls = []
 
     def poisoned(model, batch, n_tasks):
         sums = real(model, batch, n_tasks)
         if run.state.step == 3:
-            sums.task_loss = sums.task_loss * float("nan")
+            calls.append(1)
+            if len(calls) == 1:  # the step's first micro-batch only
+                sums.task_loss = sums.task_loss * float("nan")
         return sums
 
     monkeypatch.setattr(balancing_module, "loss_sums", poisoned)
