@@ -64,6 +64,48 @@ def bucket_by_length(
     return batches
 
 
+def bucket_keeping_mix(
+    examples: Sequence[Example], batch_size: int | None, max_tokens: int | None
+) -> list[list[Example]]:
+    """As many batches as `bucket_by_length` makes, each holding every task's share of the window: each task's
+    examples, sorted by length, are cut into that many contiguous runs, and batch b takes run b of every task. A
+    batch keeps the window's task mix (so each optimizer step sees the mixture's rates) and tasks of similar length
+    rank pad together; a batch over `max_tokens` padded slots is halved (by length) until it fits."""
+    n_batches = len(bucket_by_length(examples, batch_size, max_tokens))
+    by_task: dict[int, list[Example]] = {}
+    for example in examples:
+        by_task.setdefault(example.task, []).append(example)
+    batches: list[list[Example]] = [[] for _ in range(n_batches)]
+    for task in sorted(by_task):
+        ordered = sorted(by_task[task], key=lambda e: (len(e.input_ids), len(e.labels)))
+        for b, run in enumerate(np.array_split(np.arange(len(ordered)), n_batches)):
+            batches[b].extend(ordered[i] for i in run)
+    fitted: list[list[Example]] = []
+    pending = [b for b in batches if b]
+    while pending:
+        batch = pending.pop(0)
+        slots = len(batch) * (max(len(e.input_ids) for e in batch) + max(len(e.labels) for e in batch))
+        if max_tokens is None or slots <= max_tokens or len(batch) == 1:
+            fitted.append(batch)
+            continue
+        ordered = sorted(batch, key=lambda e: (len(e.input_ids) + len(e.labels), e.task))
+        half = len(ordered) // 2
+        pending[:0] = [ordered[:half], ordered[half:]]
+    return fitted
+
+
+def task_mix_distance(batches: Sequence[Batch], n_tasks: int) -> float:
+    """Mean over batches of the total-variation distance between the batch's label-token share per task and that
+    of all the batches together: 0 when every batch holds the overall task mix, 1 at most."""
+    counts = np.zeros((len(batches), n_tasks))
+    for b, batch in enumerate(batches):
+        ids = batch.tensors["task_ids"]
+        counts[b] = np.bincount(ids[ids >= 0].numpy(), minlength=n_tasks)[:n_tasks]
+    overall = counts.sum(0) / max(counts.sum(), 1)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    return float(np.mean(0.5 * np.abs(shares - overall).sum(1)))
+
+
 def shift_right(labels: Sequence[int], start_id: int) -> list[int]:
     return [start_id, *labels[:-1]]
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from t2t.batching import Batch, Example, bucket_by_length, pack, packed_batch, pad_batch
+from t2t.batching import Batch, Example, bucket_by_length, bucket_keeping_mix, pack, packed_batch, pad_batch
 from t2t.encoding import EncodedTask, Limits, encode_task, tokenizer_fingerprint
 from t2t.errors import T2TError
 from t2t.mixtures import Mixture, stream_for
@@ -127,7 +127,8 @@ class BatchLoader:
         examples, cfg = self.window_examples(window), self.config
         order = keyed_rng("batches", self.data.mixture.spec.seed, self.rank, window)
         if cfg.strategy == "padded":
-            groups = bucket_by_length(examples, cfg.batch_size, None if cfg.batch_size else cfg.max_tokens)
+            bucket = bucket_keeping_mix if cfg.keep_mix else bucket_by_length
+            groups = bucket(examples, cfg.batch_size, None if cfg.batch_size else cfg.max_tokens)
             groups = [groups[i] for i in order.permutation(len(groups))]
             return [pad_batch(g, self.pad_id, self.start_id) for g in groups]
         rows = pack(examples, cfg.pack_input_tokens, cfg.pack_target_tokens)

@@ -57,6 +57,9 @@ class BatchingSpec(Spec):
     strategy: Literal["padded", "packed"] = "padded"
     batch_size: Positive | None = None  # padded: examples per micro-batch ...
     max_tokens: Positive | None = 2048  # ... or padded token slots per micro-batch
+    # padded: batches keep the window's task mix (bucketed within each task's share) instead of grouping the
+    # window's examples by length alone, which often leaves one task per batch
+    keep_mix: bool = False
     rows_per_batch: Positive = 4  # packed
     pack_input_tokens: Positive = 512  # packed
     pack_target_tokens: Positive | None = None  # packed; None: sized from the data
@@ -68,6 +71,8 @@ class BatchingSpec(Spec):
             raise ValueError(
                 "padded batching takes exactly one of batch_size and max_tokens (set the other to null)"
             )
+        if self.keep_mix and self.strategy != "padded":
+            raise ValueError("batching.keep_mix is for padded batches (packed rows mix the tasks already)")
         return self
 
 

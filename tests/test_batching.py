@@ -1,8 +1,20 @@
 """Batching specified by hand-written integer lists, as seqio specifies its packer."""
 
+from pathlib import Path
+
+import pytest
 import torch
 
-from t2t.batching import IGNORE, Example, bucket_by_length, pack, packed_batch, pad_batch
+from t2t.batching import (
+    IGNORE,
+    Example,
+    bucket_by_length,
+    bucket_keeping_mix,
+    pack,
+    packed_batch,
+    pad_batch,
+    task_mix_distance,
+)
 from t2t.modeling import packed_attention_masks
 
 E0 = Example(input_ids=[3, 9, 1], labels=[4, 1], task=0)
@@ -84,3 +96,49 @@ def test_pack_keeps_every_example_once_and_within_limits():
         assert sum(len(examples[i].labels) for i in row) <= 16
     batch = packed_batch(examples, rows, 64, 16)
     assert batch.real_tokens == sum(len(e.input_ids) + len(e.labels) for e in examples)
+
+
+def test_bucketing_that_keeps_the_task_mix_by_hand():
+    def ex(task, n_in, n_out=1):
+        return Example(list(range(2, 2 + n_in)), [1] * n_out, task)
+
+    t0 = [ex(0, n) for n in (4, 1, 3, 2)]
+    t1 = [ex(1, 20), ex(1, 10)]
+    plain = bucket_by_length([*t0, *t1], 3, None)  # by length alone: one batch of task 0 only
+    assert [[(e.task, len(e.input_ids)) for e in b] for b in plain] == [[(0, 1), (0, 2), (0, 3)],
+                                                                       [(0, 4), (1, 10), (1, 20)]]  # fmt: skip
+    kept = bucket_keeping_mix(
+        [*t0, *t1], 3, None
+    )  # as many batches, each task's length runs spread over them
+    assert [[(e.task, len(e.input_ids)) for e in b] for b in kept] == [[(0, 1), (0, 2), (1, 10)],
+                                                                      [(0, 3), (0, 4), (1, 20)]]  # fmt: skip
+    # a budget of 40 slots: by length, [1, 2, 3, 4], [10], [20]; keeping the mix, 3 runs per task give
+    # [1, 2, 10] (3 x 11 = 33 slots, fits), [3, 20] (2 x 21 = 42, halved by length into [3] and [20]), [4]
+    assert len(bucket_by_length([*t0, *t1], None, 40)) == 3
+    budget = bucket_keeping_mix([*t0, *t1], None, 40)
+    assert [[len(e.input_ids) for e in b] for b in budget] == [[1, 2, 10], [3], [20], [4]]
+
+
+def test_task_mix_distance_by_hand():
+    one_each = [pad_batch([Example([5], [1, 1], 0), Example([5], [1, 1], 1)])] * 2
+    assert task_mix_distance(one_each, 2) == 0.0
+    apart = [pad_batch([Example([5], [1, 1], 0)]), pad_batch([Example([5], [1, 1], 1)])]
+    assert task_mix_distance(apart, 2) == 0.5  # each batch: (1, 0) against (0.5, 0.5)
+    skewed = [
+        pad_batch([Example([5], [1, 1, 1], 0), Example([5], [1], 1)]),
+        pad_batch([Example([5], [1, 1], 2)]),
+    ]
+    # overall label tokens (3, 1, 2) / 6; batch 1 (3, 1, 0) / 4: TV 1/3; batch 2 (0, 0, 1): TV 2/3
+    assert task_mix_distance(skewed, 3) == pytest.approx(0.5)
+
+
+def test_keep_mix_is_for_padded_batches():
+    from t2t.errors import T2TError
+    from t2t.train_config import load_train_config
+
+    config = load_train_config(Path("configs/tiny_cpu.yaml"), ["batching.keep_mix=true"])
+    assert config.batching.keep_mix and config.batching.strategy == "padded"
+    with pytest.raises(T2TError, match=r"batching\.keep_mix is for padded batches"):
+        load_train_config(
+            Path("configs/tiny_cpu.yaml"), ["batching.strategy=packed", "batching.keep_mix=true"]
+        )

@@ -44,17 +44,18 @@ CELLS = [
 ]
 # More paths, one cell each: accumulation under DeepSpeed, a tokenizer trained by the main process while the
 # other waits, in-training evaluation with selection across a resume, no gradient clipping, adapters per cluster
-# pulled to their mean under DDP, adapters on a frozen backbone under ZeRO-3.
+# pulled to their mean under DDP, adapters on a frozen backbone under ZeRO-3, padded batches keeping the task mix.
 EXTRA = {
     "cpu_deepspeed_zero2-padded-equal-adamw-cosine": ["gradient_accumulation_steps=2"],
     "cpu_ddp-padded-uncertainty-adafactor-constant": [
-        "sharing={mode: adapters, per: cluster, r: 4, pull: 0.1}"
+        "sharing={mode: adapters, per: cluster, r: 4, pull: 0.1}",
+        "batching.keep_mix=true",
     ],
     "cpu_deepspeed_zero3-packed-equal-adafactor-linear": ["sharing={mode: adapters, train_backbone: false}"],
     "cpu_deepspeed_zero3-padded-uncertainty-adamw-cosine": ["gradient_accumulation_steps=2"],
     "cpu_deepspeed_zero3-packed-dwa-adamw-inverse_sqrt": ["tokenizer={vocab_size: 300, rows_per_task: 100}"],
     "cpu_ddp-packed-dwa-adamw-linear": ["eval_every_steps=1", "eval_generate_every=1", "eval_max_examples=4"],
-    "cpu_single-padded-equal-adamw-constant": ["max_grad_norm=null"],
+    "cpu_single-padded-equal-adamw-constant": ["max_grad_norm=null", "batching.keep_mix=true"],
 }
 OPTIONS = {
     "launch": ["cpu_single", "cpu_ddp", "cpu_deepspeed_zero2", "cpu_deepspeed_zero3"],
