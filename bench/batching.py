@@ -4,7 +4,9 @@
 
 The same examples of the demo mixture's stream go through each strategy into the same tiny T5 (d_model 128,
 2 layers), with about the same number of token slots per batch. Printed per strategy: the non-pad fraction of
-the processed tokens and the real (non-pad) tokens per second of forward + backward, and the ratios to HF.
+the processed tokens, the real (non-pad) tokens per second of forward + backward, the ratios to HF, and the task
+mix distance: the mean over batches of the total-variation distance between a batch's label-token share per task
+and that of all the examples (t2t.batching.task_mix_distance; 0: every batch holds the mixture's mix).
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ import torch
 from _common import demo_tokenizer_dir
 from transformers import DataCollatorForSeq2Seq
 
-from t2t.batching import bucket_by_length, pack, packed_batch, pad_batch
+from t2t.batching import (
+    bucket_by_length,
+    bucket_keeping_mix,
+    pack,
+    packed_batch,
+    pad_batch,
+    task_mix_distance,
+)
 from t2t.data import MixtureData, auto_target_tokens
 from t2t.encoding import Limits
 from t2t.mixtures import load_mixture
@@ -60,9 +69,10 @@ def main() -> None:
 
     # HF: fixed-size batches in stream order, DataCollatorForSeq2Seq pads to the longest, the model's own loss.
     collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
-    hf_batches = []
+    hf_batches, hf_groups = [], []
     for i in range(0, len(examples), HF_BATCH):
         chunk = examples[i : i + HF_BATCH]
+        hf_groups.append(pad_batch(chunk))  # for the task mix only
         features = collator([{"input_ids": list(e.input_ids), "labels": list(e.labels)} for e in chunk])
         real = sum(len(e.input_ids) + len(e.labels) for e in chunk)
         slots = features["input_ids"].numel() + features["labels"].numel()
@@ -80,6 +90,7 @@ def main() -> None:
         loss_sums(model, item[0], n_tasks).loss.backward()
 
     padded = [pad_batch(g) for g in bucket_by_length(examples, None, PADDED_TOKENS)]
+    mixed = [pad_batch(g) for g in bucket_keeping_mix(examples, None, PADDED_TOKENS)]
     strategies = [
         ("HF DataCollatorForSeq2Seq", hf_batches, hf_step),
         (
@@ -87,7 +98,15 @@ def main() -> None:
             [(b, b.real_tokens, b.total_tokens) for b in padded],
             t2t_step,
         ),
+        (
+            "t2t padded, keep_mix",
+            [(b, b.real_tokens, b.total_tokens) for b in mixed],
+            t2t_step,
+        ),
     ]
+    mix = {"HF DataCollatorForSeq2Seq": task_mix_distance(hf_groups, n_tasks),
+           "t2t padded (bucketed, token budget)": task_mix_distance(padded, n_tasks),
+           "t2t padded, keep_mix": task_mix_distance(mixed, n_tasks)}  # fmt: skip
     for pack_input, n_rows in PACKED:
         config = BatchingSpec(strategy="packed", pack_input_tokens=pack_input, window_examples=len(examples))
         target = auto_target_tokens(data, config)
@@ -97,6 +116,7 @@ def main() -> None:
             for i in range(0, len(rows), n_rows)
         ]
         name = f"t2t packed ({n_rows} x {pack_input}+{target})"
+        mix[name] = task_mix_distance(packed, n_tasks)
         strategies.append((name, [(b, b.real_tokens, b.total_tokens) for b in packed], t2t_step))
 
     results = {}
@@ -109,9 +129,13 @@ def main() -> None:
     print(
         f"{args.examples} examples of the demo mixture, vocab {len(tokenizer)}, tiny T5 d_model 128, 2 layers\n"
     )
-    print(f"{'strategy':<40} {'batches':>8} {'non-pad':>8} {'real tok/s':>11} {'vs HF':>6}")
+    print(
+        f"{'strategy':<40} {'batches':>8} {'non-pad':>8} {'real tok/s':>11} {'vs HF':>6} {'task mix TV':>12}"
+    )
     for name, (fraction, speed, n_batches) in results.items():
-        print(f"{name:<40} {n_batches:>8} {fraction:>8.1%} {speed:>11,.0f} {speed / base:>5.2f}x")
+        print(
+            f"{name:<40} {n_batches:>8} {fraction:>8.1%} {speed:>11,.0f} {speed / base:>5.2f}x {mix[name]:>12.2f}"
+        )
 
 
 if __name__ == "__main__":

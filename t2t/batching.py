@@ -70,7 +70,8 @@ def bucket_keeping_mix(
     """As many batches as `bucket_by_length` makes, each holding every task's share of the window: each task's
     examples, sorted by length, are cut into that many contiguous runs, and batch b takes run b of every task. A
     batch keeps the window's task mix (so each optimizer step sees the mixture's rates) and tasks of similar length
-    rank pad together; a batch over `max_tokens` padded slots is halved (by length) until it fits."""
+    rank pad together. A batch over `max_tokens` padded slots is halved, each task's examples dealt alternately to
+    the halves so that both keep the mix, until it fits."""
     n_batches = len(bucket_by_length(examples, batch_size, max_tokens))
     by_task: dict[int, list[Example]] = {}
     for example in examples:
@@ -88,9 +89,10 @@ def bucket_keeping_mix(
         if max_tokens is None or slots <= max_tokens or len(batch) == 1:
             fitted.append(batch)
             continue
-        ordered = sorted(batch, key=lambda e: (len(e.input_ids) + len(e.labels), e.task))
-        half = len(ordered) // 2
-        pending[:0] = [ordered[:half], ordered[half:]]
+        halves: list[list[Example]] = [[], []]  # every task's examples dealt alternately: both keep the mix
+        for i, example in enumerate(sorted(batch, key=lambda e: (e.task, len(e.input_ids), len(e.labels)))):
+            halves[i % 2].append(example)
+        pending[:0] = halves
     return fitted
 
 
