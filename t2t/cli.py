@@ -861,7 +861,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # commands that run a model: their torch threads are chosen before torch loads (configure_threads)
-COMPUTING = {cmd_train, cmd_eval, cmd_predict, cmd_serve, cmd_demo, cmd_compare, cmd_affinity}
+COMPUTING = {
+    cmd_train,
+    cmd_eval,
+    cmd_predict,
+    cmd_serve,
+    cmd_demo,
+    cmd_compare,
+    cmd_affinity,
+    cmd_export_merged,
+}
 
 
 def write_traceback(exc: BaseException) -> Path:
