@@ -145,7 +145,7 @@ def batch_routes(
         row = slots(task_ids[:, 0])
         return row, row
     enc_seg, dec_seg = tensors["encoder_segment_ids"], tensors["decoder_segment_ids"]
-    n_segments = int(max(enc_seg.max(), dec_seg.max())) + 1
+    n_segments = max(enc_seg.shape[1], dec_seg.shape[1]) + 1  # a bound on the segment ids, read without a sync
     # a segment's decoder tokens all carry its task; padding (segment 0) carries -1
     segment_task = torch.full((task_ids.shape[0], n_segments), -1, dtype=torch.long, device=task_ids.device)
     segment_task.scatter_(1, dec_seg, task_ids)

@@ -143,7 +143,7 @@ def test_pull_enters_the_loss_once_and_its_gradient():
     batch.tensors["task_ids"] = torch.where(batch.tensors["task_ids"] >= 0, torch.arange(2)[:, None], -1)
     _, _, _, _, penalty = wrapped(batch.tensors, torch.ones(2))
     expected = 0.5 * sum(float(layer.pull_penalty().detach()) for layer in router_of(model).layers)
-    assert float(penalty) == pytest.approx(expected, rel=1e-5) and expected > 0
+    assert float(penalty.detach()) == pytest.approx(expected, rel=1e-5) and expected > 0
     penalty.backward()
     layer = router_of(model).layers[0]
     assert layer.lora_B.grad is not None and float(layer.lora_B.grad.abs().sum()) > 0

@@ -249,7 +249,9 @@ def test_two_ddp_ranks_with_accumulation_equal_one_rank_with_the_whole_batch(mat
     base = cell_overrides(tmp_path / "two", tokenizer_dir, "padded", "equal", "adamw", "constant")
     two = [*base, "batching={strategy: padded, batch_size: 2, max_tokens: null, window_examples: 4}", "steps=3",
            "gradient_accumulation_steps=2"]  # fmt: skip
-    assert "2 process(es), multi_cpu" in t2t_train("cpu_ddp", two, mixtures, 29590)
+    assert "2 process(es) of 1 thread(s), multi_cpu" in t2t_train(
+        "cpu_ddp", two, mixtures, 29590
+    )  # torchrun: 1
     logs = [[json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
             for name in ("one", "two")]  # fmt: skip
     assert [r["task_tokens/add_numbers"] for r in logs[0]] == [r["task_tokens/add_numbers"] for r in logs[1]]
