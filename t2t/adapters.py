@@ -145,7 +145,9 @@ def batch_routes(
         row = slots(task_ids[:, 0])
         return row, row
     enc_seg, dec_seg = tensors["encoder_segment_ids"], tensors["decoder_segment_ids"]
-    n_segments = max(enc_seg.shape[1], dec_seg.shape[1]) + 1  # a bound on the segment ids, read without a sync
+    n_segments = (
+        max(enc_seg.shape[1], dec_seg.shape[1]) + 1
+    )  # a bound on the segment ids, read without a sync
     # a segment's decoder tokens all carry its task; padding (segment 0) carries -1
     segment_task = torch.full((task_ids.shape[0], n_segments), -1, dtype=torch.long, device=task_ids.device)
     segment_task.scatter_(1, dec_seg, task_ids)
@@ -221,6 +223,19 @@ class RoutedLoRA(nn.Module):
         b = self.lora_B.float().transpose(1, 2).reshape(k * r, -1)
         inner = ((b @ b.T) * (a @ a.T).T).reshape(k, r, k, r).sum(dim=(1, 3)) * self.scale**2  # <dW_j, dW_k>
         return inner.diagonal().sum() - inner.sum() / k
+
+
+DEFAULT_TARGETS = (("q", "v"), ("q_proj", "v_proj"))  # T5's, then BART's and most others' (peft's defaults)
+
+
+def default_targets(model: nn.Module) -> list[str]:
+    """The attention query and value projections of `model`, by the names its linear layers use."""
+    names = {n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    for targets in DEFAULT_TARGETS:
+        if set(targets) <= names:
+            return list(targets)
+    raise T2TError("sharing.targets: no default for this model (no q/v or q_proj/v_proj layers); name its linear "
+                   f"layers to adapt, among: {', '.join(sorted(names))}")  # fmt: skip
 
 
 def _side(name: str) -> str:

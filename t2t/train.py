@@ -21,7 +21,7 @@ import torch
 import yaml
 from accelerate.utils import DistributedType
 
-from t2t.adapters import attach, plan_routing, read_routing, router_of
+from t2t.adapters import attach, default_targets, plan_routing, read_routing, router_of
 from t2t.balancing import Balancer, ModelWithBalancing, gradient_parameters
 from t2t.checkpoint import Checkpointer, checkpoint_path, mark_best, run_identity
 from t2t.data import BatchLoader, LoaderState, MixtureData
@@ -268,7 +268,7 @@ class Run:
             return None
         clusters = {t: self.registry.task(t).spec.cluster for t in [*self.tasks, *self.mixture.held_out]}
         routing = plan_routing(spec.per, self.tasks, list(self.mixture.held_out), clusters, spec.r, spec.alpha,
-                               spec.targets)  # fmt: skip
+                               spec.targets or default_targets(model))  # fmt: skip
         torch.manual_seed(self.config.seed + 1)  # the adapters' initial A: the same on every process
         router = attach(model, routing, spec.dropout)
         if not spec.train_backbone:

@@ -128,7 +128,9 @@ class SharingSpec(Spec):
     r: Positive = 8
     alpha: Annotated[float, Field(gt=0)] = 16.0
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    targets: list[str] = Field(default_factory=lambda: ["q", "v"], min_length=1)  # linear layers, by name
+    # linear layers, by name or name suffix; None: the model's attention query and value projections
+    # (T5: q, v; BART and the like: q_proj, v_proj), as peft's defaults
+    targets: list[str] | None = Field(default=None, min_length=1)
     train_backbone: bool = True
     pull: Annotated[float, Field(ge=0)] = 0.0  # weight of sum_k ||dW_k - mean dW||^2 in the loss
 

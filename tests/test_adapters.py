@@ -35,6 +35,21 @@ def with_adapters(n: int = 2, targets=("q", "v", "wo")) -> T5ForConditionalGener
     return model
 
 
+def test_default_targets_are_the_query_and_value_projections():
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    from t2t.adapters import default_targets
+    from t2t.errors import T2TError
+
+    assert default_targets(tiny_model()) == ["q", "v"]
+    bart = BartForConditionalGeneration(BartConfig(vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1,
+                                                   encoder_attention_heads=2, decoder_attention_heads=2,
+                                                   encoder_ffn_dim=32, decoder_ffn_dim=32))  # fmt: skip
+    assert default_targets(bart) == ["q_proj", "v_proj"]
+    with pytest.raises(T2TError, match="no default for this model"):
+        default_targets(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
 def test_plan_routing_per_task_and_per_cluster():
     clusters = {"a": "qa", "b": "qa", "c": "nli", "held": "qa", "lone": "sum"}
     per_task = plan_routing("task", ["a", "b", "c"], ["held", "lone"], clusters, 8, 16, ["q", "v"])

@@ -105,3 +105,33 @@ def test_packed_batching_is_refused_for_a_model_with_absolute_positions(
                            "bart models use absolute positions, which packing would shift: use "
                            "batching.strategy=padded")  # fmt: skip
     assert len(err.strip().splitlines()) == 1
+
+
+def test_bart_with_adapters_takes_its_own_projections_and_loads_in_peft(
+    tmp_path, bart_dir, mixtures, run_cli
+):
+    from peft import PeftModel
+
+    from t2t.adapters import load_adapters, route_task
+
+    run_dir = tmp_path / "run"
+    overrides = [*bart_overrides(run_dir, bart_dir), "steps=5", "sharing.mode=adapters"]
+    code, out, err = run_cli(
+        "--mixtures-dir", mixtures, "train", REPO / "configs" / "tiny_cpu.yaml", *overrides
+    )
+    assert code == 0, err
+    assert "adapters per task (1, r 8)" in out
+    model_dir = run_dir / "model"
+    routing = json.loads((model_dir / "adapters" / "routing.json").read_text())
+    assert routing["targets"] == ["q_proj", "v_proj"]  # BART's query and value projections, as peft's default
+    routed = AutoModelForSeq2SeqLM.from_pretrained(str(model_dir)).eval()
+    load_adapters(routed, model_dir)
+    single = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(str(model_dir)),
+                                       str(model_dir / "adapters" / "color_lookup")).eval()  # fmt: skip
+    ids = torch.tensor([[5, 9, 12, 7, 2], [8, 3, 3, 2, 1]])
+    decoder = torch.tensor([[2, 4], [2, 6]])
+    with torch.no_grad(), route_task(routed, "color_lookup"):
+        ours = routed(input_ids=ids, attention_mask=(ids != 1).long(), decoder_input_ids=decoder).logits
+    with torch.no_grad():
+        theirs = single(input_ids=ids, attention_mask=(ids != 1).long(), decoder_input_ids=decoder).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
