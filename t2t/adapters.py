@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from t2t.config import check_name
 from t2t.errors import T2TError, Where
 
 ROUTING_FILE = "routing.json"
@@ -68,8 +69,18 @@ class Routing:
 
     @classmethod
     def from_json(cls, data: dict) -> Routing:
-        return cls(tuple(data["adapters"]), dict(data["tasks"]), int(data["r"]), float(data["alpha"]),
-                   tuple(data["targets"]), data.get("per", "task"))  # fmt: skip
+        """A routing table as saved; a name that is not a task or cluster name (it becomes a folder name), a task
+        routed to no listed adapter or a rank below 1 is refused (ValueError)."""
+        routing = cls(tuple(data["adapters"]), dict(data["tasks"]), int(data["r"]), float(data["alpha"]),
+                      tuple(data["targets"]), data.get("per", "task"))  # fmt: skip
+        for name in routing.adapters:
+            check_name(str(name), "adapter name")
+        unknown = sorted(set(routing.tasks.values()) - set(routing.adapters))
+        if unknown or routing.r < 1 or not routing.targets:
+            raise ValueError(
+                f"tasks routed to unlisted adapters {unknown}" if unknown else "r < 1 or no targets"
+            )
+        return routing
 
 
 def plan_routing(per: str, trained: Sequence[str], held_out: Sequence[str], cluster_of: dict[str, str], r: int,
@@ -82,7 +93,7 @@ def plan_routing(per: str, trained: Sequence[str], held_out: Sequence[str], clus
     else:
         adapters = tuple(dict.fromkeys(cluster_of[t] for t in trained))
         tasks = {t: cluster_of[t] for t in [*trained, *held_out] if cluster_of[t] in adapters}
-    return Routing(adapters, tasks, r, alpha, tuple(targets))
+    return Routing(adapters, tasks, r, alpha, tuple(targets), per)
 
 
 class Router:
@@ -323,31 +334,31 @@ def read_routing(model_dir: Path) -> Routing | None:
         raise T2TError(f"not a t2t routing table: {exc}", Where(file=path)) from None
 
 
-def adapter_file(model_dir: Path, name: str) -> Path:
-    """The weights of adapter `name`, which the routing table names (refused when absent)."""
+def read_adapter(model_dir: Path, name: str) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The weights file of adapter `name` (which the routing table names) and its tensors; absent or unreadable
+    is refused with one line naming the file."""
+    from safetensors.torch import load_file
+
     file = Path(model_dir) / ADAPTERS_DIR / name / "adapter_model.safetensors"
     if not file.is_file():
         raise T2TError(f"adapter {name!r} of the routing table has no weights", Where(file=file))
-    return file
+    try:
+        return file, load_file(str(file))
+    except Exception as exc:  # safetensors raises its own error types for a torn or foreign file
+        raise T2TError(
+            f"adapter {name!r}: not a readable safetensors file ({exc})", Where(file=file)
+        ) from None
 
 
 def load_adapters(model: nn.Module, model_dir: Path) -> Router | None:
     """Attach the adapters saved beside an exported model (none: the model is returned as it is)."""
-    from safetensors.torch import load_file
-
     routing = read_routing(model_dir)
     if routing is None:
         return None
     router = attach(model, routing)
     paths = dict(zip(model.t2t_adapter_paths, router.layers, strict=True))
     for k, name in enumerate(routing.adapters):
-        file = adapter_file(model_dir, name)
-        try:
-            tensors = load_file(str(file))
-        except Exception as exc:  # safetensors raises its own error types for a torn or foreign file
-            raise T2TError(
-                f"adapter {name!r}: not a readable safetensors file ({exc})", Where(file=file)
-            ) from None
+        file, tensors = read_adapter(model_dir, name)
         for path, layer in paths.items():
             for leaf, param in (("lora_A", layer.lora_A), ("lora_B", layer.lora_B)):
                 key = f"{PEFT_PREFIX}{path}.{leaf}.weight"
@@ -382,9 +393,9 @@ def merged(model_dir: Path, name: str, out: Path) -> tuple[str, Path]:
                        Where(file=model_dir / ADAPTERS_DIR / ROUTING_FILE))  # fmt: skip
     if out.exists() and any(out.iterdir()):
         raise T2TError("--out must be a new or empty folder", Where(file=out))
-    load_adapters(load_model(model_dir), model_dir)  # every adapter file readable and of the right shapes
-    base = load_model(model_dir)
-    single = PeftModel.from_pretrained(base, str(model_dir / ADAPTERS_DIR / adapter)).merge_and_unload()
+    read_adapter(model_dir, adapter)  # absent or torn: one line naming the file, before the model loads
+    single = PeftModel.from_pretrained(load_model(model_dir), str(model_dir / ADAPTERS_DIR / adapter))
+    single = single.merge_and_unload()
     staging = out.parent / f".tmp-{out.name}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

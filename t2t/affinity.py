@@ -30,11 +30,16 @@ if TYPE_CHECKING:
     from t2t.registry import Registry
 
 
-def read_cosines(run_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+def read_cosines(
+    run_dir: Path, required: bool = True
+) -> tuple[list[str], np.ndarray, np.ndarray, int] | None:
     """(tasks, mean cosine matrix with nan where unknown, share of log lines where each pair was negative,
-    log lines used) from RUN_DIR/metrics.jsonl."""
+    log lines used) from RUN_DIR/metrics.jsonl. A run without a log or without cosines is refused, or None when
+    not `required`; a malformed log is refused either way."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
+        if not required:
+            return None
         raise T2TError("no metrics.jsonl here: give a t2t run folder", Where(file=run_dir))
     tasks: list[str] | None = None
     total = count = negative = None
@@ -73,6 +78,8 @@ def read_cosines(run_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, int]
         count[known] += 1
         negative[known] += matrix[known] < 0
         lines += 1
+    if tasks is None and not required:
+        return None
     if tasks is None:
         raise T2TError("the run logged no gradient cosines: train it with a gradient method (balancing.method="
                        "pcgrad, cagrad, mgda or gradnorm) and packed batches", Where(file=path))  # fmt: skip
@@ -110,13 +117,10 @@ def affinity_report(run_dir: Path, out: Path, threshold: float = 0.0, lookahead:
     """The cosine map (when the run logged cosines) and, with `lookahead` (the arguments of lookahead_affinity),
     TAG's lookahead map; groups from the lookahead map when there is one, else from the cosines."""
     result: dict[str, Any] = {"run": str(run_dir), "threshold": threshold}
-    try:
-        tasks, mean, share, lines = read_cosines(run_dir)
-    except T2TError:
-        if lookahead is None:
-            raise
-        tasks = []
-    else:
+    cosines = read_cosines(run_dir, required=lookahead is None)
+    tasks: list[str] = []
+    if cosines is not None:
+        tasks, mean, share, lines = cosines
         result.update(log_lines=lines, tasks=tasks, cosine=_rounded(mean), negative_share=_rounded(share),
                       groups=[[tasks[i] for i in g] for g in group_tasks(mean, threshold)])  # fmt: skip
     if lookahead is not None:
@@ -142,19 +146,18 @@ def lookahead_affinity(run_dir: Path, registry: Registry, batch_size: int = 32,
     checkpoints (or its exported model when none is kept), on `batch_size` training rows of each task spread over
     the mixture's templates; the lookahead step size is `lr`, default the run's learning rate."""
     import torch
-    import yaml
 
     from t2t.adapters import load_adapters
     from t2t.checkpoint import CHECKPOINTS, RUN_STATE
     from t2t.mixtures import load_mixture
     from t2t.modeling import load_model
     from t2t.tokenizer import load_tokenizer
-    from t2t.train_config import TrainConfig
+    from t2t.train_config import load_train_config
 
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise T2TError("--lookahead needs the run's config.yaml: give a t2t run folder", Where(file=run_dir))
-    config = TrainConfig.model_validate(yaml.safe_load(config_path.read_text()))
+    config = load_train_config(config_path)
     mixture = load_mixture(registry, config.mixture, sizes="skip")
     tasks = mixture.task_names
     folders = sorted(p / "model" for p in (run_dir / CHECKPOINTS).glob("step_*") if (p / RUN_STATE).is_file())

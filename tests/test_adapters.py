@@ -64,6 +64,27 @@ def test_plan_routing_per_task_and_per_cluster():
         "held": "qa",
     }  # lone's cluster never trains
     assert [per_cluster.index(t) for t in ("a", "c", "held", "lone")] == [0, 1, 0, -1]
+    assert (per_task.per, per_cluster.per) == ("task", "cluster")
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"adapters": ["../../etc"], "tasks": {}, "r": 8, "alpha": 16, "targets": ["q"]}, "adapter name '../../etc'"),
+    ({"adapters": ["a"], "tasks": {"t": "b"}, "r": 8, "alpha": 16, "targets": ["q"]}, "unlisted adapters ['b']"),
+    ({"adapters": ["a"], "tasks": {}, "r": 0, "alpha": 16, "targets": ["q"]}, "r < 1"),
+    ({"adapters": ["a"], "tasks": {}}, "KeyError"),
+])  # fmt: skip
+def test_a_bad_routing_table_is_refused_naming_it(tmp_path, table, message):
+    from t2t.adapters import read_routing
+    from t2t.errors import T2TError
+
+    (tmp_path / "adapters").mkdir()
+    (tmp_path / "adapters" / "routing.json").write_text(json.dumps(table))
+    with pytest.raises(T2TError) as info:
+        read_routing(tmp_path)
+    assert "not a t2t routing table" in str(info.value) and str(
+        tmp_path / "adapters" / "routing.json"
+    ) in str(info.value)
+    assert message in str(info.value) or message == "KeyError"
 
 
 def test_batch_routes_of_packed_and_padded_batches():
@@ -346,9 +367,13 @@ def test_adapters_tell_apart_tasks_that_hard_sharing_cannot(run_cli, twins, toke
                            "--out", str(tmp_path / "torn"), "--no-generate")  # fmt: skip
     assert code == 2 and "adapter 'say_yes': not a readable safetensors file" in err and str(weights) in err
     assert not (tmp_path / "torn").exists()
+    code, _, err = run_cli("export", "merged", "--model", str(model_dir), "--adapter", "say_yes", "--out",
+                           str(tmp_path / "m"))  # fmt: skip
+    assert code == 2 and "adapter 'say_yes': not a readable safetensors file" in err and str(weights) in err
+    assert not (tmp_path / "m").exists() and not (tmp_path / ".tmp-m").exists()
     code, _, err = run_cli("export", "merged", "--model", str(model_dir), "--adapter", "say_no", "--out",
                            str(tmp_path / "m"))  # fmt: skip
-    assert code == 2 and "not a readable safetensors file" in err and not (tmp_path / "m").exists()
+    assert code == 0, err  # merging one adapter reads only that adapter's file
     weights.unlink()
     code, _, err = run_cli("--templates-dir", str(tasks), "predict", "--model", str(model_dir), "--task", "say_yes",
                            "--input", str(rows), "--out", str(tmp_path / "p.jsonl"), "--quiet")  # fmt: skip

@@ -406,7 +406,7 @@ def test_affinity_lookahead_from_a_run_without_a_gradient_method(
     code, _, err = run_cli("affinity", config.run_dir)
     assert code == 2 and "logged no gradient cosines" in err
     code, out, err = run_cli("--mixtures-dir", mixture_dir, "affinity", config.run_dir, "--lookahead",
-                             "--lookahead-batch", "8")  # fmt: skip
+                             "--lookahead-batch", "8", "--lookahead-lr", "0.01")  # fmt: skip
     assert code == 0, err
     assert "lookahead affinity over 2 checkpoint(s)" in out and "suggested groups" in out
     result = json.loads((config.run_dir / "affinity" / "affinity.json").read_text())
@@ -415,3 +415,7 @@ def test_affinity_lookahead_from_a_run_without_a_gradient_method(
     z = np.array(result["lookahead"])
     assert z.shape == (2, 2) and (np.diag(z) > 0).all()  # a step on a task's own loss lowers it
     assert "cosine" not in result and (config.run_dir / "affinity" / "lookahead.png").is_file()
+    with (config.run_dir / "metrics.jsonl").open("a") as log:  # a torn log line is refused, lookahead or not
+        log.write("{not json\n")
+    code, _, err = run_cli("--mixtures-dir", mixture_dir, "affinity", config.run_dir, "--lookahead")
+    assert code == 2 and "not a JSON line" in err and "metrics.jsonl" in err

@@ -48,7 +48,7 @@ CELLS = [
 EXTRA = {
     "cpu_deepspeed_zero2-padded-equal-adamw-cosine": ["gradient_accumulation_steps=2"],
     "cpu_ddp-padded-uncertainty-adafactor-constant": [
-        "sharing={mode: adapters, per: cluster, r: 4, pull: 0.1}",
+        "sharing={mode: adapters, per: cluster, r: 4, dropout: 0.1, pull: 0.1}",
         "batching.keep_mix=true",
     ],
     "cpu_deepspeed_zero3-packed-equal-adafactor-linear": ["sharing={mode: adapters, train_backbone: false}"],
@@ -176,6 +176,7 @@ def test_path_matrix(cell, matrix_setup, tmp_path):
 
         routing = json.loads((run_dir / "model" / "adapters" / "routing.json").read_text())
         assert set(routing["tasks"]) == {"add_numbers", "color_lookup"}
+        assert routing["per"] == ("cluster" if "per: cluster" in extra else "task")
         first = routing["adapters"][0]
         final = load_file(str(run_dir / "model" / "adapters" / first / "adapter_model.safetensors"))
         kept = load_file(str(run_dir / "checkpoints" / "step_00000003" / "model" / "adapters" / first
