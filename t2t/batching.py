@@ -4,8 +4,8 @@ Both keep the task of every label token (`task_ids`, -1 on padding) so the train
 
 Packed rows follow seqio's layout: several examples share an encoder row and a decoder row; `*_segment_ids`
 number them from 1 (0 is padding); the decoder input is the labels shifted right *within each segment*, each
-segment starting with the decoder start token. The attention masks that keep examples apart are built from the
-segment ids by `t2t.modeling.packed_attention_masks`.
+segment starting with the decoder start token. A packed batch also carries its segments' attention layout
+(`t2t.segment_attention`): T5-family models attend within each segment at the cost of the segments, not the rows.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from t2t.segment_attention import layout_tensors
 
 IGNORE = -100  # label value the loss skips
 
@@ -198,4 +200,6 @@ def packed_batch(
             tensors["decoder_segment_ids"][r, at_out : at_out + n_out] = segment
             tensors["task_ids"][r, at_out : at_out + n_out] = e.task
             at_in, at_out, real = at_in + n_in, at_out + n_out, real + n_in + n_out
+    # where each segment's tokens go for attention (t2t.segment_attention), computed here on the host
+    tensors.update(layout_tensors(tensors["encoder_segment_ids"], tensors["decoder_segment_ids"]))
     return Batch(tensors, sum(len(m) for m in rows), real, n * (max_input_tokens + max_target_tokens))

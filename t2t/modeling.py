@@ -1,10 +1,11 @@
 """Models: a pretrained seq2seq checkpoint or a tiny T5 from a config; the forward pass for padded and packed
 batches; token-summed losses with per-task sums.
 
-Packed batches need three 4-D additive masks (see docs and shared notes): encoder self-attention within a
-segment, decoder self-attention within a segment and causal, cross-attention from a decoder segment to the encoder
-segment of the same example. T5's forward hands one `attention_mask` to both the encoder and cross-attention, so
-the encoder is run on its own with its mask first.
+Packed batches keep their examples apart in attention. T5 and mT5 attend within each segment through
+`t2t.segment_attention` (the cost of the segments, not of the rows). Other models, or a packed batch without its
+layout, get three 4-D additive masks: encoder self-attention within a segment, decoder self-attention within a
+segment and causal, cross-attention from a decoder segment to the encoder segment of the same example. T5's
+forward hands one `attention_mask` to both the encoder and cross-attention, so the encoder is run on its own first.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from t2t import segment_attention
 from t2t.batching import IGNORE, Batch
 from t2t.errors import load_pretrained
 from t2t.train_config import TinyModelSpec
@@ -78,6 +80,13 @@ def forward_logits(model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor
             decoder_input_ids=tensors["decoder_input_ids"], use_cache=False,
         ).logits  # fmt: skip
     dtype = next(model.parameters()).dtype
+    if segment_attention.has_layout(tensors) and segment_attention.supports(model):
+        segment_attention.enable(model)
+        layout = {segment_attention.NAME: segment_attention.SegmentLayout(tensors, dtype)}
+        encoder = model.get_encoder()(input_ids=tensors["input_ids"], **layout)
+        return model(
+            encoder_outputs=encoder, decoder_input_ids=tensors["decoder_input_ids"], use_cache=False, **layout
+        ).logits
     enc_mask, dec_mask, cross_mask = packed_attention_masks(
         tensors["encoder_segment_ids"], tensors["decoder_segment_ids"], dtype
     )

@@ -23,7 +23,8 @@ E2 = Example(input_ids=[8, 8, 8, 1], labels=[2, 1], task=0)
 
 
 def as_lists(batch):
-    return {k: v.tolist() for k, v in batch.tensors.items()}
+    """The batch's tensors as lists, without the packed attention layout (tests/test_segment_attention.py)."""
+    return {k: v.tolist() for k, v in batch.tensors.items() if not k.startswith("segments.")}
 
 
 def test_pack_first_fit_in_stream_order():
@@ -43,6 +44,9 @@ def test_packed_batch_golden():
         "task_ids":            [[0, 0, 1, 1, 1], [0, 0, -1, -1, -1]],
     }  # fmt: skip
     assert (batch.n_examples, batch.real_tokens, batch.total_tokens) == (3, 16, 22)
+    # and the layout of its segments: encoder lengths 3, 2 | 4, blocks [2] and [3 (padded), 4]; decoder 2, 3 | 2
+    assert batch.tensors["segments.enc.gather_q"].tolist() == [3, 4, 0, 1, 2, 0, 6, 7, 8, 9]  # padding reads 0
+    assert batch.tensors["segments.dec.0.q"].tolist() == [[0, 1], [5, 6]]
 
 
 def test_decoder_shift_restarts_per_segment_seqio_example():

@@ -210,7 +210,8 @@ def test_the_update_on_the_subset_is_the_methods(method, exact):
     assert np.allclose(seen["gram"], (g @ g.T).numpy(), rtol=1e-5, atol=1e-9)
     share = float(task_tokens.sum()) / 3  # (n / T') of t2t.balancing
     expected = share * (used.double() @ g)
-    assert torch.allclose(update, expected, rtol=1e-4, atol=1e-7 * float(expected.abs().max()))
+    # float32 gradients summed in another order: rounding of the order of 1e-6 of the largest component
+    assert torch.allclose(update, expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
 
 
 # ---------------------------------------------------------------------------------- the trainer

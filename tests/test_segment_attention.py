@@ -1,0 +1,171 @@
+"""Segment attention for packed rows (t2t.segment_attention): its layout on literal ids, its exactness (loss and
+every gradient, the relative position bias's included, against each example alone), what it computes (matmul
+FLOPs of the order of the segments, not the rows), and that the model stays a plain HF T5."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from t2t import segment_attention
+from t2t.batching import Example, pack, packed_batch, pad_batch
+from t2t.modeling import loss_sums
+
+
+def test_layout_golden():
+    # Row 0 packs segments of 3, 2 (then padding) tokens; row 1 of 1 and 4. Lengths within sqrt 2 share a block:
+    # buckets ceil(2 log2 n): 1 -> 0, 2 -> 2, 3 -> 4, 4 -> 4. Flat positions: row 1 starts at 6.
+    enc = np.array([[1, 1, 1, 2, 2, 0], [1, 2, 2, 2, 2, 0]])
+    dec = np.array([[1, 1, 2, 0], [1, 2, 2, 2]])  # decoder lengths 2, 1 | 1, 3; flat row 1 starts at 4
+    arrays = segment_attention.layout_arrays(enc, dec)
+    assert arrays["segments.enc.0.q"].tolist() == [[6]]
+    assert arrays["segments.enc.1.q"].tolist() == [[3, 4]]
+    assert arrays["segments.enc.2.q"].tolist() == [[0, 1, 2, -1], [7, 8, 9, 10]]
+    assert arrays["segments.enc.gather_q"].tolist() == [6, 3, 4, 0, 1, 2, 0, 7, 8, 9, 10]
+    assert arrays["segments.enc.real"].tolist() == [0, 1, 2, 3, 4, 5, 7, 8, 9, 10]  # slot 6 is padding
+    assert arrays["segments.enc.targets"].tolist() == [6, 3, 4, 0, 1, 2, 7, 8, 9, 10]
+    assert arrays["segments.dec.0.q"].tolist() == [[2], [4]]
+    assert arrays["segments.dec.1.q"].tolist() == [[0, 1]]
+    assert arrays["segments.dec.2.q"].tolist() == [[5, 6, 7]]
+    # cross blocks by the encoder segment's length: (row 1, seg 1) has 1 encoder token; (row 0, seg 2) 2;
+    # (row 0, seg 1) 3 and (row 1, seg 2) 4 share a block, their decoder slots padded to the longer (3)
+    assert arrays["segments.cross.0.q"].tolist() == [[4]] and arrays["segments.cross.0.k"].tolist() == [[6]]
+    assert arrays["segments.cross.1.q"].tolist() == [[2]] and arrays["segments.cross.1.k"].tolist() == [
+        [3, 4]
+    ]
+    assert arrays["segments.cross.2.q"].tolist() == [[0, 1, -1], [5, 6, 7]]
+    assert arrays["segments.cross.2.k"].tolist() == [[0, 1, 2, -1], [7, 8, 9, 10]]
+    assert arrays["segments.cross.targets"].tolist() == [4, 2, 0, 1, 5, 6, 7]
+
+
+def varied_examples(n: int = 40, seed: int = 0) -> list[Example]:
+    """Inputs of 1 to 70 tokens (relative distances past T5's exact buckets), targets of 1 to 12, three tasks."""
+    rng = random.Random(seed)
+    examples = []
+    for i in range(n):
+        n_in = rng.choice([1, 2, 3, 5, 8, 13, 21, 34, 55, 70])
+        n_out = rng.randint(1, 12)
+        examples.append(
+            Example(
+                [rng.randint(3, 99) for _ in range(n_in)], [rng.randint(3, 99) for _ in range(n_out)], i % 3
+            )
+        )
+    return examples
+
+
+def tiny_model(**overrides):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = dict(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, dropout_rate=0.0,
+                  feed_forward_proj="gated-gelu", relative_attention_max_distance=32, pad_token_id=0,
+                  decoder_start_token_id=0)  # fmt: skip
+    config.update(overrides)
+    torch.manual_seed(0)
+    return T5ForConditionalGeneration(T5Config(**config))
+
+
+def grads(model) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_packed_rows_through_segments_equal_each_example_alone():
+    examples = varied_examples()
+    model = tiny_model()
+    rows = pack(examples, max_input_tokens=160, max_target_tokens=32)
+    batch = packed_batch(examples, rows, 160, 32)
+    assert max(len(r) for r in rows) >= 4 and segment_attention.has_layout(batch.tensors)
+
+    packed = loss_sums(model, batch, n_tasks=3)
+    packed.loss.backward()
+    assert model.config._attn_implementation == segment_attention.NAME
+    packed_grads = grads(model)
+    model.zero_grad()
+    singles = [loss_sums(model, pad_batch([e]), n_tasks=3) for e in examples]
+    total = sum(s.loss for s in singles)
+    total.backward()
+    single_grads = grads(model)
+
+    assert packed.loss.item() == pytest.approx(total.item(), rel=1e-5)
+    assert torch.allclose(packed.task_loss, sum(s.task_loss for s in singles), rtol=1e-5)
+    assert packed_grads.keys() == single_grads.keys()
+    for name, grad in packed_grads.items():
+        assert torch.allclose(grad, single_grads[name], atol=2e-5), name
+    for stack in ("encoder", "decoder"):  # the position bias's gradient: there, and the same
+        bias = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        assert packed_grads[bias].abs().sum() > 0
+        assert torch.allclose(packed_grads[bias], single_grads[bias], atol=2e-5)
+
+
+def test_segments_and_dense_masks_give_the_same_loss_and_gradients():
+    examples = varied_examples(seed=1)
+    model = tiny_model()
+    batch = packed_batch(examples, pack(examples, 160, 32), 160, 32)
+    dense = {k: v for k, v in batch.tensors.items() if not k.startswith(segment_attention.PREFIX)}
+    a = loss_sums(model, batch, 3)
+    a.loss.backward()
+    via_segments = grads(model)
+    model.zero_grad()
+    b = loss_sums(model, dense, 3)
+    b.loss.backward()
+    assert a.loss.item() == pytest.approx(b.loss.item(), rel=1e-5)
+    for name, grad in grads(model).items():
+        assert torch.allclose(via_segments[name], grad, atol=2e-5), name
+
+
+def test_a_wrong_layout_changes_the_loss():
+    # negative control: pairing decoder segments with the wrong encoder segments is seen in the loss
+    examples = varied_examples(seed=2)
+    model = tiny_model()
+    batch = packed_batch(examples, pack(examples, 160, 32), 160, 32)
+    exact = loss_sums(model, batch, 3).loss.item()
+    tensors = dict(batch.tensors)
+    tensors["segments.cross.gather_k"] = tensors["segments.cross.gather_k"].flip(0)
+    assert abs(loss_sums(model, tensors, 3).loss.item() - exact) > 1e-3 * exact
+
+
+def attention_flops(model, tensors) -> int:
+    """Matmul FLOPs of batched matmuls (attention: scores and weighted values) in one forward."""
+    with FlopCounterMode(display=False) as counter:
+        loss_sums(model, tensors, 3)
+    counts = counter.get_flop_counts()["Global"]
+    return int(sum(v for op, v in counts.items() if "bmm" in str(op) or "baddbmm" in str(op)))
+
+
+def test_attention_costs_the_segments_not_the_rows():
+    # 1,024-token rows of short examples: the dense route computes row x row scores, segments what they hold
+    examples = varied_examples(n=200, seed=3)
+    examples = [Example(e.input_ids[:20], e.labels, e.task) for e in examples]
+    model = tiny_model()
+    batch = packed_batch(examples, pack(examples, 1024, 256), 1024, 256)
+    dense = {k: v for k, v in batch.tensors.items() if not k.startswith(segment_attention.PREFIX)}
+    segments_flops, dense_flops = attention_flops(model, batch.tensors), attention_flops(model, dense)
+    # the exact sum over examples of (query length x key length), per attention kind, per layer, QK and PV
+    per_pair = 2 * 2 * 4 * 8  # 2 FLOPs per multiply-add, 2 matmuls, 4 heads, d_kv 8
+    exact = sum(
+        len(e.input_ids) ** 2 + len(e.labels) ** 2 + len(e.labels) * len(e.input_ids) for e in examples
+    )
+    assert exact * per_pair * 2 <= segments_flops <= 3 * exact * per_pair * 2  # 2 layers; blocks pad <= 3x
+    assert segments_flops * 20 < dense_flops
+
+
+def test_the_model_stays_a_plain_t5(tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    examples = varied_examples(n=12, seed=4)
+    model = tiny_model()
+    reference = tiny_model()  # the same weights, never switched
+    loss_sums(model, packed_batch(examples, pack(examples, 160, 32), 160, 32), 3)
+    assert model.config._attn_implementation == segment_attention.NAME
+    # a padded batch (no layout) goes to SDPA: the same logits as the untouched model
+    padded = pad_batch(examples)
+    assert torch.allclose(loss_sums(model, padded, 3).loss, loss_sums(reference, padded, 3).loss, rtol=1e-6)
+    ids = torch.tensor([examples[0].input_ids])
+    assert torch.equal(model.generate(ids, max_new_tokens=5), reference.generate(ids, max_new_tokens=5))
+    model.save_pretrained(tmp_path)
+    assert segment_attention.NAME not in (tmp_path / "config.json").read_text()
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert torch.allclose(
+        loss_sums(reloaded, padded, 3).loss, loss_sums(reference, padded, 3).loss, rtol=1e-6
+    )
