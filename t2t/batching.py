@@ -105,6 +105,19 @@ def task_mix_distance(batches: Sequence[Batch], n_tasks: int) -> float:
     for b, batch in enumerate(batches):
         ids = batch.tensors["task_ids"]
         counts[b] = np.bincount(ids[ids >= 0].numpy(), minlength=n_tasks)[:n_tasks]
+    return _mean_tv(counts)
+
+
+def groups_mix_distance(groups: Sequence[Sequence[Example]], n_tasks: int) -> float:
+    """`task_mix_distance` of batches not built yet: groups of examples, label tokens counted per task."""
+    counts = np.zeros((len(groups), n_tasks))
+    for b, group in enumerate(groups):
+        for example in group:
+            counts[b, example.task] += len(example.labels)
+    return _mean_tv(counts)
+
+
+def _mean_tv(counts: np.ndarray) -> float:
     overall = counts.sum(0) / max(counts.sum(), 1)
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     return float(np.mean(0.5 * np.abs(shares - overall).sum(1)))

@@ -178,11 +178,33 @@ def cmd_mixture_show(args: argparse.Namespace) -> int:
     registry = _registry(args)
     mixture = load_mixture(registry, args.mixture, sizes="try")
     result = report(mixture, registry, args.steps, args.batch_size, args.skip_sample)
+    result["batching"] = _auto_batching(args, mixture, registry)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print_mixture_report(result)
     return 0
+
+
+def _auto_batching(args: argparse.Namespace, mixture: object, registry: Registry) -> dict:
+    """What `batching.strategy: auto` picks for this mixture and a model (its tokenizer and type), and why."""
+    if args.model is None:
+        return {"model": None, "strategy": None,
+                "why": "auto packs rows for T5-family models and pads, keeping each batch's task mix, for others; "
+                       "--model NAME_OR_DIR shows the choice for a model, with its figures"}  # fmt: skip
+    from transformers import AutoConfig
+
+    from t2t.data import MixtureData, resolve_batching
+    from t2t.encoding import Limits
+    from t2t.errors import load_pretrained
+    from t2t.tokenizer import load_tokenizer
+    from t2t.train_config import BatchingSpec
+
+    kind = getattr(load_pretrained(AutoConfig, args.model, "model config"), "model_type", None)
+    data = MixtureData(mixture, registry, load_tokenizer(args.model), Limits(args.max_input_tokens,
+                                                                                 args.max_target_tokens))  # fmt: skip
+    chosen, why = resolve_batching(data, BatchingSpec(max_tokens=args.max_tokens), kind)
+    return {"model": args.model, "strategy": chosen.strategy, "why": why}
 
 
 def cmd_mixture_sample(args: argparse.Namespace) -> int:
@@ -607,6 +629,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="count, per template, the rows it skips among N sampled rows of each task that is readable "
              "offline (default 200; 0: don't)",
     )  # fmt: skip
+    p.add_argument("--model", help="a model (hub name or dir, with its tokenizer): say which batching "
+                                   "`strategy: auto` picks for it on this mixture, and why")  # fmt: skip
+    p.add_argument("--max-input-tokens", type=positive_int, default=256, help="with --model (default 256)")
+    p.add_argument("--max-target-tokens", type=positive_int, default=128, help="with --model (default 128)")
+    p.add_argument("--max-tokens", type=positive_int, default=2048,
+                   help="with --model: token slots per micro-batch (batching.max_tokens, default 2048)")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p = mixture_sub.add_parser("sample", help="the exact examples at stream positions K..K+N-1")
     p.set_defaults(fn=cmd_mixture_sample)

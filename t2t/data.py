@@ -13,7 +13,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from t2t.batching import Batch, Example, bucket_by_length, bucket_keeping_mix, pack, packed_batch, pad_batch
+from t2t.batching import (
+    Batch,
+    Example,
+    bucket_by_length,
+    bucket_keeping_mix,
+    groups_mix_distance,
+    pack,
+    packed_batch,
+    pad_batch,
+)
 from t2t.encoding import EncodedTask, Limits, encode_task, tokenizer_fingerprint
 from t2t.errors import T2TError
 from t2t.mixtures import Mixture, stream_for
@@ -21,6 +30,7 @@ from t2t.prompting import Prompter, fit_input
 from t2t.registry import Registry
 from t2t.rng import keyed_rng
 from t2t.sampler import StreamItem
+from t2t.segment_attention import PACKABLE
 from t2t.sources import load_split
 from t2t.train_config import BatchingSpec, packed_rows_problem
 
@@ -90,11 +100,67 @@ class MixtureData:
 def auto_target_tokens(data: MixtureData, config: BatchingSpec, multiple: int = 8) -> int:
     """Decoder row length that fills as fully as the encoder row: the stream's target/input token ratio (from its
     first window, so every process and every resume computes the same), 5% headroom, rounded up."""
-    positions = range(min(config.window_examples, 4096))
-    examples = [e for e in (data.example(data.stream.item(k)) for k in positions) if e is not None]
+    examples = first_examples(data, config)
     ratio = sum(len(e.labels) for e in examples) / sum(len(e.input_ids) for e in examples)
     tokens = math.ceil(config.pack_input_tokens * ratio * 1.05 / multiple) * multiple
     return max(tokens, data.limits.max_target_tokens)
+
+
+PACK_ROW_TOKENS = 512  # auto: the encoder row of packed batches, unless the token limits ask for longer
+
+
+def resolve_batching(
+    data: MixtureData, config: BatchingSpec, model_kind: str | None
+) -> tuple[BatchingSpec, str]:
+    """`strategy: auto` made concrete, and why, from the model and the first window of the stream (the same on
+    every process and resume). Packed rows when the model can pack (T5 family: relative positions, attention per
+    segment): rows of 512 input tokens (less for a small `max_tokens`, at least `max_input_tokens`), as many per
+    micro-batch as `max_tokens` holds; they are as dense as length-bucketed padding and keep each step's task mix.
+    Otherwise padded batches that keep the mix (`keep_mix`). `model_kind`: the model's type (None: a tiny T5)."""
+    if config.strategy != "auto":
+        return config, f"{config.strategy}, as set"
+    kind = model_kind or "t5"
+    if config.batch_size is not None:
+        return (config.model_copy(update={"strategy": "padded"}),
+                "padded: batching.batch_size counts examples per padded batch (give max_tokens to let auto pack)")  # fmt: skip
+    if kind not in PACKABLE:
+        return (config.model_copy(update={"strategy": "padded", "keep_mix": True}),
+                f"padded, keeping each batch's task mix: {kind} models have absolute positions, which packing "
+                "would shift")  # fmt: skip
+    fields = config.model_fields_set
+    update: dict[str, Any] = {"strategy": "packed"}
+    if "pack_input_tokens" not in fields:
+        # a row fits the budget (with room for its targets) unless the longest input allowed needs more
+        row_input = min(PACK_ROW_TOKENS, int(config.max_tokens * 0.8))
+        update["pack_input_tokens"] = max(row_input, data.limits.max_input_tokens)
+    packed = config.model_copy(update=update)
+    if packed.pack_target_tokens is None:
+        packed = packed.model_copy(update={"pack_target_tokens": auto_target_tokens(data, packed)})
+    row = packed.pack_input_tokens + packed.pack_target_tokens
+    if "rows_per_batch" not in fields:
+        packed = packed.model_copy(update={"rows_per_batch": max(1, config.max_tokens // row)})
+    examples = first_examples(data, config)
+    n_tasks = len(data.task_names)
+    real = sum(len(e.input_ids) + len(e.labels) for e in examples)
+    rows = pack(examples, packed.pack_input_tokens, packed.pack_target_tokens)
+    groups = bucket_by_length(examples, None, config.max_tokens)
+    padded_slots = sum(
+        len(g) * (max(len(e.input_ids) for e in g) + max(len(e.labels) for e in g)) for g in groups
+    )
+    batches = [[examples[i] for r in rows[j : j + packed.rows_per_batch] for i in r]
+               for j in range(0, len(rows), packed.rows_per_batch)]  # fmt: skip
+    why = (f"packed ({packed.rows_per_batch} rows of {packed.pack_input_tokens}+{packed.pack_target_tokens} "
+           f"tokens): {kind} attends within each packed example; on the stream's first {len(examples)} "
+           f"examples rows are {real / (len(rows) * row):.1%} real tokens (length-bucketed padding: "
+           f"{real / padded_slots:.1%}) and each batch's task mix is {groups_mix_distance(batches, n_tasks):.2f} "
+           f"from the mixture's (padding: {groups_mix_distance(groups, n_tasks):.2f}, total variation)")  # fmt: skip
+    return packed, why
+
+
+def first_examples(data: MixtureData, config: BatchingSpec) -> list[Example]:
+    """The examples at the stream's first positions (one window, at most 4,096): what auto choices look at."""
+    positions = range(min(config.window_examples, 4096))
+    return [e for e in (data.example(data.stream.item(k)) for k in positions) if e is not None]
 
 
 class BatchLoader:
@@ -102,9 +168,11 @@ class BatchLoader:
 
     def __init__(
         self, data: MixtureData, config: BatchingSpec, rank: int = 0, world_size: int = 1,
-        state: LoaderState | None = None, decoder_start_id: int | None = None,
+        state: LoaderState | None = None, decoder_start_id: int | None = None, model_kind: str | None = None,
     ) -> None:  # fmt: skip
-        self.data, self.config, self.rank, self.world_size = data, config, rank, world_size
+        self.data, self.rank, self.world_size = data, rank, world_size
+        config, self.why = resolve_batching(data, config, model_kind)
+        self.config = config
         if config.strategy == "packed":
             if config.pack_target_tokens is None:
                 target = auto_target_tokens(data, config)

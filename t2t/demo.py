@@ -31,7 +31,7 @@ def demo_config(run_dir: Path, steps: int) -> TrainConfig:
         "model": {"tiny": {"d_model": 128, "num_layers": 2, "num_heads": 4, "d_ff": 256}},
         "tokenizer": {"vocab_size": 2000, "rows_per_task": 1000},
         "max_input_tokens": 96, "max_target_tokens": 24,
-        "batching": {"strategy": "padded", "max_tokens": 2048, "batch_size": None, "window_examples": 2048},
+        "batching": {"strategy": "auto", "max_tokens": 2048, "batch_size": None, "window_examples": 2048},
         "steps": steps, "optimizer": {"name": "adamw", "lr": 3e-3},
         "schedule": {"name": "linear", "warmup_steps": max(1, steps // 20)},
         "log_every_steps": max(1, steps // 30), "save_every_steps": None, "keep_checkpoints": 1,

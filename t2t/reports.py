@@ -71,6 +71,10 @@ def print_mixture_report(result: dict, console: Console | None = None) -> None:
     if result["needs_hub"]:
         console.print(f"the row counts of {len(result['needs_hub'])} tasks need the hub (not reachable here, or "
                       "HF_DATASETS_OFFLINE is set); the rates, draws and epochs that rest on them show as ?")  # fmt: skip
+    batching = result.get("batching")
+    if batching is not None:
+        model = f" for {batching['model']}" if batching["model"] else ""
+        console.print(f"batching (strategy: auto){model}: {batching['why']}")
     for warning in result["warnings"]:
         console.print(f"warning: {warning}", style="yellow")
 

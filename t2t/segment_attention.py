@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "t2t_segments"
+PACKABLE = {"t5", "mt5", "umt5"}  # relative positions: packed segments need no position reset
 PREFIX = "segments."  # keys of the layout tensors in a batch's tensors
 
 

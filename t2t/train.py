@@ -32,6 +32,7 @@ from t2t.fileio import atomic_write_text
 from t2t.mixtures import Mixture, load_mixture
 from t2t.modeling import build_tiny_t5, load_model
 from t2t.registry import Registry
+from t2t.segment_attention import PACKABLE
 from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
 from t2t.train_config import TrainConfig, config_dict
 from t2t.train_eval import InTrainingEval, training_eval_config
@@ -123,9 +124,6 @@ def get_model(config: TrainConfig, tokenizer: Any):
     else:
         model = build_tiny_t5(config.model.tiny, tokenizer, seed=config.seed)
     return model
-
-
-PACKABLE = {"t5", "mt5", "umt5"}  # relative position biases: a segment's positions need no reset
 
 
 def check_packing(config: TrainConfig) -> None:
@@ -248,7 +246,8 @@ class Run:
         self.limits = Limits(config.max_input_tokens, config.max_target_tokens)
         self.data = MixtureData(self.mixture, registry, self.tokenizer, self.limits, config.cache_dir)
         self.loader = BatchLoader(self.data, config.batching, acc.process_index, acc.num_processes,
-                                  decoder_start_id=decoder_start_id(model.config))  # fmt: skip
+                                  decoder_start_id=decoder_start_id(model.config),
+                                  model_kind=getattr(model.config, "model_type", None))  # fmt: skip
         self.evaluator = InTrainingEval(
             config, registry, self.tasks, self.mixture.spec.splits.eval, self.data
         )
@@ -483,7 +482,9 @@ class Run:
         if not acc.is_main_process:
             return
         warnings = truncation_warnings(self.data.encode_all(), self.data.limits)
-        if self.balancer.weighs and self.config.batching.strategy == "padded":
+        if self.config.batching.strategy == "auto":
+            print(f"batching: auto chose {self.loader.why}")
+        if self.balancer.weighs and self.loader.config.strategy == "padded":
             warnings.append(f"balancing.method={self.config.balancing.method} weighs the tasks within each "
                             "micro-batch, and length-bucketed padded batches often hold a single task (where it "
                             "changes nothing): packed batches mix tasks")  # fmt: skip
@@ -494,7 +495,7 @@ class Run:
         print(f"t2t train: {start} at step {self.state.step} of {self.config.steps}; {len(self.tasks)} tasks, "
               f"{n_params / 1e6:.2f}M parameters, {acc.num_processes} process(es) of {torch.get_num_threads()} thread(s), "
               f"{acc.distributed_type.name.lower()}, "
-              f"precision {acc.mixed_precision}, batching {self.config.batching.strategy}, "
+              f"precision {acc.mixed_precision}, batching {self.loader.config.strategy}, "
               f"balancing {self.config.balancing.method}{self._sharing_note()}")  # fmt: skip
 
     def _sharing_note(self) -> str:

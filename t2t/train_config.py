@@ -54,9 +54,11 @@ class TokenizerSpec(Spec):
 
 
 class BatchingSpec(Spec):
-    strategy: Literal["padded", "packed"] = "padded"
+    # auto: packed rows for models that can pack (T5 family), sized to max_tokens; padded batches keeping each
+    # batch's task mix otherwise (t2t.data.resolve_batching says which and why, at the run's start)
+    strategy: Literal["auto", "padded", "packed"] = "auto"
     batch_size: Positive | None = None  # padded: examples per micro-batch ...
-    max_tokens: Positive | None = 2048  # ... or padded token slots per micro-batch
+    max_tokens: Positive | None = 2048  # ... or padded token slots per micro-batch (auto: the budget of both)
     # padded: batches keep the window's task mix (bucketed within each task's share) instead of grouping the
     # window's examples by length alone, which often leaves one task per batch
     keep_mix: bool = False
@@ -67,11 +69,11 @@ class BatchingSpec(Spec):
 
     @model_validator(mode="after")
     def _budget(self) -> BatchingSpec:
-        if self.strategy == "padded" and (self.batch_size is None) == (self.max_tokens is None):
+        if self.strategy != "packed" and (self.batch_size is None) == (self.max_tokens is None):
             raise ValueError(
-                "padded batching takes exactly one of batch_size and max_tokens (set the other to null)"
+                f"{self.strategy} batching takes exactly one of batch_size and max_tokens (set the other to null)"
             )
-        if self.keep_mix and self.strategy != "padded":
+        if self.keep_mix and self.strategy == "packed":
             raise ValueError("batching.keep_mix is for padded batches (packed rows mix the tasks already)")
         return self
 

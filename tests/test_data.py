@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from t2t.data import BatchLoader, LoaderState
+from t2t.batching import bucket_by_length, groups_mix_distance, pack
+from t2t.data import BatchLoader, LoaderState, resolve_batching
 from t2t.errors import T2TError
 from t2t.train_config import BatchingSpec
 
@@ -71,3 +72,53 @@ def test_padded_batches_respect_the_token_budget(demo_data):
     batches = BatchLoader(demo_data, config).window_batches(0)
     assert sum(b.n_examples for b in batches) == 256
     assert all(b.total_tokens <= 300 or b.n_examples == 1 for b in batches)
+
+
+# ------------------------------------------------------------------------------------ strategy: auto
+
+
+def test_auto_packs_for_t5_with_rows_sized_to_the_budget_and_says_why(demo_data):
+    config = BatchingSpec(max_tokens=2048, window_examples=2048)
+    assert config.strategy == "auto"
+    chosen, why = resolve_batching(demo_data, config, "t5")
+    target = chosen.pack_target_tokens
+    assert (chosen.strategy, chosen.pack_input_tokens, chosen.rows_per_batch) == (
+        "packed",
+        512,
+        2048 // (512 + target),
+    )
+    # the figures it gives are those of the first window, recomputed here
+    examples = BatchLoader(demo_data, BatchingSpec(strategy="padded", window_examples=2048)).window_examples(
+        0
+    )
+    rows = pack(examples, 512, target)
+    real = sum(len(e.input_ids) + len(e.labels) for e in examples)
+    assert f"rows are {real / (len(rows) * (512 + target)):.1%} real tokens" in why
+    padded = bucket_by_length(examples, None, 2048)
+    assert f"(padding: {groups_mix_distance(padded, 11):.2f}, total variation)" in why
+    assert groups_mix_distance(padded, 11) > 0.5  # bucketing by length groups the tasks apart
+    # a small budget: shorter rows (never shorter than the longest input allowed), one per micro-batch
+    small, _ = resolve_batching(demo_data, BatchingSpec(max_tokens=100), "t5")
+    assert (small.pack_input_tokens, small.rows_per_batch) == (80, 1)
+    # a row size given in the config is kept
+    kept, _ = resolve_batching(demo_data, BatchingSpec(pack_input_tokens=256, rows_per_batch=2), "t5")
+    assert (kept.strategy, kept.pack_input_tokens, kept.rows_per_batch) == ("packed", 256, 2)
+
+
+def test_auto_pads_keeping_the_mix_for_models_with_absolute_positions(demo_data):
+    chosen, why = resolve_batching(demo_data, BatchingSpec(), "bart")
+    assert (chosen.strategy, chosen.keep_mix, chosen.max_tokens) == ("padded", True, 2048)
+    assert (
+        why
+        == "padded, keeping each batch's task mix: bart models have absolute positions, which packing would shift"
+    )
+    by_examples, why = resolve_batching(demo_data, BatchingSpec(batch_size=8, max_tokens=None), "t5")
+    assert (by_examples.strategy, by_examples.batch_size, by_examples.keep_mix) == ("padded", 8, False)
+    set_padded, why = resolve_batching(demo_data, BatchingSpec(strategy="padded"), "t5")
+    assert (set_padded.strategy, why) == ("padded", "padded, as set")
+
+
+def test_keep_mix_with_packed_rows_is_refused():
+    with pytest.raises(ValueError, match="keep_mix is for padded batches"):
+        BatchingSpec(strategy="packed", keep_mix=True)
+    assert BatchingSpec(keep_mix=True).strategy == "auto"  # applies where auto pads

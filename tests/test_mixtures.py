@@ -376,3 +376,37 @@ def test_name_both_task_and_mixture(tmp_path, run_cli):
 
 def test_shipped_dir_is_the_checkout_here():
     assert shipped_dir("mixtures").name == "mixtures"
+
+
+def test_mixture_show_says_which_batching_auto_picks_for_a_model(run_cli, tiny_tokenizer, tmp_path):
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    from t2t.modeling import build_tiny_t5
+    from t2t.train_config import TinyModelSpec
+
+    t5_dir, bart_dir = tmp_path / "t5", tmp_path / "bart"
+    build_tiny_t5(
+        TinyModelSpec(d_model=32, num_layers=1, num_heads=2, d_ff=64), tiny_tokenizer
+    ).save_pretrained(t5_dir)
+    bart = BartConfig(vocab_size=len(tiny_tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64)  # fmt: skip
+    BartForConditionalGeneration(bart).save_pretrained(bart_dir)
+    for folder in (t5_dir, bart_dir):
+        tiny_tokenizer.save_pretrained(folder)
+
+    code, out, _ = run_cli("mixture", "show", "demo", "--model", t5_dir, "--max-input-tokens", "64", "--json")
+    # in-process, DeepSpeed's import-time notice lands on the captured stdout (the console script sends it to
+    # stderr); the JSON is the rest
+    batching = json.loads(out[out.index("{") :])["batching"]
+    assert code == 0 and (batching["model"], batching["strategy"]) == (str(t5_dir), "packed")
+    assert (
+        batching["why"].startswith("packed (3 rows of 512+")
+        and "t5 attends within each packed example" in batching["why"]
+    )
+    code, out, _ = run_cli("mixture", "show", "demo", "--model", bart_dir)
+    assert code == 0 and (
+        f"batching (strategy: auto) for {bart_dir}: padded, keeping each batch's task mix: bart models have absolute "
+        "positions, which packing would shift" in " ".join(out.split())
+    )
+    code, out, _ = run_cli("mixture", "show", "demo")
+    assert "--model NAME_OR_DIR shows the choice for a model" in " ".join(out.split())
