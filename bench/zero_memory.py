@@ -35,7 +35,7 @@ def worker(run_dir: str, tokenizer_dir: str, steps: int) -> None:
         "steps": steps, "log_every_steps": 1000, "trackers": [],
     })  # fmt: skip
     run = Run(config, Registry.default())
-    run.data.encode_all()
+    run.data.prepare(run.data.stream.items(0, 2 * 256 * (steps + 1)))  # the pairs the run draws, both ranks
     n_params = sum(p.numel() for p in run.accelerator.unwrap_model(run.model).model.parameters())
     before = _rss_mb()  # imports, data, and the model as prepared (sharded or not)
     peak = {}

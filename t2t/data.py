@@ -8,7 +8,7 @@ order. The loader's state is (window, batches of it already used): resuming reco
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from t2t.batching import (
     packed_batch,
     pad_batch,
 )
-from t2t.encoding import EncodedTask, Limits, encode_task, tokenizer_fingerprint
+from t2t.encoding import LazyPairs, Limits, default_cache_dir, tokenizer_fingerprint
 from t2t.errors import T2TError
 from t2t.mixtures import Mixture, stream_for
 from t2t.prompting import Prompter, fit_input
@@ -31,7 +31,7 @@ from t2t.registry import Registry
 from t2t.rng import keyed_rng
 from t2t.sampler import StreamItem
 from t2t.segment_attention import PACKABLE
-from t2t.sources import load_split
+from t2t.sources import SplitRows, load_split
 from t2t.train_config import BatchingSpec, packed_rows_problem
 
 
@@ -42,7 +42,7 @@ class LoaderState:
 
 
 class MixtureData:
-    """Examples of a mixture's training stream, tasks encoded (and cached) the first time they are drawn."""
+    """Examples of a mixture's training stream, each (row, template) encoded (and cached) when first drawn."""
 
     def __init__(
         self,
@@ -58,17 +58,37 @@ class MixtureData:
         self.task_names = mixture.task_names
         self.task_index = {name: i for i, name in enumerate(self.task_names)}
         self.members = {m.task: m for m in mixture.members}
-        self._encoded: dict[str, EncodedTask] = {}
+        self._pairs: dict[tuple[str, str], LazyPairs] = {}
+        self._rows: dict[str, SplitRows] = {}
         self._prompters: dict[str, Prompter] = {}
         self.tokenizer_key = tokenizer_fingerprint(tokenizer)
 
-    def encoded(self, task: str) -> EncodedTask:
-        if task not in self._encoded:
-            self._encoded[task] = encode_task(
-                self.registry.task(task), self.mixture.spec.splits.train, self.tokenizer, self.limits,
-                self.cache_dir, self.tokenizer_key, self.members[task].templates,
+    def pairs(self, task: str, template: str) -> LazyPairs:
+        """The (task, template)'s encoded rows: encoded when first drawn, cached on disk."""
+        if (task, template) not in self._pairs:
+            found, split = self.registry.task(task), self.mixture.spec.splits.train
+            if task not in self._rows:
+                self._rows[task] = load_split(found, split)
+            self._pairs[(task, template)] = LazyPairs(
+                found, template, split, self._rows[task], self.tokenizer, self.limits,
+                self.cache_dir or default_cache_dir(), self.tokenizer_key,
             )  # fmt: skip
-        return self._encoded[task]
+        return self._pairs[(task, template)]
+
+    def prepare(self, items: Iterable[StreamItem]) -> None:
+        """Encode the pairs of these stream items not encoded yet: one batch per (task, template)."""
+        wanted: dict[tuple[str, str], list[int]] = {}
+        for item in items:
+            wanted.setdefault((item.task, item.template), []).append(item.row)
+        for (task, template), rows in wanted.items():
+            self.pairs(task, template).fill(rows)
+
+    def encoded_pairs(self) -> dict[str, list[LazyPairs]]:
+        """Per task, its templates' pairs encoded so far."""
+        by_task: dict[str, list[LazyPairs]] = {}
+        for (task, _), pairs in self._pairs.items():
+            by_task.setdefault(task, []).append(pairs)
+        return by_task
 
     def prompter(self, task: str) -> Prompter:
         if task not in self._prompters:
@@ -77,16 +97,13 @@ class MixtureData:
                                              self.members[task].prompting, self.mixture.spec.seed)  # fmt: skip
         return self._prompters[task]
 
-    def encode_all(self) -> dict[str, EncodedTask]:
-        return {name: self.encoded(name) for name in self.task_names}
-
     def example(self, item: StreamItem) -> Example | None:
         """The encoded example at a stream position, or None where its template skips the row (promptsource
         style): the position is passed over, deterministically, on every run and resume."""
-        encoded = self.encoded(item.task).templates[item.template]
-        if not encoded.input_ids[item.row]:
+        value = self.pairs(item.task, item.template).get(item.row)
+        if value is None:
             return None
-        input_ids = encoded.input_ids[item.row]
+        input_ids, labels = value[0], value[1]
         prompter = self.prompter(item.task)
         if prompter.active:  # FLAN-style variants (t2t.prompting); the target is the cached one
             options, exemplars = choices = prompter.choices(item)
@@ -94,7 +111,7 @@ class MixtureData:
                 prompted = prompter.prompted(item, choices)
                 assert prompted is not None  # the cached ids say the template renders this row
                 input_ids = fit_input(prompted, self.tokenizer, self.limits.max_input_tokens)
-        return Example(input_ids, encoded.labels[item.row], self.task_index[item.task], item.position)
+        return Example(input_ids, labels, self.task_index[item.task], item.position)
 
 
 def auto_target_tokens(data: MixtureData, config: BatchingSpec, multiple: int = 8) -> int:
@@ -159,8 +176,9 @@ def resolve_batching(
 
 def first_examples(data: MixtureData, config: BatchingSpec) -> list[Example]:
     """The examples at the stream's first positions (one window, at most 4,096): what auto choices look at."""
-    positions = range(min(config.window_examples, 4096))
-    return [e for e in (data.example(data.stream.item(k)) for k in positions) if e is not None]
+    items = [data.stream.item(k) for k in range(min(config.window_examples, 4096))]
+    data.prepare(items)
+    return [e for e in map(data.example, items) if e is not None]
 
 
 class BatchLoader:
@@ -188,8 +206,9 @@ class BatchLoader:
     def window_examples(self, window: int) -> list[Example]:
         size = self.config.window_examples
         positions = ((window * size + i) * self.world_size + self.rank for i in range(size))
-        examples = (self.data.example(self.data.stream.item(k)) for k in positions)
-        return [e for e in examples if e is not None]
+        items = [self.data.stream.item(k) for k in positions]
+        self.data.prepare(items)  # the window's new pairs, encoded in one batch per (task, template)
+        return [e for e in map(self.data.example, items) if e is not None]
 
     def window_batches(self, window: int) -> list[Batch]:
         examples, cfg = self.window_examples(window), self.config

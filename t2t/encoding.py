@@ -24,6 +24,7 @@ import datasets
 from datasets.fingerprint import Hasher
 
 from t2t.config import FilesSource, GeneratorSource
+from t2t.sandbox import alarm_handler
 from t2t.sources import SplitRows, load_split
 from t2t.templates import Task
 
@@ -52,7 +53,11 @@ def encode_texts(
 ) -> tuple[list[list[int]], list[bool]]:
     """Token ids of each text under the policy, and whether it was cut. `eos=False` leaves the EOS off (an empty
     text still gets one, so no sequence is empty); `max_tokens=None` cuts nothing."""
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not getattr(tokenizer, "add_prefix_space", False):  # the fast path, same ids
+        ids = [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+    else:
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     limit = max_tokens if max_tokens is not None else max((len(x) for x in ids), default=0) + 1
     if eos:
         pairs = [with_eos(x, tokenizer.eos_token_id, limit) for x in ids]
@@ -141,10 +146,13 @@ def encode_task(
         key = cache_key(task, template, split, data_key, tokenizer_key, limits)
 
         def encode_batch(batch: dict, indices: list[int], template: str = template) -> dict:
-            rendered = [
-                task.try_render({f: batch[f][j] for f in batch}, template, split, int(rows.source_rows[i]))
-                for j, i in enumerate(indices)
-            ]
+            with alarm_handler():  # one handler for the batch; each render still has its own timer
+                rendered = [
+                    task.try_render(
+                        {f: batch[f][j] for f in batch}, template, split, int(rows.source_rows[i])
+                    )
+                    for j, i in enumerate(indices)
+                ]
             kept = [e for e in rendered if e is not None]  # a skipped (row, template) gets empty ids
             input_ids, inputs_cut = encode_texts(tokenizer, [e.inputs for e in kept], limits.max_input_tokens)
             labels, targets_cut = encode_texts(tokenizer, [e.targets for e in kept], limits.max_target_tokens)
@@ -175,26 +183,96 @@ def encode_task(
     return encoded
 
 
+class LazyPairs:
+    """One (task, template) of a training split, encoded a row at a time as the stream draws it: a first run pays
+    for the pairs it uses, not for the whole split. Encoded pairs are appended to a cache file (one JSON line per
+    row, written in one call per batch, so processes sharing the cache never interleave within a line); a later
+    run with the same task, template, data, tokenizer and limits reads them back instead of encoding again. A torn
+    last line (a killed run) is ignored and encoded again."""
+
+    def __init__(self, task: Task, template: str, split: str, rows: SplitRows, tokenizer: Any, limits: Limits,
+                 cache_dir: Path, tokenizer_key: str) -> None:  # fmt: skip
+        self.task, self.template, self.split, self.rows = task, template, split, rows
+        self.tokenizer, self.limits = tokenizer, limits
+        key = cache_key(task, template, split, _data_key(task, rows), tokenizer_key, limits)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        self.path = cache_dir / f"{task.name}-{key}.pairs.jsonl"
+        # row -> (input ids, labels, input cut, target cut), or None where the template skips the row
+        self.pairs: dict[int, tuple[list[int], list[int], bool, bool] | None] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                if not line:
+                    continue
+                try:
+                    row, value = json.loads(line)
+                except ValueError:
+                    continue  # a line torn by a killed run: encoded again when drawn
+                self.pairs[int(row)] = None if value is None else tuple(value)  # type: ignore[assignment]
+
+    def fill(self, wanted: Sequence[int]) -> None:
+        """Encode the rows among `wanted` not encoded yet, in one batch, and append them to the cache."""
+        missing = sorted({int(r) for r in wanted} - self.pairs.keys())
+        if not missing:
+            return
+        columns = self.rows.rows.select_columns(list(self.task.spec.fields)).select(missing)[:]
+        with alarm_handler():  # one handler for the batch; each render still has its own timer
+            rendered = [
+                self.task.try_render({f: columns[f][j] for f in columns}, self.template, self.split,
+                                     int(self.rows.source_rows[row]))
+                for j, row in enumerate(missing)
+            ]  # fmt: skip
+        kept = [e for e in rendered if e is not None]
+        input_ids, inputs_cut = encode_texts(
+            self.tokenizer, [e.inputs for e in kept], self.limits.max_input_tokens
+        )
+        labels, targets_cut = encode_texts(
+            self.tokenizer, [e.targets for e in kept], self.limits.max_target_tokens
+        )
+        encoded = iter(zip(input_ids, labels, inputs_cut, targets_cut, strict=True))
+        lines = []
+        for row, example in zip(missing, rendered, strict=True):
+            value = None if example is None else next(encoded)
+            self.pairs[row] = value
+            lines.append(json.dumps([row, value], separators=(",", ":")) + "\n")
+        with open(self.path, "a", encoding="utf-8") as f:  # O_APPEND: one write per batch
+            f.write("\n" + "".join(lines))  # a leading newline ends a line torn by a killed run
+
+    def get(self, row: int) -> tuple[list[int], list[int], bool, bool] | None:
+        if row not in self.pairs:
+            self.fill([row])
+        return self.pairs[row]
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """Pairs encoded so far: (encoded, inputs cut, targets cut, skipped)."""
+        values = list(self.pairs.values())
+        kept = [v for v in values if v is not None]
+        return len(values), sum(v[2] for v in kept), sum(v[3] for v in kept), len(values) - len(kept)
+
+
 def truncation_warnings(
-    encoded: dict[str, EncodedTask], limits: Limits, threshold: float = 0.01
+    pairs: dict[str, list[LazyPairs]], limits: Limits, threshold: float = 0.01
 ) -> list[str]:
-    """One line per task whose targets (or inputs) are cut more often than `threshold`, and one per template
-    that skips rows (promptsource style: training passes those positions over)."""
+    """One line per task whose targets (or inputs) are cut more often than `threshold`, and one per template that
+    skips rows (promptsource style: training passes those positions over), over the pairs a run has encoded so far
+    (at its start: the first window)."""
     lines = []
-    for name, task in encoded.items():
-        for template, data in task.templates.items():
-            if data.skipped:
-                lines.append(f"task {name}: template {template} skips {data.skipped} of {task.n_rows} rows "
-                             "(no input ||| target for them); training passes those positions over")  # fmt: skip
-        cut = task.truncation()
-        if cut["targets"] > threshold:
-            lines.append(
-                f"task {name}: {cut['targets']:.1%} of targets cut at {limits.max_target_tokens} tokens"
-            )
-        if cut["inputs"] > threshold:
-            lines.append(
-                f"task {name}: {cut['inputs']:.1%} of inputs cut at {limits.max_input_tokens} tokens"
-            )
+    for name, templates in pairs.items():
+        counts = [p.counts() for p in templates]
+        n = sum(c[0] for c in counts)
+        for p, (encoded, _, _, skipped) in zip(templates, counts, strict=True):
+            if skipped:
+                lines.append(f"task {name}: template {p.template} skips {skipped} of the {encoded} rows drawn so "
+                             "far (no input ||| target for them); training passes those positions over")  # fmt: skip
+        if not n:
+            continue
+        for side, index, limit in (
+            ("targets", 2, limits.max_target_tokens),
+            ("inputs", 1, limits.max_input_tokens),
+        ):
+            cut = sum(c[index] for c in counts)  # counts: (encoded, inputs cut, targets cut, skipped)
+            if cut / n > threshold:
+                lines.append(f"task {name}: {cut / n:.1%} of {side} cut at {limit} tokens (of the {n} examples "
+                             "encoded so far)")  # fmt: skip
     return lines
 
 

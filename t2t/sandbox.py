@@ -25,6 +25,7 @@ needs; a task file overrides them under `limits:`.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import operator
 import re
@@ -466,16 +467,42 @@ def _on_alarm(signum: int, frame: Any) -> None:
     raise _Alarm
 
 
+_HANDLER_SET = False  # alarm_handler() holds the SIGALRM handler for a batch of renders
+
+
+@contextlib.contextmanager
+def alarm_handler() -> Iterator[None]:
+    """Install the render timer's handler once for many `bounded_call`s (a batch of rows): each call then only
+    starts and stops its timer. Outside the main thread (no timers there) it does nothing."""
+    global _HANDLER_SET
+    if (
+        _HANDLER_SET
+        or threading.current_thread() is not threading.main_thread()
+        or not hasattr(signal, "setitimer")
+    ):
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    _HANDLER_SET = True
+    try:
+        yield
+    finally:
+        _HANDLER_SET = False
+        signal.signal(signal.SIGALRM, previous)
+
+
 def bounded_call(fn: Any, context: Any, limits: RenderLimits, key: tuple = ()) -> Any:
     """Run one render (or expression) under `limits`: the per-render budget, and in the main thread a timer that
     interrupts a render still running after `max_seconds`. `key` seeds the `choice` filter."""
     budget = _Budget(limits, time.monotonic() + limits.max_seconds, key=key)
     token = _BUDGET.set(budget)
     use_timer = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    own_handler = use_timer and not _HANDLER_SET
     previous = None
     try:
-        if use_timer:
+        if own_handler:
             previous = signal.signal(signal.SIGALRM, _on_alarm)
+        if use_timer:
             signal.setitimer(signal.ITIMER_REAL, limits.max_seconds)
         try:
             return fn(context)
@@ -494,5 +521,6 @@ def bounded_call(fn: Any, context: Any, limits: RenderLimits, key: tuple = ()) -
     finally:
         if use_timer:
             signal.setitimer(signal.ITIMER_REAL, 0)
+        if own_handler:
             signal.signal(signal.SIGALRM, previous)
         _BUDGET.reset(token)

@@ -481,7 +481,8 @@ class Run:
         acc = self.accelerator
         if not acc.is_main_process:
             return
-        warnings = truncation_warnings(self.data.encode_all(), self.data.limits)
+        self.loader.window_examples(self.loader.state.window)  # the window training starts in, encoded
+        warnings = truncation_warnings(self.data.encoded_pairs(), self.data.limits)
         if self.config.batching.strategy == "auto":
             print(f"batching: auto chose {self.loader.why}")
         if self.balancer.weighs and self.loader.config.strategy == "padded":

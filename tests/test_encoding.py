@@ -4,8 +4,9 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from t2t.encoding import Limits, encode_task, encode_texts, truncation_warnings, with_eos
+from t2t.encoding import LazyPairs, Limits, encode_task, encode_texts, truncation_warnings, with_eos
 from t2t.registry import Registry
+from t2t.sources import load_split
 from t2t.templates import Task
 
 
@@ -30,8 +31,6 @@ def test_encode_task_counts_truncation_and_caches(tiny_tokenizer, tmp_path, monk
     template = encoded.templates["what_color"]
     assert all(len(x) <= 16 and x[-1] == 1 for x in template.input_ids)
     assert template.inputs_truncated > 0 and template.targets_truncated == 0
-    assert truncation_warnings({"color_lookup": encoded}, limits)[0].startswith("task color_lookup: ")
-    assert "of inputs cut at 16 tokens" in truncation_warnings({"color_lookup": encoded}, limits)[0]
     # A second run reads the cache: it neither renders nor tokenises.
     monkeypatch.setattr(Task, "render", lambda *a, **k: pytest.fail("rendered again"))
     again = encode_task(task, "validation", tiny_tokenizer, limits, cache_dir=tmp_path)
@@ -40,6 +39,47 @@ def test_encode_task_counts_truncation_and_caches(tiny_tokenizer, tmp_path, monk
     monkeypatch.undo()
     longer = encode_task(task, "validation", tiny_tokenizer, Limits(64, 8), cache_dir=tmp_path)
     assert longer.templates["what_color"].inputs_truncated == 0
+
+
+def test_lazy_pairs_encode_what_is_drawn_the_same_way_and_cache_it(tiny_tokenizer, tmp_path, monkeypatch):
+    task = Registry.default().task("color_lookup")
+    rows = load_split(task, "validation")
+    limits = Limits(max_input_tokens=16, max_target_tokens=8)
+    full = encode_task(task, "validation", tiny_tokenizer, limits, cache_dir=tmp_path / "full").templates[
+        "what_color"
+    ]
+
+    def lazy() -> LazyPairs:
+        return LazyPairs(
+            task, "what_color", "validation", rows, tiny_tokenizer, limits, tmp_path / "lazy", "tok"
+        )
+
+    pairs = lazy()
+    pairs.fill([5, 2, 5, 40])  # what a window draws: only those rows are encoded
+    assert sorted(pairs.pairs) == [2, 5, 40]
+    assert len([line for line in pairs.path.read_text().splitlines() if line]) == 3
+    assert [pairs.pairs[r][:2] for r in (2, 5, 40)] == [
+        (full.input_ids[r], full.labels[r]) for r in (2, 5, 40)
+    ]
+    assert [pairs.get(r)[1] for r in range(100)] == full.labels  # a miss encodes the row: the same ids
+    assert pairs.counts() == (100, full.inputs_truncated, full.targets_truncated, 0)
+    (warning,) = truncation_warnings({"color_lookup": [pairs]}, limits)
+    share = full.inputs_truncated / 100
+    assert (
+        warning
+        == f"task color_lookup: {share:.1%} of inputs cut at 16 tokens (of the 100 examples encoded so far)"
+    )
+    # a later run reads the cache file and renders nothing
+    with monkeypatch.context() as patched:
+        patched.setattr(Task, "render", lambda *a, **k: pytest.fail("rendered again"))
+        again = lazy()
+        assert len(again.pairs) == 100 and again.get(7)[0] == full.input_ids[7]
+    # a line torn by a killed run is skipped, and its row encoded again when drawn
+    lines = [line for line in pairs.path.read_text().splitlines() if not line.startswith("[7,")]
+    pairs.path.write_text("".join(line + "\n" for line in lines) + "[7,[[5,6")
+    torn = lazy()
+    assert len(torn.pairs) == 99 and 7 not in torn.pairs
+    assert torn.get(7)[0] == full.input_ids[7] and len(lazy().pairs) == 100
 
 
 def test_any_hf_tokenizer_works_and_gets_one_eos(tmp_path):

@@ -169,7 +169,10 @@ def test_a_promptsource_task_through_the_cli(rte_folder, tmp_path, run_cli, tiny
                            "batching={strategy: padded, batch_size: 4, max_tokens: null, window_examples: 16}",
                            "trackers=[]", "log_every_steps=1")  # fmt: skip
     assert code == 0, err
-    assert "task ps_rte: template can_we_infer skips 10 of 30 rows" in out
+    # the warning counts the rows of the first window (16 positions) under that template
+    skipped, drawn = map(int, re.search(r"task ps_rte: template can_we_infer skips (\d+) of the (\d+) rows drawn "
+                                        r"so far", " ".join(out.split())).groups())  # fmt: skip
+    assert 1 <= skipped < drawn <= 16
     code, _, err = run_cli(*dirs, "eval", "--model", tmp_path / "run" / "model", "--tasks", "ps_rte", "--out",
                            tmp_path / "eval")  # fmt: skip
     assert code == 0, err
