@@ -1,36 +1,74 @@
-"""Training throughput: `t2t train` vs HF Seq2SeqTrainer, same tiny model, data and example budget.
+"""Training throughput: `t2t train` (its default batching, and each strategy) vs HF Seq2SeqTrainer, whole loop.
 
-    python bench/train_throughput.py [--examples 12800] [--tokenizer DIR]
+    python bench/train_throughput.py [--profile demo|long-tail] [--examples 12800] [--tokenizer DIR]
 
-Both train the same tiny T5 (d_model 128, 2 layers, fp32, 2 threads) on the same examples of the demo mixture's
-stream: HF with DataCollatorForSeq2Seq and 64 examples per step, t2t with its length-bucketed padded batches of
-the same average size. Printed: real (non-pad) tokens per second of the whole training loop and the ratio.
+All runs train the same tiny T5 (d_model 128, 2 layers, fp32, 2 threads) with AdamW on the same mixture stream:
+HF with DataCollatorForSeq2Seq and 64 examples per step (random order, padded to the longest), t2t with its
+default (`strategy: auto`: packed rows for a T5), with length-bucketed padded batches and with padded batches that
+keep the task mix, each with a token budget of about 64 examples. The whole training loop is timed (optimizer,
+logging and t2t's final checkpoint included; encoding is set-up for both, before the timers). Printed: real
+(non-pad) tokens per second and the ratios to HF; also the mean task-mix distance of t2t's batches.
+
+Profiles: `demo`, the demo mixture (short examples: 19 input and 3 target tokens on average); `long-tail`, a
+mixture of generated tasks where most examples are short (classification-like: 8-40 input words, 1-2 target
+words) and one in ten is long (150-400 input words, 20-60 target words), as summarisation and QA mix with
+classification.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import random
 import tempfile
 import time
 from pathlib import Path
 
 import datasets
 import torch
+import yaml
 from _common import demo_tokenizer_dir
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
+from t2t.batching import task_mix_distance
 from t2t.data import MixtureData
 from t2t.encoding import Limits
 from t2t.mixtures import load_mixture
 from t2t.modeling import build_tiny_t5
 from t2t.registry import Registry
-from t2t.tokenizer import load_tokenizer
+from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
 from t2t.train import Run
 from t2t.train_config import TinyModelSpec, TrainConfig
 
 HF_BATCH = 64
 SIZE = {"d_model": 128, "num_layers": 2, "num_heads": 4, "d_ff": 256}
+LIMITS = {"demo": (128, 32), "long-tail": (512, 64)}
+
+
+def long_tail_mixture(folder: Path) -> Registry:
+    """Four short tasks and one long one (a tenth of the stream), as local jsonl files; a registry that has them."""
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(600)]
+
+    def text(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
+
+    tasks = {f"short_{k}": (8, 40, 1, 2) for k in range(4)} | {"long_summary": (150, 400, 20, 60)}
+    members = {}
+    for name, (in_lo, in_hi, out_lo, out_hi) in tasks.items():
+        rows = [{"text": text(in_lo, in_hi), "answer": text(out_lo, out_hi)} for _ in range(3000)]
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        spec = {"name": name, "version": 1, "cluster": "long" if name == "long_summary" else "short",
+                "source": {"kind": "files", "splits": {"train": f"{name}.jsonl"}},
+                "fields": {"text": "the input", "answer": "the target"}, "metrics": ["exact_match"],
+                "templates": [{"name": "plain", "input": f"{name}: {{{{ text }}}}", "target": "{{ answer }}"}]}  # fmt: skip
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        members[name] = 1.0 if name == "long_summary" else 2.25  # 1 / (1 + 4 * 2.25) = one in ten
+    mixture = {"name": "long_tail", "description": "most examples short, one in ten long",
+               "members": members, "splits": {"train": "train", "eval": "train"}, "seed": 0}  # fmt: skip
+    (folder / "long_tail.yaml").write_text(yaml.safe_dump(mixture, sort_keys=False))
+    return Registry.default(templates_dirs=[folder], mixtures_dirs=[folder])
 
 
 def hf_run(examples, tokenizer, steps: int) -> float:
@@ -49,54 +87,75 @@ def hf_run(examples, tokenizer, steps: int) -> float:
     return time.perf_counter() - start
 
 
-def t2t_run(
-    tokenizer_dir: Path, run_dir: Path, registry: Registry, steps: int, max_tokens: int
-) -> tuple[float, int]:
+def t2t_run(tokenizer_dir: Path, run_dir: Path, registry: Registry, mixture: str, limits: tuple[int, int],
+            steps: int, batching: dict) -> tuple[float, int, str, float]:  # fmt: skip
     config = TrainConfig.model_validate({
-        "run_dir": str(run_dir), "mixture": "demo", "model": {"tiny": SIZE},
-        "tokenizer": {"pretrained": str(tokenizer_dir)}, "max_input_tokens": 128, "max_target_tokens": 32,
-        "batching": {"strategy": "padded", "max_tokens": max_tokens, "batch_size": None, "window_examples": 2048},
+        "run_dir": str(run_dir), "mixture": mixture, "model": {"tiny": SIZE},
+        "tokenizer": {"pretrained": str(tokenizer_dir)}, "max_input_tokens": limits[0], "max_target_tokens": limits[1],
+        "batching": {"batch_size": None, "window_examples": 2048, **batching},
         "steps": steps, "optimizer": {"lr": 3e-3}, "log_every_steps": 10_000, "trackers": [],
     })  # fmt: skip
     run = Run(config, registry)
-    # encoding is set-up, as HF's dataset is built before its timer: the pairs the run draws, encoded now
-    run.data.prepare(run.data.stream.items(0, steps * max_tokens // 8 + 4096))
+    # encoding is set-up, as HF's dataset is built before its timer: the windows the run draws, encoded now
+    windows = [run.loader.window_batches(w) for w in range(steps * HF_BATCH // 2048 + 2)]
+    batches = [b for window in windows for b in window][:steps]
+    mix = task_mix_distance(batches, len(run.tasks))
     start = time.perf_counter()
     run.fit()
-    return time.perf_counter() - start, run.state.tokens_seen
+    return time.perf_counter() - start, run.state.tokens_seen, run.loader.config.strategy, mix
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=sorted(LIMITS), default="demo")
     parser.add_argument("--examples", type=int, default=12800)
-    parser.add_argument("--tokenizer", help="a tokenizer dir (default: train one on the demo mixture)")
+    parser.add_argument(
+        "--tokenizer", help="demo profile: a tokenizer dir (default: train one on the mixture)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     datasets.disable_progress_bars()
-    registry = Registry.default()
-    mixture = load_mixture(registry, "demo")
     tmp = Path(tempfile.mkdtemp())
-    tokenizer_dir = demo_tokenizer_dir(args.tokenizer)
+    if args.profile == "demo":
+        registry, mixture_name = Registry.default(), "demo"
+        tokenizer_dir = demo_tokenizer_dir(args.tokenizer)
+    else:
+        (tmp / "tasks").mkdir()
+        registry, mixture_name = long_tail_mixture(tmp / "tasks"), "long_tail"
+        names = load_mixture(registry, mixture_name).task_names
+        tokenizer_dir = train_tokenizer(mixture_texts(registry, names, "train", 500), 2000, tmp / "tok")
+    limits = LIMITS[args.profile]
+    mixture = load_mixture(registry, mixture_name)
     tokenizer = load_tokenizer(tokenizer_dir)
-    data = MixtureData(mixture, registry, tokenizer, Limits(128, 32))
-    examples = [data.example(item) for item in data.stream.items(0, args.examples)]
+    data = MixtureData(mixture, registry, tokenizer, Limits(*limits), cache_dir=tmp / "cache")
+    items = list(data.stream.items(0, args.examples))
+    data.prepare(items)
+    examples = [e for e in map(data.example, items) if e is not None]
     real = sum(len(e.input_ids) + len(e.labels) for e in examples)
+    steps = args.examples // HF_BATCH
+    budget = int(HF_BATCH * real / len(examples) * 1.04)  # about 64 examples' real tokens per t2t batch
 
-    hf_seconds = hf_run(examples, tokenizer, args.examples // HF_BATCH)
-    # t2t: the same number of examples; its token budget gives batches of about 64 examples on this data
-    mean_slots = 1.0 * real / len(examples)
-    t2t_seconds, t2t_tokens = t2t_run(tokenizer_dir, tmp / "run", registry, args.examples // HF_BATCH,
-                                      max_tokens=int(HF_BATCH * mean_slots * 1.04))  # fmt: skip
-    hf_speed, t2t_speed = real / hf_seconds, t2t_tokens / t2t_seconds
+    hf_seconds = hf_run(examples, tokenizer, steps)
+    rows = [("HF Seq2SeqTrainer + collator", hf_seconds, real, "", None)]
+    for label, batching in (("t2t train, default (auto)", {"max_tokens": budget}),
+                            ("t2t train, padded (bucketed)", {"strategy": "padded", "max_tokens": budget}),
+                            ("t2t train, padded, keep_mix", {"strategy": "padded", "max_tokens": budget,
+                                                             "keep_mix": True})):  # fmt: skip
+        seconds, tokens, strategy, mix = t2t_run(tokenizer_dir, tmp / label.replace(" ", "_"), registry,
+                                                 mixture_name, limits, steps, batching)  # fmt: skip
+        rows.append((label, seconds, tokens, strategy, mix))
+    hf_speed = real / hf_seconds
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"profile {args.profile}: {args.examples} examples for HF ({real:,} real tokens), {steps} steps each, "
+          f"t2t token budget {budget}, tiny T5 d_model 128\n")  # fmt: skip
     print(
-        f"demo mixture, {args.examples} examples (HF) / {t2t_tokens:,} real tokens (t2t), tiny T5 d_model 128\n"
+        f"{'trainer':<32} {'chosen':>7} {'seconds':>8} {'real tokens':>12} {'real tok/s':>11} {'vs HF':>6} {'mix TV':>7}"
     )
-    print(f"{'trainer':<34} {'seconds':>8} {'real tok/s':>11} {'ratio':>6}")
-    print(f"{'HF Seq2SeqTrainer + collator':<34} {hf_seconds:>8.1f} {hf_speed:>11,.0f} {1:>5.2f}x")
-    print(
-        f"{'t2t train (padded, bucketed)':<34} {t2t_seconds:>8.1f} {t2t_speed:>11,.0f} {t2t_speed / hf_speed:>5.2f}x"
-    )
+    for label, seconds, tokens, strategy, mix in rows:
+        speed = tokens / seconds
+        mix_cell = "" if mix is None else f"{mix:.2f}"
+        print(f"{label:<32} {strategy:>7} {seconds:>8.1f} {tokens:>12,} {speed:>11,.0f} {speed / hf_speed:>5.2f}x "
+              f"{mix_cell:>7}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def auto_target_tokens(data: MixtureData, config: BatchingSpec, multiple: int = 
     return max(tokens, data.limits.max_target_tokens)
 
 
-PACK_ROW_TOKENS = 512  # auto: the encoder row of packed batches, unless the token limits ask for longer
+PACK_ROW_TOKENS = 1024  # auto: about this many tokens (input + target) per packed row
 
 
 def resolve_batching(
@@ -131,9 +131,10 @@ def resolve_batching(
 ) -> tuple[BatchingSpec, str]:
     """`strategy: auto` made concrete, and why, from the model and the first window of the stream (the same on
     every process and resume). Packed rows when the model can pack (T5 family: relative positions, attention per
-    segment): rows of 512 input tokens (less for a small `max_tokens`, at least `max_input_tokens`), as many per
-    micro-batch as `max_tokens` holds; they are as dense as length-bucketed padding and keep each step's task mix.
-    Otherwise padded batches that keep the mix (`keep_mix`). `model_kind`: the model's type (None: a tiny T5)."""
+    segment): `max_tokens` cut into rows of about 1,024 tokens, each row's input and target sides sized from the
+    data's target / input ratio (the input side never below `max_input_tokens`); they are denser than length-bucketed
+    padding and keep each step's task mix. Otherwise padded batches that keep the mix (`keep_mix`). `model_kind`:
+    the model's type (None: a tiny T5)."""
     if config.strategy != "auto":
         return config, f"{config.strategy}, as set"
     kind = model_kind or "t5"
@@ -145,18 +146,20 @@ def resolve_batching(
                 f"padded, keeping each batch's task mix: {kind} models have absolute positions, which packing "
                 "would shift")  # fmt: skip
     fields = config.model_fields_set
-    update: dict[str, Any] = {"strategy": "packed"}
+    examples = first_examples(data, config)
+    packed = config.model_copy(update={"strategy": "packed"})
+    # rows of about PACK_ROW_TOKENS that fill the budget (longer rows fill better) ...
+    if "rows_per_batch" not in fields:
+        rows_per_batch = max(1, round(config.max_tokens / PACK_ROW_TOKENS))
+        packed = packed.model_copy(update={"rows_per_batch": rows_per_batch})
+    # ... the input side's share of a row from the data, never below the longest input allowed
     if "pack_input_tokens" not in fields:
-        # a row fits the budget (with room for its targets) unless the longest input allowed needs more
-        row_input = min(PACK_ROW_TOKENS, int(config.max_tokens * 0.8))
-        update["pack_input_tokens"] = max(row_input, data.limits.max_input_tokens)
-    packed = config.model_copy(update=update)
+        ratio = sum(len(e.labels) for e in examples) / sum(len(e.input_ids) for e in examples)
+        row_input = int(config.max_tokens / packed.rows_per_batch / (1 + ratio * 1.05)) // 8 * 8
+        packed = packed.model_copy(update={"pack_input_tokens": max(row_input, data.limits.max_input_tokens)})
     if packed.pack_target_tokens is None:
         packed = packed.model_copy(update={"pack_target_tokens": auto_target_tokens(data, packed)})
     row = packed.pack_input_tokens + packed.pack_target_tokens
-    if "rows_per_batch" not in fields:
-        packed = packed.model_copy(update={"rows_per_batch": max(1, config.max_tokens // row)})
-    examples = first_examples(data, config)
     n_tasks = len(data.task_names)
     real = sum(len(e.input_ids) + len(e.labels) for e in examples)
     rows = pack(examples, packed.pack_input_tokens, packed.pack_target_tokens)

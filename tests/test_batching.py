@@ -152,7 +152,7 @@ def test_keep_mix_is_for_padded_batches():
     from t2t.train_config import load_train_config
 
     config = load_train_config(Path("configs/tiny_cpu.yaml"), ["batching.keep_mix=true"])
-    assert config.batching.keep_mix and config.batching.strategy == "padded"
+    assert config.batching.keep_mix and config.batching.strategy == "auto"  # applies where auto pads
     with pytest.raises(T2TError, match=r"batching\.keep_mix is for padded batches"):
         load_train_config(
             Path("configs/tiny_cpu.yaml"), ["batching.strategy=packed", "batching.keep_mix=true"]

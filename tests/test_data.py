@@ -1,5 +1,7 @@
 """The training data of a process: resumable loader state, disjoint ranks, padded and packed batches."""
 
+import math
+
 import pytest
 import torch
 
@@ -81,28 +83,31 @@ def test_auto_packs_for_t5_with_rows_sized_to_the_budget_and_says_why(demo_data)
     config = BatchingSpec(max_tokens=2048, window_examples=2048)
     assert config.strategy == "auto"
     chosen, why = resolve_batching(demo_data, config, "t5")
-    target = chosen.pack_target_tokens
-    assert (chosen.strategy, chosen.pack_input_tokens, chosen.rows_per_batch) == (
-        "packed",
-        512,
-        2048 // (512 + target),
-    )
-    # the figures it gives are those of the first window, recomputed here
     examples = BatchLoader(demo_data, BatchingSpec(strategy="padded", window_examples=2048)).window_examples(
         0
     )
-    rows = pack(examples, 512, target)
+    ratio = sum(len(e.labels) for e in examples) / sum(len(e.input_ids) for e in examples)
+    # 2,048 slots in two rows of about 1,024, split by the data's target / input ratio (5% headroom, multiples of 8)
+    row_input = int(1024 / (1 + ratio * 1.05)) // 8 * 8
+    target = math.ceil(row_input * ratio * 1.05 / 8) * 8
+    assert (chosen.strategy, chosen.rows_per_batch, chosen.pack_input_tokens, chosen.pack_target_tokens) == (
+        "packed", 2, row_input, target)  # fmt: skip
+    assert 1000 <= row_input + target <= 1032
+    # the figures it gives are those of the first window, recomputed here
+    rows = pack(examples, row_input, target)
     real = sum(len(e.input_ids) + len(e.labels) for e in examples)
-    assert f"rows are {real / (len(rows) * (512 + target)):.1%} real tokens" in why
+    assert f"rows are {real / (len(rows) * (row_input + target)):.1%} real tokens" in why
     padded = bucket_by_length(examples, None, 2048)
     assert f"(padding: {groups_mix_distance(padded, 11):.2f}, total variation)" in why
     assert groups_mix_distance(padded, 11) > 0.5  # bucketing by length groups the tasks apart
-    # a small budget: shorter rows (never shorter than the longest input allowed), one per micro-batch
+    # a small budget: one short row, never shorter than the longest input allowed (64)
     small, _ = resolve_batching(demo_data, BatchingSpec(max_tokens=100), "t5")
-    assert (small.pack_input_tokens, small.rows_per_batch) == (80, 1)
+    assert (small.rows_per_batch, small.pack_input_tokens) == (1, int(100 / (1 + ratio * 1.05)) // 8 * 8)
+    tiny, _ = resolve_batching(demo_data, BatchingSpec(max_tokens=40), "t5")
+    assert (tiny.rows_per_batch, tiny.pack_input_tokens) == (1, 64)
     # a row size given in the config is kept
-    kept, _ = resolve_batching(demo_data, BatchingSpec(pack_input_tokens=256, rows_per_batch=2), "t5")
-    assert (kept.strategy, kept.pack_input_tokens, kept.rows_per_batch) == ("packed", 256, 2)
+    kept, _ = resolve_batching(demo_data, BatchingSpec(pack_input_tokens=256, rows_per_batch=3), "t5")
+    assert (kept.strategy, kept.pack_input_tokens, kept.rows_per_batch) == ("packed", 256, 3)
 
 
 def test_auto_pads_keeping_the_mix_for_models_with_absolute_positions(demo_data):
@@ -116,9 +121,3 @@ def test_auto_pads_keeping_the_mix_for_models_with_absolute_positions(demo_data)
     assert (by_examples.strategy, by_examples.batch_size, by_examples.keep_mix) == ("padded", 8, False)
     set_padded, why = resolve_batching(demo_data, BatchingSpec(strategy="padded"), "t5")
     assert (set_padded.strategy, why) == ("padded", "padded, as set")
-
-
-def test_keep_mix_with_packed_rows_is_refused():
-    with pytest.raises(ValueError, match="keep_mix is for padded batches"):
-        BatchingSpec(strategy="packed", keep_mix=True)
-    assert BatchingSpec(keep_mix=True).strategy == "auto"  # applies where auto pads

@@ -400,7 +400,7 @@ def test_mixture_show_says_which_batching_auto_picks_for_a_model(run_cli, tiny_t
     batching = json.loads(out[out.index("{") :])["batching"]
     assert code == 0 and (batching["model"], batching["strategy"]) == (str(t5_dir), "packed")
     assert (
-        batching["why"].startswith("packed (3 rows of 512+")
+        batching["why"].startswith("packed (2 rows of ")
         and "t5 attends within each packed example" in batching["why"]
     )
     code, out, _ = run_cli("mixture", "show", "demo", "--model", bart_dir)
