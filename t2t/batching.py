@@ -123,10 +123,6 @@ def _mean_tv(counts: np.ndarray) -> float:
     return float(np.mean(0.5 * np.abs(shares - overall).sum(1)))
 
 
-def shift_right(labels: Sequence[int], start_id: int) -> list[int]:
-    return [start_id, *labels[:-1]]
-
-
 def pad_batch(examples: Sequence[Example], pad_id: int = 0, decoder_start_id: int = 0) -> Batch:
     n = len(examples)
     in_lens = np.fromiter((len(e.input_ids) for e in examples), dtype=np.int64, count=n)
@@ -190,29 +186,33 @@ def packed_batch(
 ) -> Batch:  # fmt: skip
     """Tensors for packed rows: ids, segment ids, per-segment shifted decoder inputs, labels, task ids."""
     n = len(rows)
-    tensors = {
-        "input_ids": torch.full((n, max_input_tokens), pad_id, dtype=torch.long),
-        "encoder_segment_ids": torch.zeros((n, max_input_tokens), dtype=torch.long),
-        "decoder_input_ids": torch.full((n, max_target_tokens), pad_id, dtype=torch.long),
-        "labels": torch.full((n, max_target_tokens), IGNORE, dtype=torch.long),
-        "decoder_segment_ids": torch.zeros((n, max_target_tokens), dtype=torch.long),
-        "task_ids": torch.full((n, max_target_tokens), -1, dtype=torch.long),
-    }
+    input_ids = np.full((n, max_input_tokens), pad_id, dtype=np.int64)
+    encoder_segment_ids = np.zeros((n, max_input_tokens), dtype=np.int64)
+    decoder_input_ids = np.full((n, max_target_tokens), pad_id, dtype=np.int64)
+    labels = np.full((n, max_target_tokens), IGNORE, dtype=np.int64)
+    decoder_segment_ids = np.zeros((n, max_target_tokens), dtype=np.int64)
+    task_ids = np.full((n, max_target_tokens), -1, dtype=np.int64)
     real = 0
-    for r, members in enumerate(rows):
-        at_in = at_out = 0
-        for segment, i in enumerate(members, start=1):
-            e = examples[i]
-            n_in, n_out = len(e.input_ids), len(e.labels)
-            tensors["input_ids"][r, at_in : at_in + n_in] = torch.tensor(e.input_ids)
-            tensors["encoder_segment_ids"][r, at_in : at_in + n_in] = segment
-            tensors["labels"][r, at_out : at_out + n_out] = torch.tensor(e.labels)
-            tensors["decoder_input_ids"][r, at_out : at_out + n_out] = torch.tensor(
-                shift_right(e.labels, decoder_start_id)
-            )
-            tensors["decoder_segment_ids"][r, at_out : at_out + n_out] = segment
-            tensors["task_ids"][r, at_out : at_out + n_out] = e.task
-            at_in, at_out, real = at_in + n_in, at_out + n_out, real + n_in + n_out
+    for r, members in enumerate(rows):  # one concatenation per row and field; no tensor per example
+        chosen = [examples[i] for i in members]
+        in_lens = np.fromiter((len(e.input_ids) for e in chosen), dtype=np.int64, count=len(chosen))
+        out_lens = np.fromiter((len(e.labels) for e in chosen), dtype=np.int64, count=len(chosen))
+        n_in, n_out = int(in_lens.sum()), int(out_lens.sum())
+        segments = np.arange(1, len(chosen) + 1)
+        input_ids[r, :n_in] = np.concatenate([e.input_ids for e in chosen])
+        encoder_segment_ids[r, :n_in] = np.repeat(segments, in_lens)
+        row_labels = np.concatenate([e.labels for e in chosen])
+        labels[r, :n_out] = row_labels
+        decoder_segment_ids[r, :n_out] = np.repeat(segments, out_lens)
+        task_ids[r, :n_out] = np.repeat([e.task for e in chosen], out_lens)
+        # the labels shifted right within each segment: every segment starts with the decoder start token
+        decoder_input_ids[r, 1:n_out] = row_labels[:-1]
+        decoder_input_ids[r, np.cumsum(out_lens) - out_lens] = decoder_start_id
+        real += n_in + n_out
+    tensors = {name: torch.from_numpy(array) for name, array in (
+        ("input_ids", input_ids), ("encoder_segment_ids", encoder_segment_ids),
+        ("decoder_input_ids", decoder_input_ids), ("labels", labels),
+        ("decoder_segment_ids", decoder_segment_ids), ("task_ids", task_ids))}  # fmt: skip
     # where each segment's tokens go for attention (t2t.segment_attention), computed here on the host
     tensors.update(layout_tensors(tensors["encoder_segment_ids"], tensors["decoder_segment_ids"]))
     return Batch(tensors, sum(len(m) for m in rows), real, n * (max_input_tokens + max_target_tokens))

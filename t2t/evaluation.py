@@ -164,7 +164,7 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
     rows = data.rows.select(picks.tolist())[:]
     rows = [{f: rows[f][j] for f in rows} for j in range(len(picks))]
     source_rows = [int(data.source_rows[i]) for i in picks]
-    per_template, records, samplers = {}, [], {}
+    per_template, records, samplers, chance = {}, [], {}, {}
     if config.template:
         templates = [task.spec.template(config.template).name]
     elif templates is None:
@@ -177,6 +177,8 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
         if not kept.any():
             continue
         rendered = [a for a in attempts if a is not None]
+        if all(r.choices for r in rendered):  # rank classification: guessing scores 1 / choices on each row
+            chance[template] = 100 * float(np.mean([1 / len(r.choices) for r in rendered]))
         references = [task.references(r, x) for r, x in zip(rows, attempts, strict=True) if x is not None]
         scores, predictions, template_samplers = _template_scores(
             model, tokenizer, task, rendered, references, config
@@ -195,7 +197,21 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
     summary = summarise([s[metric] for s in per_template.values()])
     summary.update(bootstrap_interval(samplers_of(rows_of), len(picks),
                                       keyed_rng("bootstrap", task.name, config.split)))  # fmt: skip
+    if metric.startswith("rank") and set(chance) == set(per_template):
+        summary.update(versus_chance(summary, float(np.median(list(chance.values())))))
     return TaskResult(per_template, metric, summary, records, samplers_of(rows_of), rows_of, len(picks))
+
+
+def versus_chance(summary: dict[str, float], chance: float) -> dict[str, Any]:
+    """The chance level of a rank-classification score (the median over templates of the mean 1 / choices) and
+    where the score's 95% interval lies: `above` or `below` only when the interval excludes chance, else `at`."""
+    if summary["ci_low"] > chance:
+        where = "above"
+    elif summary["ci_high"] < chance:
+        where = "below"
+    else:
+        where = "at"
+    return {"chance": chance, "vs_chance": where}
 
 
 def _on_kept(sampler: Any, kept: np.ndarray) -> Any:

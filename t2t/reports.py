@@ -86,23 +86,35 @@ def _fmt(value: float) -> str:
     return f"{value:.1f}"
 
 
+def _interval(summary: dict) -> str:
+    return f"{_fmt(summary['ci_low'])}-{_fmt(summary['ci_high'])}" if "ci_low" in summary else ""
+
+
+def _chance(summary: dict) -> str:
+    """`50.0, above` where a rank-classification score's interval lies wholly above chance, `at`, or `below`."""
+    return f"{_fmt(summary['chance'])}, {summary['vs_chance']}" if "chance" in summary else ""
+
+
 def evaluation_markdown(report: dict) -> str:
     """Per-task tables (seen, then held out): median and IQR over templates, mean, every template's score."""
     lines = [f"# Evaluation: {report.get('model', '')}", "",
              f"Split `{report['split']}`, rank-classification scoring `{report['scoring']}`. Scores are in "
              "[0, 100]; a task with answer choices is reported by rank-classification accuracy (`rank_sum`), "
-             "others by their first metric. Median and inter-quartile range are over the task's templates.", ""]  # fmt: skip
+             "others by their first metric. Median and inter-quartile range are over the task's templates; the 95% "
+             "CI is the percentile bootstrap over examples of that median. Chance is the rank-classification score "
+             "of guessing (1 / number of choices); `above` or `below` only where the interval excludes it.", ""]  # fmt: skip
     for group, title in ((False, "Seen tasks"), (True, "Held-out tasks (zero-shot)")):
         tasks = {n: t for n, t in report["tasks"].items() if t["held_out"] == group}
         if not tasks:
             continue
-        lines += [f"## {title}", "", "| task | cluster | metric | median | IQR (q1-q3) | mean | per template |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"## {title}", "", "| task | cluster | metric | median | 95% CI | chance | IQR (q1-q3) | mean | "
+                  "per template |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for name, info in tasks.items():
             s, metric = info["summary"], info["metric"]
             per = ", ".join(f"{t} {_fmt(v[metric])}" for t, v in info["templates"].items())
-            lines.append(f"| {name} | {info['cluster']} | {metric} | {_fmt(s['median'])} | {_fmt(s['iqr'])} "
-                         f"({_fmt(s['q1'])}-{_fmt(s['q3'])}) | {_fmt(s['mean'])} | {per} |")  # fmt: skip
+            lines.append(f"| {name} | {info['cluster']} | {metric} | {_fmt(s['median'])} | {_interval(s)} | "
+                         f"{_chance(s)} | {_fmt(s['iqr'])} ({_fmt(s['q1'])}-{_fmt(s['q3'])}) | {_fmt(s['mean'])} | "
+                         f"{per} |")  # fmt: skip
         lines.append("")
     lines += ["## Groups", "", "| group | tasks | mean of task medians |", "|---|---|---|"]
     for name, info in {
@@ -114,22 +126,28 @@ def evaluation_markdown(report: dict) -> str:
 
 
 def plot_evaluation(report: dict, out_path: Path) -> Path:
-    """Bars of each task's median score with its inter-quartile range; held-out tasks hatched."""
+    """Bars of each task's median score with its 95% bootstrap interval, the chance level of rank-classification
+    tasks as a dashed line across the bar; held-out tasks hatched."""
     from t2t.plots import plt
 
     names = list(report["tasks"])
     infos = [report["tasks"][n] for n in names]
     medians = [i["summary"]["median"] for i in infos]
-    errors = [[i["summary"]["median"] - i["summary"]["q1"] for i in infos],
-              [i["summary"]["q3"] - i["summary"]["median"] for i in infos]]  # fmt: skip
+    errors = [[i["summary"]["median"] - i["summary"].get("ci_low", i["summary"]["median"]) for i in infos],
+              [i["summary"].get("ci_high", i["summary"]["median"]) - i["summary"]["median"] for i in infos]]  # fmt: skip
     fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(names) + 2), 4.8))
     bars = ax.bar(range(len(names)), medians, yerr=errors, capsize=3,
                   color=["#c44e52" if i["held_out"] else "#4c72b0" for i in infos])  # fmt: skip
     for bar, info in zip(bars, infos, strict=True):
         if info["held_out"]:
             bar.set_hatch("//")
+        if "chance" in info["summary"]:
+            x, width = bar.get_x(), bar.get_width()
+            ax.plot([x - 0.1 * width, x + 1.1 * width], [info["summary"]["chance"]] * 2, "k--", linewidth=1.2)
+    ax.plot([], [], "k--", linewidth=1.2, label="chance (rank classification)")
+    ax.legend(loc="upper right", fontsize=8)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("median over templates (IQR bars)")
+    ax.set_ylabel("median over templates (95% bootstrap interval)")
     ax.set_ylim(0, 100)
     ax.set_title("per-task scores: seen (blue) and held out (red, hatched)")
     ax.grid(axis="y", alpha=0.3)
@@ -142,12 +160,12 @@ def plot_evaluation(report: dict, out_path: Path) -> Path:
 def print_evaluation(report: dict, console: Console | None = None) -> None:
     console = console or Console(width=None if sys.stdout.isatty() else 132)
     table = Table(title=f"evaluation ({report['split']})", title_justify="left")
-    for column in ("task", "cluster", "held out", "metric", "median", "IQR", "mean"):
-        table.add_column(column, justify="right" if column in ("median", "IQR", "mean") else "left")
+    for column in ("task", "cluster", "held out", "metric", "median", "95% CI", "chance", "IQR", "mean"):
+        table.add_column(column, justify="right" if column in ("median", "95% CI", "IQR", "mean") else "left")
     for name, info in report["tasks"].items():
         s = info["summary"]
         table.add_row(name, info["cluster"], "yes" if info["held_out"] else "", info["metric"], _fmt(s["median"]),
-                      _fmt(s["iqr"]), _fmt(s["mean"]))  # fmt: skip
+                      _interval(s), _chance(s), _fmt(s["iqr"]), _fmt(s["mean"]))  # fmt: skip
     console.print(table)
     for group, info in report["groups"].items():
         console.print(

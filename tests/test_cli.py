@@ -184,9 +184,7 @@ def test_t2t_num_threads_reaches_torch_through_the_command(tmp_path, tokenizer_d
     assert result.returncode == 0, result.stderr[-2000:]
     assert "1 process(es) of 1 thread(s)" in result.stdout
     # configs/tiny_cpu.yaml leaves the strategy to auto: packed rows for this T5, said with its reasons
-    assert (
-        "batching: auto chose packed (2 rows of " in result.stdout and "batching packed," in result.stdout
-    )
+    assert "batching: auto chose packed (2 rows of " in result.stdout and "batching packed," in result.stdout
     bad = subprocess.run(
         command, cwd=REPO, env={**env, "T2T_NUM_THREADS": "many"}, capture_output=True, text=True
     )

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from t2t.evaluation import EvalConfig, evaluate, score_choices, summarise
+from t2t.evaluation import EvalConfig, evaluate, score_choices, summarise, versus_chance
 from t2t.modeling import build_tiny_t5
 from t2t.registry import Registry
 from t2t.selection import Score, Selector
@@ -132,10 +132,24 @@ def test_t2t_eval_writes_reports_with_median_and_iqr(trained_yes_no, tmp_path, r
         "ci_half_width",
     }
     assert add["summary"]["ci_low"] <= add["summary"]["median"] <= add["summary"]["ci_high"]
+    say = report["tasks"]["say_it"]["summary"]  # yes / no: guessing scores 50
+    where = "above" if say["ci_low"] > 50 else "below" if say["ci_high"] < 50 else "at"
+    assert (say["chance"], say["vs_chance"]) == (50.0, where) and "chance" not in add["summary"]
     markdown = (out / "results.md").read_text()
-    assert "| task | cluster | metric | median | IQR (q1-q3) | mean | per template |" in markdown
+    assert (
+        "| task | cluster | metric | median | 95% CI | chance | IQR (q1-q3) | mean | per template |"
+        in markdown
+    )
+    assert f"| {say['ci_low']:.1f}-{say['ci_high']:.1f} | 50.0, {where} |" in markdown
     assert (out / "scores.png").stat().st_size > 5000
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 8 * 2 + 8 * 3
+
+
+def test_above_or_below_chance_only_where_the_interval_excludes_it():
+    assert versus_chance({"ci_low": 50.5, "ci_high": 60.0}, 50.0) == {"chance": 50.0, "vs_chance": "above"}
+    assert versus_chance({"ci_low": 50.0, "ci_high": 60.0}, 50.0)["vs_chance"] == "at"  # touches chance
+    assert versus_chance({"ci_low": 41.0, "ci_high": 55.0}, 50.0)["vs_chance"] == "at"
+    assert versus_chance({"ci_low": 20.0, "ci_high": 24.9}, 25.0)["vs_chance"] == "below"
 
 
 def test_mixture_eval_reports_held_out_separately(tmp_path, run_cli, tiny_tokenizer):
@@ -148,6 +162,7 @@ def test_mixture_eval_reports_held_out_separately(tmp_path, run_cli, tiny_tokeni
     report = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(report["tasks"]) == {"color_check", "sum_check"}
     assert all(t["held_out"] and t["metric"] == "rank_sum" for t in report["tasks"].values())
+    assert all(t["summary"]["chance"] == 50.0 for t in report["tasks"].values())  # yes / no
     assert "## Held-out tasks (zero-shot)" in (tmp_path / "out" / "results.md").read_text()
     assert set(report["groups"]) == {"held_out"}
 
