@@ -58,17 +58,17 @@ def long_tail_mixture(folder: Path) -> Registry:
     members = {}
     for name, (in_lo, in_hi, out_lo, out_hi) in tasks.items():
         rows = [{"text": text(in_lo, in_hi), "answer": text(out_lo, out_hi)} for _ in range(3000)]
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / "tasks" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         spec = {"name": name, "version": 1, "cluster": "long" if name == "long_summary" else "short",
                 "source": {"kind": "files", "splits": {"train": f"{name}.jsonl"}},
                 "fields": {"text": "the input", "answer": "the target"}, "metrics": ["exact_match"],
                 "templates": [{"name": "plain", "input": f"{name}: {{{{ text }}}}", "target": "{{ answer }}"}]}  # fmt: skip
-        (folder / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        (folder / "tasks" / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         members[name] = 1.0 if name == "long_summary" else 2.25  # 1 / (1 + 4 * 2.25) = one in ten
     mixture = {"name": "long_tail", "description": "most examples short, one in ten long",
                "members": members, "splits": {"train": "train", "eval": "train"}, "seed": 0}  # fmt: skip
-    (folder / "long_tail.yaml").write_text(yaml.safe_dump(mixture, sort_keys=False))
-    return Registry.default(templates_dirs=[folder], mixtures_dirs=[folder])
+    (folder / "mixtures" / "long_tail.yaml").write_text(yaml.safe_dump(mixture, sort_keys=False))
+    return Registry.default(templates_dirs=[folder / "tasks"], mixtures_dirs=[folder / "mixtures"])
 
 
 def hf_run(examples, tokenizer, steps: int) -> float:
@@ -120,8 +120,9 @@ def main() -> None:
         registry, mixture_name = Registry.default(), "demo"
         tokenizer_dir = demo_tokenizer_dir(args.tokenizer)
     else:
-        (tmp / "tasks").mkdir()
-        registry, mixture_name = long_tail_mixture(tmp / "tasks"), "long_tail"
+        for folder in ("tasks", "mixtures"):
+            (tmp / "long_tail" / folder).mkdir(parents=True)
+        registry, mixture_name = long_tail_mixture(tmp / "long_tail"), "long_tail"
         names = load_mixture(registry, mixture_name).task_names
         tokenizer_dir = train_tokenizer(mixture_texts(registry, names, "train", 500), 2000, tmp / "tok")
     limits = LIMITS[args.profile]

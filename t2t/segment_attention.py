@@ -4,8 +4,8 @@ A packed row holds several examples; the dense route (`t2t.modeling.packed_atten
 L x L scores of every row and masks all pairs across examples away. Here the projections and the feed-forward layers
 still run on the packed tokens (no padding there), but attention runs on the segments regrouped: the queries, keys
 and values of every segment are gathered into blocks of segments of similar length (lengths within a factor of
-sqrt 2 share a block, padded to the block's longest), attended there with T5's relative position bias, and the
-outputs scattered back to their packed positions.
+2 share a block, padded to the block's longest), attended there with T5's relative position bias, and the outputs
+scattered back to their packed positions.
 
 It is exact: inside a segment the relative distances are those of the example alone, so the position bias is the
 top-left corner of the row's bias (its gradient flows there), and a block's padding keys are masked out. The model
@@ -46,8 +46,10 @@ def _runs(segment_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 
 
 def _bucket(lengths: np.ndarray) -> np.ndarray:
-    """Lengths within a factor of sqrt 2 share a bucket: padding a block costs at most twice its attention."""
-    return np.ceil(2 * np.log2(np.maximum(lengths, 1))).astype(np.int64)
+    """Lengths in (2^(k-1), 2^k] share bucket k: a block's padding at most quadruples a segment's attention, and
+    a batch has few blocks (on a CPU each block's small matmuls cost more in overhead than its padding: on the
+    demo's batches, blocks within a factor of sqrt 2 made the training loop slower)."""
+    return np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64)
 
 
 def _slots(starts: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
@@ -246,9 +248,12 @@ def _bias_for_blocks(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dic
 
 def enable(model: Any) -> None:
     """Route the model's attention through `segment_attention` (idempotent; the saved config is unchanged)."""
+    if getattr(model, "_t2t_segments", False) and model.config._attn_implementation == NAME:
+        return
     register()
     if model.config._attn_implementation != NAME:
         model.set_attn_implementation(NAME)
+    model._t2t_segments = True
     from transformers.models.mt5.modeling_mt5 import MT5Attention
     from transformers.models.t5.modeling_t5 import T5Attention
 
