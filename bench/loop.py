@@ -1,6 +1,6 @@
 """Loop efficiency: t2t's training step against the bare model step, on the same pre-built batches.
 
-    python bench/loop.py [--steps 150] [--strategy padded|packed] [--tokenizer DIR]
+    python bench/loop.py [--steps 150] [--strategy auto|padded|packed] [--tokenizer DIR]
 
 The demo's config (tiny T5, fp32, one process). The batches are drawn once from the real loader; then, alternating
 in blocks of 10 steps so that both see the same machine state: t2t's `Run.train_step` (balancing, per-task sums,
@@ -31,12 +31,13 @@ PACKED = ("batching={strategy: packed, rows_per_batch: 16, pack_input_tokens: 12
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--strategy", choices=["padded", "packed"], default="padded")
+    parser.add_argument("--strategy", choices=["auto", "padded", "packed"], default="auto")  # auto: the config's
     parser.add_argument("--tokenizer")
     args = parser.parse_args()
     tokenizer = demo_tokenizer_dir(args.tokenizer)
     overrides = [f"run_dir={tempfile.mkdtemp()}/run", "tokenizer={pretrained: " + str(tokenizer) + "}", "trackers=[]",
-                 "schedule.warmup_steps=0"] + ([PACKED] if args.strategy == "packed" else [])  # fmt: skip
+                 "schedule.warmup_steps=0"] + {"auto": [], "padded": ["batching.strategy=padded"],
+                                               "packed": [PACKED]}[args.strategy]  # fmt: skip
     run = Run(load_train_config(REPO / "configs" / "tiny_cpu.yaml", overrides), Registry.default())
     loader = iter(run.loader)
     batches = [next(loader) for _ in range(args.steps)]
