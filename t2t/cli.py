@@ -188,6 +188,11 @@ def cmd_mixture_show(args: argparse.Namespace) -> int:
 
 def _auto_batching(args: argparse.Namespace, mixture: object, registry: Registry) -> dict:
     """What `batching.strategy: auto` picks for this mixture and a model (its tokenizer and type), and why."""
+    given = [flag for flag, value in (("--max-input-tokens", args.max_input_tokens),
+                                      ("--max-target-tokens", args.max_target_tokens),
+                                      ("--max-tokens", args.max_tokens)) if value is not None]  # fmt: skip
+    if args.model is None and given:
+        raise T2TError(f"{given[0]} is for --model (which batching auto picks for a model); give --model too")
     if args.model is None:
         return {"model": None, "strategy": None,
                 "why": "auto packs rows for T5-family models and pads, keeping each batch's task mix, for others; "
@@ -201,9 +206,9 @@ def _auto_batching(args: argparse.Namespace, mixture: object, registry: Registry
     from t2t.train_config import BatchingSpec
 
     kind = getattr(load_pretrained(AutoConfig, args.model, "model config"), "model_type", None)
-    data = MixtureData(mixture, registry, load_tokenizer(args.model), Limits(args.max_input_tokens,
-                                                                                 args.max_target_tokens))  # fmt: skip
-    chosen, why = resolve_batching(data, BatchingSpec(max_tokens=args.max_tokens), kind)
+    limits = Limits(args.max_input_tokens or 256, args.max_target_tokens or 128)
+    data = MixtureData(mixture, registry, load_tokenizer(args.model), limits)
+    chosen, why = resolve_batching(data, BatchingSpec(max_tokens=args.max_tokens or 2048), kind)
     return {"model": args.model, "strategy": chosen.strategy, "why": why}
 
 
@@ -631,9 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--model", help="a model (hub name or dir, with its tokenizer): say which batching "
                                    "`strategy: auto` picks for it on this mixture, and why")  # fmt: skip
-    p.add_argument("--max-input-tokens", type=positive_int, default=256, help="with --model (default 256)")
-    p.add_argument("--max-target-tokens", type=positive_int, default=128, help="with --model (default 128)")
-    p.add_argument("--max-tokens", type=positive_int, default=2048,
+    p.add_argument("--max-input-tokens", type=positive_int, default=None, help="with --model (default 256)")
+    p.add_argument("--max-target-tokens", type=positive_int, default=None, help="with --model (default 128)")
+    p.add_argument("--max-tokens", type=positive_int, default=None,
                    help="with --model: token slots per micro-batch (batching.max_tokens, default 2048)")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p = mixture_sub.add_parser("sample", help="the exact examples at stream positions K..K+N-1")

@@ -146,25 +146,12 @@ def encode_task(
         key = cache_key(task, template, split, data_key, tokenizer_key, limits)
 
         def encode_batch(batch: dict, indices: list[int], template: str = template) -> dict:
-            with alarm_handler():  # one handler for the batch; each render still has its own timer
-                rendered = [
-                    task.try_render(
-                        {f: batch[f][j] for f in batch}, template, split, int(rows.source_rows[i])
-                    )
-                    for j, i in enumerate(indices)
-                ]
-            kept = [e for e in rendered if e is not None]  # a skipped (row, template) gets empty ids
-            input_ids, inputs_cut = encode_texts(tokenizer, [e.inputs for e in kept], limits.max_input_tokens)
-            labels, targets_cut = encode_texts(tokenizer, [e.targets for e in kept], limits.max_target_tokens)
-
-            def spread(values: list, empty: Any) -> list:
-                """One value per kept example, back in row order, `empty` where the template skipped the row."""
-                values = iter(values)
-                return [next(values) if e is not None else empty for e in rendered]
-
-            return {"input_ids": spread(input_ids, []), "labels": spread(labels, []),
-                    "input_cut": spread(inputs_cut, False), "target_cut": spread(targets_cut, False),
-                    "skipped": [e is None for e in rendered]}  # fmt: skip
+            pairs = encode_rows(task, template, split, batch, [int(rows.source_rows[i]) for i in indices],
+                                tokenizer, limits)  # fmt: skip
+            kept = [(p if p is not None else ([], [], False, False)) for p in pairs]  # skipped: empty ids
+            return {"input_ids": [p[0] for p in kept], "labels": [p[1] for p in kept],
+                    "input_cut": [p[2] for p in kept], "target_cut": [p[3] for p in kept],
+                    "skipped": [p is None for p in pairs]}  # fmt: skip
 
         fields = rows.rows.select_columns(list(task.spec.fields))
         data = fields.map(
@@ -181,6 +168,20 @@ def encode_task(
             sum(columns["skipped"]),
         )
     return encoded
+
+
+def encode_rows(task: Task, template: str, split: str, columns: dict[str, list], source_rows: Sequence[int],
+                tokenizer: Any, limits: Limits) -> list[tuple[list[int], list[int], bool, bool] | None]:  # fmt: skip
+    """Render a batch of rows (`columns`: field -> values) under one template and encode them under the policy:
+    per row (input ids, labels, input cut, target cut), or None where the template skips the row."""
+    with alarm_handler():  # one handler for the batch; each render still has its own timer
+        rendered = [task.try_render({f: columns[f][j] for f in columns}, template, split, source)
+                    for j, source in enumerate(source_rows)]  # fmt: skip
+    kept = [e for e in rendered if e is not None]
+    input_ids, inputs_cut = encode_texts(tokenizer, [e.inputs for e in kept], limits.max_input_tokens)
+    labels, targets_cut = encode_texts(tokenizer, [e.targets for e in kept], limits.max_target_tokens)
+    encoded = iter(zip(input_ids, labels, inputs_cut, targets_cut, strict=True))
+    return [None if e is None else next(encoded) for e in rendered]
 
 
 class LazyPairs:
@@ -215,23 +216,12 @@ class LazyPairs:
         if not missing:
             return
         columns = self.rows.rows.select_columns(list(self.task.spec.fields)).select(missing)[:]
-        with alarm_handler():  # one handler for the batch; each render still has its own timer
-            rendered = [
-                self.task.try_render({f: columns[f][j] for f in columns}, self.template, self.split,
-                                     int(self.rows.source_rows[row]))
-                for j, row in enumerate(missing)
-            ]  # fmt: skip
-        kept = [e for e in rendered if e is not None]
-        input_ids, inputs_cut = encode_texts(
-            self.tokenizer, [e.inputs for e in kept], self.limits.max_input_tokens
+        sources = [int(self.rows.source_rows[row]) for row in missing]
+        values = encode_rows(
+            self.task, self.template, self.split, columns, sources, self.tokenizer, self.limits
         )
-        labels, targets_cut = encode_texts(
-            self.tokenizer, [e.targets for e in kept], self.limits.max_target_tokens
-        )
-        encoded = iter(zip(input_ids, labels, inputs_cut, targets_cut, strict=True))
         lines = []
-        for row, example in zip(missing, rendered, strict=True):
-            value = None if example is None else next(encoded)
+        for row, value in zip(missing, values, strict=True):
             self.pairs[row] = value
             lines.append(json.dumps([row, value], separators=(",", ":")) + "\n")
         with open(self.path, "a", encoding="utf-8") as f:  # O_APPEND: one write per batch

@@ -410,3 +410,7 @@ def test_mixture_show_says_which_batching_auto_picks_for_a_model(run_cli, tiny_t
     )
     code, out, _ = run_cli("mixture", "show", "demo")
     assert "--model NAME_OR_DIR shows the choice for a model" in " ".join(out.split())
+    code, out, err = run_cli("mixture", "show", "demo", "--max-tokens", "100")
+    assert (code, out) == (2, "") and err.strip() == (
+        "t2t: error: --max-tokens is for --model (which batching auto picks for a model); give --model too"
+    )
