@@ -553,7 +553,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     print((args.out / "compare.md").read_text())
     print(
-        f"wrote {args.out / 'compare.md'} and {args.out / 'compare.png'}; mean delta {result['mean_delta']:+.1f}"
+        f"wrote {args.out / 'compare.md'} and {args.out / 'compare.png'}; mean delta {result['mean_delta']:+.1f} "
+        f"[{result['mean_ci_low']:+.1f}, {result['mean_ci_high']:+.1f}]"
     )
     return 0
 

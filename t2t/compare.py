@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from t2t.demo import demo_config
-from t2t.evaluation import Scored, delta_interval, evaluate_task
+from t2t.evaluation import Scored, delta_samples, evaluate_task, scored_tasks
 from t2t.fileio import atomic_write_text
 from t2t.mixtures import load_mixture
 from t2t.registry import Registry
@@ -36,7 +36,7 @@ def _scores(run: Run, registry: Registry, tasks: list[str], max_examples: int) -
     model = run.accelerator.unwrap_model(run.model).model
     model.eval()
     scores = {}
-    for name in tasks:
+    for name in scored_tasks(registry, tasks):
         result = evaluate_task(model, run.tokenizer, registry.task(name), run.eval_config(max_examples))
         scores[name] = Scored(result.summary["median"], result.samplers)
     return scores
@@ -51,19 +51,23 @@ def compare(mixture_name: str, out: Path, steps: int, max_examples: int, margin:
                                             max_examples, registry, seed)  # fmt: skip
         mixed_runs.append(mixed)
         single_runs.append(singles)
-    rows = []
-    for member in mixture.members:
-        task = member.task
+    rows, replicates = [], []
+    for task in scored_tasks(registry, [m.task for m in mixture.members]):
         n_rows = _rows(registry, task, mixture.spec.splits.eval, max_examples)
-        point, low, high = delta_interval([m[task] for m in mixed_runs], [s[task] for s in single_runs], n_rows,
-                                          keyed_rng("compare", mixture_name, task))  # fmt: skip
+        point, deltas = delta_samples([m[task] for m in mixed_runs], [s[task] for s in single_runs], n_rows,
+                                      keyed_rng("compare", mixture_name, task))  # fmt: skip
+        low, high = (float(np.percentile(deltas, q)) for q in (2.5, 97.5))
+        replicates.append(deltas)
         rows.append({"task": task, "examples": round(budgets[task]),
                      "mixture": float(np.mean([m[task].median for m in mixed_runs])),
                      "single": float(np.mean([s[task].median for s in single_runs])),
                      "delta": point, "ci_low": low, "ci_high": high,
-                     "negative_transfer": high < -margin})  # fmt: skip
+                     "negative_transfer": high < -margin, "positive_transfer": low > margin})  # fmt: skip
+    # the mean delta's interval: replicate b of every task (each resampled its own rows) averaged over tasks
+    means = np.mean(replicates, axis=0)
     result = {"mixture": mixture_name, "steps": steps, "margin": margin, "seeds": seeds, "tasks": rows,
-              "mean_delta": sum(r["delta"] for r in rows) / len(rows)}  # fmt: skip
+              "mean_delta": sum(r["delta"] for r in rows) / len(rows),
+              "mean_ci_low": float(np.percentile(means, 2.5)), "mean_ci_high": float(np.percentile(means, 97.5))}  # fmt: skip
     atomic_write_text(out / "compare.md", compare_markdown(result))
     plot_deltas(result, out / "compare.png")
     return result
@@ -102,6 +106,8 @@ def _one_seed(mixture, out: Path, steps: int, max_examples: int, registry: Regis
     single_registry = Registry(registry.template_dirs, [*registry.mixture_dirs, mixtures_dir])
     single_scores, budgets = {}, {}
     for member in mixture.members:
+        if member.task not in mixed_scores:  # span corruption: trained in the mixture, nothing to compare
+            continue
         budget = budgets[member.task] = member.probability * mixed.state.examples_seen
         single_steps = max(1, math.ceil(budget / examples_per_step))
         name = f"single_{member.task}"
@@ -129,10 +135,18 @@ def compare_markdown(result: dict) -> str:
              f"interval below {0.0 - result['margin']:g}.",
              "", "| task | examples | mixture | single | delta | 95% interval | |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in result["tasks"]:
-        flag = "negative transfer" if r["negative_transfer"] else ""
+        flag = {(True, False): "negative transfer", (False, True): "positive transfer"}.get(
+            (r["negative_transfer"], r["positive_transfer"]), ""
+        )
         lines.append(f"| {r['task']} | {r['examples']:,} | {r['mixture']:.1f} | {r['single']:.1f} | "
                      f"{r['delta']:+.1f} | [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] | {flag} |")  # fmt: skip
-    lines += ["", f"Mean delta: {result['mean_delta']:+.1f} points over {len(result['tasks'])} tasks."]
+    lines += [
+        "",
+        f"Mean delta: {result['mean_delta']:+.1f} points [{result['mean_ci_low']:+.1f}, "
+        f"{result['mean_ci_high']:+.1f}] over {len(result['tasks'])} tasks; positive transfer (the whole "
+        f"interval above {result['margin']:g}) on {sum(r['positive_transfer'] for r in result['tasks'])}, "
+        f"negative on {sum(r['negative_transfer'] for r in result['tasks'])}.",
+    ]
     return "\n".join(lines) + "\n"
 
 

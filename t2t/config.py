@@ -128,7 +128,7 @@ class TemplateSpec(Spec):
                 raise ValueError(
                     "with `jinja`, answer_choices is a Jinja template whose output is split on |||"
                 )
-        elif self.input is None or self.target is None:
+        elif self.input is None:
             raise ValueError("a template needs `input` and `target` (or one promptsource-style `jinja`)")
         return self
 
@@ -159,8 +159,19 @@ class LimitsSpec(Spec):
     max_nesting: Annotated[int, Field(gt=0, le=500)] | None = None
 
 
+class SpanCorruptionSpec(Spec):
+    """T5's span corruption (t2t.span_corruption): the share of a text's tokens hidden, and the mean span length."""
+
+    noise_density: Annotated[float, Field(gt=0, lt=1)] = 0.15
+    mean_span_length: Annotated[float, Field(ge=1)] = 3.0
+
+
 class TaskSpec(Spec):
     name: str
+    # `prompted`: templates render input and target. `span_corruption`: each template renders a text (its input,
+    # then its target where it has one) that is corrupted as T5 pre-trains (training only; nothing to score).
+    objective: Literal["prompted", "span_corruption"] = "prompted"
+    span_corruption: SpanCorruptionSpec | None = None
     version: int = Field(ge=0)
     cluster: str
     description: str = ""
@@ -219,7 +230,19 @@ class TaskSpec(Spec):
         for i, golden in enumerate(self.golden):
             if golden.template not in names:
                 raise ValueError(f"golden[{i}] names unknown template {golden.template!r}")
+        if self.objective == "prompted":
+            if self.span_corruption is not None:
+                raise ValueError("span_corruption settings need `objective: span_corruption`")
+            for template in self.templates:
+                if template.jinja is None and template.target is None:
+                    raise ValueError(f"template {template.name!r} needs a `target` (only a span-corruption task's "
+                                     "templates may leave it out)")  # fmt: skip
         return self
+
+    @property
+    def noise(self) -> SpanCorruptionSpec:
+        """The span-corruption settings (T5's defaults where the file gives none)."""
+        return self.span_corruption or SpanCorruptionSpec()
 
     def template(self, name: str) -> TemplateSpec:
         from t2t.errors import did_you_mean

@@ -32,6 +32,7 @@ from t2t.rng import keyed_rng
 from t2t.sampler import StreamItem
 from t2t.segment_attention import PACKABLE
 from t2t.sources import SplitRows, load_split
+from t2t.span_corruption import corrupt, sentinel_ids
 from t2t.train_config import BatchingSpec, packed_rows_problem
 
 
@@ -62,6 +63,7 @@ class MixtureData:
         self._rows: dict[str, SplitRows] = {}
         self._prompters: dict[str, Prompter] = {}
         self.tokenizer_key = tokenizer_fingerprint(tokenizer)
+        self._sentinels: list[int] | None = None  # the tokenizer's, for span-corruption tasks
 
     def pairs(self, task: str, template: str) -> LazyPairs:
         """The (task, template)'s encoded rows: encoded when first drawn, cached on disk."""
@@ -104,6 +106,15 @@ class MixtureData:
         if value is None:
             return None
         input_ids, labels = value[0], value[1]
+        task = self.registry.task(item.task)
+        if task.spec.objective == "span_corruption":  # the cached text, corrupted as this position draws it
+            noise = task.spec.noise
+            if self._sentinels is None:
+                self._sentinels = sentinel_ids(self.tokenizer, item.task)
+            rng = keyed_rng("span_corruption", self.mixture.spec.seed, item.position)
+            input_ids, labels = corrupt(input_ids, self._sentinels, self.tokenizer.eos_token_id, rng,
+                                        noise.noise_density, noise.mean_span_length)  # fmt: skip
+            return Example(input_ids, labels, self.task_index[item.task], item.position)
         prompter = self.prompter(item.task)
         if prompter.active:  # FLAN-style variants (t2t.prompting); the target is the cached one
             options, exemplars = choices = prompter.choices(item)

@@ -24,8 +24,10 @@ import datasets
 from datasets.fingerprint import Hasher
 
 from t2t.config import FilesSource, GeneratorSource
+from t2t.errors import T2TError
 from t2t.sandbox import alarm_handler
 from t2t.sources import SplitRows, load_split
+from t2t.span_corruption import max_text_tokens, sentinel_ids
 from t2t.templates import Task
 
 CACHE_VERSION = "2"  # bump when the encoding policy changes
@@ -178,10 +180,30 @@ def encode_rows(task: Task, template: str, split: str, columns: dict[str, list],
         rendered = [task.try_render({f: columns[f][j] for f in columns}, template, split, source)
                     for j, source in enumerate(source_rows)]  # fmt: skip
     kept = [e for e in rendered if e is not None]
-    input_ids, inputs_cut = encode_texts(tokenizer, [e.inputs for e in kept], limits.max_input_tokens)
-    labels, targets_cut = encode_texts(tokenizer, [e.targets for e in kept], limits.max_target_tokens)
+    if task.spec.objective == "span_corruption":
+        # the text's ids (no EOS), cut to what corrupts within the limits; corrupted per stream position
+        texts = [f"{e.inputs} {e.targets}".strip() for e in kept]
+        input_ids, inputs_cut = encode_texts(
+            tokenizer, texts, span_text_limit(task, tokenizer, limits), eos=False
+        )
+        labels, targets_cut = [[] for _ in kept], [False] * len(kept)
+    else:
+        input_ids, inputs_cut = encode_texts(tokenizer, [e.inputs for e in kept], limits.max_input_tokens)
+        labels, targets_cut = encode_texts(tokenizer, [e.targets for e in kept], limits.max_target_tokens)
     encoded = iter(zip(input_ids, labels, inputs_cut, targets_cut, strict=True))
     return [None if e is None else next(encoded) for e in rendered]
+
+
+def span_text_limit(task: Task, tokenizer: Any, limits: Limits) -> int:
+    """The most text tokens a span-corruption task keeps: its corrupted input and target fit the limits."""
+    noise = task.spec.noise
+    n_sentinels = len(sentinel_ids(tokenizer, task.name))
+    length = max_text_tokens(limits.max_input_tokens, limits.max_target_tokens, noise.noise_density,
+                             noise.mean_span_length, n_sentinels)  # fmt: skip
+    if length < 1:
+        raise T2TError(f"task {task.name}: span corruption cannot fit a text into {limits.max_input_tokens} input "
+                       f"and {limits.max_target_tokens} target tokens (raise max_target_tokens)")  # fmt: skip
+    return length
 
 
 class LazyPairs:

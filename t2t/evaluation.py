@@ -14,6 +14,7 @@ decoder start token.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,8 +178,8 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
         if not kept.any():
             continue
         rendered = [a for a in attempts if a is not None]
-        if all(r.choices for r in rendered):  # rank classification: guessing scores 1 / choices on each row
-            chance[template] = 100 * float(np.mean([1 / len(r.choices) for r in rendered]))
+        if all(r.choices for r in rendered):  # rank classification: what a model blind to the input scores
+            chance[template] = chance_level(rendered)
         references = [task.references(r, x) for r, x in zip(rows, attempts, strict=True) if x is not None]
         scores, predictions, template_samplers = _template_scores(
             model, tokenizer, task, rendered, references, config
@@ -202,9 +203,19 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
     return TaskResult(per_template, metric, summary, records, samplers_of(rows_of), rows_of, len(picks))
 
 
+def chance_level(rendered: Sequence[Rendered]) -> float:
+    """The rank accuracy ([0, 100]) a model that ignores the input can reach on these rows: the better of guessing
+    (the mean of 1 / choices) and always answering the same choice position (the majority class: on 100 rows with
+    61 "no", always "no" scores 61, and a model at 55 has learnt nothing that beats it)."""
+    guess = float(np.mean([1 / len(r.choices) for r in rendered]))
+    positions = Counter(r.choices.index(r.targets) for r in rendered if r.targets in r.choices)
+    constant = max(positions.values(), default=0) / len(rendered)
+    return 100 * max(guess, constant)
+
+
 def versus_chance(summary: dict[str, float], chance: float) -> dict[str, Any]:
-    """The chance level of a rank-classification score (the median over templates of the mean 1 / choices) and
-    where the score's 95% interval lies: `above` or `below` only when the interval excludes chance, else `at`."""
+    """A rank-classification score's chance level (the median over templates of `chance_level`) and where the
+    score's 95% interval lies: `above` or `below` only when the interval excludes it, else `at`."""
     if summary["ci_low"] > chance:
         where = "above"
     elif summary["ci_high"] < chance:
@@ -324,6 +335,14 @@ def delta_interval(mixed: list[Scored], single: list[Scored], n_rows: int, rng: 
                    samples: int = PAIRED_SAMPLES) -> tuple[float, float, float]:  # fmt: skip
     """(mean over seeds of the first minus the second, 95% interval low, high): the paired percentile bootstrap of
     `t2t compare` and of checkpoint selection, resampling the rows (the same rows for both) and the seeds."""
+    point, deltas = delta_samples(mixed, single, n_rows, rng, samples)
+    low, high = (float(np.percentile(deltas, q)) for q in (2.5, 97.5))
+    return point, low, high
+
+
+def delta_samples(mixed: list[Scored], single: list[Scored], n_rows: int, rng: np.random.Generator,
+                  samples: int = PAIRED_SAMPLES) -> tuple[float, np.ndarray]:  # fmt: skip
+    """The point delta of `delta_interval` and its `samples` bootstrap replicates."""
 
     def median(scored: Scored, rows: np.ndarray) -> float:
         return float(np.median([sample(rows) for sample in scored.samplers.values()]))
@@ -335,8 +354,7 @@ def delta_interval(mixed: list[Scored], single: list[Scored], n_rows: int, rng: 
         rows = rng.integers(0, n_rows, size=n_rows)
         chosen = rng.integers(0, seeds, size=seeds)
         deltas.append(float(np.mean([median(mixed[k], rows) - median(single[k], rows) for k in chosen])))
-    low, high = (float(np.percentile(deltas, q)) for q in (2.5, 97.5))
-    return point, low, high
+    return point, np.asarray(deltas)
 
 
 def _records(rendered: list[Rendered], references: list[list[str]], predictions: list[dict]) -> list[dict]:
@@ -365,6 +383,11 @@ def summarise(values: list[float]) -> dict[str, float]:
     }
 
 
+def scored_tasks(registry: Registry, tasks: Sequence[str]) -> list[str]:
+    """The tasks there is something to score on: all but span-corruption ones (a training objective only)."""
+    return [name for name in tasks if registry.task(name).spec.objective != "span_corruption"]
+
+
 def evaluate(model: Any, tokenizer: Any, registry: Registry, tasks: list[str], held_out: set[str],
              config: EvalConfig, templates: dict[str, Sequence[str]] | None = None) -> tuple[dict, list[dict]]:  # fmt: skip
     """The full report (per task, template, cluster, seen / held-out) and the per-example records; `templates`
@@ -372,7 +395,7 @@ def evaluate(model: Any, tokenizer: Any, registry: Registry, tasks: list[str], h
     model.eval()
     report: dict[str, Any] = {"split": config.split, "scoring": config.scoring, "tasks": {}}
     all_records: list[dict] = []
-    for name in tasks:
+    for name in scored_tasks(registry, tasks):
         task = registry.task(name)
         result = evaluate_task(model, tokenizer, task, config, (templates or {}).get(name))
         per_template = result.per_template

@@ -167,6 +167,38 @@ def sum_check(rng: np.random.Generator) -> Row:
     return {"a": a, "b": b, "total": a + b + offset, "label": label}
 
 
+# ------------------------------------------------------------------- plain text (span corruption)
+
+
+def _world_sentence(rng: np.random.Generator) -> str:
+    kind = int(rng.integers(6))
+    if kind == 0:
+        return _color_passage(rng)[2]
+    if kind == 1:
+        people, pets = _pick(rng, NAMES, 2), _pick(rng, ANIMALS, 2)
+        return " ".join(f"{p} has {_a(a)}." for p, a in zip(people, pets, strict=True))
+    if kind == 2:
+        a, b = (int(x) for x in rng.integers(0, 50, size=2))
+        return (
+            f"{a} plus {b} is {a + b}."
+            if rng.integers(2)
+            else f"{max(a, b)} minus {min(a, b)} is {abs(a - b)}."
+        )
+    if kind == 3:
+        a, b = (int(x) for x in rng.choice(100, size=2, replace=False))
+        return f"{max(a, b)} is larger than {min(a, b)}."
+    if kind == 4:
+        words = POSITIVE if rng.integers(2) else NEGATIVE
+        return f"the {_pick(rng, NOUNS, 1)[0]} was {_pick(rng, words, 1)[0]}."
+    word, count = _pick(rng, NOUNS, 1)[0], int(rng.integers(0, 5))
+    return f"there {'is' if count == 1 else 'are'} {count} {word}{'' if count == 1 else 's'}."
+
+
+def world_text(rng: np.random.Generator) -> Row:
+    """A short paragraph of facts about the demo world (colours, owners, sums, sizes, opinions, counts)."""
+    return {"text": " ".join(_world_sentence(rng) for _ in range(int(rng.integers(2, 5))))}
+
+
 GENERATORS: dict[str, Callable[[np.random.Generator], Row]] = {
     fn.__name__: fn
     for fn in (
@@ -175,6 +207,7 @@ GENERATORS: dict[str, Callable[[np.random.Generator], Row]] = {
         color_lookup, owner_lookup,
         sentiment, word_in_list, larger_number,
         color_check, sum_check,
+        world_text,
     )
 }  # fmt: skip
 

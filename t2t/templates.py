@@ -188,7 +188,8 @@ def _compile_template(spec: TaskSpec, template: TemplateSpec, limits: RenderLimi
     allowed = TEMPLATE_VARIABLES if choices is not None else frozenset()
     used: set[str] = set(choice_fields)
     compiled = {}
-    for part in ("input", "target"):
+    compiled["target"] = None  # a span-corruption template may render its text from `input` alone
+    for part in ("input", "target") if template.target is not None else ("input",):
         compiled[part], part_used = _parse(getattr(template, part), part, where, limits)
         if "answer_choices" in part_used and choices is None:
             raise T2TError(f"{part} uses answer_choices but the task declares none", where)
@@ -272,10 +273,12 @@ class Task:
         if choices is not None:
             context["answer_choices"] = list(choices)
         inputs = self._evaluate(compiled.input.render, context, where, "input").strip()
-        targets = self._evaluate(compiled.target.render, context, where, "target").strip()
+        targets = ""
+        if compiled.target is not None:
+            targets = self._evaluate(compiled.target.render, context, where, "target").strip()
         if not inputs:
             raise T2TError("input renders empty", where)
-        if not targets:
+        if not targets and self.spec.objective == "prompted":
             raise T2TError("target renders empty", where)
         if choices is not None and targets not in choices:
             raise T2TError(f"target {targets!r} is not one of the answer choices {list(choices)!r}", where)

@@ -15,7 +15,7 @@ import torch
 from t2t.adapters import route_task
 from t2t.batching import Example, pad_batch
 from t2t.encoding import decoder_start_id, encode_task
-from t2t.evaluation import EvalConfig, evaluate_task
+from t2t.evaluation import EvalConfig, evaluate_task, scored_tasks
 from t2t.modeling import loss_sums
 from t2t.selection import Score, Selector, load_reference
 from t2t.train_config import TrainConfig
@@ -31,7 +31,8 @@ def training_eval_config(
 
 class InTrainingEval:
     def __init__(self, config: TrainConfig, registry: Any, tasks: list[str], split: str, data: Any) -> None:
-        self.config, self.registry, self.tasks, self.split, self.data = config, registry, tasks, split, data
+        self.config, self.registry, self.split, self.data = config, registry, split, data
+        self.tasks = scored_tasks(registry, tasks)
         sel = config.selection
         self.selector = Selector(margin=sel.margin, weights=dict(sel.weights))
         if sel.reference is not None:

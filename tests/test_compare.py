@@ -24,6 +24,14 @@ def test_compare_trains_single_task_baselines_and_reports_deltas(tmp_path):
         assert row["delta"] == pytest.approx(row["mixture"] - row["single"])  # means over the two seeds
         assert row["ci_low"] <= row["delta"] + 1e-9 and row["delta"] <= row["ci_high"] + 1e-9
         assert row["negative_transfer"] == (row["ci_high"] < -2.0)
+        assert row["positive_transfer"] == (row["ci_low"] > 2.0)
+    mean = np.mean([r["delta"] for r in rows.values()])
+    assert result["mean_delta"] == pytest.approx(mean)
+    assert result["mean_ci_low"] <= mean + 1e-9 <= result["mean_ci_high"] + 2e-9
+    # the mean's interval is narrower than the widest task's (it averages independent resamples)
+    assert result["mean_ci_high"] - result["mean_ci_low"] <= max(
+        r["ci_high"] - r["ci_low"] for r in rows.values()
+    )
     for seed in (0, 1):  # each seed trained its own mixture and single-task models
         assert (tmp_path / "out" / f"seed_{seed}" / "mixture" / "model" / "config.json").is_file()
     # budgets follow the mixture's probabilities (3:1)

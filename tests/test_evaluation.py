@@ -6,10 +6,11 @@ import pytest
 import torch
 import yaml
 
-from t2t.evaluation import EvalConfig, evaluate, score_choices, summarise, versus_chance
+from t2t.evaluation import EvalConfig, chance_level, evaluate, score_choices, summarise, versus_chance
 from t2t.modeling import build_tiny_t5
 from t2t.registry import Registry
 from t2t.selection import Score, Selector
+from t2t.templates import Provenance, Rendered
 from t2t.train import Run
 from t2t.train_config import TinyModelSpec, TrainConfig
 from tests.conftest import write_jsonl, write_task
@@ -132,17 +133,38 @@ def test_t2t_eval_writes_reports_with_median_and_iqr(trained_yes_no, tmp_path, r
         "ci_half_width",
     }
     assert add["summary"]["ci_low"] <= add["summary"]["median"] <= add["summary"]["ci_high"]
-    say = report["tasks"]["say_it"]["summary"]  # yes / no: guessing scores 50
-    where = "above" if say["ci_low"] > 50 else "below" if say["ci_high"] < 50 else "at"
-    assert (say["chance"], say["vs_chance"]) == (50.0, where) and "chance" not in add["summary"]
+    say = report["tasks"]["say_it"]["summary"]  # yes / no: 50 by guessing, or the majority answer's share
+    targets = [json.loads(line)["target"] for line in (out / "predictions.jsonl").read_text().splitlines()
+               if json.loads(line)["task"] == "say_it" and json.loads(line)["template"] == "say"]  # fmt: skip
+    chance = max(50.0, 100 * max(targets.count(t) for t in set(targets)) / len(targets))
+    where = "above" if say["ci_low"] > chance else "below" if say["ci_high"] < chance else "at"
+    assert (say["chance"], say["vs_chance"]) == (chance, where) and "chance" not in add["summary"]
     markdown = (out / "results.md").read_text()
     assert (
         "| task | cluster | metric | median | 95% CI | chance | IQR (q1-q3) | mean | per template |"
         in markdown
     )
-    assert f"| {say['ci_low']:.1f}-{say['ci_high']:.1f} | 50.0, {where} |" in markdown
+    assert f"| {say['ci_low']:.1f}-{say['ci_high']:.1f} | {chance:.1f}, {where} |" in markdown
     assert (out / "scores.png").stat().st_size > 5000
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 8 * 2 + 8 * 3
+
+
+def test_chance_is_the_better_of_guessing_and_the_majority_answer():
+    def rows(targets, choices):
+        return [
+            Rendered("x", t, c, Provenance("t", "p", "validation", i))
+            for i, (t, c) in enumerate(zip(targets, choices, strict=True))
+        ]
+
+    yes_no = ("no", "yes")
+    assert chance_level(rows(["yes", "no", "yes", "no"], [yes_no] * 4)) == 50.0  # balanced: guessing
+    assert chance_level(rows(["no", "no", "yes", "no"], [yes_no] * 4)) == 75.0  # always "no" scores 3 of 4
+    # four choices, gold spread over positions: guessing's 25 beats always-the-same-position's 2 of 8
+    four = ("a", "b", "c", "d")
+    assert chance_level(rows(list("aabbccdd"), [four] * 8)) == 25.0
+    # per-row choices (as larger_number's numbers): the position is what a blind model can fix; gold is second 3 of 4
+    pairs = [("3", "9"), ("5", "1"), ("2", "8"), ("4", "7")]
+    assert chance_level(rows(["9", "5", "8", "7"], pairs)) == 75.0
 
 
 def test_above_or_below_chance_only_where_the_interval_excludes_it():
@@ -162,7 +184,8 @@ def test_mixture_eval_reports_held_out_separately(tmp_path, run_cli, tiny_tokeni
     report = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(report["tasks"]) == {"color_check", "sum_check"}
     assert all(t["held_out"] and t["metric"] == "rank_sum" for t in report["tasks"].values())
-    assert all(t["summary"]["chance"] == 50.0 for t in report["tasks"].values())  # yes / no
+    # the 4 rows' labels: color_check yes yes yes no, sum_check no yes no no -> always the majority answer: 75
+    assert [t["summary"]["chance"] for t in report["tasks"].values()] == [75.0, 75.0]
     assert "## Held-out tasks (zero-shot)" in (tmp_path / "out" / "results.md").read_text()
     assert set(report["groups"]) == {"held_out"}
 
