@@ -20,6 +20,15 @@ import yaml
 from t2t.cli import main
 
 
+def same_threads() -> dict[str, str]:
+    """The environment of a one-process `t2t` subprocess whose weights a test compares bit for bit with this
+    process's: the same thread count (t2t's own choice, the cores free at start, differs while the machine is
+    busy, and float sums with it)."""
+    import torch
+
+    return {**os.environ, "T2T_NUM_THREADS": str(torch.get_num_threads())}
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

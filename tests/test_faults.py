@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import qa_task, write_jsonl, write_task
+from tests.conftest import qa_task, same_threads, write_jsonl, write_task
 
 REPO = Path(__file__).resolve().parents[1]
 TASK_FILE = r"toy_qa\.yaml"
@@ -377,7 +377,7 @@ def tokenizer_dir(tiny_tokenizer, tmp_path_factory):
 
 def t2t(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "t2t", *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)  # fmt: skip
+                          env={**same_threads(), **(env or {})}, timeout=timeout)  # fmt: skip
 
 
 def steps_logged(run_dir: Path) -> list[int]:

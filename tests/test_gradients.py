@@ -2,7 +2,6 @@
 the update through the trainer equal to the method's on the gradient subset, resume, refusal under ZeRO-3."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 from t2t.balancing import ModelWithBalancing, gradient_parameters
 from t2t.gradients import FAMO, GradNorm, cagrad, gls, mgda, min_norm_simplex, pcgrad, rlw
 from t2t.train import FAULT_ENV, train
+from tests.conftest import same_threads
 from tests.test_train import assert_same_weights, cli_run, make_config, metrics, registry_with, weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -269,10 +269,11 @@ def test_resume_after_kill_with_a_gradient_method_is_exact(method, tmp_path, tok
     train(straight, registry_with(mixture_dir))
     interrupted, command = cli_run(tmp_path, tokenizer_dir, mixture_dir, save_every_steps=3, **changes)
     killed = subprocess.run(
-        command, env={**os.environ, FAULT_ENV: "4"}, capture_output=True, text=True, cwd=tmp_path
+        command, env={**same_threads(), FAULT_ENV: "4"}, capture_output=True, text=True, cwd=tmp_path
     )
     assert killed.returncode == -9, killed.stderr[-2000:]
-    resumed = subprocess.run([*command, "--resume", "auto"], capture_output=True, text=True, cwd=tmp_path)
+    resumed = subprocess.run([*command, "--resume", "auto"], env=same_threads(), capture_output=True, text=True,
+                             cwd=tmp_path)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from step_00000003 at step 3 of 6" in resumed.stdout
     assert_same_weights(weights(straight.run_dir), weights(interrupted.run_dir))

@@ -17,6 +17,7 @@ from t2t.errors import T2TError
 from t2t.registry import Registry
 from t2t.train import FAULT_ENV, Run, schedule_factor, train
 from t2t.train_config import TrainConfig, load_train_config
+from tests.conftest import same_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,11 +121,14 @@ def test_resume_after_kill_9_gives_the_weights_of_an_uninterrupted_run(tmp_path,
         **os.environ,
         FAULT_ENV: "5",
     }  # SIGKILL once 5 steps are done: checkpoint at 4, step 5 logged but lost
-    killed = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path)
+    killed = subprocess.run(
+        command, env={**same_threads(), **env}, capture_output=True, text=True, cwd=tmp_path
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert latest_checkpoint(interrupted.run_dir).name == "step_00000004"
     assert [r["step"] for r in metrics(interrupted.run_dir)] == [1, 2, 3, 4, 5]
-    resumed = subprocess.run([*command, "--resume", "auto"], capture_output=True, text=True, cwd=tmp_path)
+    resumed = subprocess.run([*command, "--resume", "auto"], env=same_threads(), capture_output=True, text=True,
+                             cwd=tmp_path)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from step_00000004 at step 4 of 8" in resumed.stdout
     assert [r["step"] for r in metrics(interrupted.run_dir)] == list(range(1, 9))  # step 5 logged once, anew
@@ -193,13 +197,14 @@ def test_kill_9_halfway_through_a_save_then_resume_gives_the_weights_of_an_unint
     straight = make_config(tmp_path / "straight", tokenizer_dir, steps=6)
     train(straight, registry_with(mixture_dir))
     interrupted, command = cli_run(tmp_path, tokenizer_dir, mixture_dir, steps=6, save_every_steps=2)
-    killed = subprocess.run(command, env={**os.environ, "T2T_FAULT_KILL_IN_SAVE": "4"}, capture_output=True,
+    killed = subprocess.run(command, env={**same_threads(), "T2T_FAULT_KILL_IN_SAVE": "4"}, capture_output=True,
                             text=True, cwd=tmp_path)  # fmt: skip
     assert killed.returncode == -9, killed.stderr[-2000:]
     folder = interrupted.run_dir / "checkpoints"
     assert latest_checkpoint(interrupted.run_dir).name == "step_00000002"  # the torn save never became latest
     assert (folder / ".tmp-step_00000004" / "accelerate").is_dir() and not (folder / "step_00000004").exists()
-    resumed = subprocess.run([*command, "--resume", "auto"], capture_output=True, text=True, cwd=tmp_path)
+    resumed = subprocess.run([*command, "--resume", "auto"], env=same_threads(), capture_output=True, text=True,
+                             cwd=tmp_path)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from step_00000002 at step 2 of 6" in resumed.stdout
     assert not (folder / ".tmp-step_00000004").exists()  # the leftover is pruned by the next save
