@@ -285,16 +285,26 @@ def selected_tasks(
     args: argparse.Namespace, registry: Registry
 ) -> tuple[list[str], set[str], dict[str, tuple[str, ...]] | None]:
     """The tasks of `--mixture M [--held-out]` or `--tasks ...` (each checked to exist), the held-out ones, and
-    the templates the mixture uses for each (its template filter), None for `--tasks`."""
+    the templates the mixture uses for each (its template filter), None for `--tasks`. Span-corruption tasks (a
+    training objective, nothing to answer) are left out of a mixture's and refused by name."""
+    from t2t.evaluation import scored_tasks
     from t2t.mixtures import load_mixture
 
     if args.mixture:
         mixture = load_mixture(registry, args.mixture, sizes="skip")
         tasks = list(mixture.held_out) if args.held_out else [*mixture.task_names, *mixture.held_out]
+        tasks = scored_tasks(registry, tasks)
         return tasks, set(mixture.held_out), {t: mixture.templates_of(t) for t in tasks}
     for name in args.tasks:
-        registry.task(name)
+        refuse_span_corruption(registry, name)
     return list(args.tasks), set(), None
+
+
+def refuse_span_corruption(registry: Registry, name: str) -> None:
+    task = registry.task(name)
+    if task.spec.objective == "span_corruption":
+        raise T2TError(f"task {name} is a span-corruption task: it trains a model, there is nothing to answer, "
+                       "evaluate, serve or export", Where(file=task.spec.path, task=name))  # fmt: skip
 
 
 def add_task_selection(p: argparse.ArgumentParser) -> None:
@@ -399,6 +409,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
 
     registry = _registry(args)
+    refuse_span_corruption(registry, args.task)
     task = registry.task(args.task)
     if args.out.is_dir():
         raise T2TError("--out must be a file, not a folder", Where(file=args.out))

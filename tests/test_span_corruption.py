@@ -201,3 +201,23 @@ def test_span_corruption_refusals(tmp_path, run_cli):
     write_task(folder, {**base, "span_corruption": {"noise_density": 0.2}})
     code, _, err = run_cli("--templates-dir", folder, "lint", "bad")
     assert code == 2 and "span_corruption settings need `objective: span_corruption`" in err
+
+
+def test_span_corruption_tasks_are_refused_where_there_is_nothing_to_answer(
+    tmp_path, run_cli, tiny_tokenizer
+):
+    from t2t.modeling import build_tiny_t5
+    from t2t.train_config import TinyModelSpec
+
+    model = build_tiny_t5(TinyModelSpec(d_model=32, num_layers=1, num_heads=2, d_ff=64), tiny_tokenizer)
+    model.save_pretrained(str(tmp_path / "m"))
+    tiny_tokenizer.save_pretrained(str(tmp_path / "m"))
+    (tmp_path / "rows.jsonl").write_text('{"text": "the cat is red."}\n')
+    refusal = "task world_text is a span-corruption task: it trains a model, there is nothing to answer"
+    for command in (["eval", "--model", tmp_path / "m", "--tasks", "world_text", "--out", tmp_path / "e"],
+                    ["predict", "--model", tmp_path / "m", "--task", "world_text", "--input", tmp_path / "rows.jsonl",
+                     "--out", tmp_path / "p.jsonl"]):  # fmt: skip
+        code, _, err = run_cli(*command)
+        last = err.strip().splitlines()[-1]  # (saving the model above wrote progress bars before it)
+        assert code == 2 and refusal in last and "world_text.yaml" in last and err.count(refusal) == 1
+        assert not (tmp_path / "e").exists() and not (tmp_path / "p.jsonl").exists()
