@@ -101,8 +101,9 @@ def evaluation_markdown(report: dict) -> str:
              f"Split `{report['split']}`, rank-classification scoring `{report['scoring']}`. Scores are in "
              "[0, 100]; a task with answer choices is reported by rank-classification accuracy (`rank_sum`), "
              "others by their first metric. Median and inter-quartile range are over the task's templates; the 95% "
-             "CI is the percentile bootstrap over examples of that median. Chance is the rank-classification score "
-             "of guessing (1 / number of choices); `above` or `below` only where the interval excludes it.", ""]  # fmt: skip
+             "CI is the percentile bootstrap over examples of that median. Chance is what a model blind to the input "
+             "scores: the better of guessing (1 / number of choices) and always giving the majority answer; `above` "
+             "or `below` only where the interval excludes it.", ""]  # fmt: skip
     for group, title in ((False, "Seen tasks"), (True, "Held-out tasks (zero-shot)")):
         tasks = {n: t for n, t in report["tasks"].items() if t["held_out"] == group}
         if not tasks:
