@@ -83,8 +83,8 @@ def run_variant(name: str, out: Path, steps: int, max_examples: int) -> dict:
     config = demo_config(out / name / "run", steps if name != "wide" else steps // 2)
     update: dict = {"trackers": []}
     if name == "wide":
-        update["model"] = config.model.model_copy(update={"tiny": {**config.model.tiny.model_dump(),
-                                                                     "d_model": 256, "d_ff": 512}})  # fmt: skip
+        tiny = config.model.tiny.model_copy(update={"d_model": 256, "d_ff": 512})
+        update["model"] = config.model.model_copy(update={"tiny": tiny})
     config = config.model_copy(update=update)
     started = time.perf_counter()
     run = Run(config, registry)
