@@ -18,6 +18,7 @@ import numpy as np
 import yaml
 
 from t2t.demo import demo_config
+from t2t.errors import T2TError
 from t2t.evaluation import Scored, delta_samples, evaluate_task, scored_tasks
 from t2t.fileio import atomic_write_text
 from t2t.mixtures import load_mixture
@@ -45,6 +46,10 @@ def _scores(run: Run, registry: Registry, tasks: list[str], max_examples: int) -
 def compare(mixture_name: str, out: Path, steps: int, max_examples: int, margin: float, registry: Registry,
             seeds: int = 1) -> dict:  # fmt: skip
     mixture = load_mixture(registry, mixture_name)
+    if not scored_tasks(registry, [m.task for m in mixture.members]):  # before any training
+        raise T2TError(
+            f"mixture {mixture_name}: every member is a span-corruption task; there is nothing to compare"
+        )
     mixed_runs, single_runs, budgets = [], [], {}
     for seed in range(seeds):
         mixed, singles, budgets = _one_seed(mixture, out / f"seed_{seed}" if seeds > 1 else out, steps,

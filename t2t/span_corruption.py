@@ -115,11 +115,9 @@ def corrupt(ids: Sequence[int], sentinels: Sequence[int], eos_id: int, rng: np.r
 def sentinel_ids(tokenizer: Any, task: str) -> list[int]:
     """The tokenizer's sentinel ids `<extra_id_0>`, `<extra_id_1>`, ... in order (T5 tokenizers have 100)."""
     ids: list[int] = []
-    unk = tokenizer.unk_token_id
-    vocab = tokenizer.get_vocab()
-    while f"<extra_id_{len(ids)}>" in vocab:
-        token_id = vocab[f"<extra_id_{len(ids)}>"]
-        if token_id == unk:
+    while True:  # one lookup per sentinel (not the whole vocabulary); an unknown token maps to unk or None
+        token_id = tokenizer.convert_tokens_to_ids(f"<extra_id_{len(ids)}>")
+        if token_id is None or token_id == tokenizer.unk_token_id:
             break
         ids.append(int(token_id))
     if not ids:

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import yaml
 
+from t2t.compare import compare
 from t2t.data import MixtureData
 from t2t.encoding import Limits
+from t2t.errors import T2TError
 from t2t.mixtures import load_mixture
 from t2t.registry import Registry
 from t2t.rng import keyed_rng
@@ -19,6 +21,7 @@ from t2t.span_corruption import (
     max_text_tokens,
     noise_counts,
     noise_mask,
+    sentinel_ids,
 )
 
 from .conftest import write_jsonl, write_task
@@ -95,6 +98,12 @@ def test_the_longest_text_that_fits_the_limits():
     )
 
 
+SETTINGS = {
+    "noise_density": 0.3,
+    "mean_span_length": 2.0,
+}  # not T5's defaults: the task file's settings apply
+
+
 def span_registry(tmp_path, template_target=None):
     folder = tmp_path / "tasks"
     folder.mkdir()
@@ -105,7 +114,7 @@ def span_registry(tmp_path, template_target=None):
     if template_target:
         template["target"] = template_target
     write_task(folder, {"name": "world_spans", "version": 1, "cluster": "pretraining",
-                        "objective": "span_corruption", "source": {"kind": "files", "splits": {"train": "text.jsonl"}},
+                        "objective": "span_corruption", "span_corruption": SETTINGS, "source": {"kind": "files", "splits": {"train": "text.jsonl"}},
                         "fields": {"text": "a paragraph"}, "templates": [template]})  # fmt: skip
     mixtures = tmp_path / "mixtures"
     mixtures.mkdir()
@@ -120,7 +129,7 @@ def test_a_span_corruption_task_in_the_stream_is_deterministic_in_the_position(t
     assert sentinel0 == len(tiny_tokenizer) - 1
 
     def examples(cache):
-        data = MixtureData(load_mixture(registry, "with_spans"), registry, tiny_tokenizer, Limits(48, 16),
+        data = MixtureData(load_mixture(registry, "with_spans"), registry, tiny_tokenizer, Limits(48, 24),
                            cache_dir=tmp_path / cache)  # fmt: skip
         items = [data.stream.item(k) for k in range(60)]
         return {i.position: (i, data.example(i)) for i in items if i.task == "world_spans"}
@@ -135,7 +144,11 @@ def test_a_span_corruption_task_in_the_stream_is_deterministic_in_the_position(t
         )
         text_ids = tiny_tokenizer(texts[item.row], add_special_tokens=False)["input_ids"]
         assert example.labels[0] == sentinel0 and example.labels[-1] == EOS and example.input_ids[-1] == EOS
-        assert len(example.input_ids) <= 48 and len(example.labels) <= 16
+        assert len(example.input_ids) <= 48 and len(example.labels) <= 24
+        # the task's settings, not T5's defaults: round(0.3 L) hidden tokens in round(noise / 2) spans
+        noise, spans = noise_counts(len(text_ids), 0.3, 2.0)
+        assert sum(t > sentinel0 - 100 for t in example.input_ids) == spans
+        assert sum(t <= sentinel0 - 100 for t in example.labels[:-1]) == noise
         # put the hidden spans back: the text's ids
         spans, current = {}, None
         for token in example.labels[:-1]:
@@ -157,7 +170,7 @@ def test_a_span_corruption_task_trains_through_t2t_train_and_is_not_scored(tmp_p
     config = {
         "run_dir": str(tmp_path / "run"), "mixture": "with_spans",
         "model": {"tiny": {"d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64}},
-        "tokenizer": {"pretrained": str(tokenizer_dir)}, "max_input_tokens": 48, "max_target_tokens": 16,
+        "tokenizer": {"pretrained": str(tokenizer_dir)}, "max_input_tokens": 48, "max_target_tokens": 24,
         "batching": {"strategy": "packed", "max_tokens": 512, "window_examples": 64},
         "steps": 4, "log_every_steps": 2, "trackers": [], "eval_every_steps": 4, "eval_max_examples": 4,
         "eval_generate_every": 1,
@@ -181,6 +194,30 @@ def test_a_span_corruption_task_trains_through_t2t_train_and_is_not_scored(tmp_p
     assert code == 0, err
     scored = json.loads((tmp_path / "eval" / "results.json").read_text())["tasks"]
     assert set(scored) == {"add_numbers", "sum_check"}
+
+
+def test_a_tokenizer_without_sentinels_is_refused_in_one_line():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    plain = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, "<unk>")),
+                                    unk_token="<unk>")  # fmt: skip
+    with pytest.raises(T2TError) as error:
+        sentinel_ids(plain, "world_text")
+    assert str(error.value).startswith(
+        "task world_text: span corruption needs the tokenizer's sentinel tokens"
+    )
+    assert "\n" not in str(error.value)
+
+
+def test_compare_refuses_a_mixture_of_span_corruption_alone_before_training(tmp_path):
+    registry, _ = span_registry(tmp_path)
+    (tmp_path / "mixtures" / "spans_only.yaml").write_text(yaml.safe_dump({"name": "spans_only",
+                                                                           "members": {"world_spans": None}}))  # fmt: skip
+    registry = Registry.default(templates_dirs=[tmp_path / "tasks"], mixtures_dirs=[tmp_path / "mixtures"])
+    with pytest.raises(T2TError, match="every member is a span-corruption task; there is nothing to compare"):
+        compare("spans_only", tmp_path / "out", steps=2, max_examples=2, margin=0.0, registry=registry)
+    assert not (tmp_path / "out").exists()
 
 
 def test_span_corruption_refusals(tmp_path, run_cli):
