@@ -11,6 +11,9 @@ Each variant is the demo (`t2t demo`'s training config and tokenizer recipe) wit
   span+templates  both
   wide            d_model 256, d_ff 512 (about 3x the parameters), half the steps
   temperature1    the mixture's temperature 1 instead of 2 (rates follow the capped sizes)
+  no_sort         the ablation: sort_words left out of the training mixture (does alphabet_first need it?)
+  lr3e-3          the learning rate the demo had until 2026-11-25 (3e-3 instead of 1e-3)
+`--seed` changes the model's initialisation (the mixture's stream keeps its own seed); `--lr` overrides the rate.
 Per variant: the held-out tasks' medians over templates with their 95% bootstrap interval and chance, the mean
 over the training tasks, training minutes. Run it alone on the machine.
 """
@@ -54,7 +57,7 @@ EXTRA_TEMPLATES = {
          "target": "{{ answer_choices[label] }}", "answer_choices": ["false", "true"], "choices_in_prompt": True},
     ],
 }  # fmt: skip
-VARIANTS = ["baseline", "span", "templates", "span+templates", "wide", "temperature1"]
+VARIANTS = ["baseline", "span", "templates", "span+templates", "wide", "temperature1", "no_sort", "lr3e-3"]
 
 
 def variant_registry(name: str, root: Path) -> Registry:
@@ -68,7 +71,11 @@ def variant_registry(name: str, root: Path) -> Registry:
         spec["members"]["world_text"] = None
     if name == "temperature1":
         spec["rate"]["temperature"] = 1.0
-    (mixtures / "demo.yaml").write_text(yaml.safe_dump(spec))
+    if name == "no_sort":
+        del spec["members"]["cluster:word_ops"]
+        spec["members"] = {"reverse_words": None, "dedupe_words": None, **spec["members"]}
+    # the members' order decides task ids, the tokenizer's corpus order and so the run: keep the shipped order
+    (mixtures / "demo.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     if "templates" in name:
         for task, extra in EXTRA_TEMPLATES.items():
             path = templates / f"{task}.yaml"
@@ -78,10 +85,12 @@ def variant_registry(name: str, root: Path) -> Registry:
     return Registry([templates], [mixtures])
 
 
-def run_variant(name: str, out: Path, steps: int, max_examples: int) -> dict:
+def run_variant(name: str, out: Path, steps: int, max_examples: int, seed: int, lr: float | None) -> dict:
     registry = variant_registry(name, out / name / "registry")
     config = demo_config(out / name / "run", steps if name != "wide" else steps // 2)
-    update: dict = {"trackers": []}
+    update: dict = {"trackers": [], "seed": seed}
+    if lr is not None or name == "lr3e-3":
+        update["optimizer"] = config.optimizer.model_copy(update={"lr": 3e-3 if lr is None else lr})
     if name == "wide":
         tiny = config.model.tiny.model_copy(update={"d_model": 256, "d_ff": 512})
         update["model"] = config.model.model_copy(update={"tiny": tiny})
@@ -98,7 +107,8 @@ def run_variant(name: str, out: Path, steps: int, max_examples: int) -> dict:
     held = {t: {k: tasks[t]["summary"][k] for k in ("median", "ci_low", "ci_high", "chance", "vs_chance")}
             for t in mixture.held_out}  # fmt: skip
     seen = [tasks[t]["summary"]["median"] for t in tasks if not tasks[t]["held_out"]]
-    row = {"variant": name, "steps": config.steps, "train_minutes": round(minutes, 2),
+    row = {"variant": name, "steps": config.steps, "seed": seed, "lr": config.optimizer.lr,
+           "train_minutes": round(minutes, 2),
            "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
            "held_out": held, "seen_mean": round(sum(seen) / len(seen), 1),
            "seen": {t: tasks[t]["summary"]["median"] for t in tasks if not tasks[t]["held_out"]}}  # fmt: skip
@@ -111,9 +121,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--max-examples", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/demo_design"))
     args = parser.parse_args()
-    rows = [run_variant(v, args.out, args.steps, args.max_examples) for v in args.variants]
+    rows = [run_variant(v, args.out, args.steps, args.max_examples, args.seed, args.lr) for v in args.variants]
     with open(args.out / "results.jsonl", "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
 

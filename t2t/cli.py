@@ -834,9 +834,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("demo", cmd_demo, "train and evaluate a tiny T5 on the demo mixture, offline, in minutes")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run dir (default runs/demo)")
-    p.add_argument("--steps", type=positive_int, default=2000, help="training steps (default 2000)")
+    p.add_argument("--steps", type=positive_int, default=4000, help="training steps (default 4000)")
     p.add_argument(
-        "--max-examples", type=positive_int, default=100, help="evaluation examples per task (default 100)"
+        "--max-examples", type=positive_int, default=200, help="evaluation examples per task (default 200)"
     )
 
     p = command("compare", cmd_compare, "a mixture model against single-task baselines (negative transfer)")

@@ -32,7 +32,7 @@ def demo_config(run_dir: Path, steps: int) -> TrainConfig:
         "tokenizer": {"vocab_size": 2000, "rows_per_task": 1000},
         "max_input_tokens": 96, "max_target_tokens": 24,
         "batching": {"strategy": "auto", "max_tokens": 2048, "batch_size": None, "window_examples": 2048},
-        "steps": steps, "optimizer": {"name": "adamw", "lr": 3e-3},
+        "steps": steps, "optimizer": {"name": "adamw", "lr": 1e-3},
         "schedule": {"name": "linear", "warmup_steps": max(1, steps // 20)},
         "log_every_steps": max(1, steps // 30), "save_every_steps": None, "keep_checkpoints": 1,
         "trackers": ["tensorboard"], "seed": 0,
@@ -81,8 +81,8 @@ def _report(results: dict, plan: dict, run: Run, minutes: float, started: dateti
         f"{started:%Y-%m-%d %H:%M} UTC, {machine}, {minutes:.1f} minutes. A tiny T5 (d_model 128, 2 + 2 layers, "
         f"{sum(p.numel() for p in run.accelerator.unwrap_model(run.model).model.parameters()) / 1e6:.2f}M parameters) "
         f"trained for {run.state.step} steps ({run.state.examples_seen:,} examples, {run.state.tokens_seen:,} "
-        f"tokens) on {plan['training_tasks']} tasks of the `demo` mixture; {plan['held_out_tasks']} tasks of an "
-        "untrained cluster are held out and evaluated zero-shot.", "",
+        f"tokens) on {plan['training_tasks']} tasks of the `demo` mixture; {plan['held_out_tasks']} tasks of "
+        "clusters it never trains on are held out and evaluated zero-shot.", "",
         f"Training loss (mean per token): {first['loss']:.3f} at step {first['step']} -> {last['loss']:.3f} at "
         f"step {last['step']}.", "",
         "![loss curves](loss_curves.png)", "", "![scores](eval/scores.png)", "",

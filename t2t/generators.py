@@ -167,6 +167,15 @@ def sum_check(rng: np.random.Generator) -> Row:
     return {"a": a, "b": b, "total": a + b + offset, "label": label}
 
 
+# ----------------------------------------------------------------------- ordering (held out in the demo)
+
+
+def alphabet_first(rng: np.random.Generator) -> Row:
+    """Two to five distinct words of the world, and the one that comes first in alphabetical order."""
+    words = _word_list(rng, 2, 5)
+    return {"words": " ".join(words), "answer": min(words)}
+
+
 # ------------------------------------------------------------------- plain text (span corruption)
 
 
@@ -206,7 +215,7 @@ GENERATORS: dict[str, Callable[[np.random.Generator], Row]] = {
         add_numbers, subtract_numbers, count_word,
         color_lookup, owner_lookup,
         sentiment, word_in_list, larger_number,
-        color_check, sum_check,
+        color_check, sum_check, alphabet_first,
         world_text,
     )
 }  # fmt: skip

@@ -182,10 +182,11 @@ def test_mixture_eval_reports_held_out_separately(tmp_path, run_cli, tiny_tokeni
                          "--no-generate", "--out", tmp_path / "out")  # fmt: skip
     assert code == 0
     report = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(report["tasks"]) == {"color_check", "sum_check"}
+    assert set(report["tasks"]) == {"color_check", "sum_check", "alphabet_first"}
     assert all(t["held_out"] and t["metric"] == "rank_sum" for t in report["tasks"].values())
-    # the 4 rows' labels: color_check yes yes yes no, sum_check no yes no no -> always the majority answer: 75
-    assert [t["summary"]["chance"] for t in report["tasks"].values()] == [75.0, 75.0]
+    # the 4 rows' labels: color_check yes yes yes no, sum_check no yes no no -> always the majority answer: 75;
+    # alphabet_first's answers are at positions 1, 3, 3, 1 of 3, 5, 3, 3 words: guessing 30, a position 50
+    assert [t["summary"]["chance"] for t in report["tasks"].values()] == [75.0, 75.0, 50.0]
     assert "## Held-out tasks (zero-shot)" in (tmp_path / "out" / "results.md").read_text()
     assert set(report["groups"]) == {"held_out"}
 

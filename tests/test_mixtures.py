@@ -342,7 +342,7 @@ def test_mixture_show_json(run_cli):
     assert code == 0
     result = json.loads(out)
     rows = {row["task"]: row for row in result["tasks"]}
-    assert {t for t, r in rows.items() if r["held_out"]} == {"color_check", "sum_check"}
+    assert {t for t, r in rows.items() if r["held_out"]} == {"color_check", "sum_check", "alphabet_first"}
     # demo: K = 2000, T = 2 -> reverse_words (6000 rows) is capped at sqrt(2000); sentiment has sqrt(60)
     assert rows["reverse_words"]["rate"] == pytest.approx(math.sqrt(2000)) and rows["reverse_words"]["capped"]
     assert rows["sentiment"]["rate"] == pytest.approx(math.sqrt(60)) and not rows["sentiment"]["capped"]

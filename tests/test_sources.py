@@ -104,6 +104,11 @@ def test_generated_rows_are_correct():
         assert row["answer"].split() == list(dict.fromkeys(row["words"].split()))
     for row in generate("count_word", {"train": 50}, 0)["train"]:
         assert row["words"].split().count(row["word"]) == int(row["answer"])
+    for row in generate("alphabet_first", {"train": 50}, 0)["train"]:
+        words = row["words"].split()
+        assert 2 <= len(words) == len(set(words)) <= 5 and row["answer"] == sorted(words)[0]
+    # pinned: the demo's held-out rows (and so its README figures) move if the generator's draws do
+    assert generate("alphabet_first", {"train": 1}, 0)["train"] == [{"words": "white lime", "answer": "lime"}]
 
 
 def test_generator_too_small_for_the_sizes_asked():
