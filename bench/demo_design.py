@@ -125,7 +125,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/demo_design"))
     args = parser.parse_args()
-    rows = [run_variant(v, args.out, args.steps, args.max_examples, args.seed, args.lr) for v in args.variants]
+    rows = [
+        run_variant(v, args.out, args.steps, args.max_examples, args.seed, args.lr) for v in args.variants
+    ]
     with open(args.out / "results.jsonl", "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
 

@@ -51,9 +51,8 @@ def test_export_writes_tasks_that_lm_eval_loads_and_refuses_a_used_folder(checkp
     code, stdout, err = run_cli("export", "lm-eval", "--mixture", "demo", "--held-out", "--max-examples", "5",
                                 "--out", tmp_path / "held_out")  # fmt: skip
     assert code == 0, err
-    assert (
-        "--tasks t2t_color_check,t2t_sum_check,t2t_alphabet_first" in stdout
-    )  # the demo's held-out tasks, ready to run
+    # the demo's held-out tasks, ready to run
+    assert "--tasks t2t_color_check,t2t_sum_check,t2t_alphabet_first" in stdout
     code, _, err = run_cli("export", "lm-eval", "--tasks", "word_in_list", "--out", out)
     assert code == 2 and "--out must be a new or empty folder" in err
 
