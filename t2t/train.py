@@ -566,8 +566,17 @@ def _maybe_fault(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+# The runs of a multi-process `t2t train`, kept referenced until the process ends with os._exit (t2t.cli.run):
+# freeing a finished ZeRO-3 run's engine while the process group lives is one way its communication threads'
+# teardown can abort a rank ("terminate called without an active exception") after every file is written.
+_LIVE_RUNS: list[Run] = []
+
+
 def train(config: TrainConfig, registry: Registry, resume: str | None = None) -> dict:
-    return Run(config, registry, resume).fit()
+    run = Run(config, registry, resume)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        _LIVE_RUNS.append(run)
+    return run.fit()
 
 
 def append_log(path: Path, record: dict) -> None:
