@@ -222,6 +222,9 @@ class LazyPairs:
         self.path = cache_dir / f"{task.name}-{key}.pairs.jsonl"
         # row -> (input ids, labels, input cut, target cut), or None where the template skips the row
         self.pairs: dict[int, tuple[list[int], list[int], bool, bool] | None] = {}
+        # the template's fields, selected once: indexing it with a list of rows is a plain Arrow take (`select`
+        # per batch would fingerprint a new dataset each time, ten times the cost of the take on the demo)
+        self._fields = rows.rows.select_columns(list(task.spec.fields))
         if self.path.exists():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 if not line:
@@ -237,7 +240,7 @@ class LazyPairs:
         missing = sorted({int(r) for r in wanted} - self.pairs.keys())
         if not missing:
             return
-        columns = self.rows.rows.select_columns(list(self.task.spec.fields)).select(missing)[:]
+        columns = self._fields[missing]
         sources = [int(self.rows.source_rows[row]) for row in missing]
         values = encode_rows(
             self.task, self.template, self.split, columns, sources, self.tokenizer, self.limits
