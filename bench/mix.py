@@ -2,10 +2,12 @@
 
     python bench/mix.py [--steps 600] [--max-examples 100] [--out runs/bench_mix]
 
-The demo mixture and model, one seed, the same number of optimizer steps and about the same token slots per step
-(2,048): length-bucketed padded batches (the demo's default), padded with `keep_mix`, and packed rows (16 x 128).
-Per strategy: the task mix distance of its first 200 batches, real tokens seen, the mean score over the training
-tasks (median over templates each) with each task's score, and the held-out mean. Run it alone on the machine.
+The demo mixture, model and learning rate (t2t compare's config), one seed, about the same token slots per step
+(2,048): length-bucketed padded batches, padded with `keep_mix` (at the same steps, and at twice the steps: about
+the real tokens of the others, since its batches pad short tasks to long ones), and the default (`strategy: auto`:
+packed rows for a T5). Per strategy: the task mix distance of its first 200 batches, real tokens seen, the mean
+score over the training tasks (median over templates each) with each task's score, and the held-out mean. Run it
+alone on the machine.
 """
 
 from __future__ import annotations
@@ -22,12 +24,16 @@ from t2t.mixtures import load_mixture
 from t2t.registry import Registry
 from t2t.train import Run
 
-STRATEGIES = {
-    "padded (bucketed)": {"strategy": "padded", "max_tokens": 2048, "batch_size": None, "keep_mix": False},
-    "padded, keep_mix": {"strategy": "padded", "max_tokens": 2048, "batch_size": None, "keep_mix": True},
-    "packed (16 x 128)": {"strategy": "packed", "rows_per_batch": 16, "pack_input_tokens": 128,
-                          "pack_target_tokens": 32, "batch_size": None, "max_tokens": None, "keep_mix": False},
-}  # fmt: skip
+PADDED = {"strategy": "padded", "max_tokens": 2048, "batch_size": None}
+STRATEGIES = {  # name: (batching, steps as a multiple of --steps)
+    "padded (bucketed)": ({**PADDED, "keep_mix": False}, 1),
+    "padded, keep_mix": ({**PADDED, "keep_mix": True}, 1),
+    "padded, keep_mix, 2x steps": ({**PADDED, "keep_mix": True}, 2),
+    "default (auto: packed)": (
+        {"strategy": "auto", "max_tokens": 2048, "batch_size": None, "keep_mix": False},
+        1,
+    ),
+}
 
 
 def main() -> None:
@@ -40,15 +46,14 @@ def main() -> None:
     mixture = load_mixture(registry, "demo")
     tasks, held = mixture.task_names, list(mixture.held_out)
     rows = {}
-    for name, batching in STRATEGIES.items():
-        config = run_config(
-            "demo",
-            args.out / (name.split()[0].strip(",") + ("_mix" if "keep" in name else "")),
-            args.steps,
-            0,
-        )
+    for index, (name, (batching, factor)) in enumerate(STRATEGIES.items()):
+        config = run_config("demo", args.out / f"run{index}", args.steps * factor, 0)
         config = config.model_copy(
-            update={"batching": config.batching.model_validate({**config.batching.model_dump(), **batching})}
+            update={
+                "batching": config.batching.model_validate(
+                    {**config.batching.model_dump(exclude_unset=True), **batching}
+                )
+            }
         )
         run = Run(config, registry)
         first = list(itertools.islice(iter(run.loader), 200))
@@ -58,17 +63,21 @@ def main() -> None:
         scores = _scores(run, registry, [*tasks, *held], args.max_examples)
         rows[name] = {
             "distance": distance,
+            "steps": run.state.step,
+            "chosen": run.loader.config.strategy,
             "tokens": run.state.tokens_seen,
             "seen": float(np.mean([scores[t].median for t in tasks])),
             "held_out": float(np.mean([scores[t].median for t in held])),
             "tasks": {t: scores[t].median for t in tasks},
         }
         print(name, rows[name], flush=True)
-    print("\n| batching | task mix distance | real tokens seen | seen tasks (mean) | held-out mean |")
-    print("|---|---:|---:|---:|---:|")
+    print(
+        "\n| batching | chosen | steps | task mix distance | real tokens seen | seen tasks (mean) | held-out mean |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
     for name, r in rows.items():
         print(
-            f"| {name} | {r['distance']:.2f} | {r['tokens'] / 1e6:.2f}M | {r['seen']:.1f} | {r['held_out']:.1f} |"
+            f"| {name} | {r['chosen']} | {r['steps']} | {r['distance']:.2f} | {r['tokens'] / 1e6:.2f}M | {r['seen']:.1f} | {r['held_out']:.1f} |"
         )
     print("\n| task | " + " | ".join(rows) + " |")
     print("|---|" + "---:|" * len(rows))

@@ -329,7 +329,9 @@ class Run:
         window = _LogWindow(len(self.tasks))
         while self.state.step < config.steps:
             _maybe_fault(self.state.step)
+            began = time.perf_counter()
             micro = [next(batches) for _ in range(config.gradient_accumulation_steps)]
+            window.data_seconds += time.perf_counter() - began  # batches built, pairs encoded when first drawn
             stats = self.train_step(micro)
             self.state.step += 1
             window.add(stats)
@@ -518,6 +520,7 @@ class _LogWindow:
     def reset(self) -> None:
         self.task_loss, self.task_tokens = [0.0] * self.n_tasks, [0.0] * self.n_tasks
         self.objective, self.real_tokens, self.steps, self.started = 0.0, 0, 0, time.perf_counter()
+        self.data_seconds = 0.0  # spent waiting for batches (this process)
 
     def add(self, stats: dict) -> None:
         self.task_loss = [a + b for a, b in zip(self.task_loss, stats["task_loss"], strict=True)]
@@ -533,6 +536,7 @@ class _LogWindow:
             "loss": sum(self.task_loss) / max(total_tokens, 1),  # mean token loss, unweighted
             "objective": self.objective / max(self.steps, 1),  # what was minimised (balancing included)
             "tokens_per_s": self.real_tokens / seconds if seconds > 0 else 0.0,
+            "data_share": self.data_seconds / seconds if seconds > 0 else 0.0,  # of the window's wall time
         }
         for name, loss, tokens, weight in zip(tasks, self.task_loss, self.task_tokens, weights, strict=True):
             record[f"task_tokens/{name}"] = tokens

@@ -26,6 +26,9 @@ def test_demo_end_to_end_writes_its_run_dir(tmp_path, run_cli):
     for name in ("loss_curves.png", "eval/scores.png", "metrics.jsonl", "tokenizer/spiece.model"):
         assert (out / name).is_file(), name
     AutoModelForSeq2SeqLM.from_pretrained(str(out / "model"))
+    # every log line says what share of its wall time went to building batches (encoding the first draws included)
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged and all(0 < line["data_share"] < 1 for line in logged)
     # A second demo into the same folder is refused rather than mixed with the first.
     code, _, err = run_cli("demo", "--out", out, "--steps", "2")
     assert code == 2 and "exists and is not empty" in err
