@@ -45,8 +45,18 @@ def test_packed_batch_golden():
     }  # fmt: skip
     assert (batch.n_examples, batch.real_tokens, batch.total_tokens) == (3, 16, 22)
     # and the layout of its segments: encoder lengths 3, 2 | 4, blocks [2] and [3 (padded), 4]; decoder 2, 3 | 2
-    assert batch.tensors["segments.enc.0.q"].tolist() == [[3, 4]]
-    assert batch.tensors["segments.enc.1.q"].tolist() == [[0, 1, 2, -1], [6, 7, 8, 9]]  # -1: past the end
+    assert batch.tensors["segments.enc.gather_q"].tolist() == [
+        3,
+        4,
+        0,
+        1,
+        2,
+        0,
+        6,
+        7,
+        8,
+        9,
+    ]  # padding reads 0
     assert batch.tensors["segments.dec.0.q"].tolist() == [[0, 1], [5, 6]]
 
 
