@@ -59,10 +59,27 @@ def _slots(starts: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
 
 
 def _kind(arrays: dict[str, np.ndarray], kind: str, blocks: list[tuple[np.ndarray, np.ndarray]]) -> None:
-    """Store one attention kind's blocks: per block its query and key slots (n, width), -1 past a segment's end."""
+    """Store one attention kind's blocks: per block its query and key slots (n, width), -1 past a segment's end;
+    for the kind, the gather indices of all blocks' queries and keys in one (so one gather serves every block),
+    the query slots that hold a token and their packed positions (where the outputs go, each exactly once)."""
+    offset, real, targets = 0, [], []
     for block, (queries, keys) in enumerate(blocks):
         arrays[f"{PREFIX}{kind}.{block}.q"] = queries
         arrays[f"{PREFIX}{kind}.{block}.k"] = keys
+        flat = queries.reshape(-1)
+        slots = np.flatnonzero(flat >= 0)
+        real.append(slots + offset)
+        targets.append(flat[slots])
+        offset += flat.shape[0]
+    empty = np.zeros(0, dtype=np.int64)
+    arrays[f"{PREFIX}{kind}.gather_q"] = np.concatenate(
+        [np.maximum(q, 0).reshape(-1) for q, _ in blocks] or [empty]
+    )
+    arrays[f"{PREFIX}{kind}.gather_k"] = np.concatenate(
+        [np.maximum(k, 0).reshape(-1) for _, k in blocks] or [empty]
+    )
+    arrays[f"{PREFIX}{kind}.real"] = np.concatenate(real or [empty])
+    arrays[f"{PREFIX}{kind}.targets"] = np.concatenate(targets or [empty])
 
 
 def layout_arrays(encoder_segment_ids: np.ndarray, decoder_segment_ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -106,80 +123,25 @@ def has_layout(tensors: dict[str, torch.Tensor]) -> bool:
     return any(name.startswith(PREFIX) for name in tensors)
 
 
-def head_rows(slots: torch.Tensor, heads: int) -> torch.Tensor:
-    """(n, width) packed positions -> (n, heads, width) rows of the (positions x heads, head dim) view of a
-    projection: position p, head h is row p * heads + h (a slot past a segment's end reads row h of position 0)."""
-    offsets = torch.arange(heads, device=slots.device)[None, :, None]
-    return slots.clamp(min=0)[:, None, :] * heads + offsets
-
-
 class _Blocks:
-    """One attention kind of a batch: its blocks, and what every layer of the forward shares, made at the first
-    layer for the model's head count: the gather rows of all blocks' queries and keys in one index each (so one
-    gather per projection serves every block, and its backward is one scatter), the additive masks (self-attention:
-    with the position bias added, once per forward), and where each output row goes (one gather back; positions
-    that hold no token read a zero row)."""
+    """One attention kind of a batch: its blocks' shapes and masks, the gathers and the scatter of all blocks."""
 
     def __init__(self, fields: dict[str, torch.Tensor], causal: bool, dtype: torch.dtype) -> None:
         n_blocks = sum(1 for name in fields if name.endswith(".q"))
-        self.queries = [fields[f"{block}.q"] for block in range(n_blocks)]
-        self.keys = [fields[f"{block}.k"] for block in range(n_blocks)]
-        self.shapes = [
-            (q.shape[0], q.shape[1], k.shape[1]) for q, k in zip(self.queries, self.keys, strict=True)
-        ]
-        self.causal, self.dtype = causal, dtype
-        self.device = self.queries[0].device if self.queries else torch.device("cpu")
+        self.shapes: list[tuple[int, int, int]] = []  # (segments, query width, key width) per block
+        self.masks: list[torch.Tensor] = []  # additive, (segments, 1, 1 or query width, key width)
+        for block in range(n_blocks):
+            queries, keys = fields[f"{block}.q"], fields[f"{block}.k"]
+            self.shapes.append((queries.shape[0], queries.shape[1], keys.shape[1]))
+            allowed = (keys >= 0)[:, None, None, :]
+            if causal:
+                square = torch.ones(queries.shape[1], keys.shape[1], dtype=torch.bool, device=keys.device)
+                allowed = allowed & square.tril()
+            zero = torch.zeros((), dtype=dtype, device=keys.device)
+            self.masks.append(torch.where(allowed, zero, torch.finfo(dtype).min))
+        self.gather_q, self.gather_k = fields["gather_q"], fields["gather_k"]
+        self.real, self.targets = fields["real"], fields["targets"]
         self.width = max((shape[2] for shape in self.shapes), default=1)  # the widest block's keys
-        self._heads: dict[int, tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]] = {}
-        self._scatter: dict[tuple[int, int], torch.Tensor] = {}
-        self._biased: tuple[torch.Tensor | None, list[torch.Tensor]] = (None, [])
-
-    def gathers(self, heads: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """The query and key gather rows of all blocks, and each block's mask (n x heads, 1 or query width, key
-        width), 0 where a query may attend a key and the dtype's minimum elsewhere."""
-        if heads not in self._heads:
-            masks = []
-            for queries, keys in zip(self.queries, self.keys, strict=True):
-                allowed = (keys >= 0)[:, None, None, :]
-                if self.causal:
-                    allowed = allowed & torch.ones(queries.shape[1], keys.shape[1], dtype=torch.bool,
-                                                   device=keys.device).tril()  # fmt: skip
-                zero = torch.zeros((), dtype=self.dtype, device=keys.device)
-                mask = torch.where(allowed, zero, torch.finfo(self.dtype).min).expand(-1, heads, -1, -1)
-                masks.append(mask.reshape(-1, *mask.shape[2:]))
-            empty = torch.zeros(0, dtype=torch.long, device=self.device)
-            gather_q = torch.cat([head_rows(q, heads).reshape(-1) for q in self.queries] or [empty])
-            gather_k = torch.cat([head_rows(k, heads).reshape(-1) for k in self.keys] or [empty])
-            self._heads[heads] = (gather_q, gather_k, masks)
-        return self._heads[heads]
-
-    def additive(self, heads: int, position_bias: torch.Tensor | None) -> list[torch.Tensor]:
-        """Per block, what is added to its scores, as (n x heads, 1 or query width, key width): the mask, plus the
-        position bias's top-left corner where there is one (computed once per forward: every layer of a T5 stack
-        shares the bias of its first layer)."""
-        masks = self.gathers(heads)[2]
-        if position_bias is None:
-            return masks
-        if self._biased[0] is not position_bias:
-            added = [(position_bias[0, :, :wq, :wk] + m.view(n, heads, -1, wk)).reshape(-1, wq, wk)
-                     for (n, wq, wk), m in zip(self.shapes, masks, strict=True)]  # fmt: skip
-            self._biased = (position_bias, added)
-        return self._biased[1]
-
-    def scatter(self, heads: int, positions: int) -> torch.Tensor:
-        """For each row of the (positions x heads, head dim) output: its row among all blocks' outputs, stacked in
-        block order, or the zero row after them."""
-        if (heads, positions) not in self._scatter:
-            total = sum(n * heads * wq for n, wq, _ in self.shapes)
-            index = torch.full((positions * heads,), total, dtype=torch.long, device=self.device)
-            offset = 0
-            for queries, (n, wq, _) in zip(self.queries, self.shapes, strict=True):
-                rows = offset + torch.arange(n * heads * wq, device=self.device).view(n, heads, wq)
-                real = (queries >= 0)[:, None, :].expand(n, heads, wq)
-                index[head_rows(queries, heads)[real]] = rows[real]
-                offset += n * heads * wq
-            self._scatter[(heads, positions)] = index
-        return self._scatter[(heads, positions)]
 
 
 class SegmentLayout:
@@ -218,30 +180,31 @@ def segment_attention(
     batch, heads, q_len, dim = query.shape
     scaling = dim**-0.5 if scaling is None else scaling
     blocks = layout.blocks_for(module)
-    gather_q, gather_k, _ = blocks.gathers(heads)
+    sizes_q = [n * width_q for n, width_q, _ in blocks.shapes]
+    sizes_k = [n * width_k for n, _, width_k in blocks.shapes]
+    # one gather per projection serves every block (and its backward is one scatter)
+    all_q = query.transpose(1, 2).reshape(-1, heads, dim).index_select(0, blocks.gather_q).split(sizes_q)
+    all_k = key.transpose(1, 2).reshape(-1, heads, dim).index_select(0, blocks.gather_k).split(sizes_k)
+    all_v = value.transpose(1, 2).reshape(-1, heads, dim).index_select(0, blocks.gather_k).split(sizes_k)
     cross = module.is_decoder and not module.is_causal  # T5 adds no position bias to cross-attention
-    added = blocks.additive(heads, None if cross else position_bias)
-    # (positions x heads, dim) views of the projections: one gather each puts every block's rows in bmm's layout,
-    # split per block (split's backward is one cat; slicing per block would add a zero-filled copy per block)
-    sizes_q = [n * heads * width_q for n, width_q, _ in blocks.shapes]
-    sizes_k = [n * heads * width_k for n, _, width_k in blocks.shapes]
-    all_q = query.transpose(1, 2).reshape(-1, dim).index_select(0, gather_q).split(sizes_q)
-    all_k = key.transpose(1, 2).reshape(-1, dim).index_select(0, gather_k).split(sizes_k)
-    all_v = value.transpose(1, 2).reshape(-1, dim).index_select(0, gather_k).split(sizes_k)
-    outputs = []
-    for (n, width_q, width_k), add, q, k, v in zip(blocks.shapes, added, all_q, all_k, all_v, strict=True):
-        q, k, v = (
-            q.view(n * heads, width_q, dim),
-            k.view(n * heads, width_k, dim),
-            v.view(n * heads, width_k, dim),
-        )
-        scores = torch.baddbmm(add, q, k.transpose(1, 2), alpha=scaling)  # mask (+ bias) + scaling * q k^T
-        weights = F.softmax(scores.float(), dim=-1).to(query.dtype)
-        if dropout and module.training:
-            weights = F.dropout(weights, p=dropout, training=True)
-        outputs.append(torch.bmm(weights, v).view(-1, dim))
-    outputs.append(query.new_zeros(1, dim))  # what positions without a token read
-    out = torch.cat(outputs).index_select(0, blocks.scatter(heads, batch * q_len))
+    attended = []
+    for (n, width_q, width_k), mask, q, k, v in zip(
+        blocks.shapes, blocks.masks, all_q, all_k, all_v, strict=True
+    ):
+        q = q.view(n, width_q, heads, dim).transpose(1, 2)
+        k = k.view(n, width_k, heads, dim).transpose(1, 2)
+        v = v.view(n, width_k, heads, dim).transpose(1, 2)
+        scores = torch.matmul(q, k.transpose(2, 3))
+        if scaling != 1.0:
+            scores = scores * scaling
+        if position_bias is not None and not cross:  # relative: the bias's top-left corner is the segment's
+            scores = scores + position_bias[:, :, :width_q, :width_k]
+        weights = F.softmax((scores + mask).float(), dim=-1).to(query.dtype)
+        weights = F.dropout(weights, p=dropout, training=module.training)
+        attended.append(torch.matmul(weights, v).transpose(1, 2).reshape(n * width_q, heads, dim))
+    out = query.new_zeros(batch * q_len, heads, dim)  # padding positions keep 0: no real token reads them
+    if attended:
+        out.index_copy_(0, blocks.targets, torch.cat(attended).index_select(0, blocks.real))
     return out.view(batch, q_len, heads, dim), None
 
 
