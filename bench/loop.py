@@ -31,7 +31,8 @@ PACKED = ("batching={strategy: packed, rows_per_batch: 16, pack_input_tokens: 12
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--strategy", choices=["auto", "padded", "packed"], default="auto")  # auto: the config's
+    # auto: the config's own batching
+    parser.add_argument("--strategy", choices=["auto", "padded", "packed"], default="auto")
     parser.add_argument("--tokenizer")
     args = parser.parse_args()
     tokenizer = demo_tokenizer_dir(args.tokenizer)

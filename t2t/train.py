@@ -331,7 +331,8 @@ class Run:
             _maybe_fault(self.state.step)
             began = time.perf_counter()
             micro = [next(batches) for _ in range(config.gradient_accumulation_steps)]
-            window.data_seconds += time.perf_counter() - began  # batches built, pairs encoded when first drawn
+            # waiting for batches: building them, and encoding the pairs drawn for the first time
+            window.data_seconds += time.perf_counter() - began
             stats = self.train_step(micro)
             self.state.step += 1
             window.add(stats)
