@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from t2t.mixtures import load_mixture
+from t2t.modeling import loss_sums
 from t2t.registry import Registry
 from t2t.tokenizer import mixture_texts, train_tokenizer
+
+
+def bare_step(model: Any, optimizer: torch.optim.Optimizer, batch: Any, n_tasks: int) -> None:
+    """The bare model step the loop is measured against: mean token loss, backward, optimizer step."""
+    sums = loss_sums(model, batch.tensors, n_tasks)
+    (sums.loss / sums.tokens).backward()
+    optimizer.step()
+    optimizer.zero_grad()
 
 
 def demo_tokenizer_dir(given: str | None) -> Path:

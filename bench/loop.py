@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import bare_step as model_step
 from _common import demo_tokenizer_dir
 
 from t2t.registry import Registry
@@ -50,12 +51,7 @@ def main() -> None:
         run.state.step += 1
 
     def bare_step(batch) -> None:
-        from t2t.modeling import loss_sums
-
-        sums = loss_sums(bare_model, batch.tensors, len(run.tasks))
-        (sums.loss / sums.tokens).backward()
-        bare_optimizer.step()
-        bare_optimizer.zero_grad()
+        model_step(bare_model, bare_optimizer, batch, len(run.tasks))
 
     for warm in batches[:5]:
         t2t_step(warm)

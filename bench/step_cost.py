@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import demo_tokenizer_dir
+from _common import bare_step, demo_tokenizer_dir
 
-from t2t.modeling import loss_sums
 from t2t.registry import Registry
 from t2t.train import Run
 from t2t.train_config import load_train_config
@@ -43,10 +42,7 @@ def step_seconds(tokenizer: Path, strategy: str, budget: int, steps: int) -> tup
     batches = [next(loader) for _ in range(steps + 3)]
 
     def step(batch) -> None:
-        sums = loss_sums(model, batch.tensors, len(run.tasks))
-        (sums.loss / sums.tokens).backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        bare_step(model, optimizer, batch, len(run.tasks))
 
     for batch in batches[:3]:
         step(batch)
