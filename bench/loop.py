@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import bare_step as model_step
-from _common import demo_tokenizer_dir
+from _common import bare_step, demo_tokenizer_dir
 
 from t2t.registry import Registry
 from t2t.train import Run
@@ -50,16 +49,16 @@ def main() -> None:
         run.train_step([batch])
         run.state.step += 1
 
-    def bare_step(batch) -> None:
-        model_step(bare_model, bare_optimizer, batch, len(run.tasks))
+    def bare_model_step(batch) -> None:
+        bare_step(bare_model, bare_optimizer, batch, len(run.tasks))
 
     for warm in batches[:5]:
         t2t_step(warm)
-        bare_step(warm)
+        bare_model_step(warm)
     seconds = {"t2t": 0.0, "bare": 0.0}
     for start in range(5, len(batches), 10):
         block = batches[start : start + 10]
-        for name, step in (("t2t", t2t_step), ("bare", bare_step)):
+        for name, step in (("t2t", t2t_step), ("bare", bare_model_step)):
             began = time.perf_counter()
             for batch in block:
                 step(batch)
