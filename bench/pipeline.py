@@ -1,21 +1,26 @@
 """Data pipeline, resume and evaluation costs on the demo mixture.
 
-    python bench/pipeline.py [--tokenizer DIR] [--windows 4]
+    python bench/pipeline.py [--tokenizer DIR] [--windows 4] [--data-steps 4000]
 
 1. a first run (empty encoding cache) of the demo's batching over its first windows: the time spent building
    batches (lazy encoding of each new (row, template) pair included) against the training steps' time;
 2. the time to restart the data stream at training step 10^6 (no replay);
 3. rank classification examples/s: t2t's batched scoring (one encoder pass per input, all choices in one decoder
-   pass) against a loop that calls the model once per choice.
+   pass) against a loop that calls the model once per choice;
+4. the data path alone (no training) over the demo's steps: from an empty cache, with it warm, and from an empty
+   cache with Python's garbage collector off (what collection costs), and what the tokenizer costs per text through
+   its fast backend (as t2t encodes) against sentencepiece's own processor on the same texts.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import tempfile
 import time
 from pathlib import Path
 
+import sentencepiece
 import torch
 from _common import demo_tokenizer_dir
 
@@ -36,12 +41,16 @@ def main() -> None:
     parser.add_argument(
         "--windows", type=int, default=4, help="windows of 2,048 examples to train on (default 4)"
     )
+    parser.add_argument(
+        "--data-steps", type=int, default=4000, help="batches for part 4 (default: the demo's)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     registry = Registry.default()
     mixture = load_mixture(registry, "demo")
     tmp = Path(tempfile.mkdtemp())
-    tokenizer = load_tokenizer(demo_tokenizer_dir(args.tokenizer))
+    tokenizer_dir = demo_tokenizer_dir(args.tokenizer)
+    tokenizer = load_tokenizer(tokenizer_dir)
     limits = Limits(96, 24)
 
     # 1. a first run: every (row, template) pair is encoded lazily, when a window first draws it (rows are
@@ -94,6 +103,37 @@ def main() -> None:
                 model(input_ids=ids, labels=torch.tensor([tokenizer(option).input_ids]))
     loop_s = time.perf_counter() - start
 
+    # 4. the data path alone over the demo's steps: cold, warm, cold without garbage collection
+    whole = {}
+    for label, cache in (
+        ("empty cache", "cold"),
+        ("warm cache", "cold"),
+        ("empty cache, gc off", "cold_nogc"),
+    ):
+        loader = BatchLoader(
+            MixtureData(mixture, registry, tokenizer, limits, tmp / cache), config, model_kind="t5"
+        )
+        batches, drawn = iter(loader), 0
+        if "gc off" in label:
+            gc.disable()
+        start = time.perf_counter()
+        for _ in range(args.data_steps):
+            drawn += next(batches).n_examples
+        whole[label] = (time.perf_counter() - start, drawn)
+        gc.enable()
+    texts = [r.inputs for t in tasks for r in (t.render(row, t.template_names[0], "train", i)
+                                                for i, row in enumerate(load_split(t, "train").rows.select(range(20))))]  # fmt: skip
+    backend = tokenizer.backend_tokenizer
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(tokenizer_dir / "spiece.model"))
+    per_text = {}
+    for name, encode in (("fast backend", lambda: backend.encode_batch(texts, add_special_tokens=False)),
+                         ("sentencepiece", lambda: processor.encode(texts))):  # fmt: skip
+        encode()
+        start = time.perf_counter()
+        for _ in range(20):
+            encode()
+        per_text[name] = (time.perf_counter() - start) / (20 * len(texts))
+
     print("demo mixture, tiny T5 (d_model 128, 2 layers), 2 threads\n")
     print(f"first run, {args.windows} windows: {steps} steps, {examples:,} examples, {pairs:,} pairs encoded")
     print(f"data (encoding, batches): {data_s:>8.2f} s ({pairs / data_s:,.0f} pairs/s with the batching)")
@@ -106,6 +146,13 @@ def main() -> None:
         f"rank classification:    {64 / batched_s:>10,.0f} examples/s batched vs {64 / loop_s:,.0f} per-choice loop "
         f"({loop_s / batched_s:.1f}x)"
     )
+    print(f"\nthe data path alone, {args.data_steps} batches (no training):")
+    for label, (seconds, drawn) in whole.items():
+        print(
+            f"  {label:<22} {seconds:>7.2f} s, {drawn:,} examples, {seconds / drawn * 1e6:.1f} us per example"
+        )
+    print(f"tokenizer per text ({len(texts)} training inputs, each task's first template): "
+          + ", ".join(f"{name} {s * 1e6:.1f} us" for name, s in per_text.items()))  # fmt: skip
 
 
 if __name__ == "__main__":
