@@ -5,7 +5,8 @@ tokenised without special tokens; a sequence longer than its limit keeps its fir
 exactly one EOS is appended. The same holds for every tokenizer, T5's or not. The decoder starts from the model
 config's `decoder_start_token_id` (T5: the pad id; BART: its own). Rank scoring may leave the EOS off the input or
 the choice (the `t0` and `harness` conventions of t2t.evaluation); truncation is the same.
-Each (task, template, split) is encoded once with the fast tokenizer in batches through `datasets.map`, and the
+Each (task, template, split) is encoded once in batches (t2t.pieces: SentencePiece's processor where it
+provably gives the tokenizer's ids) through `datasets.map`, and the
 result is cached on disk under a key of the task spec, template, data, tokenizer and limits: a second run over
 the same mixture does not tokenise again.
 """
@@ -25,6 +26,7 @@ from datasets.fingerprint import Hasher
 
 from t2t.config import FilesSource, GeneratorSource
 from t2t.errors import T2TError
+from t2t.pieces import text_ids
 from t2t.sandbox import alarm_handler
 from t2t.sources import SplitRows, load_split
 from t2t.span_corruption import max_text_tokens, sentinel_ids
@@ -55,16 +57,13 @@ def encode_texts(
 ) -> tuple[list[list[int]], list[bool]]:
     """Token ids of each text under the policy, and whether it was cut. `eos=False` leaves the EOS off (an empty
     text still gets one, so no sequence is empty); `max_tokens=None` cuts nothing."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and not getattr(tokenizer, "add_prefix_space", False):  # the fast path, same ids
-        ids = [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
-    else:
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ids = text_ids(tokenizer, texts)  # SentencePiece's own processor where it gives the tokenizer's ids
     limit = max_tokens if max_tokens is not None else max((len(x) for x in ids), default=0) + 1
+    eos_id = tokenizer.eos_token_id  # once: an attribute of HF tokenizers costs a microsecond a lookup
     if eos:
-        pairs = [with_eos(x, tokenizer.eos_token_id, limit) for x in ids]
+        pairs = [with_eos(x, eos_id, limit) for x in ids]
     else:
-        pairs = [(list(x[:limit]), len(x) > limit) if x else ([tokenizer.eos_token_id], False) for x in ids]
+        pairs = [(list(x[:limit]), len(x) > limit) if x else ([eos_id], False) for x in ids]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
