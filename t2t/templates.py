@@ -94,6 +94,10 @@ def _parse(source: str, what: str, where: Where, limits: RenderLimits, expressio
     private = _refuse_private_access(ast)
     if private is not None:
         raise T2TError(f"{what} reaches for {private!r}: refused by the sandbox", where)
+    # Jinja keeps a template's globals as a ChainMap over the environment's and turns it into a dict twice per
+    # render: 45 % of rendering a demo row. t2t's environments are complete once built, so one dict serves.
+    template = getattr(compiled, "_template", compiled)  # an expression wraps its template
+    template.globals = dict(template.globals)
     used = meta.find_undeclared_variables(ast) - set(env.globals)
     return compiled, used
 
