@@ -8,7 +8,7 @@ order. The loader's state is (window, batches of it already used): resuming reco
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,32 @@ class MixtureData:
             wanted.setdefault((item.task, item.template), []).append(item.row)
         for (task, template), rows in wanted.items():
             self.pairs(task, template).fill(rows)
+
+    def examples(self, items: Sequence[StreamItem]) -> list[Example]:
+        """`example` at each of these stream positions, the positions a template skips left out, with the new pairs
+        encoded first in one batch per (task, template). A task whose cached ids are its examples (no span
+        corruption, no prompting variants) skips `example`'s per-item checks: a window's hot path."""
+        self.prepare(items)
+        direct: dict[
+            str, int | None
+        ] = {}  # task -> its index where the cached ids are the example, else None
+        found: list[Example] = []
+        for item in items:
+            task = item.task
+            index = direct.get(task, -1)
+            if index == -1:
+                plain = self.registry.task(task).spec.objective != "span_corruption"
+                index = direct[task] = (
+                    self.task_index[task] if plain and not self.prompter(task).active else None
+                )
+            if index is None:
+                example = self.example(item)
+            else:
+                value = self._pairs[(task, item.template)].pairs[item.row]  # encoded by `prepare` above
+                example = None if value is None else Example(value[0], value[1], index, item.position)
+            if example is not None:
+                found.append(example)
+        return found
 
     def encoded_pairs(self) -> dict[str, list[LazyPairs]]:
         """Per task, its templates' pairs encoded so far."""
@@ -190,9 +216,7 @@ def resolve_batching(
 
 def first_examples(data: MixtureData, config: BatchingSpec) -> list[Example]:
     """The examples at the stream's first positions (one window, at most 4,096): what auto choices look at."""
-    items = [data.stream.item(k) for k in range(min(config.window_examples, 4096))]
-    data.prepare(items)
-    return [e for e in map(data.example, items) if e is not None]
+    return data.examples([data.stream.item(k) for k in range(min(config.window_examples, 4096))])
 
 
 class BatchLoader:
@@ -220,9 +244,8 @@ class BatchLoader:
     def window_examples(self, window: int) -> list[Example]:
         size = self.config.window_examples
         positions = ((window * size + i) * self.world_size + self.rank for i in range(size))
-        items = [self.data.stream.item(k) for k in positions]
-        self.data.prepare(items)  # the window's new pairs, encoded in one batch per (task, template)
-        return [e for e in map(self.data.example, items) if e is not None]
+        # the window's new pairs are encoded in one batch per (task, template)
+        return self.data.examples([self.data.stream.item(k) for k in positions])
 
     def window_batches(self, window: int) -> list[Batch]:
         examples, cfg = self.window_examples(window), self.config

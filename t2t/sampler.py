@@ -13,19 +13,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from hashlib import blake2b
+from typing import NamedTuple
 
 import numpy as np
 
 from t2t.errors import T2TError
-from t2t.rng import choose_template, keyed_rng, stable_int
+from t2t.rng import keyed_rng, stable_int
 
 DEFAULT_BLOCK = 4096
 ROW_CACHE_ELEMENTS = 20_000_000  # row permutations kept (8 bytes each)
 
 
-@dataclass(frozen=True)
-class StreamItem:
+class StreamItem(NamedTuple):  # a tuple: cheaper to make than a frozen dataclass, one per example drawn
     position: int  # k, in the global stream
     task: str
     row: int  # index into the task's training rows (after its filter)
@@ -79,6 +79,8 @@ class MixtureStream:
         self.block_size = block_size
         self.per_block = p * block_size
         self.phase = np.array([stable_int("phase", seed, t) / 2.0**64 for t in tasks])
+        # choose_template's hash input for each task, up to the occurrence (its bytes, built once)
+        self._template_keys = [f"template\x1f{seed}\x1f{t}\x1f".encode() for t in self.tasks]
         self._blocks = _LRU(4)
         self._rows = _LRU(ROW_CACHE_ELEMENTS, weight=len)
         self._last_block = 0
@@ -139,13 +141,13 @@ class MixtureStream:
             start, slots, occurrences = self._block(block)
         task, occurrence = int(slots[position - start]), int(occurrences[position - start])
         epoch, index = divmod(occurrence, self.sizes[task])
-        name = self.tasks[task]
-        template = self.templates[task][
-            choose_template(self.seed, name, occurrence, len(self.templates[task]))
-        ]
-        return StreamItem(
-            position, name, int(self._row_order(task, epoch)[index]), epoch, occurrence, template
-        )
+        templates = self.templates[task]
+        choice = 0
+        if len(templates) > 1:  # choose_template(seed, task, occurrence, n), with the key's prefix built once
+            digest = blake2b(self._template_keys[task] + str(occurrence).encode(), digest_size=8).digest()
+            choice = int.from_bytes(digest, "little") % len(templates)
+        row = int(self._row_order(task, epoch)[index])
+        return StreamItem(position, self.tasks[task], row, epoch, occurrence, templates[choice])
 
     def items(self, start: int, count: int) -> list[StreamItem]:
         return [self.item(k) for k in range(start, start + count)]

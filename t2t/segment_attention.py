@@ -52,61 +52,86 @@ def _bucket(lengths: np.ndarray) -> np.ndarray:
     return np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64)
 
 
-def _slots(starts: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
-    """(n, width) flat positions of each segment's tokens, -1 past its end."""
-    offsets = np.arange(width)[None, :]
-    return np.where(offsets < lengths[:, None], starts[:, None] + offsets, -1)
+def _flat_slots(starts: np.ndarray, lengths: np.ndarray, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Segment i's flat positions `starts[i] + 0 .. lengths[i] - 1`, then -1 up to `widths[i]`, every segment's
+    run one after the other in one array (each block's (segments, width) slots are a slice of it); and where each
+    segment's run begins."""
+    ends = np.cumsum(widths)
+    bases = ends - widths
+    owner = np.repeat(np.arange(len(widths)), widths)
+    offsets = np.arange(int(ends[-1]) if len(ends) else 0) - bases[owner]
+    return np.where(offsets < lengths[owner], starts[owner] + offsets, -1), bases
 
 
-def _kind(arrays: dict[str, np.ndarray], kind: str, blocks: list[tuple[np.ndarray, np.ndarray]]) -> None:
-    """Store one attention kind's blocks: per block its query and key slots (n, width), -1 past a segment's end;
-    for the kind, the gather indices of all blocks' queries and keys in one (so one gather serves every block),
-    the query slots that hold a token and their packed positions (where the outputs go, each exactly once)."""
-    offset, real, targets = 0, [], []
-    for block, (queries, keys) in enumerate(blocks):
-        arrays[f"{PREFIX}{kind}.{block}.q"] = queries
-        arrays[f"{PREFIX}{kind}.{block}.k"] = keys
-        flat = queries.reshape(-1)
-        slots = np.flatnonzero(flat >= 0)
-        real.append(slots + offset)
-        targets.append(flat[slots])
-        offset += flat.shape[0]
-    empty = np.zeros(0, dtype=np.int64)
-    arrays[f"{PREFIX}{kind}.gather_q"] = np.concatenate(
-        [np.maximum(q, 0).reshape(-1) for q, _ in blocks] or [empty]
+def _store(arrays: dict[str, np.ndarray], kind: str, blocks: np.ndarray, queries: tuple, keys: tuple) -> None:
+    """One attention kind's arrays, segments given in block order (`blocks`: each segment's block, ascending):
+    per block its query and key slots (segments, width), -1 past a segment's end; for the kind, the gather
+    indices of all blocks' queries and keys in one (so one gather serves every block), the query slots that hold
+    a token and their packed positions (where the outputs go, each exactly once). `queries` and `keys`: the
+    `_flat_slots` runs and their begins, with each segment's width; the same tuple for self-attention."""
+    (flat_q, bases_q, widths_q), (flat_k, bases_k, widths_k) = queries, keys
+    firsts = np.flatnonzero(np.diff(blocks, prepend=-1))  # each block's first segment
+    counts = np.diff(np.append(firsts, len(blocks)))
+    for block, (first, count) in enumerate(zip(firsts.tolist(), counts.tolist(), strict=True)):
+        for name, flat, bases, widths in (("q", flat_q, bases_q, widths_q), ("k", flat_k, bases_k, widths_k)):
+            width = int(widths[first])
+            arrays[f"{PREFIX}{kind}.{block}.{name}"] = flat[
+                bases[first] : bases[first] + count * width
+            ].reshape(count, width)
+    real = np.flatnonzero(flat_q >= 0)
+    arrays[f"{PREFIX}{kind}.gather_q"] = np.maximum(flat_q, 0)
+    arrays[f"{PREFIX}{kind}.gather_k"] = (
+        arrays[f"{PREFIX}{kind}.gather_q"] if keys is queries else np.maximum(flat_k, 0)
     )
-    arrays[f"{PREFIX}{kind}.gather_k"] = np.concatenate(
-        [np.maximum(k, 0).reshape(-1) for _, k in blocks] or [empty]
-    )
-    arrays[f"{PREFIX}{kind}.real"] = np.concatenate(real or [empty])
-    arrays[f"{PREFIX}{kind}.targets"] = np.concatenate(targets or [empty])
+    arrays[f"{PREFIX}{kind}.real"] = real
+    arrays[f"{PREFIX}{kind}.targets"] = flat_q[real]
+
+
+def _block_order(by: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Segments in block order (blocks by `_bucket` of `by`, ascending; segments in their order within one) and
+    each one's block."""
+    buckets = _bucket(by)
+    order = np.argsort(buckets, kind="stable")
+    ordered = buckets[order]
+    return order, np.cumsum(np.diff(ordered, prepend=ordered[:1]) != 0)
+
+
+def _block_widths(lengths: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """Each segment's block width: the longest of `lengths` in its block."""
+    longest = np.zeros(int(blocks[-1]) + 1 if len(blocks) else 0, dtype=np.int64)
+    np.maximum.at(longest, blocks, lengths)
+    return longest[blocks]
 
 
 def layout_arrays(encoder_segment_ids: np.ndarray, decoder_segment_ids: np.ndarray) -> dict[str, np.ndarray]:
     """The blocks of a packed batch, as int64 arrays named `segments.<kind>.<field>` and
-    `segments.<kind>.<block>.<q|k>` (see `_kind`). Kinds: `enc` and `dec` (self-attention: queries and keys are
+    `segments.<kind>.<block>.<q|k>` (see `_store`). Kinds: `enc` and `dec` (self-attention: queries and keys are
     the same tokens) and `cross` (a decoder segment attends to the encoder segment of the same row and id; its
-    blocks are formed by the encoder segment's length, the longer side)."""
+    blocks are formed by the encoder segment's length, the longer side). Every block of a kind is cut from one
+    array built in a fixed number of operations, however many segments and blocks the batch has."""
     arrays: dict[str, np.ndarray] = {}
     enc_row, enc_id, enc_start, enc_len = _runs(encoder_segment_ids)
     dec_row, dec_id, dec_start, dec_len = _runs(decoder_segment_ids)
     for kind, starts, lengths in (("enc", enc_start, enc_len), ("dec", dec_start, dec_len)):
-        buckets, blocks = _bucket(lengths), []
-        for bucket in np.unique(buckets):
-            chosen = buckets == bucket
-            slots = _slots(starts[chosen], lengths[chosen], int(lengths[chosen].max()))
-            blocks.append((slots, slots))
-        _kind(arrays, kind, blocks)
-    enc_of = {(int(r), int(s)): i for i, (r, s) in enumerate(zip(enc_row, enc_id, strict=True))}
-    pair = np.array([enc_of[(int(r), int(s))] for r, s in zip(dec_row, dec_id, strict=True)], dtype=np.int64)
-    pair_len = enc_len[pair]
-    buckets, blocks = _bucket(pair_len), []
-    for bucket in np.unique(buckets):
-        chosen = buckets == bucket
-        q_len, k_len = dec_len[chosen], pair_len[chosen]
-        queries = _slots(dec_start[chosen], q_len, int(q_len.max()))
-        blocks.append((queries, _slots(enc_start[pair[chosen]], k_len, int(k_len.max()))))
-    _kind(arrays, "cross", blocks)
+        order, blocks = _block_order(lengths)
+        widths = _block_widths(lengths[order], blocks)
+        slots = (*_flat_slots(starts[order], lengths[order], widths), widths)
+        _store(arrays, kind, blocks, slots, slots)
+    # the encoder segment of each decoder segment: the same (row, id); packing numbers both sides alike, so the
+    # runs line up one to one unless a segment is missing on one side
+    if np.array_equal(enc_row, dec_row) and np.array_equal(enc_id, dec_id):
+        pair = np.arange(len(dec_row))
+    else:
+        enc_of = {(int(r), int(s)): i for i, (r, s) in enumerate(zip(enc_row, enc_id, strict=True))}
+        pair = np.array(
+            [enc_of[(int(r), int(s))] for r, s in zip(dec_row, dec_id, strict=True)], dtype=np.int64
+        )
+    order, blocks = _block_order(enc_len[pair])
+    q_len, k_len = dec_len[order], enc_len[pair[order]]
+    widths_q, widths_k = _block_widths(q_len, blocks), _block_widths(k_len, blocks)
+    queries = (*_flat_slots(dec_start[order], q_len, widths_q), widths_q)
+    keys = (*_flat_slots(enc_start[pair[order]], k_len, widths_k), widths_k)
+    _store(arrays, "cross", blocks, queries, keys)
     return arrays
 
 

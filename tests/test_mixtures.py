@@ -11,6 +11,7 @@ import yaml
 from t2t.errors import T2TError
 from t2t.mixtures import RateSpec, load_mixture, report, rule_rate, stream_for
 from t2t.registry import Registry, shipped_dir
+from t2t.rng import choose_template
 from t2t.sampler import MixtureStream
 from tests.conftest import write_task
 
@@ -255,6 +256,16 @@ def test_stream_depends_on_the_seed_and_templates_vary_per_epoch():
     assert make_stream(seed=1).items(0, 200) != make_stream(seed=2).items(0, 200)
     item_templates = Counter(i.template for i in make_stream().items(0, 3000))
     assert set(item_templates) == {"x", "y", "z"}
+
+
+def test_the_stream_chooses_templates_as_choose_template_does():
+    # the stream hashes with the key's prefix built once; `t2t render` and Task.choose call choose_template
+    stream = MixtureStream(
+        NAMES, PROBS, SIZES, [("x", "y", "z"), ("x", "y"), ("x",), tuple("pqrstu")], seed=5
+    )
+    for item in stream.items(0, 5000):
+        options = stream.templates[NAMES.index(item.task)]
+        assert item.template == options[choose_template(5, item.task, item.occurrence, len(options))]
 
 
 # ----------------------------------------------------------------------------------- shipped and CLI
