@@ -9,7 +9,8 @@
    pass) against a loop that calls the model once per choice;
 4. the data path alone (no training) over the demo's steps: from an empty cache, with it warm, and from an empty
    cache with Python's garbage collector off (what collection costs), and what the tokenizer costs per text through
-   its fast backend (as t2t encodes) against sentencepiece's own processor on the same texts.
+   its fast backend, through sentencepiece's own processor, and as t2t encodes (t2t.pieces: the processor where it
+   gives the tokenizer's ids), on the same texts.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from t2t.encoding import Limits
 from t2t.evaluation import score_choices
 from t2t.mixtures import load_mixture
 from t2t.modeling import build_tiny_t5, loss_sums
+from t2t.pieces import text_ids
 from t2t.registry import Registry
 from t2t.sources import load_split
 from t2t.tokenizer import load_tokenizer
@@ -127,7 +129,8 @@ def main() -> None:
     processor = sentencepiece.SentencePieceProcessor(model_file=str(tokenizer_dir / "spiece.model"))
     per_text = {}
     for name, encode in (("fast backend", lambda: backend.encode_batch(texts, add_special_tokens=False)),
-                         ("sentencepiece", lambda: processor.encode(texts))):  # fmt: skip
+                         ("sentencepiece", lambda: processor.encode(texts)),
+                         ("t2t (t2t.pieces)", lambda: text_ids(tokenizer, texts))):  # fmt: skip
         encode()
         start = time.perf_counter()
         for _ in range(20):
