@@ -58,18 +58,18 @@ PROBES = (
 class _Encoder:
     """The processor for one tokenizer, with the checks above; `processor` None: HF encodes everything."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, use_processor: bool = True) -> None:
         self.backend = getattr(tokenizer, "backend_tokenizer", None)
         if self.backend is not None and getattr(tokenizer, "add_prefix_space", False):
             self.backend = None  # the tokenizer's call adds the prefix space; its backend alone would not
         self.tokenizer = tokenizer
-        self.size = len(tokenizer)
+        self.size = len(tokenizer) if use_processor else -1
         self.processor = None
         self.verified = 0
         self.lock = threading.Lock()
         self.added = None  # a pattern matching any added token's text; `marks`: their first characters
         self.marks: frozenset[str] = frozenset()
-        processor = self._processor()
+        processor = self._processor() if use_processor else None
         if processor is None:
             return
         added = self.backend.get_added_tokens_decoder().values()
@@ -116,9 +116,10 @@ class _Encoder:
         return self.added is not None and any(m in text for m in self.marks) and bool(self.added.search(text))
 
     def __call__(self, texts: list[str]) -> list[list[int]]:
-        if self.processor is None or not texts:
+        processor = self.processor  # once: another thread may drop it meanwhile
+        if processor is None or not texts:
             return self._hf(texts)
-        ids = self._pieces(self.processor, texts)
+        ids = self._pieces(processor, texts)
         special = [i for i, text in enumerate(texts) if self._has_added(text)]
         if special:
             for i, value in zip(special, self._hf([texts[i] for i in special]), strict=True):
@@ -136,15 +137,21 @@ class _Encoder:
 _ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _encoder(tokenizer: Any) -> _Encoder:
+    try:
+        encoder, size = _ENCODERS.get(tokenizer), len(tokenizer)
+    except TypeError:  # no weak reference to cache it under, or no length to see tokens added: HF alone
+        return _Encoder(tokenizer, use_processor=False)
+    if encoder is None or encoder.size != size:  # new, or tokens were added since
+        encoder = _ENCODERS[tokenizer] = _Encoder(tokenizer)
+    return encoder
+
+
 def text_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     """Each text's token ids, no special tokens added, exactly as `tokenizer(texts, add_special_tokens=False)`."""
-    encoder = _ENCODERS.get(tokenizer)
-    if encoder is None or encoder.size != len(tokenizer):  # new, or tokens were added since
-        encoder = _ENCODERS[tokenizer] = _Encoder(tokenizer)
-    return encoder(list(texts))
+    return _encoder(tokenizer)(list(texts))
 
 
 def uses_sentencepiece(tokenizer: Any) -> bool:
     """Whether `text_ids` currently encodes this tokenizer's plain text with SentencePiece's processor."""
-    text_ids(tokenizer, [])
-    return _ENCODERS[tokenizer].processor is not None
+    return _encoder(tokenizer).processor is not None

@@ -112,3 +112,15 @@ def test_a_tokenizer_without_a_sentencepiece_model_is_served_by_hf(tmp_path):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", eos_token="[EOS]")
     assert not pieces.uses_sentencepiece(tokenizer)
     assert pieces.text_ids(tokenizer, ["what is ?", "what now"]) == [[3, 4, 5], [3, 2]]
+
+
+def test_a_tokenizer_like_callable_without_weak_references_is_called_as_it_is():
+    class Words:  # no __weakref__, no length: t2t cannot cache a checked processor for it
+        __slots__ = ()
+        eos_token_id = 1
+
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [[len(w) for w in text.split()] for text in texts]}
+
+    assert not pieces.uses_sentencepiece(Words())
+    assert pieces.text_ids(Words(), ["a bb ccc", ""]) == [[1, 2, 3], []]
