@@ -23,9 +23,9 @@ from t2t.segment_attention import layout_tensors
 IGNORE = -100  # label value the loss skips
 
 
-class Example(
-    NamedTuple
-):  # a tuple: three times cheaper to make than a frozen dataclass, a window holds 2,048
+class Example(NamedTuple):
+    """One encoded example; a tuple, three times cheaper to make than a frozen dataclass (a window makes 2,048)."""
+
     input_ids: Sequence[int]
     labels: Sequence[int]
     task: int  # index of the task in the mixture
