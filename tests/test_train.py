@@ -1,10 +1,12 @@
 """The trainer: accumulation and resume equivalence, learning, balancing, logging, checkpoints, errors."""
 
+import gc
 import json
 import math
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from transformers import AutoModelForSeq2SeqLM
 from t2t.checkpoint import latest_checkpoint
 from t2t.errors import T2TError
 from t2t.registry import Registry
-from t2t.train import FAULT_ENV, Run, schedule_factor, train
+from t2t.train import FAULT_ENV, GC_FULL_EVERY, GC_YOUNG_EVERY, Run, _paced_collection, schedule_factor, train
 from t2t.train_config import TrainConfig, load_train_config
 from tests.conftest import same_threads
 
@@ -150,6 +152,42 @@ def test_loss_goes_down_and_every_task_is_logged(tmp_path, tokenizer_dir, mixtur
             assert record[f"task_tokens/{task}"] > 0 and record[f"task_loss/{task}"] > 0
             assert record[f"weight/{task}"] == 1.0
     assert (config.run_dir / "loss_curves.png").stat().st_size > 10_000
+    assert gc.isenabled()  # the loop paces collection itself and hands the collector back
+
+
+def test_paced_collection_frees_cycles_at_its_steps_and_restores_the_collector():
+    class Node:
+        pass
+
+    def cycle():
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        return weakref.ref(a)
+
+    for before in (True, False):
+        (gc.enable if before else gc.disable)()
+        with _paced_collection() as collect:
+            assert not gc.isenabled()
+            dead = cycle()
+            for step in range(1, GC_YOUNG_EVERY):
+                collect(step)
+                assert dead() is not None, step  # nothing collects it between the paced steps
+            collect(GC_YOUNG_EVERY)
+            assert dead() is None
+            held = Node()
+            held.itself = held
+            old = weakref.ref(held)
+            gc.collect(
+                1
+            )  # still held: it moves to the oldest generation, which young collections leave alone
+            del held
+            for step in range(GC_YOUNG_EVERY, GC_FULL_EVERY, GC_YOUNG_EVERY):
+                collect(step)
+            assert old() is not None
+            collect(GC_FULL_EVERY)
+            assert old() is None
+        assert gc.isenabled() == before
+    gc.enable()
 
 
 def test_uncertainty_weights_move_and_dwa_weights_are_logged(tmp_path, tokenizer_dir, mixture_dir):
