@@ -7,8 +7,9 @@
 2. the time to restart the data stream at training step 10^6 (no replay);
 3. rank classification examples/s: t2t's batched scoring (one encoder pass per input, all choices in one decoder
    pass) against a loop that calls the model once per choice;
-4. the data path alone (no training) over the demo's steps: from an empty cache, with it warm, and from an empty
-   cache with Python's garbage collector off (what collection costs), and what the tokenizer costs per text through
+4. the data path alone (no training) over the demo's steps: from an empty cache and with it warm, each with
+   Python's automatic garbage collection and with collection paced as `t2t train` paces it (t2t.train.
+   paced_collection: what automatic collection costs), and what the tokenizer costs per text through
    its fast backend, through sentencepiece's own processor, and as t2t encodes (t2t.pieces: the processor where it
    gives the tokenizer's ids), on the same texts.
 """
@@ -16,7 +17,7 @@
 from __future__ import annotations
 
 import argparse
-import gc
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from t2t.pieces import text_ids
 from t2t.registry import Registry
 from t2t.sources import load_split
 from t2t.tokenizer import load_tokenizer
+from t2t.train import paced_collection
 from t2t.train_config import BatchingSpec, TinyModelSpec
 
 
@@ -105,24 +107,25 @@ def main() -> None:
                 model(input_ids=ids, labels=torch.tensor([tokenizer(option).input_ids]))
     loop_s = time.perf_counter() - start
 
-    # 4. the data path alone over the demo's steps: cold, warm, cold without garbage collection
+    # 4. the data path alone over the demo's steps, from an empty cache and warm, with Python's automatic garbage
+    # collection and with collection paced as `t2t train` paces it (a step here is a batch)
     whole = {}
-    for label, cache in (
-        ("empty cache", "cold"),
-        ("warm cache", "cold"),
-        ("empty cache, gc off", "cold_nogc"),
+    for label, cache, paced in (
+        ("empty cache", "cold", False),
+        ("warm cache", "cold", False),
+        ("empty cache, paced gc", "cold_paced", True),
+        ("warm cache, paced gc", "cold_paced", True),
     ):
         loader = BatchLoader(
             MixtureData(mixture, registry, tokenizer, limits, tmp / cache), config, model_kind="t5"
         )
         batches, drawn = iter(loader), 0
-        if "gc off" in label:
-            gc.disable()
-        start = time.perf_counter()
-        for _ in range(args.data_steps):
-            drawn += next(batches).n_examples
-        whole[label] = (time.perf_counter() - start, drawn)
-        gc.enable()
+        with paced_collection() if paced else contextlib.nullcontext(lambda step: None) as collect:
+            start = time.perf_counter()
+            for step in range(1, args.data_steps + 1):
+                drawn += next(batches).n_examples
+                collect(step)
+            whole[label] = (time.perf_counter() - start, drawn)
     texts = [r.inputs for t in tasks for r in (t.render(row, t.template_names[0], "train", i)
                                                 for i, row in enumerate(load_split(t, "train").rows.select(range(20))))]  # fmt: skip
     backend = tokenizer.backend_tokenizer

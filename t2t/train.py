@@ -330,7 +330,7 @@ class Run:
         progress = _progress(config.steps, self.state.step, disable=not acc.is_main_process)
         batches = iter(self.loader)
         window = _LogWindow(len(self.tasks))
-        with _paced_collection() as collect:
+        with paced_collection() as collect:
             while self.state.step < config.steps:
                 _maybe_fault(self.state.step)
                 began = time.perf_counter()
@@ -521,7 +521,7 @@ GC_FULL_EVERY = 1000  # ... and of the whole heap
 
 
 @contextlib.contextmanager
-def _paced_collection() -> Iterator[Callable[[int], None]]:
+def paced_collection() -> Iterator[Callable[[int], None]]:
     """Python's automatic garbage collection off while the loop runs, collected at a fixed pace instead (as
     torchtitan does): an automatic full collection walks every object the run holds, the encoded pairs' millions of
     id lists among them, at moments set by allocation counts, inside the data path or a step. Young generations

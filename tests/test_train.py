@@ -17,7 +17,7 @@ from transformers import AutoModelForSeq2SeqLM
 from t2t.checkpoint import latest_checkpoint
 from t2t.errors import T2TError
 from t2t.registry import Registry
-from t2t.train import FAULT_ENV, GC_FULL_EVERY, GC_YOUNG_EVERY, Run, _paced_collection, schedule_factor, train
+from t2t.train import FAULT_ENV, GC_FULL_EVERY, GC_YOUNG_EVERY, Run, paced_collection, schedule_factor, train
 from t2t.train_config import TrainConfig, load_train_config
 from tests.conftest import same_threads
 
@@ -166,7 +166,7 @@ def test_paced_collection_frees_cycles_at_its_steps_and_restores_the_collector()
 
     for before in (True, False):
         (gc.enable if before else gc.disable)()
-        with _paced_collection() as collect:
+        with paced_collection() as collect:
             assert not gc.isenabled()
             dead = cycle()
             for step in range(1, GC_YOUNG_EVERY):
