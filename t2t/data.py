@@ -90,9 +90,8 @@ class MixtureData:
         encoded first in one batch per (task, template). A task whose cached ids are its examples (no span
         corruption, no prompting variants) skips `example`'s per-item checks: a window's hot path."""
         self.prepare(items)
-        direct: dict[
-            str, int | None
-        ] = {}  # task -> its index where the cached ids are the example, else None
+        # task -> its index where the cached ids are the example, else None
+        direct: dict[str, int | None] = {}
         found: list[Example] = []
         for item in items:
             task = item.task

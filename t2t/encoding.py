@@ -5,10 +5,10 @@ tokenised without special tokens; a sequence longer than its limit keeps its fir
 exactly one EOS is appended. The same holds for every tokenizer, T5's or not. The decoder starts from the model
 config's `decoder_start_token_id` (T5: the pad id; BART: its own). Rank scoring may leave the EOS off the input or
 the choice (the `t0` and `harness` conventions of t2t.evaluation); truncation is the same.
-Each (task, template, split) is encoded once in batches (t2t.pieces: SentencePiece's processor where it
-provably gives the tokenizer's ids) through `datasets.map`, and the
-result is cached on disk under a key of the task spec, template, data, tokenizer and limits: a second run over
-the same mixture does not tokenise again.
+Each (task, template, split) is encoded once in batches through `datasets.map` (the text's ids from t2t.pieces:
+SentencePiece's own processor where it provably gives the tokenizer's ids), and the result is cached on disk under a
+key of the task spec, template, data, tokenizer and limits: a second run over the same mixture does not tokenise
+again.
 """
 
 from __future__ import annotations
