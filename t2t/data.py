@@ -62,6 +62,7 @@ class MixtureData:
         self._pairs: dict[tuple[str, str], LazyPairs] = {}
         self._rows: dict[str, SplitRows] = {}
         self._prompters: dict[str, Prompter] = {}
+        self._as_cached: dict[str, int | None] = {}  # task -> its index where the cached ids are its examples
         self.tokenizer_key = tokenizer_fingerprint(tokenizer)
         self._sentinels: list[int] | None = None  # the tokenizer's, for span-corruption tasks
 
@@ -87,28 +88,9 @@ class MixtureData:
 
     def examples(self, items: Sequence[StreamItem]) -> list[Example]:
         """`example` at each of these stream positions, the positions a template skips left out, with the new pairs
-        encoded first in one batch per (task, template). A task whose cached ids are its examples (no span
-        corruption, no prompting variants) skips `example`'s per-item checks: a window's hot path."""
+        encoded first in one batch per (task, template)."""
         self.prepare(items)
-        # task -> its index where the cached ids are the example, else None
-        direct: dict[str, int | None] = {}
-        found: list[Example] = []
-        for item in items:
-            task = item.task
-            index = direct.get(task, -1)
-            if index == -1:
-                plain = self.registry.task(task).spec.objective != "span_corruption"
-                index = direct[task] = (
-                    self.task_index[task] if plain and not self.prompter(task).active else None
-                )
-            if index is None:
-                example = self.example(item)
-            else:
-                value = self._pairs[(task, item.template)].pairs[item.row]  # encoded by `prepare` above
-                example = None if value is None else Example(value[0], value[1], index, item.position)
-            if example is not None:
-                found.append(example)
-        return found
+        return [e for e in map(self.example, items) if e is not None]
 
     def encoded_pairs(self) -> dict[str, list[LazyPairs]]:
         """Per task, its templates' pairs encoded so far."""
@@ -131,6 +113,13 @@ class MixtureData:
         if value is None:
             return None
         input_ids, labels = value[0], value[1]
+        index = self._as_cached.get(item.task, -1)
+        if index == -1:  # decided once per task: are its cached ids its examples as they are?
+            plain = self.registry.task(item.task).spec.objective != "span_corruption"
+            index = self.task_index[item.task] if plain and not self.prompter(item.task).active else None
+            self._as_cached[item.task] = index
+        if index is not None:  # the hot path: no span corruption, no prompting variants
+            return Example(input_ids, labels, index, item.position)
         task = self.registry.task(item.task)
         if task.spec.objective == "span_corruption":  # the cached text, corrupted as this position draws it
             noise = task.spec.noise
@@ -243,7 +232,6 @@ class BatchLoader:
     def window_examples(self, window: int) -> list[Example]:
         size = self.config.window_examples
         positions = ((window * size + i) * self.world_size + self.rank for i in range(size))
-        # the window's new pairs are encoded in one batch per (task, template)
         return self.data.examples([self.data.stream.item(k) for k in positions])
 
     def window_batches(self, window: int) -> list[Batch]:
