@@ -198,9 +198,10 @@ def packed_batch(
     segments = np.arange(count) - (np.cumsum(per_row) - per_row)[row_of] + 1  # numbered from 1 within a row
     tasks = np.fromiter((e.task for e in chosen), dtype=np.int64, count=count)
 
-    def place(side: list, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def place(side: list, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple]:
         """One side's tokens of every example in order, each one's flat index in an (n, width) array, the example
-        it belongs to, and each example's first token's place in the tokens."""
+        it belongs to, each example's first token's place in the tokens, and the side's segments as
+        `segment_attention._runs` lists them (row, segment id, flat start, length)."""
         lengths = np.fromiter(map(len, side), dtype=np.int64, count=count)
         total = int(lengths.sum())
         values = np.fromiter(itertools.chain.from_iterable(side), dtype=np.int64, count=total)
@@ -211,11 +212,14 @@ def packed_batch(
             raise ValueError(f"a packed row holds {in_row.max()} tokens, over its {width}")
         row_first = np.cumsum(in_row) - in_row
         flat = row_of[owner] * width + np.arange(total) - row_first[row_of[owner]]
-        return values, flat, owner, firsts[lengths > 0]
+        present = lengths > 0
+        firsts = firsts[present]
+        runs = (row_of[present], segments[present], flat[firsts], lengths[present])
+        return values, flat, owner, firsts, runs
 
     input_ids = np.full((n, max_input_tokens), pad_id, dtype=np.int64)
     encoder_segment_ids = np.zeros((n, max_input_tokens), dtype=np.int64)
-    values, flat, owner, _ = place([e.input_ids for e in chosen], max_input_tokens)
+    values, flat, owner, _, encoder_runs = place([e.input_ids for e in chosen], max_input_tokens)
     input_ids.reshape(-1)[flat] = values
     encoder_segment_ids.reshape(-1)[flat] = segments[owner]
     real = len(values)
@@ -223,7 +227,7 @@ def packed_batch(
     labels = np.full((n, max_target_tokens), IGNORE, dtype=np.int64)
     decoder_segment_ids = np.zeros((n, max_target_tokens), dtype=np.int64)
     task_ids = np.full((n, max_target_tokens), -1, dtype=np.int64)
-    values, flat, owner, firsts = place([e.labels for e in chosen], max_target_tokens)
+    values, flat, owner, firsts, decoder_runs = place([e.labels for e in chosen], max_target_tokens)
     labels.reshape(-1)[flat] = values
     decoder_segment_ids.reshape(-1)[flat] = segments[owner]
     task_ids.reshape(-1)[flat] = tasks[owner]
@@ -237,6 +241,7 @@ def packed_batch(
         ("input_ids", input_ids), ("encoder_segment_ids", encoder_segment_ids),
         ("decoder_input_ids", decoder_input_ids), ("labels", labels),
         ("decoder_segment_ids", decoder_segment_ids), ("task_ids", task_ids))}  # fmt: skip
-    # where each segment's tokens go for attention (t2t.segment_attention), computed here on the host
-    tensors.update(layout_tensors(tensors["encoder_segment_ids"], tensors["decoder_segment_ids"]))
+    # where each segment's tokens go for attention (t2t.segment_attention), computed here on the host from the
+    # segments just placed
+    tensors.update(layout_tensors(encoder_runs, decoder_runs))
     return Batch(tensors, count, real, n * (max_input_tokens + max_target_tokens))

@@ -90,7 +90,23 @@ class MixtureData:
         """`example` at each of these stream positions, the positions a template skips left out, with the new pairs
         encoded first in one batch per (task, template)."""
         self.prepare(items)
-        return [e for e in map(self.example, items) if e is not None]
+        # (task, template) -> (its encoded pairs, the task's _plain_index)
+        found: dict[tuple[str, str], tuple[dict, int | None]] = {}
+        out = []
+        for item in items:
+            key = (item.task, item.template)
+            entry = found.get(key)
+            if entry is None:
+                entry = found[key] = (self.pairs(*key).pairs, self._plain_index(item.task))
+            pairs, index = entry
+            if index is None:  # span corruption or prompting variants: `example` transforms the cached ids
+                example = self.example(item)
+            else:  # the cached ids as they are (every row is encoded: prepare filled them)
+                value = pairs[item.row]
+                example = None if value is None else Example(value[0], value[1], index, item.position)
+            if example is not None:
+                out.append(example)
+        return out
 
     def encoded_pairs(self) -> dict[str, list[LazyPairs]]:
         """Per task, its templates' pairs encoded so far."""
@@ -106,6 +122,16 @@ class MixtureData:
                                              self.members[task].prompting, self.mixture.spec.seed)  # fmt: skip
         return self._prompters[task]
 
+    def _plain_index(self, task: str) -> int | None:
+        """The task's index if its cached ids are its examples as they are (no span corruption, no prompting
+        variants), else None; decided once per task."""
+        index = self._as_cached.get(task, -1)
+        if index == -1:
+            plain = self.registry.task(task).spec.objective != "span_corruption"
+            index = self.task_index[task] if plain and not self.prompter(task).active else None
+            self._as_cached[task] = index
+        return index
+
     def example(self, item: StreamItem) -> Example | None:
         """The encoded example at a stream position, or None where its template skips the row (promptsource
         style): the position is passed over, deterministically, on every run and resume."""
@@ -113,11 +139,7 @@ class MixtureData:
         if value is None:
             return None
         input_ids, labels = value[0], value[1]
-        index = self._as_cached.get(item.task, -1)
-        if index == -1:  # decided once per task: are its cached ids its examples as they are?
-            plain = self.registry.task(item.task).spec.objective != "span_corruption"
-            index = self.task_index[item.task] if plain and not self.prompter(item.task).active else None
-            self._as_cached[item.task] = index
+        index = self._plain_index(item.task)
         if index is not None:  # the hot path: no span corruption, no prompting variants
             return Example(input_ids, labels, index, item.position)
         task = self.registry.task(item.task)
@@ -204,7 +226,7 @@ def resolve_batching(
 
 def first_examples(data: MixtureData, config: BatchingSpec) -> list[Example]:
     """The examples at the stream's first positions (one window, at most 4,096): what auto choices look at."""
-    return data.examples([data.stream.item(k) for k in range(min(config.window_examples, 4096))])
+    return data.examples(data.stream.items(0, min(config.window_examples, 4096)))
 
 
 class BatchLoader:
@@ -231,8 +253,8 @@ class BatchLoader:
 
     def window_examples(self, window: int) -> list[Example]:
         size = self.config.window_examples
-        positions = ((window * size + i) * self.world_size + self.rank for i in range(size))
-        return self.data.examples([self.data.stream.item(k) for k in positions])
+        start = window * size * self.world_size + self.rank  # then every world_size-th position
+        return self.data.examples(self.data.stream.items(start, size, self.world_size))
 
     def window_batches(self, window: int) -> list[Batch]:
         examples, cfg = self.window_examples(window), self.config

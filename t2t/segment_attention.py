@@ -48,75 +48,30 @@ def _runs(segment_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 def _bucket(lengths: np.ndarray) -> np.ndarray:
     """Lengths in (2^(k-1), 2^k] share bucket k: a block's padding at most quadruples a segment's attention, and
     a batch has few blocks (on a CPU each block's small matmuls cost more in overhead than its padding: on the
-    demo's batches, blocks within a factor of sqrt 2 made the training loop slower)."""
-    return np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64)
+    demo's batches, blocks within a factor of sqrt 2 made the training loop slower). k = ceil(log2 n), read off
+    the float exponent of n - 1 (exact for integers; 0 for n <= 1)."""
+    return np.frexp(np.maximum(lengths, 1) - 1)[1].astype(np.int64)
 
 
 def _flat_slots(starts: np.ndarray, lengths: np.ndarray, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Segment i's flat positions `starts[i] + 0 .. lengths[i] - 1`, then -1 up to `widths[i]`, every segment's
     run one after the other in one array (each block's (segments, width) slots are a slice of it); and where each
     segment's run begins."""
-    ends = np.cumsum(widths)
+    ends = widths.cumsum()
     bases = ends - widths
-    owner = np.repeat(np.arange(len(widths)), widths)
+    owner = np.arange(len(widths)).repeat(widths)
     offsets = np.arange(int(ends[-1]) if len(ends) else 0) - bases[owner]
     return np.where(offsets < lengths[owner], starts[owner] + offsets, -1), bases
 
 
-def _store(arrays: dict[str, np.ndarray], kind: str, blocks: np.ndarray, queries: tuple, keys: tuple) -> None:
-    """One attention kind's arrays, segments given in block order (`blocks`: each segment's block, ascending):
-    per block its query and key slots (segments, width), -1 past a segment's end; for the kind, the gather
-    indices of all blocks' queries and keys in one (so one gather serves every block), the query slots that hold
-    a token and their packed positions (where the outputs go, each exactly once). `queries` and `keys`: the
-    `_flat_slots` runs and their begins, with each segment's width; the same tuple for self-attention."""
-    (flat_q, bases_q, widths_q), (flat_k, bases_k, widths_k) = queries, keys
-    firsts = np.flatnonzero(np.diff(blocks, prepend=-1))  # each block's first segment
-    counts = np.diff(np.append(firsts, len(blocks)))
-    for block, (first, count) in enumerate(zip(firsts.tolist(), counts.tolist(), strict=True)):
-        for name, flat, bases, widths in (("q", flat_q, bases_q, widths_q), ("k", flat_k, bases_k, widths_k)):
-            width = int(widths[first])
-            arrays[f"{PREFIX}{kind}.{block}.{name}"] = flat[
-                bases[first] : bases[first] + count * width
-            ].reshape(count, width)
-    real = np.flatnonzero(flat_q >= 0)
-    arrays[f"{PREFIX}{kind}.gather_q"] = np.maximum(flat_q, 0)
-    arrays[f"{PREFIX}{kind}.gather_k"] = (
-        arrays[f"{PREFIX}{kind}.gather_q"] if keys is queries else np.maximum(flat_k, 0)
-    )
-    arrays[f"{PREFIX}{kind}.real"] = real
-    arrays[f"{PREFIX}{kind}.targets"] = flat_q[real]
+KINDS = ("enc", "dec", "cross")
 
 
-def _block_order(by: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Segments in block order (blocks by `_bucket` of `by`, ascending; segments in their order within one) and
-    each one's block."""
-    buckets = _bucket(by)
-    order = np.argsort(buckets, kind="stable")
-    ordered = buckets[order]
-    return order, np.cumsum(np.diff(ordered, prepend=ordered[:1]) != 0)
-
-
-def _block_widths(lengths: np.ndarray, blocks: np.ndarray) -> np.ndarray:
-    """Each segment's block width: the longest of `lengths` in its block."""
-    longest = np.zeros(int(blocks[-1]) + 1 if len(blocks) else 0, dtype=np.int64)
-    np.maximum.at(longest, blocks, lengths)
-    return longest[blocks]
-
-
-def layout_arrays(encoder_segment_ids: np.ndarray, decoder_segment_ids: np.ndarray) -> dict[str, np.ndarray]:
-    """The blocks of a packed batch, as int64 arrays named `segments.<kind>.<field>` and
-    `segments.<kind>.<block>.<q|k>` (see `_store`). Kinds: `enc` and `dec` (self-attention: queries and keys are
-    the same tokens) and `cross` (a decoder segment attends to the encoder segment of the same row and id; its
-    blocks are formed by the encoder segment's length, the longer side). Every block of a kind is cut from one
-    array built in a fixed number of operations, however many segments and blocks the batch has."""
-    arrays: dict[str, np.ndarray] = {}
-    enc_row, enc_id, enc_start, enc_len = _runs(encoder_segment_ids)
-    dec_row, dec_id, dec_start, dec_len = _runs(decoder_segment_ids)
-    for kind, starts, lengths in (("enc", enc_start, enc_len), ("dec", dec_start, dec_len)):
-        order, blocks = _block_order(lengths)
-        widths = _block_widths(lengths[order], blocks)
-        slots = (*_flat_slots(starts[order], lengths[order], widths), widths)
-        _store(arrays, kind, blocks, slots, slots)
+def layout_from_runs(enc_runs: tuple, dec_runs: tuple) -> dict[str, np.ndarray]:
+    """`layout_arrays` from each side's segments, as `_runs` lists them: (row, segment id, flat start, length)
+    arrays, in row then position order (a packed batch knows them as it places its examples)."""
+    enc_row, enc_id, enc_start, enc_len = enc_runs
+    dec_row, dec_id, dec_start, dec_len = dec_runs
     # the encoder segment of each decoder segment: the same (row, id); packing numbers both sides alike, so the
     # runs line up one to one unless a segment is missing on one side
     if np.array_equal(enc_row, dec_row) and np.array_equal(enc_id, dec_id):
@@ -126,22 +81,72 @@ def layout_arrays(encoder_segment_ids: np.ndarray, decoder_segment_ids: np.ndarr
         pair = np.array(
             [enc_of[(int(r), int(s))] for r, s in zip(dec_row, dec_id, strict=True)], dtype=np.int64
         )
-    order, blocks = _block_order(enc_len[pair])
-    q_len, k_len = dec_len[order], enc_len[pair[order]]
-    widths_q, widths_k = _block_widths(q_len, blocks), _block_widths(k_len, blocks)
-    queries = (*_flat_slots(dec_start[order], q_len, widths_q), widths_q)
-    keys = (*_flat_slots(enc_start[pair[order]], k_len, widths_k), widths_k)
-    _store(arrays, "cross", blocks, queries, keys)
+    # every segment of the three kinds in one list, blocked by (kind, bucket of its key side's length): the
+    # encoder's segments (queries and keys alike), the decoder's, and each decoder segment against its encoder
+    # segment (cross blocks go by the encoder side, the longer one)
+    counts = np.array([len(enc_len), len(dec_len), len(dec_len)])
+    kind = np.arange(3).repeat(counts)
+    q_start = np.concatenate([enc_start, dec_start, dec_start])
+    q_len = np.concatenate([enc_len, dec_len, dec_len])
+    k_start = np.concatenate([enc_start, dec_start, enc_start[pair]])
+    k_len = np.concatenate([enc_len, dec_len, enc_len[pair]])
+    key = kind * 64 + _bucket(k_len)
+    order = key.argsort(kind="stable")  # blocks ascending; segments in their order within one
+    key, q_start, q_len, k_start, k_len = (
+        key[order],
+        q_start[order],
+        q_len[order],
+        k_start[order],
+        k_len[order],
+    )
+    change = np.ones(len(key), dtype=bool)
+    change[1:] = key[1:] != key[:-1]
+    firsts = change.nonzero()[0]  # each block's first segment
+    per_block = np.diff(firsts, append=len(key))
+    width_q, width_k = np.maximum.reduceat(q_len, firsts), np.maximum.reduceat(k_len, firsts)
+    flat_q, bases_q = _flat_slots(q_start, q_len, width_q.repeat(per_block))
+    flat_k, bases_k = _flat_slots(k_start, k_len, width_k.repeat(per_block))
+    block_kind = (key[firsts] // 64).tolist()
+    begin_q, begin_k = bases_q[firsts].tolist(), bases_k[firsts].tolist()
+    sizes = zip(per_block.tolist(), width_q.tolist(), width_k.tolist(), strict=True)
+    arrays: dict[str, np.ndarray] = {}
+    numbered = dict.fromkeys(range(3), 0)  # blocks so far per kind
+    edges_q, edges_k = [0, 0, 0, 0], [0, 0, 0, 0]  # each kind's slots: [edges[kind], edges[kind + 1])
+    for k, bq, bk, (n, wq, wk) in zip(block_kind, begin_q, begin_k, sizes, strict=True):
+        name = f"{PREFIX}{KINDS[k]}.{numbered[k]}"
+        arrays[f"{name}.q"] = flat_q[bq : bq + n * wq].reshape(n, wq)
+        arrays[f"{name}.k"] = flat_k[bk : bk + n * wk].reshape(n, wk)
+        numbered[k] += 1
+        edges_q[k + 1], edges_k[k + 1] = bq + n * wq, bk + n * wk
+    for k in range(1, 4):  # a kind without segments ends where the one before it does
+        edges_q[k], edges_k[k] = max(edges_q[k], edges_q[k - 1]), max(edges_k[k], edges_k[k - 1])
+    gather_q, gather_k = np.maximum(flat_q, 0), np.maximum(flat_k, 0)
+    for k, kind_name in enumerate(KINDS):
+        slots = flat_q[edges_q[k] : edges_q[k + 1]]
+        real = (slots >= 0).nonzero()[0]
+        arrays[f"{PREFIX}{kind_name}.gather_q"] = gather_q[edges_q[k] : edges_q[k + 1]]
+        arrays[f"{PREFIX}{kind_name}.gather_k"] = gather_k[edges_k[k] : edges_k[k + 1]]
+        arrays[f"{PREFIX}{kind_name}.real"] = real
+        arrays[f"{PREFIX}{kind_name}.targets"] = slots[real]
     return arrays
 
 
-def layout_tensors(
-    encoder_segment_ids: torch.Tensor, decoder_segment_ids: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    arrays = layout_arrays(encoder_segment_ids.numpy(), decoder_segment_ids.numpy())
-    return {
-        name: torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64)) for name, array in arrays.items()
-    }
+def layout_arrays(encoder_segment_ids: np.ndarray, decoder_segment_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The blocks of a packed batch, as int64 arrays named `segments.<kind>.<block>.<q|k>` (per block its query
+    and key slots, (segments, width), -1 past a segment's end) and `segments.<kind>.<field>` (the gather indices
+    of all blocks' queries and keys in one, so one gather serves every block; `real`, the query slots that hold a
+    token; `targets`, their packed positions, where the outputs go, each exactly once). Kinds: `enc` and `dec`
+    (self-attention: queries and keys are the same tokens) and `cross` (a decoder segment attends to the encoder
+    segment of the same row and id; its blocks are formed by the encoder segment's length, the longer side).
+    Every block of every kind is cut from one array built in a fixed number of operations, however many segments
+    and blocks the batch has."""
+    return layout_from_runs(_runs(encoder_segment_ids), _runs(decoder_segment_ids))
+
+
+def layout_tensors(encoder_runs: tuple, decoder_runs: tuple) -> dict[str, torch.Tensor]:
+    """`layout_from_runs` as int64 tensors."""
+    arrays = layout_from_runs(encoder_runs, decoder_runs)
+    return {name: torch.from_numpy(array.astype(np.int64, copy=False)) for name, array in arrays.items()}
 
 
 def has_layout(tensors: dict[str, torch.Tensor]) -> bool:

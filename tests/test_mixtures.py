@@ -229,6 +229,34 @@ def test_stream_started_at_k_equals_the_full_stream_from_k():
     assert far == make_stream().items(10**9 - 3, 4)[-1] and far.position == 10**9
 
 
+@pytest.mark.parametrize("block_size", [7, 512])
+@pytest.mark.parametrize("start, stride", [(0, 1), (505, 1), (3, 2), (10**12 + 1, 3), (0, 8)])
+def test_items_equal_item_at_every_position(block_size, start, stride):
+    # `items` works a block at a time with arrays; `item` is one position at a time: across block boundaries,
+    # task epochs (task d has 4 rows), templates, strides and far positions they must agree
+    stream = MixtureStream(
+        NAMES,
+        PROBS,
+        SIZES,
+        [("x", "y", "z"), ("x", "y"), ("x",), tuple("pqrstu")],
+        seed=3,
+        block_size=block_size,
+    )
+    reference = MixtureStream(
+        NAMES,
+        PROBS,
+        SIZES,
+        [("x", "y", "z"), ("x", "y"), ("x",), tuple("pqrstu")],
+        seed=3,
+        block_size=block_size,
+    )
+    got = stream.items(start, 2500, stride)
+    assert got == [reference.item(start + i * stride) for i in range(2500)]
+    assert {type(v) for item in got for v in item} == {int, str}  # plain ints, as `item` gives
+    assert len({item.epoch for item in got if item.task == "d"}) > 10
+    assert stream.items(start, 0, stride) == []
+
+
 def test_two_ranks_together_give_the_one_rank_stream():
     one = make_stream().items(100, 4000)
     rank0 = make_stream().iterate(start=100, rank=0, world_size=2)
@@ -266,6 +294,7 @@ def test_the_stream_chooses_templates_as_choose_template_does():
     for item in stream.items(0, 5000):
         options = stream.templates[NAMES.index(item.task)]
         assert item.template == options[choose_template(5, item.task, item.occurrence, len(options))]
+        assert stream.item(item.position) == item
 
 
 # ----------------------------------------------------------------------------------- shipped and CLI

@@ -97,6 +97,27 @@ def test_layout_equals_the_segment_by_segment_reference_on_random_rows():
         assert {k: v.tolist() for k, v in arrays.items()} == reference_layout(enc, dec), trial
 
 
+def test_packed_batches_carry_the_layout_of_their_segment_ids():
+    # packed_batch builds the layout from the segments as it places them (layout_from_runs); it must be the layout
+    # that the batch's own segment ids give, for rows of every fill
+    for seed in range(20):
+        examples = varied_examples(60, seed)
+        for width_in, width_out in ((80, 16), (160, 30), (400, 90)):
+            rows = pack(examples, width_in, width_out)
+            for chunk in (rows[:1], rows[:3], rows):
+                batch = packed_batch(examples, chunk, width_in, width_out)
+                expected = segment_attention.layout_arrays(
+                    batch.tensors["encoder_segment_ids"].numpy(), batch.tensors["decoder_segment_ids"].numpy()
+                )
+                got = {k: v for k, v in batch.tensors.items() if k.startswith(segment_attention.PREFIX)}
+                assert got.keys() == expected.keys()
+                for name, array in expected.items():
+                    assert got[name].dtype == torch.int64 and got[name].tolist() == array.tolist(), (
+                        seed,
+                        name,
+                    )
+
+
 def varied_examples(n: int = 40, seed: int = 0) -> list[Example]:
     """Inputs of 1 to 70 tokens (relative distances past T5's exact buckets), targets of 1 to 12, three tasks."""
     rng = random.Random(seed)
