@@ -55,6 +55,12 @@ class _LRU(OrderedDict):
 MAX_POSITION = 2**50  # float64 block arithmetic is exact far beyond; a run of 10^15 examples is not in sight
 
 
+def _check_position(position: int) -> None:
+    if not 0 <= position < MAX_POSITION:
+        raise T2TError(f"stream position {position} is outside [0, 2^50): positions start at 0, and the "
+                       "stream's block arithmetic is exact below 2^50")  # fmt: skip
+
+
 class MixtureStream:
     def __init__(
         self,
@@ -131,9 +137,7 @@ class MixtureStream:
     # -------------------------------------------------------------------------------------- the API
 
     def item(self, position: int) -> StreamItem:
-        if not 0 <= position < MAX_POSITION:
-            raise T2TError(f"stream position {position} is outside [0, 2^50): positions start at 0, and the "
-                           "stream's block arithmetic is exact below 2^50")  # fmt: skip
+        _check_position(position)
         block = self._last_block
         start, slots, occurrences = self._block(block)
         if not start <= position < start + len(slots):  # sequential reads stay in one block: no search
@@ -156,10 +160,8 @@ class MixtureStream:
             return []
         if stride < 1:
             raise ValueError(f"stride {stride} is not positive")
-        last = start + (count - 1) * stride
-        if start < 0 or last >= MAX_POSITION:
-            raise T2TError(f"stream positions {start}..{last} are outside [0, 2^50): positions start at 0, and "
-                           "the stream's block arithmetic is exact below 2^50")  # fmt: skip
+        _check_position(start)
+        _check_position(start + (count - 1) * stride)
         positions = np.arange(count, dtype=np.int64) * stride + start
         tasks = np.empty(count, dtype=np.int64)
         occurrences = np.empty(count, dtype=np.int64)

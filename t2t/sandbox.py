@@ -468,13 +468,32 @@ def _on_alarm(signum: int, frame: Any) -> None:
 
 
 _HANDLER_SET = False  # alarm_handler() holds the SIGALRM handler for a batch of renders
+_ARMED_UNTIL = 0.0  # in a batch: when its armed timer fires (time.monotonic), 0.0 while none is armed
+
+
+def _on_batch_alarm(signum: int, frame: Any) -> None:
+    """The timer of a batch of renders: one timer serves many renders. It fires at the deadline of the render
+    that armed it; if another render runs now, whose deadline is later, it is armed again for that one."""
+    global _ARMED_UNTIL
+    budget = _BUDGET.get()
+    if budget is None:  # between renders: the next render arms it
+        _ARMED_UNTIL = 0.0
+        return
+    left = budget.deadline - time.monotonic()
+    if left <= 0:
+        _ARMED_UNTIL = 0.0
+        raise _Alarm
+    signal.setitimer(signal.ITIMER_REAL, left)
+    _ARMED_UNTIL = budget.deadline
 
 
 @contextlib.contextmanager
 def alarm_handler() -> Iterator[None]:
-    """Install the render timer's handler once for many `bounded_call`s (a batch of rows): each call then only
-    starts and stops its timer. Outside the main thread (no timers there) it does nothing."""
-    global _HANDLER_SET
+    """One timer for many `bounded_call`s (a batch of rows): the first render arms it, and a render whose
+    deadline it would miss arms it again; when it fires during a render that still has time left, it is armed
+    for that render's deadline. So each render is still interrupted at its own deadline, with a system call per
+    timer period instead of two per render. Outside the main thread (no timers there) it does nothing."""
+    global _HANDLER_SET, _ARMED_UNTIL
     if (
         _HANDLER_SET
         or threading.current_thread() is not threading.main_thread()
@@ -482,28 +501,34 @@ def alarm_handler() -> Iterator[None]:
     ):
         yield
         return
-    previous = signal.signal(signal.SIGALRM, _on_alarm)
-    _HANDLER_SET = True
+    previous = signal.signal(signal.SIGALRM, _on_batch_alarm)
+    _HANDLER_SET, _ARMED_UNTIL = True, 0.0
     try:
         yield
     finally:
-        _HANDLER_SET = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        _HANDLER_SET, _ARMED_UNTIL = False, 0.0
         signal.signal(signal.SIGALRM, previous)
 
 
 def bounded_call(fn: Any, context: Any, limits: RenderLimits, key: tuple = ()) -> Any:
     """Run one render (or expression) under `limits`: the per-render budget, and in the main thread a timer that
-    interrupts a render still running after `max_seconds`. `key` seeds the `choice` filter."""
+    interrupts a render still running after `max_seconds` (inside `alarm_handler`, the batch's timer). `key`
+    seeds the `choice` filter."""
+    global _ARMED_UNTIL
     budget = _Budget(limits, time.monotonic() + limits.max_seconds, key=key)
     token = _BUDGET.set(budget)
     use_timer = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
-    own_handler = use_timer and not _HANDLER_SET
+    in_batch = use_timer and _HANDLER_SET
+    own_timer = use_timer and not in_batch
     previous = None
     try:
-        if own_handler:
+        if own_timer:
             previous = signal.signal(signal.SIGALRM, _on_alarm)
-        if use_timer:
             signal.setitimer(signal.ITIMER_REAL, limits.max_seconds)
+        elif in_batch and not 0.0 < _ARMED_UNTIL <= budget.deadline:  # none armed, or armed too late for us
+            signal.setitimer(signal.ITIMER_REAL, limits.max_seconds)
+            _ARMED_UNTIL = budget.deadline
         try:
             return fn(context)
         except _Alarm:
@@ -519,8 +544,7 @@ def bounded_call(fn: Any, context: Any, limits: RenderLimits, key: tuple = ()) -
                 raise _timeout(limits) from None
             raise
     finally:
-        if use_timer:
+        if own_timer:
             signal.setitimer(signal.ITIMER_REAL, 0)
-        if own_handler:
             signal.signal(signal.SIGALRM, previous)
-        _BUDGET.reset(token)
+        _BUDGET.reset(token)  # a batch's timer that fires from now on finds no render running

@@ -138,3 +138,40 @@ def test_template_choice_is_seeded_keyed_and_uses_every_template():
     assert set(counts) == {"a", "b", "c"} and min(counts.values()) > 70
     example = task.render_example(ROW, "train", 7, seed=0)
     assert example.provenance.template == task.choose(0, 7)
+
+
+# ------------------------------------------------------------------------------ the render timer
+
+
+def test_one_timer_serves_a_batch_of_renders_and_interrupts_each_at_its_own_deadline():
+    import signal
+    import time
+
+    from t2t.sandbox import LimitError, RenderLimits, alarm_handler, bounded_call
+
+    limits = RenderLimits(max_seconds=0.2)
+
+    def spin(_context):  # pure Python: only the timer stops it (after 5 s it gives up, and the test fails)
+        given_up = time.monotonic() + 5
+        while time.monotonic() < given_up:
+            pass
+        return "ran on"
+
+    before = signal.getsignal(signal.SIGALRM)
+    with alarm_handler():
+        # renders of 0.05 s each, 0.6 s in all: the timer armed by the first fires during a later one, which
+        # still has time left, so it is armed again instead of interrupting it
+        started = time.monotonic()
+        results = [bounded_call(lambda _c, i=i: time.sleep(0.05) or i, None, limits) for i in range(12)]
+        assert results == list(range(12)) and time.monotonic() - started >= 0.6
+        # a render that never ends is stopped at its own deadline, counted from its start, not the batch's
+        started = time.monotonic()
+        with pytest.raises(LimitError, match=r"the render took over 0\.2 s"):
+            bounded_call(spin, None, limits)
+        assert 0.19 <= time.monotonic() - started < 1.5
+        assert bounded_call(lambda _c: "after", None, limits) == "after"  # the batch goes on
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) == before
+    # and a render alone arms and clears its own timer
+    with pytest.raises(LimitError, match=r"the render took over 0\.2 s"):
+        bounded_call(spin, None, limits)
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) == before
