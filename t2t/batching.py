@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from t2t.segment_attention import layout_tensors
+from t2t.segment_attention import layouts_from_runs
 
 IGNORE = -100  # label value the loss skips
 
@@ -187,21 +187,39 @@ def packed_batch(
     examples: Sequence[Example], rows: Sequence[Sequence[int]], max_input_tokens: int, max_target_tokens: int,
     pad_id: int = 0, decoder_start_id: int = 0,
 ) -> Batch:  # fmt: skip
-    """Tensors for packed rows: ids, segment ids, per-segment shifted decoder inputs, labels, task ids. Built for
-    the whole batch at once: each side's ids are read in one pass over the examples (no array per example) and
-    placed with one scatter per field."""
-    n = len(rows)
+    """Tensors for packed rows: ids, segment ids, per-segment shifted decoder inputs, labels, task ids, and the
+    segment layout (t2t.segment_attention)."""
+    return packed_batches(examples, [rows], max_input_tokens, max_target_tokens, pad_id, decoder_start_id)[0]
+
+
+def packed_batches(
+    examples: Sequence[Example], chunks: Sequence[Sequence[Sequence[int]]], max_input_tokens: int,
+    max_target_tokens: int, pad_id: int = 0, decoder_start_id: int = 0,
+) -> list[Batch]:  # fmt: skip
+    """`packed_batch` for each chunk of rows (a window's batches), all built at once: each side's ids of every
+    example are read in one pass and placed with one scatter per field, the segment layouts of all batches are
+    computed together, and each batch's tensors are its rows of the window's arrays (views: the batches of a window
+    share its arrays, each owning its own rows)."""
+    rows = [members for chunk in chunks for members in chunk]
+    n, n_batches = len(rows), len(chunks)
+    rows_per_batch = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=n_batches)
+    first_row = np.cumsum(rows_per_batch) - rows_per_batch  # each batch's first row
+    batch_of_row = np.repeat(np.arange(n_batches), rows_per_batch)
     chosen = [examples[i] for members in rows for i in members]
     count = len(chosen)
     per_row = np.fromiter((len(m) for m in rows), dtype=np.int64, count=n)
     row_of = np.repeat(np.arange(n), per_row)  # each example's row
     segments = np.arange(count) - (np.cumsum(per_row) - per_row)[row_of] + 1  # numbered from 1 within a row
     tasks = np.fromiter((e.task for e in chosen), dtype=np.int64, count=count)
+    batch_of = batch_of_row[row_of]  # each example's batch
 
-    def place(side: list, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple]:
+    def place(
+        side: list, width: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple]:
         """One side's tokens of every example in order, each one's flat index in an (n, width) array, the example
-        it belongs to, each example's first token's place in the tokens, and the side's segments as
-        `segment_attention._runs` lists them (row, segment id, flat start, length)."""
+        it belongs to, each example's first token's place in the tokens, each example's token count, and the
+        side's segments as `segment_attention._runs` lists them (row, segment id, flat start within its batch,
+        length)."""
         lengths = np.fromiter(map(len, side), dtype=np.int64, count=count)
         total = int(lengths.sum())
         values = np.fromiter(itertools.chain.from_iterable(side), dtype=np.int64, count=total)
@@ -214,20 +232,24 @@ def packed_batch(
         flat = row_of[owner] * width + np.arange(total) - row_first[row_of[owner]]
         present = lengths > 0
         firsts = firsts[present]
-        runs = (row_of[present], segments[present], flat[firsts], lengths[present])
-        return values, flat, owner, firsts, runs
+        in_batch = flat[firsts] - first_row[batch_of[present]] * width
+        runs = (row_of[present], segments[present], in_batch, lengths[present])
+        return values, flat, owner, firsts, lengths, runs
 
     input_ids = np.full((n, max_input_tokens), pad_id, dtype=np.int64)
     encoder_segment_ids = np.zeros((n, max_input_tokens), dtype=np.int64)
-    values, flat, owner, _, encoder_runs = place([e.input_ids for e in chosen], max_input_tokens)
+    values, flat, owner, _, input_lengths, encoder_runs = place(
+        [e.input_ids for e in chosen], max_input_tokens
+    )
     input_ids.reshape(-1)[flat] = values
     encoder_segment_ids.reshape(-1)[flat] = segments[owner]
-    real = len(values)
     decoder_input_ids = np.full((n, max_target_tokens), pad_id, dtype=np.int64)
     labels = np.full((n, max_target_tokens), IGNORE, dtype=np.int64)
     decoder_segment_ids = np.zeros((n, max_target_tokens), dtype=np.int64)
     task_ids = np.full((n, max_target_tokens), -1, dtype=np.int64)
-    values, flat, owner, firsts, decoder_runs = place([e.labels for e in chosen], max_target_tokens)
+    values, flat, owner, firsts, target_lengths, decoder_runs = place(
+        [e.labels for e in chosen], max_target_tokens
+    )
     labels.reshape(-1)[flat] = values
     decoder_segment_ids.reshape(-1)[flat] = segments[owner]
     task_ids.reshape(-1)[flat] = tasks[owner]
@@ -236,12 +258,21 @@ def packed_batch(
     shifted[1:] = values[:-1]
     shifted[firsts] = decoder_start_id
     decoder_input_ids.reshape(-1)[flat] = shifted
-    real += len(values)
-    tensors = {name: torch.from_numpy(array) for name, array in (
-        ("input_ids", input_ids), ("encoder_segment_ids", encoder_segment_ids),
-        ("decoder_input_ids", decoder_input_ids), ("labels", labels),
-        ("decoder_segment_ids", decoder_segment_ids), ("task_ids", task_ids))}  # fmt: skip
     # where each segment's tokens go for attention (t2t.segment_attention), computed here on the host from the
-    # segments just placed
-    tensors.update(layout_tensors(encoder_runs, decoder_runs))
-    return Batch(tensors, count, real, n * (max_input_tokens + max_target_tokens))
+    # segments just placed, for every batch at once
+    layouts = layouts_from_runs(encoder_runs, decoder_runs, batch_of[input_lengths > 0],
+                                batch_of[target_lengths > 0], n_batches)  # fmt: skip
+    examples_per_batch = np.bincount(batch_of, minlength=n_batches).tolist()
+    real_per_batch = np.bincount(batch_of, weights=input_lengths + target_lengths, minlength=n_batches)
+    fields = (("input_ids", input_ids), ("encoder_segment_ids", encoder_segment_ids),
+              ("decoder_input_ids", decoder_input_ids), ("labels", labels),
+              ("decoder_segment_ids", decoder_segment_ids), ("task_ids", task_ids))  # fmt: skip
+    batches = []
+    for b, (first, size) in enumerate(zip(first_row.tolist(), rows_per_batch.tolist(), strict=True)):
+        tensors = {name: torch.from_numpy(array[first : first + size]) for name, array in fields}
+        tensors.update(
+            (name, torch.from_numpy(array.astype(np.int64, copy=False))) for name, array in layouts[b].items()
+        )
+        batches.append(Batch(tensors, examples_per_batch[b], int(real_per_batch[b]),
+                             size * (max_input_tokens + max_target_tokens)))  # fmt: skip
+    return batches

@@ -20,7 +20,7 @@ from t2t.batching import (
     bucket_keeping_mix,
     groups_mix_distance,
     pack,
-    packed_batch,
+    packed_batches,
     pad_batch,
 )
 from t2t.encoding import LazyPairs, Limits, default_cache_dir, tokenizer_fingerprint
@@ -267,12 +267,9 @@ class BatchLoader:
         rows = pack(examples, cfg.pack_input_tokens, cfg.pack_target_tokens)
         rows = [rows[i] for i in order.permutation(len(rows))]
         chunks = [rows[i : i + cfg.rows_per_batch] for i in range(0, len(rows), cfg.rows_per_batch)]
-        return [
-            packed_batch(
-                examples, chunk, cfg.pack_input_tokens, cfg.pack_target_tokens, self.pad_id, self.start_id
-            )
-            for chunk in chunks
-        ]
+        return packed_batches(
+            examples, chunks, cfg.pack_input_tokens, cfg.pack_target_tokens, self.pad_id, self.start_id
+        )
 
     def __iter__(self) -> Iterator[Batch]:
         while True:

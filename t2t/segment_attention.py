@@ -14,7 +14,7 @@ stays a plain HF T5: the function is registered through transformers' attention 
 batches) goes to transformers' SDPA attention, and the name is not written to a saved config.
 
 The layout (which packed position goes to which block slot) is computed on the host when the batch is built
-(`layout_tensors`), travels with the batch's tensors, and is turned into gather indices and masks once per forward
+(`layouts_from_runs`, for a window's batches at once), travels with the batch's tensors, and is turned into gather indices and masks once per forward
 (`SegmentLayout`), shared by every layer.
 """
 
@@ -70,6 +70,17 @@ KINDS = ("enc", "dec", "cross")
 def layout_from_runs(enc_runs: tuple, dec_runs: tuple) -> dict[str, np.ndarray]:
     """`layout_arrays` from each side's segments, as `_runs` lists them: (row, segment id, flat start, length)
     arrays, in row then position order (a packed batch knows them as it places its examples)."""
+    no_batch = np.zeros(len(enc_runs[0]), dtype=np.int64), np.zeros(len(dec_runs[0]), dtype=np.int64)
+    return layouts_from_runs(enc_runs, dec_runs, *no_batch, 1)[0]
+
+
+def layouts_from_runs(
+    enc_runs: tuple, dec_runs: tuple, enc_batch: np.ndarray, dec_batch: np.ndarray, n_batches: int
+) -> list[dict[str, np.ndarray]]:
+    """The layouts of several batches at once (a window's), each as `layout_from_runs` gives it: the segments'
+    rows are numbered across the batches, their flat starts within their batch, `enc_batch` / `dec_batch` name
+    each segment's batch. Per batch, arrays cut from arrays built for all batches in a fixed number of
+    operations."""
     enc_row, enc_id, enc_start, enc_len = enc_runs
     dec_row, dec_id, dec_start, dec_len = dec_runs
     # the encoder segment of each decoder segment: the same (row, id); packing numbers both sides alike, so the
@@ -81,16 +92,16 @@ def layout_from_runs(enc_runs: tuple, dec_runs: tuple) -> dict[str, np.ndarray]:
         pair = np.array(
             [enc_of[(int(r), int(s))] for r, s in zip(dec_row, dec_id, strict=True)], dtype=np.int64
         )
-    # every segment of the three kinds in one list, blocked by (kind, bucket of its key side's length): the
-    # encoder's segments (queries and keys alike), the decoder's, and each decoder segment against its encoder
-    # segment (cross blocks go by the encoder side, the longer one)
+    # every segment of the three kinds in one list, blocked by (batch, kind, bucket of its key side's length):
+    # the encoder's segments (queries and keys alike), the decoder's, and each decoder segment against its
+    # encoder segment (cross blocks go by the encoder side, the longer one)
     counts = np.array([len(enc_len), len(dec_len), len(dec_len)])
-    kind = np.arange(3).repeat(counts)
+    group = np.concatenate([enc_batch, dec_batch, dec_batch]) * 3 + np.arange(3).repeat(counts)
     q_start = np.concatenate([enc_start, dec_start, dec_start])
     q_len = np.concatenate([enc_len, dec_len, dec_len])
     k_start = np.concatenate([enc_start, dec_start, enc_start[pair]])
     k_len = np.concatenate([enc_len, dec_len, enc_len[pair]])
-    key = kind * 64 + _bucket(k_len)
+    key = group * 64 + _bucket(k_len)
     order = key.argsort(kind="stable")  # blocks ascending; segments in their order within one
     key, q_start, q_len, k_start, k_len = (
         key[order],
@@ -106,29 +117,35 @@ def layout_from_runs(enc_runs: tuple, dec_runs: tuple) -> dict[str, np.ndarray]:
     width_q, width_k = np.maximum.reduceat(q_len, firsts), np.maximum.reduceat(k_len, firsts)
     flat_q, bases_q = _flat_slots(q_start, q_len, width_q.repeat(per_block))
     flat_k, bases_k = _flat_slots(k_start, k_len, width_k.repeat(per_block))
-    block_kind = (key[firsts] // 64).tolist()
-    begin_q, begin_k = bases_q[firsts].tolist(), bases_k[firsts].tolist()
-    sizes = zip(per_block.tolist(), width_q.tolist(), width_k.tolist(), strict=True)
-    arrays: dict[str, np.ndarray] = {}
-    numbered = dict.fromkeys(range(3), 0)  # blocks so far per kind
-    edges_q, edges_k = [0, 0, 0, 0], [0, 0, 0, 0]  # each kind's slots: [edges[kind], edges[kind + 1])
-    for k, bq, bk, (n, wq, wk) in zip(block_kind, begin_q, begin_k, sizes, strict=True):
-        name = f"{PREFIX}{KINDS[k]}.{numbered[k]}"
-        arrays[f"{name}.q"] = flat_q[bq : bq + n * wq].reshape(n, wq)
-        arrays[f"{name}.k"] = flat_k[bk : bk + n * wk].reshape(n, wk)
-        numbered[k] += 1
-        edges_q[k + 1], edges_k[k + 1] = bq + n * wq, bk + n * wk
-    for k in range(1, 4):  # a kind without segments ends where the one before it does
-        edges_q[k], edges_k[k] = max(edges_q[k], edges_q[k - 1]), max(edges_k[k], edges_k[k - 1])
     gather_q, gather_k = np.maximum(flat_q, 0), np.maximum(flat_k, 0)
-    for k, kind_name in enumerate(KINDS):
-        slots = flat_q[edges_q[k] : edges_q[k + 1]]
-        real = (slots >= 0).nonzero()[0]
-        arrays[f"{PREFIX}{kind_name}.gather_q"] = gather_q[edges_q[k] : edges_q[k + 1]]
-        arrays[f"{PREFIX}{kind_name}.gather_k"] = gather_k[edges_k[k] : edges_k[k + 1]]
-        arrays[f"{PREFIX}{kind_name}.real"] = real
-        arrays[f"{PREFIX}{kind_name}.targets"] = slots[real]
-    return arrays
+    real = (flat_q >= 0).nonzero()[0]
+    targets = flat_q[real]
+    layouts: list[dict[str, np.ndarray]] = [{} for _ in range(n_batches)]
+    groups = 3 * n_batches
+    numbered = [0] * groups  # blocks so far per (batch, kind)
+    # each (batch, kind)'s slots: [edges[g], edges[g + 1]); a group without segments ends where the one before does
+    edges_q, edges_k = [0] * (groups + 1), [0] * (groups + 1)
+    block_group = (key[firsts] // 64).tolist()
+    sizes = zip(per_block.tolist(), width_q.tolist(), width_k.tolist(), strict=True)
+    for g, bq, bk, (n, wq, wk) in zip(block_group, bases_q[firsts].tolist(), bases_k[firsts].tolist(), sizes,
+                                      strict=True):  # fmt: skip
+        batch, kind = divmod(g, 3)
+        name = f"{PREFIX}{KINDS[kind]}.{numbered[g]}"
+        layouts[batch][f"{name}.q"] = flat_q[bq : bq + n * wq].reshape(n, wq)
+        layouts[batch][f"{name}.k"] = flat_k[bk : bk + n * wk].reshape(n, wk)
+        numbered[g] += 1
+        edges_q[g + 1], edges_k[g + 1] = bq + n * wq, bk + n * wk
+    for g in range(1, groups + 1):
+        edges_q[g], edges_k[g] = max(edges_q[g], edges_q[g - 1]), max(edges_k[g], edges_k[g - 1])
+    real_edges = np.searchsorted(real, edges_q).tolist()  # each group's share of the real query slots
+    for g in range(groups):
+        batch, kind = divmod(g, 3)
+        arrays, prefix = layouts[batch], f"{PREFIX}{KINDS[kind]}."
+        arrays[f"{prefix}gather_q"] = gather_q[edges_q[g] : edges_q[g + 1]]
+        arrays[f"{prefix}gather_k"] = gather_k[edges_k[g] : edges_k[g + 1]]
+        arrays[f"{prefix}real"] = real[real_edges[g] : real_edges[g + 1]] - edges_q[g]
+        arrays[f"{prefix}targets"] = targets[real_edges[g] : real_edges[g + 1]]
+    return layouts
 
 
 def layout_arrays(encoder_segment_ids: np.ndarray, decoder_segment_ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -141,12 +158,6 @@ def layout_arrays(encoder_segment_ids: np.ndarray, decoder_segment_ids: np.ndarr
     Every block of every kind is cut from one array built in a fixed number of operations, however many segments
     and blocks the batch has."""
     return layout_from_runs(_runs(encoder_segment_ids), _runs(decoder_segment_ids))
-
-
-def layout_tensors(encoder_runs: tuple, decoder_runs: tuple) -> dict[str, torch.Tensor]:
-    """`layout_from_runs` as int64 tensors."""
-    arrays = layout_from_runs(encoder_runs, decoder_runs)
-    return {name: torch.from_numpy(array.astype(np.int64, copy=False)) for name, array in arrays.items()}
 
 
 def has_layout(tensors: dict[str, torch.Tensor]) -> bool:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from t2t import segment_attention
-from t2t.batching import Example, pack, packed_batch, pad_batch
+from t2t.batching import Example, pack, packed_batch, packed_batches, pad_batch
 from t2t.modeling import loss_sums
 
 
@@ -112,10 +112,20 @@ def test_packed_batches_carry_the_layout_of_their_segment_ids():
                 got = {k: v for k, v in batch.tensors.items() if k.startswith(segment_attention.PREFIX)}
                 assert got.keys() == expected.keys()
                 for name, array in expected.items():
-                    assert got[name].dtype == torch.int64 and got[name].tolist() == array.tolist(), (
-                        seed,
-                        name,
-                    )
+                    assert got[name].dtype == torch.int64, name
+                    assert got[name].tolist() == array.tolist(), (seed, name)
+            # a window's batches built together (layouts computed for all at once) equal each built alone
+            for per_batch in (1, 2, 3):
+                chunks = [rows[i : i + per_batch] for i in range(0, len(rows), per_batch)]
+                together = packed_batches(examples, chunks, width_in, width_out, 0, 1)
+                assert len(together) == len(chunks)
+                for chunk, batch in zip(chunks, together, strict=True):
+                    alone = packed_batch(examples, chunk, width_in, width_out, 0, 1)
+                    assert (batch.n_examples, batch.real_tokens, batch.total_tokens) == (
+                        alone.n_examples, alone.real_tokens, alone.total_tokens)  # fmt: skip
+                    assert batch.tensors.keys() == alone.tensors.keys()
+                    for name, tensor in alone.tensors.items():
+                        assert torch.equal(batch.tensors[name], tensor), (seed, per_batch, name)
 
 
 def varied_examples(n: int = 40, seed: int = 0) -> list[Example]:
