@@ -236,7 +236,8 @@ class LazyPairs:
 
     def fill(self, wanted: Sequence[int]) -> None:
         """Encode the rows among `wanted` not encoded yet, in one batch, and append them to the cache."""
-        missing = sorted({int(r) for r in wanted} - self.pairs.keys())
+        pairs = self.pairs  # (`set - dict.keys()` would walk every cached key: look each wanted row up instead)
+        missing = sorted({row for row in map(int, wanted) if row not in pairs})
         if not missing:
             return
         columns = self._fields[missing]
