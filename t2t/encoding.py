@@ -205,6 +205,9 @@ def span_text_limit(task: Task, tokenizer: Any, limits: Limits) -> int:
     return length
 
 
+_CACHE_LINE = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps with options makes one per call
+
+
 class LazyPairs:
     """One (task, template) of a training split, encoded a row at a time as the stream draws it: a first run pays
     for the pairs it uses, not for the whole split. Encoded pairs are appended to a cache file (one JSON line per
@@ -248,7 +251,7 @@ class LazyPairs:
         lines = []
         for row, value in zip(missing, values, strict=True):
             self.pairs[row] = value
-            lines.append(json.dumps([row, value], separators=(",", ":")) + "\n")
+            lines.append(_CACHE_LINE.encode([row, value]) + "\n")
         with open(self.path, "a", encoding="utf-8") as f:  # O_APPEND: one write per batch
             f.write("\n" + "".join(lines))  # a leading newline ends a line torn by a killed run
 
