@@ -13,9 +13,9 @@ stays a plain HF T5: the function is registered through transformers' attention 
 `t2t_segments` and used only when a forward passes a `t2t_segments` layout; every other call (generation, padded
 batches) goes to transformers' SDPA attention, and the name is not written to a saved config.
 
-The layout (which packed position goes to which block slot) is computed on the host when the batch is built
-(`layouts_from_runs`, for a window's batches at once), travels with the batch's tensors, and is turned into gather indices and masks once per forward
-(`SegmentLayout`), shared by every layer.
+The layout (which packed position goes to which block slot) is computed on the host when the batches are built
+(`layouts_from_runs`, for a window's batches at once), travels with each batch's tensors, and is turned into
+gather indices and masks once per forward (`SegmentLayout`), shared by every layer.
 """
 
 from __future__ import annotations
@@ -103,13 +103,7 @@ def layouts_from_runs(
     k_len = np.concatenate([enc_len, dec_len, enc_len[pair]])
     key = group * 64 + _bucket(k_len)
     order = key.argsort(kind="stable")  # blocks ascending; segments in their order within one
-    key, q_start, q_len, k_start, k_len = (
-        key[order],
-        q_start[order],
-        q_len[order],
-        k_start[order],
-        k_len[order],
-    )
+    key, q_start, q_len, k_start, k_len = (a[order] for a in (key, q_start, q_len, k_start, k_len))
     change = np.ones(len(key), dtype=bool)
     change[1:] = key[1:] != key[:-1]
     firsts = change.nonzero()[0]  # each block's first segment
