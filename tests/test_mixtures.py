@@ -234,22 +234,11 @@ def test_stream_started_at_k_equals_the_full_stream_from_k():
 def test_items_equal_item_at_every_position(block_size, start, stride):
     # `items` works a block at a time with arrays; `item` is one position at a time: across block boundaries,
     # task epochs (task d has 4 rows), templates, strides and far positions they must agree
-    stream = MixtureStream(
-        NAMES,
-        PROBS,
-        SIZES,
-        [("x", "y", "z"), ("x", "y"), ("x",), tuple("pqrstu")],
-        seed=3,
-        block_size=block_size,
-    )
-    reference = MixtureStream(
-        NAMES,
-        PROBS,
-        SIZES,
-        [("x", "y", "z"), ("x", "y"), ("x",), tuple("pqrstu")],
-        seed=3,
-        block_size=block_size,
-    )
+    def build():
+        templates = [("x", "y", "z"), ("x", "y"), ("x",), tuple("pqrstu")]
+        return MixtureStream(NAMES, PROBS, SIZES, templates, seed=3, block_size=block_size)
+
+    stream, reference = build(), build()  # separate caches: `item` must not read what `items` left behind
     got = stream.items(start, 2500, stride)
     assert got == [reference.item(start + i * stride) for i in range(2500)]
     assert {type(v) for item in got for v in item} == {int, str}  # plain ints, as `item` gives
