@@ -178,10 +178,9 @@ class MixtureStream:
         epochs, indices = np.divmod(occurrences, sizes)
         rows = np.empty(count, dtype=np.int64)
         keys = tasks * (int(epochs.max()) + 1) + epochs  # one row permutation per (task, epoch)
-        for key in np.unique(keys).tolist():
-            at = np.flatnonzero(keys == key)
-            task, epoch = int(tasks[at[0]]), int(epochs[at[0]])
-            rows[at] = self._row_order(task, epoch)[indices[at]]
+        order = keys.argsort(kind="stable")
+        for at in np.split(order, np.flatnonzero(np.diff(keys[order])) + 1):
+            rows[at] = self._row_order(int(tasks[at[0]]), int(epochs[at[0]]))[indices[at]]
         task_list, occurrence_list = tasks.tolist(), occurrences.tolist()
         templates = [self.templates[t][0] for t in task_list]
         for i, task in enumerate(task_list):

@@ -67,20 +67,14 @@ def _flat_slots(starts: np.ndarray, lengths: np.ndarray, widths: np.ndarray) -> 
 KINDS = ("enc", "dec", "cross")
 
 
-def layout_from_runs(enc_runs: tuple, dec_runs: tuple) -> dict[str, np.ndarray]:
-    """`layout_arrays` from each side's segments, as `_runs` lists them: (row, segment id, flat start, length)
-    arrays, in row then position order (a packed batch knows them as it places its examples)."""
-    no_batch = np.zeros(len(enc_runs[0]), dtype=np.int64), np.zeros(len(dec_runs[0]), dtype=np.int64)
-    return layouts_from_runs(enc_runs, dec_runs, *no_batch, 1)[0]
-
-
 def layouts_from_runs(
     enc_runs: tuple, dec_runs: tuple, enc_batch: np.ndarray, dec_batch: np.ndarray, n_batches: int
 ) -> list[dict[str, np.ndarray]]:
-    """The layouts of several batches at once (a window's), each as `layout_from_runs` gives it: the segments'
-    rows are numbered across the batches, their flat starts within their batch, `enc_batch` / `dec_batch` name
-    each segment's batch. Per batch, arrays cut from arrays built for all batches in a fixed number of
-    operations."""
+    """The layouts of several batches at once (a window's), each as `layout_arrays` gives it, from each side's
+    segments as `_runs` lists them: (row, segment id, flat start, length) arrays, in row then position order (a
+    packed batch knows them as it places its examples). The rows are numbered across the batches, the flat
+    starts within their batch; `enc_batch` / `dec_batch` name each segment's batch. Per batch, arrays cut from
+    arrays built for all batches in a fixed number of operations."""
     enc_row, enc_id, enc_start, enc_len = enc_runs
     dec_row, dec_id, dec_start, dec_len = dec_runs
     # the encoder segment of each decoder segment: the same (row, id); packing numbers both sides alike, so the
@@ -89,6 +83,13 @@ def layouts_from_runs(
         pair = np.arange(len(dec_row))
     else:
         enc_of = {(int(r), int(s)): i for i, (r, s) in enumerate(zip(enc_row, enc_id, strict=True))}
+        missing = [
+            (int(r), int(s)) for r, s in zip(dec_row, dec_id, strict=True) if (int(r), int(s)) not in enc_of
+        ]
+        if missing:
+            row, segment = missing[0]
+            raise ValueError(f"packed row {row}: segment {segment} has target tokens but no input tokens (an "
+                             "example needs at least one input token, its EOS, to be packed)")  # fmt: skip
         pair = np.array(
             [enc_of[(int(r), int(s))] for r, s in zip(dec_row, dec_id, strict=True)], dtype=np.int64
         )
@@ -151,7 +152,9 @@ def layout_arrays(encoder_segment_ids: np.ndarray, decoder_segment_ids: np.ndarr
     segment of the same row and id; its blocks are formed by the encoder segment's length, the longer side).
     Every block of every kind is cut from one array built in a fixed number of operations, however many segments
     and blocks the batch has."""
-    return layout_from_runs(_runs(encoder_segment_ids), _runs(decoder_segment_ids))
+    enc_runs, dec_runs = _runs(encoder_segment_ids), _runs(decoder_segment_ids)
+    no_batch = np.zeros(len(enc_runs[0]), dtype=np.int64), np.zeros(len(dec_runs[0]), dtype=np.int64)
+    return layouts_from_runs(enc_runs, dec_runs, *no_batch, 1)[0]
 
 
 def has_layout(tensors: dict[str, torch.Tensor]) -> bool:

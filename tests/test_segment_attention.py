@@ -98,7 +98,7 @@ def test_layout_equals_the_segment_by_segment_reference_on_random_rows():
 
 
 def test_packed_batches_carry_the_layout_of_their_segment_ids():
-    # packed_batch builds the layout from the segments as it places them (layout_from_runs); it must be the layout
+    # packed_batch builds the layout from the segments as it places them (layouts_from_runs); it must be the layout
     # that the batch's own segment ids give, for rows of every fill
     for seed in range(20):
         examples = varied_examples(60, seed)
@@ -258,3 +258,12 @@ def test_the_model_stays_a_plain_t5(tmp_path):
     assert torch.allclose(
         loss_sums(reloaded, padded, 3).loss, loss_sums(reference, padded, 3).loss, rtol=1e-6
     )
+
+
+def test_an_example_without_input_tokens_is_refused_in_one_line():
+    # t2t's encoding always ends an input with EOS; an example built by hand with no input tokens would leave a
+    # decoder segment with nothing to attend to
+    examples = varied_examples(6)
+    examples[3] = Example([], [5, 6], 0)
+    with pytest.raises(ValueError, match=r"^packed row 0: segment 4 has target tokens but no input tokens"):
+        packed_batch(examples, pack(examples, 200, 40), 200, 40)
