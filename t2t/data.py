@@ -173,25 +173,51 @@ def auto_target_tokens(data: MixtureData, config: BatchingSpec, multiple: int = 
 PACK_ROW_TOKENS = 1024  # auto: about this many tokens (input + target) per packed row
 
 
+def densest_split(
+    examples: Sequence[Example], input_tokens: int, target_tokens: int, limits: Limits
+) -> tuple[int, int]:
+    """The split of a packed row of `input_tokens + target_tokens` slots into its input and target sides that
+    packs `examples` into the fewest rows: the given split and every target side in multiples of 8 from half to
+    twice the given one (neither side below its token limit), ties going to the split nearest the given one. The
+    target / input ratio alone misjudges mixed profiles (a few long inputs and a few long targets: rows fill on one
+    side and close on the other)."""
+    row = input_tokens + target_tokens
+    low = math.ceil(max(limits.max_target_tokens, target_tokens / 2) / 8) * 8
+    high = min(row - limits.max_input_tokens, 2 * target_tokens)
+    candidates = sorted({target_tokens, *range(low, high + 1, 8)}, key=lambda t: (abs(t - target_tokens), t))
+    best = min(candidates, key=lambda t: len(pack(examples, row - t, t)))  # min keeps the first of equals
+    return row - best, best
+
+
+def _density(examples: Sequence[Example], slots: int) -> float:
+    return sum(len(e.input_ids) + len(e.labels) for e in examples) / max(slots, 1)
+
+
+def _padded_slots(groups: Sequence[Sequence[Example]]) -> int:
+    return sum(len(g) * (max(len(e.input_ids) for e in g) + max(len(e.labels) for e in g)) for g in groups)
+
+
 def resolve_batching(
     data: MixtureData, config: BatchingSpec, model_kind: str | None
 ) -> tuple[BatchingSpec, str]:
     """`strategy: auto` made concrete, and why, from the model and the first window of the stream (the same on
-    every process and resume). Packed rows when the model can pack (T5 family: relative positions, attention per
-    segment): `max_tokens` cut into rows of about 1,024 tokens, each row's input and target sides sized from the
-    data's target / input ratio (the input side never below `max_input_tokens`); they are denser than length-bucketed
-    padding and keep each step's task mix. Otherwise padded batches that keep the mix (`keep_mix`). `model_kind`:
-    the model's type (None: a tiny T5)."""
+    every process and resume). auto keeps each step's task mix: of the two strategies that do, packed rows (for
+    models that can pack: T5 family, relative positions, attention per segment) and padded batches that keep the
+    mix (`keep_mix`), it takes the one whose batches hold more real tokens on the first window. Packed rows are
+    `max_tokens` cut into rows of about 1,024 tokens, each row's input and target sides split where the window's
+    examples fill the fewest rows (`densest_split`; the input side never below `max_input_tokens`); any of these
+    set in the config is kept. Models that cannot pack get padded batches keeping the mix. `model_kind`: the model's
+    type (None: a tiny T5)."""
     if config.strategy != "auto":
         return config, f"{config.strategy}, as set"
     kind = model_kind or "t5"
     if config.batch_size is not None:
         return (config.model_copy(update={"strategy": "padded"}),
                 "padded: batching.batch_size counts examples per padded batch (give max_tokens to let auto pack)")  # fmt: skip
+    keep_mix = config.model_copy(update={"strategy": "padded", "keep_mix": True})
     if kind not in PACKABLE:
-        return (config.model_copy(update={"strategy": "padded", "keep_mix": True}),
-                f"padded, keeping each batch's task mix: {kind} models have absolute positions, which packing "
-                "would shift")  # fmt: skip
+        return (keep_mix, f"padded, keeping each batch's task mix: {kind} models have absolute positions, which "
+                          "packing would shift")  # fmt: skip
     fields = config.model_fields_set
     examples = first_examples(data, config)
     packed = config.model_copy(update={"strategy": "packed"})
@@ -206,22 +232,36 @@ def resolve_batching(
         packed = packed.model_copy(update={"pack_input_tokens": max(row_input, data.limits.max_input_tokens)})
     if packed.pack_target_tokens is None:
         packed = packed.model_copy(update={"pack_target_tokens": auto_target_tokens(data, packed)})
+        if "pack_input_tokens" not in fields:  # neither side given: the split that fills best
+            row_in, row_out = densest_split(
+                examples, packed.pack_input_tokens, packed.pack_target_tokens, data.limits
+            )
+            packed = packed.model_copy(update={"pack_input_tokens": row_in, "pack_target_tokens": row_out})
     row = packed.pack_input_tokens + packed.pack_target_tokens
     n_tasks = len(data.task_names)
-    real = sum(len(e.input_ids) + len(e.labels) for e in examples)
     rows = pack(examples, packed.pack_input_tokens, packed.pack_target_tokens)
-    groups = bucket_by_length(examples, None, config.max_tokens)
-    padded_slots = sum(
-        len(g) * (max(len(e.input_ids) for e in g) + max(len(e.labels) for e in g)) for g in groups
-    )
     batches = [[examples[i] for r in rows[j : j + packed.rows_per_batch] for i in r]
                for j in range(0, len(rows), packed.rows_per_batch)]  # fmt: skip
-    why = (f"packed ({packed.rows_per_batch} rows of {packed.pack_input_tokens}+{packed.pack_target_tokens} "
-           f"tokens): {kind} attends within each packed example; on the stream's first {len(examples)} "
-           f"examples rows are {real / (len(rows) * row):.1%} real tokens (length-bucketed padding: "
-           f"{real / padded_slots:.1%}) and each batch's task mix is {groups_mix_distance(batches, n_tasks):.2f} "
-           f"from the mixture's (padding: {groups_mix_distance(groups, n_tasks):.2f}, total variation)")  # fmt: skip
-    return packed, why
+    mixed = bucket_keeping_mix(examples, None, config.max_tokens)
+    bucketed = bucket_by_length(examples, None, config.max_tokens)
+    densities = {
+        "packed": (_density(examples, len(rows) * row), groups_mix_distance(batches, n_tasks)),
+        "mix": (_density(examples, _padded_slots(mixed)), groups_mix_distance(mixed, n_tasks)),
+        "bucketed": (_density(examples, _padded_slots(bucketed)), groups_mix_distance(bucketed, n_tasks)),
+    }
+    shape = (f"{packed.rows_per_batch} row{'s' if packed.rows_per_batch > 1 else ''} of "
+             f"{packed.pack_input_tokens}+{packed.pack_target_tokens} tokens")  # fmt: skip
+    figures = (f"on the stream's first {len(examples)} examples, real tokens / task mix distance from the mixture's "
+               "(total variation): packed {:.1%} / {:.2f}, padded keeping the mix {:.1%} / {:.2f}, length-bucketed "
+               "padding (batching.strategy: padded) {:.1%} / {:.2f}").format(*densities["packed"], *densities["mix"],
+                                                                           *densities["bucketed"])  # fmt: skip
+    if densities["mix"][0] > densities["packed"][0]:
+        return (
+            keep_mix,
+            f"padded, keeping each batch's task mix: its batches hold more real tokens than packed rows ({shape}); {figures}",
+        )
+    return packed, (f"packed ({shape}): {kind} attends within each packed example, and its rows hold more real tokens "
+                    f"than padded batches keeping the task mix; {figures}")  # fmt: skip
 
 
 def first_examples(data: MixtureData, config: BatchingSpec) -> list[Example]:

@@ -503,8 +503,9 @@ class Run:
         start = f"resuming from {self.checkpoint.name}" if self.checkpoint else "starting"
         print(f"t2t train: {start} at step {self.state.step} of {self.config.steps}; {len(self.tasks)} tasks, "
               f"{n_params / 1e6:.2f}M parameters, {acc.num_processes} process(es) of {torch.get_num_threads()} thread(s), "
-              f"{acc.distributed_type.name.lower()}, "
-              f"precision {acc.mixed_precision}, batching {self.loader.config.strategy}, "
+              f"{'not distributed' if acc.distributed_type.name == 'NO' else acc.distributed_type.name.lower()}, "
+              f"precision {'fp32' if acc.mixed_precision == 'no' else acc.mixed_precision}, "
+              f"batching {self.loader.config.strategy}, "
               f"balancing {self.config.balancing.method}{self._sharing_note()}")  # fmt: skip
 
     def _sharing_note(self) -> str:

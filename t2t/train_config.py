@@ -54,8 +54,9 @@ class TokenizerSpec(Spec):
 
 
 class BatchingSpec(Spec):
-    # auto: packed rows for models that can pack (T5 family), sized to max_tokens; padded batches keeping each
-    # batch's task mix otherwise (t2t.data.resolve_batching says which and why, at the run's start)
+    # auto: packed rows for models that can pack (T5 family), sized to max_tokens, or padded batches keeping each
+    # batch's task mix where those hold more real tokens and for other models (t2t.data.resolve_batching says which
+    # and why, at the run's start)
     strategy: Literal["auto", "padded", "packed"] = "auto"
     batch_size: Positive | None = None  # padded: examples per micro-batch ...
     max_tokens: Positive | None = 2048  # ... or padded token slots per micro-batch (auto: the budget of both)

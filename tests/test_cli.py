@@ -174,6 +174,24 @@ def test_thread_settings_from_the_environment():
     assert configure_threads(untouched, torch_loaded=True) is None and untouched == {"T2T_NUM_THREADS": "1"}
 
 
+def test_train_with_auto_batching_pads_keeping_the_mix_where_packed_rows_would_hold_fewer_tokens(
+    run_cli, tmp_path, tokenizer_dir, mixture_dir
+):
+    # a budget of 40 slots, below the longest example the limits allow (48 + 8): a packed row would take 56 slots
+    # however few tokens it holds, padded batches of at most 40 hold more real tokens, so auto pads, keeping the mix
+    code, out, err = run_cli(
+        "--mixtures-dir", mixture_dir, "train", "configs/tiny_cpu.yaml", f"run_dir={tmp_path / 'run'}",
+        "mixture=two_tasks", "tokenizer={pretrained: " + str(tokenizer_dir) + "}", "steps=2", "trackers=[]",
+        "model.tiny={d_model: 32, num_layers: 1, num_heads: 2, d_ff: 64}", "max_input_tokens=48",
+        "max_target_tokens=8", "batching.max_tokens=40", "save_every_steps=null",
+    )  # fmt: skip
+    assert code == 0, err
+    assert ("batching: auto chose padded, keeping each batch's task mix: its batches hold more real tokens than "
+            "packed rows (1 row of 48+8 tokens); on the stream's first 2048 examples") in out  # fmt: skip
+    assert "not distributed, precision fp32, batching padded, balancing equal" in out
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+
+
 def test_t2t_num_threads_reaches_torch_through_the_command(tmp_path, tokenizer_dir, mixture_dir):
     env = {**os.environ, "T2T_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "t2t", "--mixtures-dir", str(mixture_dir), "train", "configs/tiny_cpu.yaml",

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from t2t.batching import bucket_by_length, groups_mix_distance, pack
-from t2t.data import BatchLoader, LoaderState, resolve_batching
+from t2t.batching import Example, bucket_by_length, bucket_keeping_mix, groups_mix_distance, pack
+from t2t.data import BatchLoader, LoaderState, densest_split, resolve_batching
+from t2t.encoding import Limits
 from t2t.errors import T2TError
 from t2t.train_config import BatchingSpec
 
@@ -87,27 +88,90 @@ def test_auto_packs_for_t5_with_rows_sized_to_the_budget_and_says_why(demo_data)
         0
     )
     ratio = sum(len(e.labels) for e in examples) / sum(len(e.input_ids) for e in examples)
-    # 2,048 slots in two rows of about 1,024, split by the data's target / input ratio (5% headroom, multiples of 8)
+    # 2,048 slots in two rows of about 1,024, first split by the data's target / input ratio (5% headroom,
+    # multiples of 8) ...
     row_input = int(1024 / (1 + ratio * 1.05)) // 8 * 8
     target = math.ceil(row_input * ratio * 1.05 / 8) * 8
-    assert (chosen.strategy, chosen.rows_per_batch, chosen.pack_input_tokens, chosen.pack_target_tokens) == (
-        "packed", 2, row_input, target)  # fmt: skip
-    assert 1000 <= row_input + target <= 1032
+    row = row_input + target
+    assert 1000 <= row <= 1032
+    assert (chosen.strategy, chosen.rows_per_batch) == ("packed", 2)
+    assert chosen.pack_input_tokens + chosen.pack_target_tokens == row
+    # ... then moved to the split that packs the window into the fewest rows: no target side in steps of 8 from
+    # half to twice the ratio's (inputs never below 64, targets never below 24) packs it into fewer
+    chosen_rows = len(pack(examples, chosen.pack_input_tokens, chosen.pack_target_tokens))
+    assert chosen_rows <= len(pack(examples, row_input, target))
+    for side in range(24, min(row - 64, 2 * target) + 1, 8):
+        assert len(pack(examples, row - side, side)) >= chosen_rows, side
     # the figures it gives are those of the first window, recomputed here
-    rows = pack(examples, row_input, target)
+    rows = pack(examples, chosen.pack_input_tokens, chosen.pack_target_tokens)
     real = sum(len(e.input_ids) + len(e.labels) for e in examples)
-    assert f"rows are {real / (len(rows) * (row_input + target)):.1%} real tokens" in why
     padded = bucket_by_length(examples, None, 2048)
-    assert f"(padding: {groups_mix_distance(padded, 11):.2f}, total variation)" in why
+    padded_real = real / sum(
+        len(g) * (max(len(e.input_ids) for e in g) + max(len(e.labels) for e in g)) for g in padded
+    )
+    assert f"packed {real / (len(rows) * row):.1%} / " in why
+    assert (
+        f"length-bucketed padding (batching.strategy: padded) {padded_real:.1%} / {groups_mix_distance(padded, 11):.2f}"
+        in why
+    )
     assert groups_mix_distance(padded, 11) > 0.5  # bucketing by length groups the tasks apart
+    assert why.startswith(f"packed (2 rows of {chosen.pack_input_tokens}+{chosen.pack_target_tokens} tokens): t5 "
+                          "attends within each packed example, and its rows hold more real tokens than padded "
+                          "batches keeping the task mix; on the stream's first 2048 examples, ")  # fmt: skip
     # a small budget: one short row, never shorter than the longest input allowed (64)
     small, _ = resolve_batching(demo_data, BatchingSpec(max_tokens=100), "t5")
-    assert (small.rows_per_batch, small.pack_input_tokens) == (1, int(100 / (1 + ratio * 1.05)) // 8 * 8)
-    tiny, _ = resolve_batching(demo_data, BatchingSpec(max_tokens=40), "t5")
-    assert (tiny.rows_per_batch, tiny.pack_input_tokens) == (1, 64)
+    assert small.rows_per_batch == 1 and small.pack_input_tokens + small.pack_target_tokens >= 100 - 8
+    # a budget below the longest example allowed: a packed row would still take 64 + 24 slots, where padded batches
+    # of at most 40 slots hold more real tokens
+    tiny, why = resolve_batching(demo_data, BatchingSpec(max_tokens=40), "t5")
+    assert (tiny.strategy, tiny.keep_mix, tiny.max_tokens) == ("padded", True, 40)
+    assert "than packed rows (1 row of 64+24 tokens)" in why
     # a row size given in the config is kept
     kept, _ = resolve_batching(demo_data, BatchingSpec(pack_input_tokens=256, rows_per_batch=3), "t5")
     assert (kept.strategy, kept.pack_input_tokens, kept.rows_per_batch) == ("packed", 256, 3)
+    sides, _ = resolve_batching(demo_data, BatchingSpec(pack_input_tokens=96, pack_target_tokens=40), "t5")
+    assert (sides.strategy, sides.pack_input_tokens, sides.pack_target_tokens) == ("packed", 96, 40)
+
+
+def test_the_densest_split_of_a_row_by_hand():
+    # four input-heavy examples (12 + 2 tokens) and four target-heavy ones (2 + 6) alternating, rows of 40 slots
+    examples = [
+        Example([1] * 12, [1] * 2, 0) if i % 2 == 0 else Example([1] * 2, [1] * 6, 1) for i in range(8)
+    ]
+    limits = Limits(max_input_tokens=12, max_target_tokens=6)
+    # 32 + 8: each row takes one of each and its target side is full: 4 rows. 24 + 16: rows of (12+2, 2+6, 2+6),
+    # (12+2, 12+2) and (2+6, 12+2, 2+6): 3 rows, the fewest any split can give (56 input tokens in rows of 24)
+    assert [len(pack(examples, 40 - t, t)) for t in (8, 16)] == [4, 3]
+    assert densest_split(examples, 32, 8, limits) == (24, 16)
+    # from 24 + 16 no other split (target sides 8, 16 and 24, from half to twice 16 in steps of 8) does better
+    assert densest_split(examples, 24, 16, limits) == (24, 16)
+    assert [len(pack(examples, 40 - t, t)) for t in (8, 16, 24)] == [4, 3, 4]
+    # a tie keeps the split it was given
+    assert densest_split(examples[:1], 32, 8, limits) == (32, 8)
+    # never a side below its token limit: inputs of up to 30 tokens leave at most 10 target slots, so 8 only
+    assert densest_split(examples, 32, 8, Limits(max_input_tokens=30, max_target_tokens=6)) == (32, 8)
+
+
+def test_auto_pads_keeping_the_mix_where_packed_rows_would_hold_fewer_real_tokens(demo_data):
+    # rows whose target side (200) dwarfs what the demo's examples need: packing fills them far less than padded
+    # batches that keep the task mix, so auto pads (keeping the mix), and says why with the figures of both
+    config = BatchingSpec(max_tokens=2048, pack_input_tokens=64, pack_target_tokens=200)
+    chosen, why = resolve_batching(demo_data, config, "t5")
+    assert (chosen.strategy, chosen.keep_mix, chosen.max_tokens) == ("padded", True, 2048)
+    examples = BatchLoader(demo_data, BatchingSpec(strategy="padded", window_examples=2048)).window_examples(
+        0
+    )
+    real = sum(len(e.input_ids) + len(e.labels) for e in examples)
+    packed_real = real / (len(pack(examples, 64, 200)) * 264)
+    mixed = bucket_keeping_mix(examples, None, 2048)
+    mixed_real = real / sum(
+        len(g) * (max(len(e.input_ids) for e in g) + max(len(e.labels) for e in g)) for g in mixed
+    )
+    assert packed_real < 0.35 < mixed_real
+    assert why.startswith("padded, keeping each batch's task mix: its batches hold more real tokens than packed "
+                          "rows (2 rows of 64+200 tokens); on the stream's first 2048 examples, real tokens / task mix "
+                          f"distance from the mixture's (total variation): packed {packed_real:.1%} / ")  # fmt: skip
+    assert f"padded keeping the mix {mixed_real:.1%} / {groups_mix_distance(mixed, 11):.2f}, " in why
 
 
 def test_auto_pads_keeping_the_mix_for_models_with_absolute_positions(demo_data):
