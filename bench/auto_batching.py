@@ -1,0 +1,108 @@
+"""What `batching.strategy: auto` chooses on three length profiles, and what the split of a packed row is worth.
+
+    python bench/auto_batching.py [--max-tokens 2048]
+
+For each profile, on the stream's first window (2,048 examples), as a run's start computes it: the share of real
+tokens in packed rows split by the target / input token ratio alone and in rows at the split `auto` takes (the one
+that packs the window into the fewest rows, `t2t.data.densest_split`), then auto's choice and its reasons (real
+tokens and task-mix distance of packed rows, of padded batches keeping the mix and of length-bucketed padding).
+Profiles: `demo` (short examples), `long-tail` (bench/train_throughput.py's: one example in ten of 150-400 input
+and 20-60 target words) and `two-sided` (three short tasks, and one in six examples either a long input of 200-500
+words with a one-word answer or a short input with a 40-120-word target). No timing: the figures are counts, the
+same on every machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+from pathlib import Path
+
+import yaml
+from train_throughput import long_tail_mixture
+
+from t2t.batching import pack
+from t2t.data import MixtureData, auto_target_tokens, first_examples, resolve_batching
+from t2t.encoding import Limits
+from t2t.mixtures import load_mixture
+from t2t.registry import Registry
+from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
+from t2t.train_config import BatchingSpec
+
+
+def two_sided_mixture(folder: Path) -> Registry:
+    """Three short tasks, a long-input one and a long-target one (a twelfth of the stream each), as jsonl files."""
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(600)]
+
+    def text(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
+
+    tasks = {f"short_{k}": (8, 40, 1, 2) for k in range(3)} | {"long_input": (200, 500, 1, 1),
+                                                                "long_target": (3, 6, 40, 120)}  # fmt: skip
+    for name, (in_lo, in_hi, out_lo, out_hi) in tasks.items():
+        rows = [{"text": text(in_lo, in_hi), "answer": text(out_lo, out_hi)} for _ in range(1000)]
+        (folder / "tasks" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        spec = {"name": name, "version": 1, "cluster": name.split("_")[0],
+                "source": {"kind": "files", "splits": {"train": f"{name}.jsonl"}},
+                "fields": {"text": "the input", "answer": "the target"}, "metrics": ["exact_match"],
+                "templates": [{"name": "plain", "input": f"{name}: {{{{ text }}}}", "target": "{{ answer }}"}]}  # fmt: skip
+        (folder / "tasks" / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    members = {
+        name: (1.0 if name.startswith("long") else 10 / 3) for name in tasks
+    }  # long ones: 1 in 12 each
+    mixture = {"name": "two_sided", "description": "short tasks, and a few long inputs and long targets",
+               "members": members, "splits": {"train": "train", "eval": "train"}, "seed": 0}  # fmt: skip
+    (folder / "mixtures" / "two_sided.yaml").write_text(yaml.safe_dump(mixture, sort_keys=False))
+    return Registry.default(templates_dirs=[folder / "tasks"], mixtures_dirs=[folder / "mixtures"])
+
+
+PROFILES = {"demo": (96, 24), "long-tail": (512, 64), "two-sided": (512, 128)}  # token limits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-tokens", type=int, default=2048)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    for profile, limits in PROFILES.items():
+        if profile == "demo":
+            registry, name = Registry.default(), "demo"
+        else:
+            for folder in ("tasks", "mixtures"):
+                (tmp / profile / folder).mkdir(parents=True)
+            build = long_tail_mixture if profile == "long-tail" else two_sided_mixture
+            registry = build(tmp / profile)
+            name = "long_tail" if profile == "long-tail" else "two_sided"
+        tasks = load_mixture(registry, name).task_names
+        tokenizer_dir = train_tokenizer(
+            mixture_texts(registry, tasks, "train", 500), 2000, tmp / profile / "tok"
+        )
+        data = MixtureData(load_mixture(registry, name), registry, load_tokenizer(tokenizer_dir), Limits(*limits),
+                           cache_dir=tmp / profile / "cache")  # fmt: skip
+        config = BatchingSpec(max_tokens=args.max_tokens)
+        chosen, why = resolve_batching(data, config, "t5")
+        examples = first_examples(data, config)
+        real = sum(len(e.input_ids) + len(e.labels) for e in examples)
+        # the ratio's split, as auto computed it before it looked for the densest
+        rows_per_batch = max(1, round(args.max_tokens / 1024))
+        ratio = sum(len(e.labels) for e in examples) / sum(len(e.input_ids) for e in examples)
+        row_input = max(int(args.max_tokens / rows_per_batch / (1 + ratio * 1.05)) // 8 * 8, limits[0])
+        by_ratio = BatchingSpec(strategy="packed", rows_per_batch=rows_per_batch, pack_input_tokens=row_input)
+        target = auto_target_tokens(data, by_ratio)
+        print(f"\n{profile}: limits {limits[0]} + {limits[1]} tokens, budget {args.max_tokens} slots")
+        share = real / (len(pack(examples, row_input, target)) * (row_input + target))
+        print(f"  packed rows split by the ratio, {row_input}+{target}: {share:.1%} real tokens")
+        if chosen.strategy == "packed":
+            row = chosen.pack_input_tokens + chosen.pack_target_tokens
+            share = real / (len(pack(examples, chosen.pack_input_tokens, chosen.pack_target_tokens)) * row)
+            print(
+                f"  the densest split, {chosen.pack_input_tokens}+{chosen.pack_target_tokens}: {share:.1%} real tokens"
+            )
+        print(f"  auto chose {why}")
+
+
+if __name__ == "__main__":
+    main()
