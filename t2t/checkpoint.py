@@ -12,8 +12,9 @@ A checkpoint is assembled in a hidden `.tmp-...` folder and renamed into place w
 `latest` move (itself replaced atomically), and older checkpoints beyond `keep` are removed.
 
 `run_state.json` also holds the run's identity (t2t.checkpoint.run_identity): the training config without the
-keys a resumed run may change, the mixture and task specs, the tokenizer and the model config. Resuming compares
-it with the current run and refuses any difference with one line naming it.
+keys a resumed run may change, the mixture and task specs, the tokenizer, the model config and the batching the
+loader resolved `strategy: auto` to (another t2t version may resolve it otherwise). Resuming compares it with the
+current run and refuses any difference with one line naming it.
 """
 
 from __future__ import annotations
@@ -175,20 +176,25 @@ def first_difference(saved: Any, current: Any, path: str = "") -> str | None:
 
 
 _WHAT = {"config": "the training config", "mixture": "the mixture", "tasks": "the task set or a task file",
-         "tokenizer": "the tokenizer", "model_config": "the model config"}  # fmt: skip
+         "tokenizer": "the tokenizer", "model_config": "the model config",
+         "batching": "the batching that batching.strategy auto chose from the data"}  # fmt: skip
+_OPTIONAL = {"batching"}  # recorded since 2026-12: older checkpoints resume without this check
 
 
 def check_identity(saved: dict, current: dict, checkpoint: Path) -> None:
     """Refuse to resume into a different run; one line names the first change."""
     for part, what in _WHAT.items():
+        if part not in saved and part in _OPTIONAL:
+            continue
         if part not in saved:
             raise T2TError(f"the checkpoint records no {part}: it was written by an older t2t; start a new run",
                            Where(file=checkpoint))  # fmt: skip
         where = first_difference(_plain(saved[part]), _plain(current[part]))
         if where is not None:
             detail = f" ({where})" if where else ""
-            if part == "config":
-                detail = f" ({where}: {_get(saved[part], where)!r} -> {_get(current[part], where)!r})"
+            if part in ("config", "batching"):
+                name = where if part == "config" else f"batching.{where}"
+                detail = f" ({name}: {_get(saved[part], where)!r} -> {_get(current[part], where)!r})"
             raise T2TError(f"cannot resume: {what} changed since this checkpoint{detail}; only steps, logging, "
                            "evaluation, saving and selection settings may change on resume. Start a new run_dir "
                            "or restore the original setting", Where(file=checkpoint))  # fmt: skip

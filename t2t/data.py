@@ -211,10 +211,10 @@ def resolve_batching(
     if config.strategy != "auto":
         return config, f"{config.strategy}, as set"
     kind = model_kind or "t5"
-    if config.batch_size is not None:
-        return (config.model_copy(update={"strategy": "padded"}),
-                "padded: batching.batch_size counts examples per padded batch (give max_tokens to let auto pack)")  # fmt: skip
     keep_mix = config.model_copy(update={"strategy": "padded", "keep_mix": True})
+    if config.batch_size is not None:
+        return (keep_mix, "padded, keeping each batch's task mix: batching.batch_size counts examples per padded "
+                          "batch (give max_tokens to let auto pack)")  # fmt: skip
     if kind not in PACKABLE:
         return (keep_mix, f"padded, keeping each batch's task mix: {kind} models have absolute positions, which "
                           "packing would shift")  # fmt: skip

@@ -251,6 +251,7 @@ class Run:
         self.loader = BatchLoader(self.data, config.batching, acc.process_index, acc.num_processes,
                                   decoder_start_id=decoder_start_id(model.config),
                                   model_kind=getattr(model.config, "model_type", None))  # fmt: skip
+        self.identity["batching"] = self.loader.config.model_dump(mode="json")  # what auto resolved to
         self.evaluator = InTrainingEval(
             config, registry, self.tasks, self.mixture.spec.splits.eval, self.data
         )

@@ -182,6 +182,8 @@ def test_auto_pads_keeping_the_mix_for_models_with_absolute_positions(demo_data)
         == "padded, keeping each batch's task mix: bart models have absolute positions, which packing would shift"
     )
     by_examples, why = resolve_batching(demo_data, BatchingSpec(batch_size=8, max_tokens=None), "t5")
-    assert (by_examples.strategy, by_examples.batch_size, by_examples.keep_mix) == ("padded", 8, False)
+    assert (by_examples.strategy, by_examples.batch_size, by_examples.keep_mix) == ("padded", 8, True)
+    assert why == ("padded, keeping each batch's task mix: batching.batch_size counts examples per padded batch "
+                   "(give max_tokens to let auto pack)")  # fmt: skip
     set_padded, why = resolve_batching(demo_data, BatchingSpec(strategy="padded"), "t5")
     assert (set_padded.strategy, why) == ("padded", "padded, as set")

@@ -108,6 +108,31 @@ def test_resume_refuses_a_changed_config(trained, run_cli, world, tmp_path, chan
     assert line.startswith(f"t2t: error: {run_dir}/checkpoints/step_00000002: cannot resume: ")
 
 
+def test_resume_refuses_a_batching_that_auto_would_now_choose_otherwise(trained, run_cli, world, tmp_path):
+    # the config is the same, but the checkpoint records another resolved batching, as a t2t whose auto decided
+    # otherwise would have written it: resuming would change the batches of the window it stops in
+    args, config, run_dir = trained
+    state_file = run_dir / "checkpoints" / "step_00000002" / "run_state.json"
+    original = state_file.read_text()
+    state = json.loads(original)
+    assert (
+        state["identity"]["batching"]["batch_size"] == 8
+        and state["identity"]["batching"]["strategy"] == "padded"
+    )
+    state["identity"]["batching"]["keep_mix"] = True
+    state_file.write_text(json.dumps(state))
+    line = refused(run_cli, [*args, config], run_dir)
+    assert ("cannot resume: the batching that batching.strategy auto chose from the data changed since this "
+            "checkpoint (batching.keep_mix: True -> False)") in line  # fmt: skip
+    # a checkpoint of an older t2t records no resolved batching: it resumes, unchecked on it
+    del state["identity"]["batching"]
+    state_file.write_text(json.dumps(state))
+    config_file(tmp_path, world, steps=3)
+    code, out, err = run_cli(*args, config, "--resume", "auto")
+    assert code == 0, err
+    assert "resuming from step_00000002 at step 2 of 3" in out
+
+
 def test_resume_refuses_a_changed_mixture_or_task_file(trained, run_cli, world):
     args, config, run_dir = trained
     mixture = world / "mixtures" / "mine.yaml"
