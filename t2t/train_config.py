@@ -150,11 +150,14 @@ class SelectionSpec(Spec):
 
 
 def packed_rows_problem(batching: BatchingSpec, max_input_tokens: int, max_target_tokens: int) -> str | None:
-    """Why packed rows could not hold the longest example the token limits allow, or None."""
-    if batching.strategy != "packed":
+    """Why packed rows could not hold the longest example the token limits allow, or None. Under `auto`, which
+    may pack, the sides the config gives (the others auto sizes from the limits)."""
+    if batching.strategy == "padded":
         return None
     for side, row, limit in (("input", batching.pack_input_tokens, max_input_tokens),
                              ("target", batching.pack_target_tokens, max_target_tokens)):  # fmt: skip
+        if batching.strategy == "auto" and f"pack_{side}_tokens" not in batching.model_fields_set:
+            continue
         if row is not None and row < limit:
             return (f"batching.pack_{side}_tokens={row} is shorter than max_{side}_tokens={limit}: an example "
                     "that long would fit no packed row")  # fmt: skip

@@ -180,16 +180,42 @@ def test_a_missing_resume_checkpoint_is_refused_before_anything_runs(world, tmp_
     assert not (tmp_path / "run").exists()
 
 
-def test_packed_rows_shorter_than_the_limits_are_refused_at_the_config(world, tmp_path, run_cli):
-    batching = {"strategy": "packed", "pack_input_tokens": 16, "pack_target_tokens": 8}
+@pytest.mark.parametrize(
+    ("batching", "side", "row", "limit"),
+    [
+        ({"strategy": "packed", "pack_input_tokens": 16, "pack_target_tokens": 8}, "input", 16, 32),
+        # auto may pack: the sides it is given are checked as well (it sizes the others from the limits)
+        (
+            {"strategy": "auto", "max_tokens": 2048, "batch_size": None, "pack_target_tokens": 4},
+            "target",
+            4,
+            8,
+        ),
+    ],
+    ids=["packed", "auto"],
+)
+def test_packed_rows_shorter_than_the_limits_are_refused_at_the_config(world, tmp_path, run_cli, batching, side,
+                                                                       row, limit):  # fmt: skip
     config = config_file(tmp_path, world, batching=batching)
     code, out, err = run_cli(
         "--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train", config
     )
     assert code == 2 and out == ""
-    assert err.strip() == (f"t2t: error: {config}: batching.pack_input_tokens=16 is shorter than "
-                           "max_input_tokens=32: an example that long would fit no packed row")  # fmt: skip
+    assert err.strip() == (f"t2t: error: {config}: batching.pack_{side}_tokens={row} is shorter than "
+                           f"max_{side}_tokens={limit}: an example that long would fit no packed row")  # fmt: skip
     assert not (tmp_path / "run").exists()
+
+
+def test_auto_sizes_the_sides_it_is_not_given_from_the_limits(world, tmp_path, run_cli):
+    # inputs of up to 960 tokens, above the pack_input_tokens default (512) and the input side the data's ratio
+    # gives a row of about 1,024 tokens: auto's rows take the limit, and the run is not refused
+    batching = {"strategy": "auto", "max_tokens": 2048, "batch_size": None, "window_examples": 32}
+    config = config_file(tmp_path, world, batching=batching, max_input_tokens=960, steps=1)
+    code, out, err = run_cli(
+        "--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train", config
+    )
+    assert code == 0, err
+    assert "batching: auto chose packed (2 rows of 960+" in out
 
 
 def test_a_tracker_that_is_not_installed_is_refused_naming_its_extra(world, tmp_path, run_cli):
