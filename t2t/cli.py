@@ -195,8 +195,8 @@ def _auto_batching(args: argparse.Namespace, mixture: object, registry: Registry
         raise T2TError(f"{given[0]} is for --model (which batching auto picks for a model); give --model too")
     if args.model is None:
         return {"model": None, "strategy": None,
-                "why": "auto packs rows for T5-family models (padding, keeping each batch's task mix, where that holds more "
-                       "real tokens) and pads, keeping the mix, for others; "
+                "why": "auto packs rows for T5-family models (padding, keeping each batch's task mix, where that "
+                       "holds more real tokens) and pads, keeping the mix, for others; "
                        "--model NAME_OR_DIR shows the choice for a model, with its figures"}  # fmt: skip
     from transformers import AutoConfig
 

@@ -256,10 +256,8 @@ def resolve_batching(
                "padding (batching.strategy: padded) {:.1%} / {:.2f}").format(*densities["packed"], *densities["mix"],
                                                                            *densities["bucketed"])  # fmt: skip
     if densities["mix"][0] > densities["packed"][0]:
-        return (
-            keep_mix,
-            f"padded, keeping each batch's task mix: its batches hold more real tokens than packed rows ({shape}); {figures}",
-        )
+        return (keep_mix, f"padded, keeping each batch's task mix: its batches hold more real tokens than packed "
+                          f"rows ({shape}); {figures}")  # fmt: skip
     return packed, (f"packed ({shape}): {kind} attends within each packed example, and its rows hold more real tokens "
                     f"than padded batches keeping the task mix; {figures}")  # fmt: skip
 
