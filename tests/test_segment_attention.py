@@ -158,19 +158,29 @@ def grads(model) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def test_packed_rows_through_segments_equal_each_example_alone():
+# the equality tests run on the GPU too where there is one (fp32 there as here)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device: the GPU case runs where there is one"))]  # fmt: skip
+
+
+def on(device: str, batch) -> dict[str, torch.Tensor]:
+    return {name: tensor.to(device) for name, tensor in batch.tensors.items()}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_packed_rows_through_segments_equal_each_example_alone(device):
     examples = varied_examples()
-    model = tiny_model()
+    model = tiny_model().to(device)
     rows = pack(examples, max_input_tokens=160, max_target_tokens=32)
     batch = packed_batch(examples, rows, 160, 32)
     assert max(len(r) for r in rows) >= 4 and segment_attention.has_layout(batch.tensors)
 
-    packed = loss_sums(model, batch, n_tasks=3)
+    packed = loss_sums(model, on(device, batch), n_tasks=3)
     packed.loss.backward()
     assert model.config._attn_implementation == segment_attention.NAME
     packed_grads = grads(model)
     model.zero_grad()
-    singles = [loss_sums(model, pad_batch([e]), n_tasks=3) for e in examples]
+    singles = [loss_sums(model, on(device, pad_batch([e])), n_tasks=3) for e in examples]
     total = sum(s.loss for s in singles)
     total.backward()
     single_grads = grads(model)
@@ -186,11 +196,12 @@ def test_packed_rows_through_segments_equal_each_example_alone():
         assert torch.allclose(packed_grads[bias], single_grads[bias], atol=2e-5)
 
 
-def test_segments_and_dense_masks_give_the_same_loss_and_gradients():
+@pytest.mark.parametrize("device", DEVICES)
+def test_segments_and_dense_masks_give_the_same_loss_and_gradients(device):
     examples = varied_examples(seed=1)
-    model = tiny_model()
-    batch = packed_batch(examples, pack(examples, 160, 32), 160, 32)
-    dense = {k: v for k, v in batch.tensors.items() if not k.startswith(segment_attention.PREFIX)}
+    model = tiny_model().to(device)
+    batch = on(device, packed_batch(examples, pack(examples, 160, 32), 160, 32))
+    dense = {k: v for k, v in batch.items() if not k.startswith(segment_attention.PREFIX)}
     a = loss_sums(model, batch, 3)
     a.loss.backward()
     via_segments = grads(model)
