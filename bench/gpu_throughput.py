@@ -10,7 +10,7 @@ on the profile's mixture (`demo`: the demo mixture; `long-tail`: bench/train_thr
 of 150-400 input and 20-60 target words), draws warm-up and timed batches from the real loader, and times
 `Run.train_step` (forward, backward, clipping, optimizer, scheduler, every reduction) with the device synchronised
 at both ends. The model is a T5 v1.1-base shape (d_model 768, 12 + 12 layers, 12 heads, d_ff 2,048, gated GELU,
-vocabulary 32,128: 248M parameters) saved once with random weights and loaded by path; the tokenizer is trained on
+vocabulary 32,128: 223M parameters) saved once with random weights and loaded by path; the tokenizer is trained on
 the mixture (its ids are a subset of the vocabulary). Precision is the run's `auto`: bf16 autocast on a GPU.
 
 Model FLOPs count the useful work of the real tokens only, in the standard way (Kaplan et al. 2020; PaLM, Chowdhery
