@@ -206,21 +206,27 @@ def resolve_batching(
     mix (`keep_mix`), it takes the one whose batches hold more real tokens on the first window. Packed rows are
     `max_tokens` cut into rows of about 1,024 tokens, each row's input and target sides split where the window's
     examples fill the fewest rows (`densest_split`; the input side never below `max_input_tokens`); any of these
-    set in the config is kept. Models that cannot pack get padded batches keeping the mix. `model_kind`: the model's
-    type (None: a tiny T5)."""
+    set in the config is kept. Models that cannot pack get padded batches keeping the mix. `keep_mix: false` in the
+    config makes auto's padded batches length-bucketed, compared with packed rows as such. `model_kind`: the
+    model's type (None: a tiny T5)."""
     if config.strategy != "auto":
         return config, f"{config.strategy}, as set"
     kind = model_kind or "t5"
-    keep_mix = config.model_copy(update={"strategy": "padded", "keep_mix": True})
-    if config.batch_size is not None:
-        return (keep_mix, "padded, keeping each batch's task mix: batching.batch_size counts examples per padded "
-                          "batch (give max_tokens to let auto pack)")  # fmt: skip
-    if kind not in PACKABLE:
-        return (keep_mix, f"padded, keeping each batch's task mix: {kind} models have absolute positions, which "
-                          "packing would shift")  # fmt: skip
     fields = config.model_fields_set
+    # auto's padded batches keep the mix, unless the config says keep_mix: false (then they are bucketed by length)
+    keep = config.keep_mix if "keep_mix" in fields else True
+    padded = config.model_copy(update={"strategy": "padded", "keep_mix": keep})
+    padded_said = ("padded, keeping each batch's task mix" if keep
+                   else "padded, bucketed by length (batching.keep_mix: false)")  # fmt: skip
+    if config.batch_size is not None:
+        return (padded, f"{padded_said}: batching.batch_size counts examples per padded batch (give max_tokens to "
+                        "let auto pack)")  # fmt: skip
+    if kind not in PACKABLE:
+        return padded, f"{padded_said}: {kind} models have absolute positions, which packing would shift"
     examples = first_examples(data, config)
-    packed = config.model_copy(update={"strategy": "packed"})
+    packed = config.model_copy(
+        update={"strategy": "packed", "keep_mix": False}
+    )  # keep_mix is for padded batches
     # rows of about PACK_ROW_TOKENS that fill the budget (longer rows fill better) ...
     if "rows_per_batch" not in fields:
         rows_per_batch = max(1, round(config.max_tokens / PACK_ROW_TOKENS))
@@ -255,11 +261,14 @@ def resolve_batching(
                "(total variation): packed {:.1%} / {:.2f}, padded keeping the mix {:.1%} / {:.2f}, length-bucketed "
                "padding (batching.strategy: padded) {:.1%} / {:.2f}").format(*densities["packed"], *densities["mix"],
                                                                            *densities["bucketed"])  # fmt: skip
-    if densities["mix"][0] > densities["packed"][0]:
-        return (keep_mix, f"padded, keeping each batch's task mix: its batches hold more real tokens than packed "
-                          f"rows ({shape}); {figures}")  # fmt: skip
+    if densities["mix" if keep else "bucketed"][0] > densities["packed"][0]:
+        return (
+            padded,
+            f"{padded_said}: its batches hold more real tokens than packed rows ({shape}); {figures}",
+        )
+    rival = "padded batches keeping the task mix" if keep else "length-bucketed padding"
     return packed, (f"packed ({shape}): {kind} attends within each packed example, and its rows hold more real tokens "
-                    f"than padded batches keeping the task mix; {figures}")  # fmt: skip
+                    f"than {rival}; {figures}")  # fmt: skip
 
 
 def first_examples(data: MixtureData, config: BatchingSpec) -> list[Example]:

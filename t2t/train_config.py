@@ -61,7 +61,8 @@ class BatchingSpec(Spec):
     batch_size: Positive | None = None  # padded: examples per micro-batch ...
     max_tokens: Positive | None = 2048  # ... or padded token slots per micro-batch (auto: the budget of both)
     # padded: batches keep the window's task mix (bucketed within each task's share) instead of grouping the
-    # window's examples by length alone, which often leaves one task per batch
+    # window's examples by length alone, which often leaves one task per batch (auto's padded batches: true unless
+    # the config sets it)
     keep_mix: bool = False
     rows_per_batch: Positive = 4  # packed
     pack_input_tokens: Positive = 512  # packed

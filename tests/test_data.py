@@ -172,6 +172,28 @@ def test_auto_pads_keeping_the_mix_where_packed_rows_would_hold_fewer_real_token
                           "rows (2 rows of 64+200 tokens); on the stream's first 2048 examples, real tokens / task mix "
                           f"distance from the mixture's (total variation): packed {packed_real:.1%} / ")  # fmt: skip
     assert f"padded keeping the mix {mixed_real:.1%} / {groups_mix_distance(mixed, 11):.2f}, " in why
+    # keep_mix: false in the config: auto's padded batches are bucketed by length, and compared with packed rows as such
+    bucketed_real = real / sum(
+        len(g) * (max(len(e.input_ids) for e in g) + max(len(e.labels) for e in g))
+        for g in bucket_by_length(examples, None, 2048)
+    )
+    assert packed_real < mixed_real < bucketed_real
+    unmixed, why = resolve_batching(demo_data, config.model_copy(update={"keep_mix": False}), "t5")
+    assert (unmixed.strategy, unmixed.keep_mix) == ("padded", False)
+    assert why.startswith("padded, bucketed by length (batching.keep_mix: false): its batches hold more real tokens "
+                          "than packed rows (2 rows of 64+200 tokens); ")  # fmt: skip
+    # ... where packing is denser than bucketing (the demo's own rows), it still packs, and says against what
+    packs, why = resolve_batching(demo_data, BatchingSpec(max_tokens=2048, keep_mix=False), "t5")
+    assert (
+        packs.strategy == "packed"
+        and "and its rows hold more real tokens than length-bucketed padding;" in why
+    )
+    bart, why = resolve_batching(demo_data, BatchingSpec(keep_mix=False), "bart")
+    assert (bart.strategy, bart.keep_mix) == ("padded", False)
+    assert (
+        why
+        == "padded, bucketed by length (batching.keep_mix: false): bart models have absolute positions, which packing would shift"
+    )
 
 
 def test_auto_pads_keeping_the_mix_for_models_with_absolute_positions(demo_data):
