@@ -224,9 +224,8 @@ def resolve_batching(
     if kind not in PACKABLE:
         return padded, f"{padded_said}: {kind} models have absolute positions, which packing would shift"
     examples = first_examples(data, config)
-    packed = config.model_copy(
-        update={"strategy": "packed", "keep_mix": False}
-    )  # keep_mix is for padded batches
+    # keep_mix is for padded batches only
+    packed = config.model_copy(update={"strategy": "packed", "keep_mix": False})
     # rows of about PACK_ROW_TOKENS that fill the budget (longer rows fill better) ...
     if "rows_per_batch" not in fields:
         rows_per_batch = max(1, round(config.max_tokens / PACK_ROW_TOKENS))
@@ -262,10 +261,8 @@ def resolve_batching(
                "padding (batching.strategy: padded) {:.1%} / {:.2f}").format(*densities["packed"], *densities["mix"],
                                                                            *densities["bucketed"])  # fmt: skip
     if densities["mix" if keep else "bucketed"][0] > densities["packed"][0]:
-        return (
-            padded,
-            f"{padded_said}: its batches hold more real tokens than packed rows ({shape}); {figures}",
-        )
+        said = f"{padded_said}: its batches hold more real tokens than packed rows ({shape}); {figures}"
+        return padded, said
     rival = "padded batches keeping the task mix" if keep else "length-bucketed padding"
     return packed, (f"packed ({shape}): {kind} attends within each packed example, and its rows hold more real tokens "
                     f"than {rival}; {figures}")  # fmt: skip
