@@ -80,6 +80,14 @@ def test_padded_batches_respect_the_token_budget(demo_data):
 # ------------------------------------------------------------------------------------ strategy: auto
 
 
+def padded_share(examples, groups) -> float:
+    """Real tokens over the token slots of padded batches of these groups (each padded to its longest)."""
+    real = sum(len(e.input_ids) + len(e.labels) for e in examples)
+    return real / sum(
+        len(g) * (max(len(e.input_ids) for e in g) + max(len(e.labels) for e in g)) for g in groups
+    )
+
+
 def test_auto_packs_for_t5_with_rows_sized_to_the_budget_and_says_why(demo_data):
     config = BatchingSpec(max_tokens=2048, window_examples=2048)
     assert config.strategy == "auto"
@@ -106,9 +114,7 @@ def test_auto_packs_for_t5_with_rows_sized_to_the_budget_and_says_why(demo_data)
     rows = pack(examples, chosen.pack_input_tokens, chosen.pack_target_tokens)
     real = sum(len(e.input_ids) + len(e.labels) for e in examples)
     padded = bucket_by_length(examples, None, 2048)
-    padded_real = real / sum(
-        len(g) * (max(len(e.input_ids) for e in g) + max(len(e.labels) for e in g)) for g in padded
-    )
+    padded_real = padded_share(examples, padded)
     assert f"packed {real / (len(rows) * row):.1%} / " in why
     assert (
         f"length-bucketed padding (batching.strategy: padded) {padded_real:.1%} / {groups_mix_distance(padded, 11):.2f}"
@@ -164,19 +170,14 @@ def test_auto_pads_keeping_the_mix_where_packed_rows_would_hold_fewer_real_token
     real = sum(len(e.input_ids) + len(e.labels) for e in examples)
     packed_real = real / (len(pack(examples, 64, 200)) * 264)
     mixed = bucket_keeping_mix(examples, None, 2048)
-    mixed_real = real / sum(
-        len(g) * (max(len(e.input_ids) for e in g) + max(len(e.labels) for e in g)) for g in mixed
-    )
+    mixed_real = padded_share(examples, mixed)
     assert packed_real < 0.35 < mixed_real
     assert why.startswith("padded, keeping each batch's task mix: its batches hold more real tokens than packed "
                           "rows (2 rows of 64+200 tokens); on the stream's first 2048 examples, real tokens / task mix "
                           f"distance from the mixture's (total variation): packed {packed_real:.1%} / ")  # fmt: skip
     assert f"padded keeping the mix {mixed_real:.1%} / {groups_mix_distance(mixed, 11):.2f}, " in why
     # keep_mix: false in the config: auto's padded batches are bucketed by length, and compared with packed rows as such
-    bucketed_real = real / sum(
-        len(g) * (max(len(e.input_ids) for e in g) + max(len(e.labels) for e in g))
-        for g in bucket_by_length(examples, None, 2048)
-    )
+    bucketed_real = padded_share(examples, bucket_by_length(examples, None, 2048))
     assert packed_real < mixed_real < bucketed_real
     unmixed, why = resolve_batching(demo_data, config.model_copy(update={"keep_mix": False}), "t5")
     assert (unmixed.strategy, unmixed.keep_mix) == ("padded", False)
