@@ -291,6 +291,12 @@ def enable(model: Any) -> None:
     register()
     if model.config._attn_implementation != NAME:
         model.set_attn_implementation(NAME)
+    # the encoder and decoder stacks hold copies of the config, which some transformers versions (5.17) leave at
+    # the implementation they had: each attention reads its stack's copy
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if getattr(config, "_attn_implementation", NAME) != NAME:
+            config._attn_implementation = NAME
     model._t2t_segments = True
     from transformers.models.mt5.modeling_mt5 import MT5Attention
     from transformers.models.t5.modeling_t5 import T5Attention

@@ -213,6 +213,25 @@ def test_segments_and_dense_masks_give_the_same_loss_and_gradients(device):
         assert torch.allclose(via_segments[name], grad, atol=2e-5), name
 
 
+def test_enable_reaches_the_stacks_copies_of_the_config():
+    # transformers 5.17's set_attn_implementation leaves the encoder's and decoder's copies of the config as they
+    # were, and each attention reads its stack's copy: the packed forward then met SDPA with a row-wide mask
+    examples = varied_examples(n=12, seed=3)
+    model = tiny_model()
+    segment_attention.enable(model)
+    model.encoder.config._attn_implementation = "sdpa"  # the stacks as that version leaves them
+    model.decoder.config._attn_implementation = "sdpa"
+    model._t2t_segments = False
+    batch = packed_batch(examples, pack(examples, 160, 32), 160, 32)
+    packed = loss_sums(model, batch, 3).loss.item()
+    attentions = [m for m in model.modules() if type(m).__name__ == "T5Attention"]
+    assert len(attentions) == 6 and {m.config._attn_implementation for m in attentions} == {
+        segment_attention.NAME
+    }
+    singles = sum(loss_sums(model, pad_batch([e]), 3).loss.item() for e in examples)
+    assert packed == pytest.approx(singles, rel=1e-5)
+
+
 def test_a_wrong_layout_changes_the_loss():
     # negative control: pairing decoder segments with the wrong encoder segments is seen in the loss
     examples = varied_examples(seed=2)
