@@ -15,16 +15,14 @@ same on every machine.
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import tempfile
 from pathlib import Path
 
-import yaml
+from _common import local_mixture
 from train_throughput import long_tail_mixture
 
 from t2t.batching import pack
-from t2t.data import MixtureData, auto_target_tokens, first_examples, resolve_batching
+from t2t.data import PACK_ROW_TOKENS, MixtureData, first_examples, ratio_split, resolve_batching, target_ratio
 from t2t.encoding import Limits
 from t2t.mixtures import load_mixture
 from t2t.registry import Registry
@@ -34,29 +32,11 @@ from t2t.train_config import BatchingSpec
 
 def two_sided_mixture(folder: Path) -> Registry:
     """Three short tasks, a long-input one and a long-target one (a twelfth of the stream each), as jsonl files."""
-    rng = random.Random(0)
-    words = [f"w{i}" for i in range(600)]
-
-    def text(lo: int, hi: int) -> str:
-        return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
-
     tasks = {f"short_{k}": (8, 40, 1, 2) for k in range(3)} | {"long_input": (200, 500, 1, 1),
                                                                 "long_target": (3, 6, 40, 120)}  # fmt: skip
-    for name, (in_lo, in_hi, out_lo, out_hi) in tasks.items():
-        rows = [{"text": text(in_lo, in_hi), "answer": text(out_lo, out_hi)} for _ in range(1000)]
-        (folder / "tasks" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        spec = {"name": name, "version": 1, "cluster": name.split("_")[0],
-                "source": {"kind": "files", "splits": {"train": f"{name}.jsonl"}},
-                "fields": {"text": "the input", "answer": "the target"}, "metrics": ["exact_match"],
-                "templates": [{"name": "plain", "input": f"{name}: {{{{ text }}}}", "target": "{{ answer }}"}]}  # fmt: skip
-        (folder / "tasks" / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    members = {
-        name: (1.0 if name.startswith("long") else 10 / 3) for name in tasks
-    }  # long ones: 1 in 12 each
-    mixture = {"name": "two_sided", "description": "short tasks, and a few long inputs and long targets",
-               "members": members, "splits": {"train": "train", "eval": "train"}, "seed": 0}  # fmt: skip
-    (folder / "mixtures" / "two_sided.yaml").write_text(yaml.safe_dump(mixture, sort_keys=False))
-    return Registry.default(templates_dirs=[folder / "tasks"], mixtures_dirs=[folder / "mixtures"])
+    members = {name: 1.0 if name.startswith("long") else 10 / 3 for name in tasks}  # long ones: 1 in 12 each
+    return local_mixture(folder, "two_sided", "short tasks, and a few long inputs and long targets", tasks,
+                         members, rows=1000)  # fmt: skip
 
 
 PROFILES = {"demo": (96, 24), "long-tail": (512, 64), "two-sided": (512, 128)}  # token limits
@@ -71,8 +51,6 @@ def main() -> None:
         if profile == "demo":
             registry, name = Registry.default(), "demo"
         else:
-            for folder in ("tasks", "mixtures"):
-                (tmp / profile / folder).mkdir(parents=True)
             build = long_tail_mixture if profile == "long-tail" else two_sided_mixture
             registry = build(tmp / profile)
             name = "long_tail" if profile == "long-tail" else "two_sided"
@@ -87,11 +65,8 @@ def main() -> None:
         examples = first_examples(data, config)
         real = sum(len(e.input_ids) + len(e.labels) for e in examples)
         # the ratio's split, as auto computed it before it looked for the densest
-        rows_per_batch = max(1, round(args.max_tokens / 1024))
-        ratio = sum(len(e.labels) for e in examples) / sum(len(e.input_ids) for e in examples)
-        row_input = max(int(args.max_tokens / rows_per_batch / (1 + ratio * 1.05)) // 8 * 8, limits[0])
-        by_ratio = BatchingSpec(strategy="packed", rows_per_batch=rows_per_batch, pack_input_tokens=row_input)
-        target = auto_target_tokens(data, by_ratio)
+        rows_per_batch = max(1, round(args.max_tokens / PACK_ROW_TOKENS))
+        row_input, target = ratio_split(target_ratio(examples), args.max_tokens / rows_per_batch, data.limits)
         print(f"\n{profile}: limits {limits[0]} + {limits[1]} tokens, budget {args.max_tokens} slots")
         share = real / (len(pack(examples, row_input, target)) * (row_input + target))
         print(f"  packed rows split by the ratio, {row_input}+{target}: {share:.1%} real tokens")

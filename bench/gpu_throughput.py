@@ -161,8 +161,6 @@ def main() -> None:
     else:
         from train_throughput import long_tail_mixture
 
-        for folder in ("tasks", "mixtures"):
-            (out / "long_tail" / folder).mkdir(parents=True, exist_ok=True)
         registry, mixture = long_tail_mixture(out / "long_tail"), "long_tail"
         names = load_mixture(registry, mixture).task_names
         tokenizer_dir = train_tokenizer(mixture_texts(registry, names, "train", 500), 2000, out / "tok")

@@ -18,17 +18,14 @@ classification.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import random
 import tempfile
 import time
 from pathlib import Path
 
 import datasets
 import torch
-import yaml
-from _common import demo_tokenizer_dir
+from _common import demo_tokenizer_dir, local_mixture
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 from t2t.batching import task_mix_distance
@@ -48,27 +45,13 @@ LIMITS = {"demo": (128, 32), "long-tail": (512, 64)}
 
 def long_tail_mixture(folder: Path) -> Registry:
     """Four short tasks and one long one (a tenth of the stream), as local jsonl files; a registry that has them."""
-    rng = random.Random(0)
-    words = [f"w{i}" for i in range(600)]
-
-    def text(lo: int, hi: int) -> str:
-        return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
-
     tasks = {f"short_{k}": (8, 40, 1, 2) for k in range(4)} | {"long_summary": (150, 400, 20, 60)}
-    members = {}
-    for name, (in_lo, in_hi, out_lo, out_hi) in tasks.items():
-        rows = [{"text": text(in_lo, in_hi), "answer": text(out_lo, out_hi)} for _ in range(3000)]
-        (folder / "tasks" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        spec = {"name": name, "version": 1, "cluster": "long" if name == "long_summary" else "short",
-                "source": {"kind": "files", "splits": {"train": f"{name}.jsonl"}},
-                "fields": {"text": "the input", "answer": "the target"}, "metrics": ["exact_match"],
-                "templates": [{"name": "plain", "input": f"{name}: {{{{ text }}}}", "target": "{{ answer }}"}]}  # fmt: skip
-        (folder / "tasks" / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-        members[name] = 1.0 if name == "long_summary" else 2.25  # 1 / (1 + 4 * 2.25) = one in ten
-    mixture = {"name": "long_tail", "description": "most examples short, one in ten long",
-               "members": members, "splits": {"train": "train", "eval": "train"}, "seed": 0}  # fmt: skip
-    (folder / "mixtures" / "long_tail.yaml").write_text(yaml.safe_dump(mixture, sort_keys=False))
-    return Registry.default(templates_dirs=[folder / "tasks"], mixtures_dirs=[folder / "mixtures"])
+    members = {
+        name: 1.0 if name == "long_summary" else 2.25 for name in tasks
+    }  # 1 / (1 + 4 * 2.25) = one in ten
+    return local_mixture(
+        folder, "long_tail", "most examples short, one in ten long", tasks, members, rows=3000
+    )
 
 
 def hf_run(examples, tokenizer, steps: int) -> float:
@@ -120,8 +103,6 @@ def main() -> None:
         registry, mixture_name = Registry.default(), "demo"
         tokenizer_dir = demo_tokenizer_dir(args.tokenizer)
     else:
-        for folder in ("tasks", "mixtures"):
-            (tmp / "long_tail" / folder).mkdir(parents=True)
         registry, mixture_name = long_tail_mixture(tmp / "long_tail"), "long_tail"
         names = load_mixture(registry, mixture_name).task_names
         tokenizer_dir = train_tokenizer(mixture_texts(registry, names, "train", 500), 2000, tmp / "tok")

@@ -161,13 +161,28 @@ class MixtureData:
         return Example(input_ids, labels, self.task_index[item.task], item.position)
 
 
-def auto_target_tokens(data: MixtureData, config: BatchingSpec, multiple: int = 8) -> int:
-    """Decoder row length that fills as fully as the encoder row: the stream's target/input token ratio (from its
-    first window, so every process and every resume computes the same), 5% headroom, rounded up."""
-    examples = first_examples(data, config)
-    ratio = sum(len(e.labels) for e in examples) / sum(len(e.input_ids) for e in examples)
-    tokens = math.ceil(config.pack_input_tokens * ratio * 1.05 / multiple) * multiple
-    return max(tokens, data.limits.max_target_tokens)
+def target_ratio(examples: Sequence[Example]) -> float:
+    """Target tokens per input token of these examples."""
+    return sum(len(e.labels) for e in examples) / max(sum(len(e.input_ids) for e in examples), 1)
+
+
+def target_side(ratio: float, input_tokens: int, limits: Limits, multiple: int = 8) -> int:
+    """Decoder row length that fills as fully as an encoder row of `input_tokens`: the target / input ratio, 5%
+    headroom, rounded up to a multiple of 8, never below the longest target allowed."""
+    return max(math.ceil(input_tokens * ratio * 1.05 / multiple) * multiple, limits.max_target_tokens)
+
+
+def ratio_split(ratio: float, row_tokens: float, limits: Limits) -> tuple[int, int]:
+    """A packed row of about `row_tokens` split into input and target sides by the target / input ratio (the input
+    side a multiple of 8, never below the longest input allowed; the target side as `target_side` sizes it)."""
+    row_input = max(int(row_tokens / (1 + ratio * 1.05)) // 8 * 8, limits.max_input_tokens)
+    return row_input, target_side(ratio, row_input, limits)
+
+
+def auto_target_tokens(data: MixtureData, config: BatchingSpec) -> int:
+    """`target_side` for the config's input side, from the stream's first window (so every process and every
+    resume computes the same)."""
+    return target_side(target_ratio(first_examples(data, config)), config.pack_input_tokens, data.limits)
 
 
 PACK_ROW_TOKENS = 1024  # auto: about this many tokens (input + target) per packed row
@@ -187,10 +202,6 @@ def densest_split(
     candidates = sorted({target_tokens, *range(low, high + 1, 8)}, key=lambda t: (abs(t - target_tokens), t))
     best = min(candidates, key=lambda t: len(pack(examples, row - t, t)))  # min keeps the first of equals
     return row - best, best
-
-
-def _density(examples: Sequence[Example], slots: int) -> float:
-    return sum(len(e.input_ids) + len(e.labels) for e in examples) / max(slots, 1)
 
 
 def _padded_slots(groups: Sequence[Sequence[Example]]) -> int:
@@ -231,12 +242,13 @@ def resolve_batching(
         rows_per_batch = max(1, round(config.max_tokens / PACK_ROW_TOKENS))
         packed = packed.model_copy(update={"rows_per_batch": rows_per_batch})
     # ... the input side's share of a row from the data, never below the longest input allowed
+    ratio = target_ratio(examples)
     if "pack_input_tokens" not in fields:
-        ratio = sum(len(e.labels) for e in examples) / sum(len(e.input_ids) for e in examples)
-        row_input = int(config.max_tokens / packed.rows_per_batch / (1 + ratio * 1.05)) // 8 * 8
-        packed = packed.model_copy(update={"pack_input_tokens": max(row_input, data.limits.max_input_tokens)})
+        row_input, _ = ratio_split(ratio, config.max_tokens / packed.rows_per_batch, data.limits)
+        packed = packed.model_copy(update={"pack_input_tokens": row_input})
     if packed.pack_target_tokens is None:
-        packed = packed.model_copy(update={"pack_target_tokens": auto_target_tokens(data, packed)})
+        target = target_side(ratio, packed.pack_input_tokens, data.limits)
+        packed = packed.model_copy(update={"pack_target_tokens": target})
         if "pack_input_tokens" not in fields:  # neither side given: the split that fills best
             row_in, row_out = densest_split(
                 examples, packed.pack_input_tokens, packed.pack_target_tokens, data.limits
@@ -249,10 +261,11 @@ def resolve_batching(
                for j in range(0, len(rows), packed.rows_per_batch)]  # fmt: skip
     mixed = bucket_keeping_mix(examples, None, config.max_tokens)
     bucketed = bucket_by_length(examples, None, config.max_tokens)
-    densities = {
-        "packed": (_density(examples, len(rows) * row), groups_mix_distance(batches, n_tasks)),
-        "mix": (_density(examples, _padded_slots(mixed)), groups_mix_distance(mixed, n_tasks)),
-        "bucketed": (_density(examples, _padded_slots(bucketed)), groups_mix_distance(bucketed, n_tasks)),
+    real = sum(len(e.input_ids) + len(e.labels) for e in examples)
+    densities = {  # real tokens over token slots, and the task mix distance
+        "packed": (real / max(len(rows) * row, 1), groups_mix_distance(batches, n_tasks)),
+        "mix": (real / max(_padded_slots(mixed), 1), groups_mix_distance(mixed, n_tasks)),
+        "bucketed": (real / max(_padded_slots(bucketed), 1), groups_mix_distance(bucketed, n_tasks)),
     }
     shape = (f"{packed.rows_per_batch} row{'s' if packed.rows_per_batch > 1 else ''} of "
              f"{packed.pack_input_tokens}+{packed.pack_target_tokens} tokens")  # fmt: skip

@@ -1,5 +1,6 @@
 """The commands people read: tasks, render, lint, new-task; and the shipped files inside a wheel."""
 
+import json
 import os
 import subprocess
 import sys
@@ -174,21 +175,36 @@ def test_thread_settings_from_the_environment():
     assert configure_threads(untouched, torch_loaded=True) is None and untouched == {"T2T_NUM_THREADS": "1"}
 
 
-def test_train_with_auto_batching_pads_keeping_the_mix_where_packed_rows_would_hold_fewer_tokens(
-    run_cli, tmp_path, tokenizer_dir, mixture_dir
-):
-    # a budget of 40 slots, below the longest example the limits allow (48 + 8): a packed row would take 56 slots
-    # however few tokens it holds, padded batches of at most 40 hold more real tokens, so auto pads, keeping the mix
+@pytest.mark.parametrize(
+    ("overrides", "why", "keep_mix"),
+    [
+        # a budget of 40 slots, below the longest example the limits allow (48 + 8): a packed row would take 56
+        # slots however few tokens it holds, padded batches of at most 40 hold more real tokens, so auto pads
+        (["batching.max_tokens=40"], "padded, keeping each batch's task mix: its batches hold more real tokens "
+         "than packed rows (1 row of 48+8 tokens); on the stream's first 2048 examples", True),
+        # ... bucketed by length where the config says keep_mix: false
+        (["batching.max_tokens=40", "batching.keep_mix=false"], "padded, bucketed by length (batching.keep_mix: "
+         "false): its batches hold more real tokens than packed rows (1 row of 48+8 tokens); ", False),
+        (["batching.batch_size=4", "batching.max_tokens=null"], "padded, keeping each batch's task mix: "
+         "batching.batch_size counts examples per padded batch (give max_tokens to let auto pack)", True),
+    ],
+    ids=["budget", "keep_mix-false", "batch_size"],
+)  # fmt: skip
+def test_train_with_auto_batching_pads_where_packed_rows_would_not_do(run_cli, tmp_path, tokenizer_dir,
+                                                                      mixture_dir, overrides, why, keep_mix):  # fmt: skip
     code, out, err = run_cli(
         "--mixtures-dir", mixture_dir, "train", "configs/tiny_cpu.yaml", f"run_dir={tmp_path / 'run'}",
         "mixture=two_tasks", "tokenizer={pretrained: " + str(tokenizer_dir) + "}", "steps=2", "trackers=[]",
         "model.tiny={d_model: 32, num_layers: 1, num_heads: 2, d_ff: 64}", "max_input_tokens=48",
-        "max_target_tokens=8", "batching.max_tokens=40", "save_every_steps=null",
+        "max_target_tokens=8", "save_every_steps=null", *overrides,
     )  # fmt: skip
     assert code == 0, err
-    assert ("batching: auto chose padded, keeping each batch's task mix: its batches hold more real tokens than "
-            "packed rows (1 row of 48+8 tokens); on the stream's first 2048 examples") in out  # fmt: skip
+    assert f"batching: auto chose {why}" in out
     assert "not distributed, precision fp32, batching padded, balancing equal" in out
+    # the batching the run used, as its checkpoint records it
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000002" / "run_state.json").read_text())
+    assert (state["identity"]["batching"]["strategy"], state["identity"]["batching"]["keep_mix"]) == (
+        "padded", keep_mix)  # fmt: skip
     assert (tmp_path / "run" / "model" / "config.json").is_file()
 
 
