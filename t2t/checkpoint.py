@@ -20,9 +20,11 @@ current run and refuses any difference with one line naming it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,40 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 BEST = "best"
 RUN_STATE = "run_state.json"
+
+
+class _Drop(logging.Filter):
+    """Drops a library's log records that hold `text`: notices about what t2t does on purpose."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in str(record.msg)
+
+
+# Said on every save and every start of a CPU run, about what t2t means to do: accelerate drops the tied
+# embedding copies from a T5's safetensors state (they are one tensor; resume is tested exact), and DeepSpeed,
+# imported by accelerate's unwrap_model, settles on the CPU where no accelerator is. Filters on the named
+# loggers outlive the libraries' own set-up of them (DeepSpeed adds its handler at import); accelerate's records
+# start with the process's rank.
+logging.getLogger("accelerate.utils.other").addFilter(_Drop("Removed shared tensor"))
+logging.getLogger("DeepSpeed").addFilter(_Drop("Setting accelerator to CPU"))
+
+
+@contextmanager
+def _no_shard_bar():
+    """transformers' "Writing model shards" progress bar off while a model is written (twice per checkpoint)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def checkpoint_name(step: int) -> str:
@@ -65,9 +101,10 @@ def export_model(accelerator: Any, wrapped: Any, tokenizer: Any, out_dir: Path, 
         inner, lora = split_state(inner, model.t2t_adapter_paths)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(
-            str(out_dir), state_dict=inner, save_function=accelerator.save, safe_serialization=True
-        )
+        with _no_shard_bar():
+            model.save_pretrained(
+                str(out_dir), state_dict=inner, save_function=accelerator.save, safe_serialization=True
+            )
         tokenizer.save_pretrained(str(out_dir))
         if router is not None:
             save_adapters(out_dir / ADAPTERS_DIR, router.routing, lora, base_name=str(final_dir or out_dir))
