@@ -166,6 +166,12 @@ def _settle(future: asyncio.Future, value: Any = None, error: BaseException | No
         future.set_result(value)
 
 
+def _declares_json(content_type: str) -> bool:
+    """application/json or application/*+json, parameters (charset) aside, as FastAPI reads it."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -256,6 +262,12 @@ def create_app(predictor: Predictor, batching: bool = True) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        kind = request.headers.get("content-type", "")
+        if request.method == "POST" and not _declares_json(kind):
+            # FastAPI reads a body as JSON only when its content type says so (a browser's form post cannot
+            # reach the model): say that, not "Input should be a valid dictionary"
+            return _error(415, f"send the body as JSON with the header content-type: application/json (it came "
+                               f"{'as ' + repr(kind) if kind else 'without a content-type'})")  # fmt: skip
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return _error(400, "the request body is not valid JSON")

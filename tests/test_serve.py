@@ -168,6 +168,18 @@ def test_malformed_json_and_oversized_bodies(server):
     response = httpx.post(f"{server}/v1/predict", content=b'{"task": "sentiment", "rows": [', timeout=30,
                           headers={"content-type": "application/json"})  # fmt: skip
     assert response.status_code == 400 and response.json() == {"error": "the request body is not valid JSON"}
+    # a body not declared as JSON (curl -d without -H, a form) is not read as JSON: 415, saying what to send
+    good = json.dumps({"task": "sentiment", "rows": [{"text": "a"}]}).encode()
+    form = httpx.post(f"{server}/v1/predict", data={"task": "sentiment"}, timeout=30)  # what curl -d sends
+    text = httpx.post(f"{server}/v1/predict", content=good, headers={"content-type": "text/plain"}, timeout=30)
+    for response, said in ((form, "application/x-www-form-urlencoded"), (text, "text/plain")):
+        assert response.status_code == 415 and response.json() == {"error": "send the body as JSON with the header "
+            f"content-type: application/json (it came as '{said}')"}  # fmt: skip
+    response = httpx.post(f"{server}/v1/predict", content=good, timeout=30)  # no content type at all
+    assert response.status_code == 415 and "(it came without a content-type)" in response.json()["error"]
+    response = httpx.post(f"{server}/v1/predict", content=good, headers={"content-type": "application/json; "
+                          "charset=utf-8"}, timeout=30)  # fmt: skip
+    assert response.status_code == 200 and response.json()["answered"] == 1
     big = json.dumps({"task": "sentiment", "rows": [{"text": "word " * 50}] * 300}).encode()
     response = httpx.post(f"{server}/v1/predict", content=big, headers={"content-type": "application/json"})
     assert response.status_code == 413 and "over the limit of 60,000 bytes" in response.json()["error"]
