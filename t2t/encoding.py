@@ -239,7 +239,8 @@ class LazyPairs:
 
     def fill(self, wanted: Sequence[int]) -> None:
         """Encode the rows among `wanted` not encoded yet, in one batch, and append them to the cache."""
-        pairs = self.pairs  # (`set - dict.keys()` would walk every cached key: look each wanted row up instead)
+        # (`set - dict.keys()` would walk every cached key: look each wanted row up instead)
+        pairs = self.pairs
         missing = sorted({row for row in map(int, wanted) if row not in pairs})
         if not missing:
             return

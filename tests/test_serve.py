@@ -171,7 +171,9 @@ def test_malformed_json_and_oversized_bodies(server):
     # a body not declared as JSON (curl -d without -H, a form) is not read as JSON: 415, saying what to send
     good = json.dumps({"task": "sentiment", "rows": [{"text": "a"}]}).encode()
     form = httpx.post(f"{server}/v1/predict", data={"task": "sentiment"}, timeout=30)  # what curl -d sends
-    text = httpx.post(f"{server}/v1/predict", content=good, headers={"content-type": "text/plain"}, timeout=30)
+    text = httpx.post(
+        f"{server}/v1/predict", content=good, headers={"content-type": "text/plain"}, timeout=30
+    )
     for response, said in ((form, "application/x-www-form-urlencoded"), (text, "text/plain")):
         assert response.status_code == 415 and response.json() == {"error": "send the body as JSON with the header "
             f"content-type: application/json (it came as '{said}')"}  # fmt: skip
