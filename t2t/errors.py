@@ -65,8 +65,32 @@ def first_line(exc: BaseException) -> str:
 
 
 def load_pretrained(loader, name_or_dir: str | Path, what: str):
-    """`loader.from_pretrained(name_or_dir)`, with a failure as one T2TError line naming what and where."""
+    """`loader.from_pretrained(name_or_dir)`, with a failure as one T2TError line naming what and where (and, for
+    a local dir that is not a model, where the model is)."""
     try:
         return loader.from_pretrained(str(name_or_dir))
     except (OSError, ValueError) as exc:
+        hint = _not_a_model_dir(
+            Path(name_or_dir), "tokenizer_config.json" if what == "tokenizer" else "config.json"
+        )
+        if hint is not None:
+            raise T2TError(f"cannot load {what}: {hint}", Where(file=name_or_dir)) from None
+        if not Path(name_or_dir).exists():
+            raise T2TError(f"cannot load {what}: no such local dir, and as a hub name: {first_line(exc)}",
+                           Where(file=name_or_dir)) from None  # fmt: skip
         raise T2TError(f"cannot load {what}: {first_line(exc)}", Where(file=name_or_dir)) from None
+
+
+def _not_a_model_dir(path: Path, marker: str) -> str | None:
+    """What a local dir without `marker` (a model's config.json, a tokenizer's tokenizer_config.json) is, and where
+    its model is, or None for other paths. A t2t run dir holds the final model (with its tokenizer) in model/ and
+    each checkpoint's in checkpoints/step_N/model/."""
+    if not path.is_dir() or (path / marker).is_file():
+        return None
+    if (path / "model" / marker).is_file():
+        return f"a run dir or checkpoint, not a model dir: its model is {path / 'model'}"
+    steps = sorted(p for p in (path / "checkpoints").glob("step_*") if (p / "model" / marker).is_file())
+    if steps:
+        return (f"a run dir with no final model yet, not a model dir: its newest checkpoint's model is "
+                f"{steps[-1] / 'model'}")  # fmt: skip
+    return f"the dir holds no {marker}: not a model dir (a plain HF dir, or a run dir's model/)"

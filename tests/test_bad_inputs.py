@@ -269,3 +269,47 @@ def test_user_task_clashing_with_a_shipped_one(tmp_path, run_cli):
 def test_missing_templates_dir(tmp_path, run_cli):
     code, _, err = run_cli("--templates-dir", tmp_path / "nope", "tasks")
     assert code == 2 and err.strip().endswith("nope: task folder not found")
+
+
+def test_a_dir_that_is_not_a_model_says_where_the_model_is(
+    tmp_path, run_cli, tiny_tokenizer, monkeypatch, capsys
+):
+    """`--model` given a run dir, a checkpoint, an empty dir or a name that is neither a dir nor on the (offline)
+    hub: one line saying what it is and where its model is, exit 2, for every command that loads a model."""
+    from t2t.modeling import build_tiny_t5
+    from t2t.train_config import TinyModelSpec
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = build_tiny_t5(TinyModelSpec(d_model=16, num_layers=1, num_heads=2, d_ff=32), tiny_tokenizer)
+    run_dir, unfinished = tmp_path / "run", tmp_path / "unfinished"
+    checkpoint = run_dir / "checkpoints" / "step_00000004"
+    for where in (run_dir / "model", checkpoint / "model", unfinished / "checkpoints" / "step_00000002" / "model",
+                  unfinished / "checkpoints" / "step_00000010" / "model"):  # fmt: skip
+        model.save_pretrained(str(where))
+        tiny_tokenizer.save_pretrained(str(where))
+    (tmp_path / "empty").mkdir()
+    capsys.readouterr()  # the saves' progress bars
+    rows = tmp_path / "rows.jsonl"
+    write_jsonl(rows, [{"text": "a plum"}])
+    cases = [
+        (run_dir, f"a run dir or checkpoint, not a model dir: its model is {run_dir / 'model'}"),
+        (checkpoint, f"a run dir or checkpoint, not a model dir: its model is {checkpoint / 'model'}"),
+        (unfinished, "a run dir with no final model yet, not a model dir: its newest checkpoint's model is "
+                     f"{unfinished / 'checkpoints' / 'step_00000010' / 'model'}"),
+        (tmp_path / "empty", "the dir holds no config.json: not a model dir (a plain HF dir, or a run dir's model/)"),
+        (tmp_path / "nope", "no such local dir, and as a hub name: "),
+    ]  # fmt: skip
+    for path, said in cases:
+        for command in (["eval", "--tasks", "sentiment", "--out", str(tmp_path / "out")],
+                        ["predict", "--task", "sentiment", "--input", str(rows), "--out", str(tmp_path / "p.jsonl")]):  # fmt: skip
+            code, _, err = run_cli(command[0], "--model", path, *command[1:])
+            assert code == 2 and err.startswith(f"t2t: error: {path}: cannot load model: {said}"), (
+                command,
+                err,
+            )
+            assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "p.jsonl").exists()
+    # the model dir itself loads: these are the paths the lines point to
+    code, _, err = run_cli("eval", "--model", run_dir / "model", "--tasks", "sentiment", "--out", tmp_path / "out",
+                           "--max-examples", "2")  # fmt: skip
+    assert code == 0, err
