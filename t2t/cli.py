@@ -265,7 +265,11 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     texts = mixture_texts(registry, mixture.task_names, mixture.spec.splits.train, args.rows_per_task)
     out = train_tokenizer(texts, args.vocab_size, args.out)
     tokenizer = load_tokenizer(out)
-    print(f"wrote {out}: {len(tokenizer)} tokens ({len(tokenizer) - 100} pieces + 100 sentinels)")
+    pieces = len(tokenizer) - 100
+    fewer = (
+        f"; the text holds fewer than the {args.vocab_size:,} asked for" if pieces < args.vocab_size else ""
+    )
+    print(f"wrote {out}: {len(tokenizer)} tokens ({pieces} pieces + 100 sentinels{fewer})")
     return 0
 
 

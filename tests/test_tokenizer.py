@@ -33,7 +33,14 @@ def test_mixture_texts_include_choices_and_every_template():
 def test_tokenizer_command_writes_a_loadable_dir(tmp_path, run_cli):
     code, out, _ = run_cli("tokenizer", "train", "demo", "--vocab-size", "300", "--out", tmp_path / "tok",
                            "--rows-per-task", "50")  # fmt: skip
-    assert code == 0 and "sentinels" in out
+    assert code == 0 and out.strip() == f"wrote {tmp_path / 'tok'}: 400 tokens (300 pieces + 100 sentinels)"
     assert AutoTokenizer.from_pretrained(str(tmp_path / "tok")).eos_token_id == 1
+    # more pieces asked for than the text holds: what it got, saying so
+    code, out, _ = run_cli("tokenizer", "train", "demo", "--vocab-size", "100000", "--out", tmp_path / "big",
+                           "--rows-per-task", "50")  # fmt: skip
+    got = len(AutoTokenizer.from_pretrained(str(tmp_path / "big")))
+    assert code == 0 and got < 100_100 and out.strip() == (
+        f"wrote {tmp_path / 'big'}: {got} tokens ({got - 100} pieces + 100 sentinels; the text holds fewer than "
+        "the 100,000 asked for)")  # fmt: skip
     assert run_cli("tokenizer", "train", "demo", "--vocab-size", "2", "--out", tmp_path / "bad")[0] == 2
     assert not (tmp_path / "bad").exists()
