@@ -174,9 +174,15 @@ def target_side(ratio: float, input_tokens: int, limits: Limits, multiple: int =
 
 def ratio_split(ratio: float, row_tokens: float, limits: Limits) -> tuple[int, int]:
     """A packed row of about `row_tokens` split into input and target sides by the target / input ratio (the input
-    side a multiple of 8, never below the longest input allowed; the target side as `target_side` sizes it)."""
+    side a multiple of 8, never below the longest input allowed; the target side as `target_side` sizes it). Where
+    the target side's floor (the longest target allowed) would take the row past `row_tokens`, the input side
+    gives way, down to its own floor: a row passes `row_tokens` only to hold the longest example allowed."""
     row_input = max(int(row_tokens / (1 + ratio * 1.05)) // 8 * 8, limits.max_input_tokens)
-    return row_input, target_side(ratio, row_input, limits)
+    target = target_side(ratio, row_input, limits)
+    if row_input + target > row_tokens:
+        row_input = max(int(row_tokens - target) // 8 * 8, limits.max_input_tokens)
+        target = target_side(ratio, row_input, limits)
+    return row_input, target
 
 
 def auto_target_tokens(data: MixtureData, config: BatchingSpec) -> int:
@@ -277,8 +283,17 @@ def resolve_batching(
         said = f"{padded_said}: its batches hold more real tokens than packed rows ({shape}); {figures}"
         return padded, said
     rival = "padded batches keeping the task mix" if keep else "length-bucketed padding"
+    over = ""
+    if (
+        row * packed.rows_per_batch > config.max_tokens
+    ):  # the user's budget is a memory bound: say it is passed
+        given = sorted(fields & {"rows_per_batch", "pack_input_tokens", "pack_target_tokens"})
+        because = (f"as batching.{', '.join(given)} set" if given else "a row holds the longest example the limits "
+                   f"allow ({data.limits.max_input_tokens}+{data.limits.max_target_tokens})")  # fmt: skip
+        over = (f"; its batches take {row * packed.rows_per_batch} token slots, over batching.max_tokens="
+                f"{config.max_tokens}: {because}")  # fmt: skip
     return packed, (f"packed ({shape}): {kind} attends within each packed example, and its rows hold more real tokens "
-                    f"than {rival}; {figures}")  # fmt: skip
+                    f"than {rival}; {figures}{over}")  # fmt: skip
 
 
 def first_examples(data: MixtureData, config: BatchingSpec) -> list[Example]:

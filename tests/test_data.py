@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from t2t.batching import Example, bucket_by_length, bucket_keeping_mix, groups_mix_distance, pack
-from t2t.data import BatchLoader, LoaderState, densest_split, resolve_batching
+from t2t.data import BatchLoader, LoaderState, MixtureData, densest_split, resolve_batching
 from t2t.encoding import Limits
 from t2t.errors import T2TError
+from t2t.mixtures import load_mixture
+from t2t.registry import Registry
 from t2t.train_config import BatchingSpec
 
 
@@ -124,9 +126,24 @@ def test_auto_packs_for_t5_with_rows_sized_to_the_budget_and_says_why(demo_data)
     assert why.startswith(f"packed (2 rows of {chosen.pack_input_tokens}+{chosen.pack_target_tokens} tokens): t5 "
                           "attends within each packed example, and its rows hold more real tokens than padded "
                           "batches keeping the task mix; on the stream's first 2048 examples, ")  # fmt: skip
-    # a small budget: one short row, never shorter than the longest input allowed (64)
-    small, _ = resolve_batching(demo_data, BatchingSpec(max_tokens=100), "t5")
-    assert small.rows_per_batch == 1 and small.pack_input_tokens + small.pack_target_tokens >= 100 - 8
+    assert "over batching.max_tokens" not in why
+    # a small budget: one short row, never shorter than the longest input allowed (64), nor longer than the
+    # budget where the longest example fits it: the target side's floor (24) takes its slots from the input side
+    small, why = resolve_batching(demo_data, BatchingSpec(max_tokens=100), "t5")
+    assert (small.rows_per_batch, small.pack_input_tokens, small.pack_target_tokens) == (1, 72, 24)
+    assert "over batching.max_tokens" not in why
+    # a budget the longest example allowed does not fit (120 slots > 100): the row holds it, and says so
+    registry = Registry.default()
+    longer = MixtureData(load_mixture(registry, "demo"), registry, demo_data.tokenizer, Limits(96, 24))
+    over, why = resolve_batching(longer, BatchingSpec(max_tokens=100), "t5")
+    assert (over.strategy, over.pack_input_tokens, over.pack_target_tokens) == ("packed", 96, 24)
+    assert why.endswith("; its batches take 120 token slots, over batching.max_tokens=100: a row holds the longest "
+                        "example the limits allow (96+24)")  # fmt: skip
+    # ... or, with sizes given in the config, that they are the config's
+    given, why = resolve_batching(demo_data, BatchingSpec(max_tokens=512, pack_input_tokens=512), "t5")
+    assert given.pack_input_tokens == 512 and why.endswith(
+        f"its batches take {512 + given.pack_target_tokens} token slots, over batching.max_tokens=512: as "
+        "batching.pack_input_tokens set")  # fmt: skip
     # a budget below the longest example allowed: a packed row would still take 64 + 24 slots, where padded batches
     # of at most 40 slots hold more real tokens
     tiny, why = resolve_batching(demo_data, BatchingSpec(max_tokens=40), "t5")
