@@ -45,7 +45,7 @@ class TokenizerSpec(Spec):
     """A pretrained tokenizer (hub name or dir), or one trained on the mixture (saved in the run dir)."""
 
     pretrained: str | None = None
-    vocab_size: Positive | None = None  # train one with at most this many pieces
+    vocab_size: Annotated[int, Field(ge=8)] | None = None  # train one with at most this many pieces
     rows_per_task: Positive = 2000
 
     _one_of = model_validator(mode="after")(
@@ -242,7 +242,9 @@ def load_train_config(path: Path, overrides: list[str] = ()) -> TrainConfig:
     except ValidationError as exc:
         error = validation_error(exc, path)
         loc = ".".join(str(p) for p in exc.errors()[0]["loc"])
-        for override in overrides:  # the bad value came from the command line, not from the file
+        for override in reversed(
+            overrides
+        ):  # the bad value came from the command line (its last word on the key)
             key = override.partition("=")[0]
             if loc and (loc == key or loc.startswith(key + ".") or key.startswith(loc + ".")):
                 raise T2TError(f"override {override!r}: {error.message}") from None

@@ -242,3 +242,13 @@ def test_a_bad_override_is_reported_as_the_override(world, tmp_path, run_cli):
     )
     code, _, err = run_cli("--mixtures-dir", world / "mixtures", "train", config, "model.tiny.width=3")
     assert err.strip() == "t2t: error: override 'model.tiny.width=3': unknown key 'model.tiny.width'"
+    # a key given twice: the last word counts, and the line names it (it named the first, a valid one)
+    code, _, err = run_cli("--mixtures-dir", world / "mixtures", "train", config, "steps=2", "steps=abc")
+    assert code == 2 and err.strip() == (
+        "t2t: error: override 'steps=abc': steps: Input should be a valid integer, unable to parse string as an integer"
+    )
+    # the config's tokenizer size is checked as the config's, not as `t2t tokenizer train`'s --vocab-size
+    code, _, err = run_cli("--mixtures-dir", world / "mixtures", "train", config, "tokenizer={vocab_size: 5}")
+    assert code == 2 and err.strip() == (
+        "t2t: error: override 'tokenizer={vocab_size: 5}': tokenizer.vocab_size: Input should be greater than or "
+        "equal to 8")  # fmt: skip
