@@ -45,6 +45,16 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = non_negative_float(text)
     if value == 0:
@@ -738,7 +748,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="folder for affinity.json and the maps' PNGs (default RUN_DIR/affinity)"
     )
     p.add_argument(
-        "--threshold", type=float, default=0.0, help="merge groups while their mean affinity is above it"
+        "--threshold",
+        type=finite_float,
+        default=0.0,
+        help="merge groups while their mean affinity is above it",
     )
     p.add_argument("--lookahead", action="store_true",
                    help="also TAG's lookahead affinity on the run's checkpoints (one backward per task, one forward "
@@ -851,7 +864,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-examples", type=positive_int, default=100, help="evaluation examples per task")
     p.add_argument(
-        "--margin", type=float, default=0.0,
+        "--margin", type=non_negative_float, default=0.0,
         help="negative transfer: the delta's whole 95%% interval below -MARGIN points (default 0)",
     )  # fmt: skip
     p.add_argument(

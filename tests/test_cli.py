@@ -133,6 +133,11 @@ def test_wheel_carries_the_shipped_templates_and_mixtures(tmp_path):
         ),
         (["affinity", "run", "--lookahead", "--lookahead-lr", "0"], "must be a finite number > 0, not '0'"),
         (
+            ["affinity", "run", "--threshold", "nan"],
+            "argument --threshold: must be a finite number, not 'nan'",
+        ),
+        (["compare", "demo", "--margin", "-1"], "argument --margin: must be a finite number >= 0, not '-1'"),
+        (
             ["affinity", "run", "--lookahead", "--lookahead-batch", "-3"],
             "must be a positive integer, not '-3'",
         ),
