@@ -192,6 +192,10 @@ def auto_target_tokens(data: MixtureData, config: BatchingSpec) -> int:
 
 
 PACK_ROW_TOKENS = 1024  # auto: about this many tokens (input + target) per packed row
+# auto keeps the task mix first: a batching whose mean task-mix distance is at most MIX_KEPT keeps it; where one
+# keeps it and the other does not (over MIX_KEPT, and MIX_GAP or more further), the one that keeps it is taken,
+# whichever holds more real tokens; otherwise the one holding more
+MIX_KEPT, MIX_GAP = 0.3, 0.1
 
 
 def densest_split(
@@ -220,10 +224,11 @@ def resolve_batching(
     """`strategy: auto` made concrete, and why, from the model and the first window of the stream (the same on
     every process and resume). auto keeps each step's task mix: of the two strategies that do, packed rows (for
     models that can pack: T5 family, relative positions, attention per segment) and padded batches that keep the
-    mix (`keep_mix`), it takes the one whose batches hold more real tokens on the first window. Packed rows are
-    `max_tokens` cut into rows of about 1,024 tokens, each row's input and target sides split where the window's
-    examples fill the fewest rows (`densest_split`; the input side never below `max_input_tokens`); any of these
-    set in the config is kept. Models that cannot pack get padded batches keeping the mix. `keep_mix: false` in the
+    mix (`keep_mix`), it takes the one whose batches hold more real tokens on the first window, unless only the
+    other keeps the mix there (MIX_KEPT, MIX_GAP: padded batches meant to keep it fail where long examples fill a
+    batch alone). Packed rows are `max_tokens` cut into rows of about 1,024 tokens, each row's input and target
+    sides split where the window's examples fill the fewest rows (`densest_split`; the input side never below
+    `max_input_tokens`); any of these set in the config is kept (rows sized there: as many as fit `max_tokens`). Models that cannot pack get padded batches keeping the mix. `keep_mix: false` in the
     config makes auto's padded batches length-bucketed, compared with packed rows as such. `model_kind`: the
     model's type (None: a tiny T5)."""
     if config.strategy != "auto":
@@ -244,7 +249,7 @@ def resolve_batching(
     # keep_mix is for padded batches only
     packed = config.model_copy(update={"strategy": "packed", "keep_mix": False})
     # rows of about PACK_ROW_TOKENS that fill the budget (longer rows fill better) ...
-    if "rows_per_batch" not in fields:
+    if "rows_per_batch" not in fields and "pack_input_tokens" not in fields:
         rows_per_batch = max(1, round(config.max_tokens / PACK_ROW_TOKENS))
         packed = packed.model_copy(update={"rows_per_batch": rows_per_batch})
     # ... the input side's share of a row from the data, never below the longest input allowed
@@ -261,6 +266,10 @@ def resolve_batching(
             )
             packed = packed.model_copy(update={"pack_input_tokens": row_in, "pack_target_tokens": row_out})
     row = packed.pack_input_tokens + packed.pack_target_tokens
+    if (
+        "rows_per_batch" not in fields and "pack_input_tokens" in fields
+    ):  # rows the config sizes: as many as fit
+        packed = packed.model_copy(update={"rows_per_batch": max(1, config.max_tokens // row)})
     n_tasks = len(data.task_names)
     rows = pack(examples, packed.pack_input_tokens, packed.pack_target_tokens)
     batches = [[examples[i] for r in rows[j : j + packed.rows_per_batch] for i in r]
@@ -279,7 +288,26 @@ def resolve_batching(
                "(total variation): packed {:.1%} / {:.2f}, padded keeping the mix {:.1%} / {:.2f}, length-bucketed "
                "padding (batching.strategy: padded) {:.1%} / {:.2f}").format(*densities["packed"], *densities["mix"],
                                                                            *densities["bucketed"])  # fmt: skip
-    if densities["mix" if keep else "bucketed"][0] > densities["packed"][0]:
+    (packed_real, packed_mix), (padded_real, padded_mix) = (
+        densities["packed"],
+        densities["mix" if keep else "bucketed"],
+    )
+    kept, lost = sorted((packed_mix, padded_mix))
+    if (
+        keep
+        and kept <= MIX_KEPT < lost
+        and lost - kept >= MIX_GAP
+        and (padded_mix < packed_mix) != (padded_real > packed_real)
+    ):
+        # one keeps the task mix, the other does not (padded batches keeping the mix fail at it where long examples
+        # fill a batch alone), and holds more real tokens: the mix first
+        if padded_mix < packed_mix:
+            return padded, (f"{padded_said}: its batches keep the task mix ({padded_mix:.2f} from the mixture's, "
+                            f"packed rows {packed_mix:.2f}); {figures}")  # fmt: skip
+        return packed, (f"packed ({shape}): {kind} attends within each packed example, and its rows keep the task mix "
+                        f"({packed_mix:.2f} from the mixture's; padded batches meant to keep it, {padded_mix:.2f}, "
+                        f"where long examples fill a batch alone); {figures}")  # fmt: skip
+    if padded_real > packed_real:
         said = f"{padded_said}: its batches hold more real tokens than packed rows ({shape}); {figures}"
         return padded, said
     rival = "padded batches keeping the task mix" if keep else "length-bucketed padding"

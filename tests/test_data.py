@@ -1,9 +1,11 @@
 """The training data of a process: resumable loader state, disjoint ranks, padded and packed batches."""
 
 import math
+import random
 
 import pytest
 import torch
+import yaml
 
 from t2t.batching import Example, bucket_by_length, bucket_keeping_mix, groups_mix_distance, pack
 from t2t.data import BatchLoader, LoaderState, MixtureData, densest_split, resolve_batching
@@ -12,6 +14,7 @@ from t2t.errors import T2TError
 from t2t.mixtures import load_mixture
 from t2t.registry import Registry
 from t2t.train_config import BatchingSpec
+from tests.conftest import qa_task, write_jsonl, write_task
 
 
 def take(loader, n):
@@ -189,8 +192,9 @@ def test_auto_pads_keeping_the_mix_where_packed_rows_would_hold_fewer_real_token
     mixed = bucket_keeping_mix(examples, None, 2048)
     mixed_real = padded_share(examples, mixed)
     assert packed_real < 0.35 < mixed_real
+    # (sides given, rows not: as many rows as fill the budget, 2048 // 264)
     assert why.startswith("padded, keeping each batch's task mix: its batches hold more real tokens than packed "
-                          "rows (2 rows of 64+200 tokens); on the stream's first 2048 examples, real tokens / task mix "
+                          "rows (7 rows of 64+200 tokens); on the stream's first 2048 examples, real tokens / task mix "
                           f"distance from the mixture's (total variation): packed {packed_real:.1%} / ")  # fmt: skip
     assert f"padded keeping the mix {mixed_real:.1%} / {groups_mix_distance(mixed, 11):.2f}, " in why
     # keep_mix: false in the config: auto's padded batches are bucketed by length, and compared with packed rows as such
@@ -199,7 +203,7 @@ def test_auto_pads_keeping_the_mix_where_packed_rows_would_hold_fewer_real_token
     unmixed, why = resolve_batching(demo_data, config.model_copy(update={"keep_mix": False}), "t5")
     assert (unmixed.strategy, unmixed.keep_mix) == ("padded", False)
     assert why.startswith("padded, bucketed by length (batching.keep_mix: false): its batches hold more real tokens "
-                          "than packed rows (2 rows of 64+200 tokens); ")  # fmt: skip
+                          "than packed rows (7 rows of 64+200 tokens); ")  # fmt: skip
     # ... where packing is denser than bucketing (the demo's own rows), it still packs, and says against what
     packs, why = resolve_batching(demo_data, BatchingSpec(max_tokens=2048, keep_mix=False), "t5")
     assert (
@@ -212,6 +216,50 @@ def test_auto_pads_keeping_the_mix_where_packed_rows_would_hold_fewer_real_token
         why
         == "padded, bucketed by length (batching.keep_mix: false): bart models have absolute positions, which packing would shift"
     )
+
+
+def test_auto_keeps_the_mix_first_where_padded_batches_meant_to_keep_it_do_not(tiny_tokenizer, tmp_path):
+    """Two short tasks and one of 150-300-word inputs (a third of their rate) under a 512-slot budget: padded
+    batches keeping the mix are denser, but a long example over half the budget fills a batch alone, so they are
+    0.67 from the mixture's mix; packed rows keep it (0.17). auto takes packed rows and says why."""
+    rng = random.Random(0)
+    words = ["plum", "cat", "owl", "pear", "red", "blue", "seven", "nine", "the", "a", "sweet", "fun"]
+    lengths = {"short_a": (3, 12, 1, 1), "short_b": (3, 15, 1, 2), "doc": (150, 300, 20, 40)}
+    for name, (in_lo, in_hi, out_lo, out_hi) in lengths.items():
+        (tmp_path / name).mkdir()
+        write_jsonl(tmp_path / name / "data.jsonl", [
+            {"question": " ".join(rng.choices(words, k=rng.randint(in_lo, in_hi))),
+             "answer": " ".join(rng.choices(words, k=rng.randint(out_lo, out_hi)))} for _ in range(300)
+        ])  # fmt: skip
+        write_task(tmp_path / name, qa_task(name=name))
+    (tmp_path / "mix").mkdir()
+    (tmp_path / "mix" / "longs.yaml").write_text(yaml.safe_dump({"name": "longs", "members": {"short_a": 1.0, "short_b": 1.0,
+                                                                                     "doc": 0.3}}))  # fmt: skip
+    registry = Registry.default(
+        templates_dirs=[tmp_path / n for n in lengths], mixtures_dirs=[tmp_path / "mix"]
+    )
+    data = MixtureData(
+        load_mixture(registry, "longs"), registry, tiny_tokenizer, Limits(512, 64), tmp_path / "cache"
+    )
+    config = BatchingSpec(max_tokens=512, window_examples=512)
+    chosen, why = resolve_batching(data, config, "t5")
+    examples = BatchLoader(data, config.model_copy(update={"strategy": "padded"})).window_examples(0)
+    rows = pack(examples, chosen.pack_input_tokens, chosen.pack_target_tokens)
+    packed_mix = groups_mix_distance([[examples[i] for i in row] for row in rows], 3)  # one row per batch
+    mixed = bucket_keeping_mix(examples, None, 512)
+    real = sum(len(e.input_ids) + len(e.labels) for e in examples)
+    packed_real = real / (len(rows) * (chosen.pack_input_tokens + chosen.pack_target_tokens))
+    assert packed_real < padded_share(examples, mixed)  # padded batches keeping the mix are denser ...
+    assert packed_mix <= 0.3 < groups_mix_distance(mixed, 3) - 0.1  # ... and do not keep it
+    assert (chosen.strategy, chosen.rows_per_batch) == ("packed", 1)
+    assert why.startswith(f"packed (1 row of {chosen.pack_input_tokens}+{chosen.pack_target_tokens} tokens): t5 "
+                          f"attends within each packed example, and its rows keep the task mix ({packed_mix:.2f} from "
+                          f"the mixture's; padded batches meant to keep it, {groups_mix_distance(mixed, 3):.2f}, where "
+                          "long examples fill a batch alone); on the stream's first 512 examples")  # fmt: skip
+    # keep_mix: false says the mix of padded batches does not matter: real tokens decide
+    unmixed, why = resolve_batching(data, config.model_copy(update={"keep_mix": False}), "t5")
+    bucketed_real = padded_share(examples, bucket_by_length(examples, None, 512))
+    assert unmixed.strategy == ("padded" if bucketed_real > packed_real else "packed")
 
 
 def test_auto_pads_keeping_the_mix_for_models_with_absolute_positions(demo_data):
