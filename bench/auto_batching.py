@@ -1,6 +1,6 @@
-"""What `batching.strategy: auto` chooses on three length profiles, and what the split of a packed row is worth.
+"""What `batching.strategy: auto` chooses on four length profiles, and what the split of a packed row is worth.
 
-    python bench/auto_batching.py [--max-tokens 2048]
+    python bench/auto_batching.py [--max-tokens N]
 
 For each profile, on the stream's first window (2,048 examples), as a run's start computes it: the share of real
 tokens in packed rows split by the target / input token ratio alone and in rows at the split `auto` takes (the one
@@ -8,8 +8,10 @@ that packs the window into the fewest rows, `t2t.data.densest_split`), then auto
 tokens and task-mix distance of packed rows, of padded batches keeping the mix and of length-bucketed padding).
 Profiles: `demo` (short examples), `long-tail` (bench/train_throughput.py's: one example in ten of 150-400 input
 and 20-60 target words) and `two-sided` (three short tasks, and one in six examples either a long input of 200-500
-words with a one-word answer or a short input with a 40-120-word target). No timing: the figures are counts, the
-same on every machine.
+words with a one-word answer or a short input with a 40-120-word target), each under a 2,048-slot budget, and
+`long-docs` (two short tasks and one of 150-300-word inputs with 20-40-word targets, about one example in eight)
+under 512 slots, where a long example fills a padded batch alone. `--max-tokens` sets one budget for all. No
+timing: the figures are counts, the same on every machine.
 """
 
 from __future__ import annotations
@@ -39,35 +41,46 @@ def two_sided_mixture(folder: Path) -> Registry:
                          members, rows=1000)  # fmt: skip
 
 
-PROFILES = {"demo": (96, 24), "long-tail": (512, 64), "two-sided": (512, 128)}  # token limits
+def long_docs_mixture(folder: Path) -> Registry:
+    """Two short tasks and one with long inputs (150-300 words) and 20-40-word targets, at 0.3 of a short one's rate."""
+    tasks = {"short_a": (3, 12, 1, 1), "short_b": (3, 15, 1, 2), "doc": (150, 300, 20, 40)}
+    return local_mixture(folder, "long_docs", "short tasks and long documents", tasks,
+                         {"short_a": 1.0, "short_b": 1.0, "doc": 0.3}, rows=1000)  # fmt: skip
+
+
+# token limits and budget
+PROFILES = {"demo": ((96, 24), 2048), "long-tail": ((512, 64), 2048), "two-sided": ((512, 128), 2048),
+            "long-docs": ((512, 64), 512)}  # fmt: skip
+BUILDERS = {"long-tail": (long_tail_mixture, "long_tail"), "two-sided": (two_sided_mixture, "two_sided"),
+            "long-docs": (long_docs_mixture, "long_docs")}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-tokens", type=int, default=2048)
+    parser.add_argument("--max-tokens", type=int, default=None, help="one budget for every profile")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
-    for profile, limits in PROFILES.items():
+    for profile, (limits, budget) in PROFILES.items():
+        budget = args.max_tokens or budget
         if profile == "demo":
             registry, name = Registry.default(), "demo"
         else:
-            build = long_tail_mixture if profile == "long-tail" else two_sided_mixture
+            build, name = BUILDERS[profile]
             registry = build(tmp / profile)
-            name = "long_tail" if profile == "long-tail" else "two_sided"
         tasks = load_mixture(registry, name).task_names
         tokenizer_dir = train_tokenizer(
             mixture_texts(registry, tasks, "train", 500), 2000, tmp / profile / "tok"
         )
         data = MixtureData(load_mixture(registry, name), registry, load_tokenizer(tokenizer_dir), Limits(*limits),
                            cache_dir=tmp / profile / "cache")  # fmt: skip
-        config = BatchingSpec(max_tokens=args.max_tokens)
+        config = BatchingSpec(max_tokens=budget)
         chosen, why = resolve_batching(data, config, "t5")
         examples = first_examples(data, config)
         real = sum(len(e.input_ids) + len(e.labels) for e in examples)
         # the ratio's split, as auto computed it before it looked for the densest
-        rows_per_batch = max(1, round(args.max_tokens / PACK_ROW_TOKENS))
-        row_input, target = ratio_split(target_ratio(examples), args.max_tokens / rows_per_batch, data.limits)
-        print(f"\n{profile}: limits {limits[0]} + {limits[1]} tokens, budget {args.max_tokens} slots")
+        rows_per_batch = max(1, round(budget / PACK_ROW_TOKENS))
+        row_input, target = ratio_split(target_ratio(examples), budget / rows_per_batch, data.limits)
+        print(f"\n{profile}: limits {limits[0]} + {limits[1]} tokens, budget {budget} slots")
         share = real / (len(pack(examples, row_input, target)) * (row_input + target))
         print(f"  packed rows split by the ratio, {row_input}+{target}: {share:.1%} real tokens")
         if chosen.strategy == "packed":

@@ -192,9 +192,9 @@ def auto_target_tokens(data: MixtureData, config: BatchingSpec) -> int:
 
 
 PACK_ROW_TOKENS = 1024  # auto: about this many tokens (input + target) per packed row
-# auto keeps the task mix first: a batching whose mean task-mix distance is at most MIX_KEPT keeps it; where one
-# keeps it and the other does not (over MIX_KEPT, and MIX_GAP or more further), the one that keeps it is taken,
-# whichever holds more real tokens; otherwise the one holding more
+# auto keeps the task mix first: where one batching's mean task-mix distance is over MIX_KEPT (it does not keep the
+# mix) and at least twice the other's and MIX_GAP more, the other is taken, whichever holds more real tokens;
+# otherwise the one holding more
 MIX_KEPT, MIX_GAP = 0.3, 0.1
 
 
@@ -224,9 +224,9 @@ def resolve_batching(
     """`strategy: auto` made concrete, and why, from the model and the first window of the stream (the same on
     every process and resume). auto keeps each step's task mix: of the two strategies that do, packed rows (for
     models that can pack: T5 family, relative positions, attention per segment) and padded batches that keep the
-    mix (`keep_mix`), it takes the one whose batches hold more real tokens on the first window, unless only the
-    other keeps the mix there (MIX_KEPT, MIX_GAP: padded batches meant to keep it fail where long examples fill a
-    batch alone). Packed rows are `max_tokens` cut into rows of about 1,024 tokens, each row's input and target
+    mix (`keep_mix`), it takes the one whose batches hold more real tokens on the first window, unless that one
+    does not keep the mix there and the other keeps it far better (MIX_KEPT, MIX_GAP: padded batches meant to keep
+    it fail where long examples fill a batch alone). Packed rows are `max_tokens` cut into rows of about 1,024 tokens, each row's input and target
     sides split where the window's examples fill the fewest rows (`densest_split`; the input side never below
     `max_input_tokens`); any of these set in the config is kept (rows sized there: as many as fit `max_tokens`). Models that cannot pack get padded batches keeping the mix. `keep_mix: false` in the
     config makes auto's padded batches length-bucketed, compared with packed rows as such. `model_kind`: the
@@ -292,25 +292,6 @@ def resolve_batching(
         densities["packed"],
         densities["mix" if keep else "bucketed"],
     )
-    kept, lost = sorted((packed_mix, padded_mix))
-    if (
-        keep
-        and kept <= MIX_KEPT < lost
-        and lost - kept >= MIX_GAP
-        and (padded_mix < packed_mix) != (padded_real > packed_real)
-    ):
-        # one keeps the task mix, the other does not (padded batches keeping the mix fail at it where long examples
-        # fill a batch alone), and holds more real tokens: the mix first
-        if padded_mix < packed_mix:
-            return padded, (f"{padded_said}: its batches keep the task mix ({padded_mix:.2f} from the mixture's, "
-                            f"packed rows {packed_mix:.2f}); {figures}")  # fmt: skip
-        return packed, (f"packed ({shape}): {kind} attends within each packed example, and its rows keep the task mix "
-                        f"({packed_mix:.2f} from the mixture's; padded batches meant to keep it, {padded_mix:.2f}, "
-                        f"where long examples fill a batch alone); {figures}")  # fmt: skip
-    if padded_real > packed_real:
-        said = f"{padded_said}: its batches hold more real tokens than packed rows ({shape}); {figures}"
-        return padded, said
-    rival = "padded batches keeping the task mix" if keep else "length-bucketed padding"
     over = ""
     if (
         row * packed.rows_per_batch > config.max_tokens
@@ -320,8 +301,24 @@ def resolve_batching(
                    f"allow ({data.limits.max_input_tokens}+{data.limits.max_target_tokens})")  # fmt: skip
         over = (f"; its batches take {row * packed.rows_per_batch} token slots, over batching.max_tokens="
                 f"{config.max_tokens}: {because}")  # fmt: skip
-    return packed, (f"packed ({shape}): {kind} attends within each packed example, and its rows hold more real tokens "
-                    f"than {rival}; {figures}{over}")  # fmt: skip
+    packs = f"packed ({shape}): {kind} attends within each packed example, and its rows"
+    kept, lost = sorted((packed_mix, padded_mix))
+    if keep and lost > MIX_KEPT and lost >= 2 * kept and lost - kept >= MIX_GAP and (
+        (padded_mix < packed_mix) != (padded_real > packed_real)
+    ):  # fmt: skip
+        # the denser one does not keep the task mix and the other keeps it far better (padded batches meant to keep
+        # it fail where long examples fill a batch alone): the mix first
+        if padded_mix < packed_mix:
+            return padded, (f"{padded_said}: its batches keep the task mix far better ({padded_mix:.2f} from the "
+                            f"mixture's, against {packed_mix:.2f} for packed rows, {shape}); {figures}")  # fmt: skip
+        return packed, (f"{packs} keep the task mix far better ({packed_mix:.2f} from the mixture's, against "
+                        f"{padded_mix:.2f} for padded batches meant to keep it: long examples fill a batch alone); "
+                        f"{figures}{over}")  # fmt: skip
+    if padded_real > packed_real:
+        said = f"{padded_said}: its batches hold more real tokens than packed rows ({shape}); {figures}"
+        return padded, said
+    rival = "padded batches keeping the task mix" if keep else "length-bucketed padding"
+    return packed, f"{packs} hold more real tokens than {rival}; {figures}{over}"
 
 
 def first_examples(data: MixtureData, config: BatchingSpec) -> list[Example]:
