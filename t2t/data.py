@@ -312,8 +312,7 @@ def resolve_batching(
             return padded, (f"{padded_said}: its batches keep the task mix far better ({padded_mix:.2f} from the "
                             f"mixture's, against {packed_mix:.2f} for packed rows, {shape}); {figures}")  # fmt: skip
         return packed, (f"{packs} keep the task mix far better ({packed_mix:.2f} from the mixture's, against "
-                        f"{padded_mix:.2f} for padded batches meant to keep it: long examples fill a batch alone); "
-                        f"{figures}{over}")  # fmt: skip
+                        f"{padded_mix:.2f} for padded batches meant to keep it); {figures}{over}")  # fmt: skip
     if padded_real > packed_real:
         said = f"{padded_said}: its batches hold more real tokens than packed rows ({shape}); {figures}"
         return padded, said

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -183,17 +184,19 @@ def test_thread_settings_from_the_environment():
 @pytest.mark.parametrize(
     ("overrides", "why", "keep_mix"),
     [
-        # a budget of 40 slots, below the longest example the limits allow (48 + 8): a packed row would take 56
-        # slots however few tokens it holds, padded batches of at most 40 hold more real tokens, so auto pads
-        (["batching.max_tokens=40"], "padded, keeping each batch's task mix: its batches hold more real tokens "
-         "than packed rows (1 row of 48+8 tokens); on the stream's first 2048 examples", True),
-        # ... bucketed by length where the config says keep_mix: false
+        # rows whose target side (200) dwarfs these examples' (at most 8): 8 of them fill the 2,048 budget but hold
+        # a fifth of real tokens, padded batches keeping the mix two thirds, and keep the mix as well: auto pads
+        (["batching.pack_input_tokens=48", "batching.pack_target_tokens=200"], "padded, keeping each batch's task "
+         "mix: its batches hold more real tokens than packed rows (8 rows of 48+200 tokens); on the stream's first "
+         "2048 examples", True),
+        # a budget of 40 slots, below the longest example the limits allow (48 + 8), and keep_mix: false: length-
+        # bucketed batches of at most 40 hold more real tokens than packed rows of 56 slots
         (["batching.max_tokens=40", "batching.keep_mix=false"], "padded, bucketed by length (batching.keep_mix: "
          "false): its batches hold more real tokens than packed rows (1 row of 48+8 tokens); ", False),
         (["batching.batch_size=4", "batching.max_tokens=null"], "padded, keeping each batch's task mix: "
          "batching.batch_size counts examples per padded batch (give max_tokens to let auto pack)", True),
     ],
-    ids=["budget", "keep_mix-false", "batch_size"],
+    ids=["sides", "keep_mix-false", "batch_size"],
 )  # fmt: skip
 def test_train_with_auto_batching_pads_where_packed_rows_would_not_do(run_cli, tmp_path, tokenizer_dir,
                                                                       mixture_dir, overrides, why, keep_mix):  # fmt: skip
@@ -211,6 +214,31 @@ def test_train_with_auto_batching_pads_where_packed_rows_would_not_do(run_cli, t
     assert (state["identity"]["batching"]["strategy"], state["identity"]["batching"]["keep_mix"]) == (
         "padded", keep_mix)  # fmt: skip
     assert (tmp_path / "run" / "model" / "config.json").is_file()
+
+
+def test_train_with_auto_batching_packs_where_padded_batches_would_not_keep_the_mix(run_cli, tmp_path, tokenizer_dir,
+                                                                                   mixture_dir):  # fmt: skip
+    # 40 slots: padded batches meant to keep the mix hold two or three examples, of one task mostly (0.5 from the
+    # mixture's mix); packed rows of 56 slots (the longest example allowed) mix both tasks: auto packs, over budget
+    code, out, err = run_cli(
+        "--mixtures-dir", mixture_dir, "train", "configs/tiny_cpu.yaml", f"run_dir={tmp_path / 'run'}",
+        "mixture=two_tasks", "tokenizer={pretrained: " + str(tokenizer_dir) + "}", "steps=2", "trackers=[]",
+        "model.tiny={d_model: 32, num_layers: 1, num_heads: 2, d_ff: 64}", "max_input_tokens=48",
+        "max_target_tokens=8", "save_every_steps=null", "batching.max_tokens=40",
+    )  # fmt: skip
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if x.startswith("batching: auto chose "))
+    packed_mix, padded_mix = (float(x) for x in re.findall(r"packed [\d.]+% / ([\d.]+), padded keeping the mix [\d.]+% "
+                                                            r"/ ([\d.]+),", line)[0])  # fmt: skip
+    assert padded_mix > max(0.3, 2 * packed_mix, packed_mix + 0.1)
+    assert line.startswith("batching: auto chose packed (1 row of 48+8 tokens): t5 attends within each packed "
+                           f"example, and its rows keep the task mix far better ({packed_mix:.2f} from the mixture's, "
+                           f"against {padded_mix:.2f} for padded batches meant to keep it); ")  # fmt: skip
+    assert line.endswith("; its batches take 56 token slots, over batching.max_tokens=40: a row holds the longest "
+                         "example the limits allow (48+8)")  # fmt: skip
+    assert "not distributed, precision fp32, batching packed, balancing equal" in out
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000002" / "run_state.json").read_text())
+    assert state["identity"]["batching"]["strategy"] == "packed"
 
 
 def test_t2t_num_threads_reaches_torch_through_the_command(tmp_path, tokenizer_dir, mixture_dir):

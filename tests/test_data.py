@@ -257,8 +257,7 @@ def test_auto_keeps_the_mix_first_where_padded_batches_meant_to_keep_it_do_not(t
     assert why.startswith(f"packed (1 row of {chosen.pack_input_tokens}+{chosen.pack_target_tokens} tokens): t5 "
                           f"attends within each packed example, and its rows keep the task mix far better "
                           f"({packed_mix:.2f} from the mixture's, against {groups_mix_distance(mixed, 3):.2f} for "
-                          "padded batches meant to keep it: long examples fill a batch alone); on the stream's first "
-                          "512 examples")  # fmt: skip
+                          "padded batches meant to keep it); on the stream's first 512 examples")  # fmt: skip
     # keep_mix: false says the mix of padded batches does not matter: real tokens decide
     unmixed, why = resolve_batching(data, config.model_copy(update={"keep_mix": False}), "t5")
     bucketed_real = padded_share(examples, bucket_by_length(examples, None, 512))
