@@ -29,6 +29,7 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException
 
 from t2t.errors import T2TError
 from t2t.serving import (
@@ -259,6 +260,20 @@ def create_app(predictor: Predictor, batching: bool = True) -> FastAPI:
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         return _error(500, INTERNAL)  # Gate logs it
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # routing's own answers (an unknown path, a method a path does not take) in t2t's error shape
+        if exc.status_code == 404:
+            message = f"no such endpoint: {request.url.path} (see /docs)"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        response = _error(exc.status_code, message)
+        for name, value in (exc.headers or {}).items():  # 405's Allow
+            response.headers[name] = value
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:

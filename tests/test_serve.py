@@ -164,6 +164,16 @@ def test_errors_are_one_json_line_with_the_right_status(server, body, status, me
     assert list(response.json()) == ["error"] and message in response.json()["error"]
 
 
+def test_unknown_paths_and_methods_answer_in_the_error_shape(server):
+    response = httpx.get(f"{server}/v1/predictt", timeout=30)
+    assert response.status_code == 404 and response.json() == {
+        "error": "no such endpoint: /v1/predictt (see /docs)"
+    }
+    response = httpx.get(f"{server}/v1/predict", timeout=30)
+    assert response.status_code == 405 and response.json() == {"error": "GET is not allowed on /v1/predict"}
+    assert response.headers["allow"] == "POST"
+
+
 def test_malformed_json_and_oversized_bodies(server):
     response = httpx.post(f"{server}/v1/predict", content=b'{"task": "sentiment", "rows": [', timeout=30,
                           headers={"content-type": "application/json"})  # fmt: skip
