@@ -226,11 +226,12 @@ def resolve_batching(
     models that can pack: T5 family, relative positions, attention per segment) and padded batches that keep the
     mix (`keep_mix`), it takes the one whose batches hold more real tokens on the first window, unless that one
     does not keep the mix there and the other keeps it far better (MIX_KEPT, MIX_GAP: padded batches meant to keep
-    it fail where long examples fill a batch alone). Packed rows are `max_tokens` cut into rows of about 1,024 tokens, each row's input and target
-    sides split where the window's examples fill the fewest rows (`densest_split`; the input side never below
-    `max_input_tokens`); any of these set in the config is kept (rows sized there: as many as fit `max_tokens`). Models that cannot pack get padded batches keeping the mix. `keep_mix: false` in the
-    config makes auto's padded batches length-bucketed, compared with packed rows as such. `model_kind`: the
-    model's type (None: a tiny T5)."""
+    it fail where long examples fill a batch alone). Packed rows are `max_tokens` cut into rows of about 1,024
+    tokens, each row's input and target sides split where the window's examples fill the fewest rows
+    (`densest_split`; the input side never below `max_input_tokens`); any of these set in the config is kept (rows
+    sized there and not counted: as many as fit `max_tokens`). Models that cannot pack get padded batches keeping
+    the mix. `keep_mix: false` in the config makes auto's padded batches length-bucketed, compared with packed rows
+    as such. `model_kind`: the model's type (None: a tiny T5)."""
     if config.strategy != "auto":
         return config, f"{config.strategy}, as set"
     kind = model_kind or "t5"
@@ -266,9 +267,8 @@ def resolve_batching(
             )
             packed = packed.model_copy(update={"pack_input_tokens": row_in, "pack_target_tokens": row_out})
     row = packed.pack_input_tokens + packed.pack_target_tokens
-    if (
-        "rows_per_batch" not in fields and "pack_input_tokens" in fields
-    ):  # rows the config sizes: as many as fit
+    if "rows_per_batch" not in fields and "pack_input_tokens" in fields:
+        # rows the config sizes and does not count: as many as fit the budget
         packed = packed.model_copy(update={"rows_per_batch": max(1, config.max_tokens // row)})
     n_tasks = len(data.task_names)
     rows = pack(examples, packed.pack_input_tokens, packed.pack_target_tokens)
@@ -293,9 +293,8 @@ def resolve_batching(
         densities["mix" if keep else "bucketed"],
     )
     over = ""
-    if (
-        row * packed.rows_per_batch > config.max_tokens
-    ):  # the user's budget is a memory bound: say it is passed
+    if row * packed.rows_per_batch > config.max_tokens:
+        # the user's budget is a memory bound: say where it is passed, and why
         given = sorted(fields & {"rows_per_batch", "pack_input_tokens", "pack_target_tokens"})
         because = (f"as batching.{', '.join(given)} set" if given else "a row holds the longest example the limits "
                    f"allow ({data.limits.max_input_tokens}+{data.limits.max_target_tokens})")  # fmt: skip

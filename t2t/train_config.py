@@ -242,9 +242,8 @@ def load_train_config(path: Path, overrides: list[str] = ()) -> TrainConfig:
     except ValidationError as exc:
         error = validation_error(exc, path)
         loc = ".".join(str(p) for p in exc.errors()[0]["loc"])
-        for override in reversed(
-            overrides
-        ):  # the bad value came from the command line (its last word on the key)
+        # the bad value came from the command line, not from the file: the override with the last word on the key
+        for override in reversed(overrides):
             key = override.partition("=")[0]
             if loc and (loc == key or loc.startswith(key + ".") or key.startswith(loc + ".")):
                 raise T2TError(f"override {override!r}: {error.message}") from None
