@@ -249,10 +249,9 @@ def test_auto_keeps_the_mix_first_where_padded_batches_meant_to_keep_it_do_not(t
     mixed = bucket_keeping_mix(examples, None, 512)
     real = sum(len(e.input_ids) + len(e.labels) for e in examples)
     packed_real = real / (len(rows) * (chosen.pack_input_tokens + chosen.pack_target_tokens))
-    assert packed_real < padded_share(examples, mixed)  # padded batches keeping the mix are denser ...
-    assert groups_mix_distance(mixed, 3) > max(
-        0.3, 2 * packed_mix, packed_mix + 0.1
-    )  # ... and do not keep it
+    # padded batches keeping the mix are denser, and do not keep it
+    assert packed_real < padded_share(examples, mixed)
+    assert groups_mix_distance(mixed, 3) > max(0.3, 2 * packed_mix, packed_mix + 0.1)
     assert (chosen.strategy, chosen.rows_per_batch) == ("packed", 1)
     assert why.startswith(f"packed (1 row of {chosen.pack_input_tokens}+{chosen.pack_target_tokens} tokens): t5 "
                           f"attends within each packed example, and its rows keep the task mix far better "
