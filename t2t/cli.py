@@ -1004,8 +1004,9 @@ def configure_threads(environ: dict | None = None, torch_loaded: bool | None = N
 def run() -> None:
     """The `t2t` command (and `python -m t2t`). A process of a multi-process run ends with `os._exit` once its
     output is flushed: the interpreter's teardown of gloo's and DeepSpeed's communication threads (or an explicit
-    `destroy_process_group`) now and then aborts one rank of a finished ZeRO-3 run with "terminate called without
-    an active exception", and the launcher then reports the whole run as failed. Every rank has passed the
+    `destroy_process_group`, which accelerate's `end_training` does: Run.fit ends the trackers itself) now and then
+    aborts one rank of a finished ZeRO-3 run with "terminate called without an active exception", and the launcher
+    then reports the whole run as failed. Every rank has passed the
     run's last barrier (Run.close) and every file is written and closed by then."""
     code = main()
     dist = sys.modules.get("torch.distributed")

@@ -347,7 +347,11 @@ class Run:
                 collect(self.state.step)
         progress.close()
         final = self.finish()
-        acc.end_training()
+        # the trackers' end (accelerate's end_training, less its destroy_process_group: a multi-process run keeps
+        # its process group until t2t.cli.run ends the process, else the interpreter's teardown of gloo's and
+        # DeepSpeed's threads now and then aborts a rank, and close()'s barrier would be skipped)
+        for tracker in acc.trackers:
+            tracker.finish()
         self.close()
         return final
 
