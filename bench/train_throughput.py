@@ -46,9 +46,8 @@ LIMITS = {"demo": (128, 32), "long-tail": (512, 64)}
 def long_tail_mixture(folder: Path) -> Registry:
     """Four short tasks and one long one (a tenth of the stream), as local jsonl files; a registry that has them."""
     tasks = {f"short_{k}": (8, 40, 1, 2) for k in range(4)} | {"long_summary": (150, 400, 20, 60)}
-    members = {
-        name: 1.0 if name == "long_summary" else 2.25 for name in tasks
-    }  # 1 / (1 + 4 * 2.25) = one in ten
+    # 1 / (1 + 4 * 2.25) = one in ten
+    members = {name: 1.0 if name == "long_summary" else 2.25 for name in tasks}
     return local_mixture(
         folder, "long_tail", "most examples short, one in ten long", tasks, members, rows=3000
     )

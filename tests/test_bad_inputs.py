@@ -303,10 +303,8 @@ def test_a_dir_that_is_not_a_model_says_where_the_model_is(
         for command in (["eval", "--tasks", "sentiment", "--out", str(tmp_path / "out")],
                         ["predict", "--task", "sentiment", "--input", str(rows), "--out", str(tmp_path / "p.jsonl")]):  # fmt: skip
             code, _, err = run_cli(command[0], "--model", path, *command[1:])
-            assert code == 2 and err.startswith(f"t2t: error: {path}: cannot load model: {said}"), (
-                command,
-                err,
-            )
+            assert code == 2, (command, err)
+            assert err.startswith(f"t2t: error: {path}: cannot load model: {said}"), (command, err)
             assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists() and not (tmp_path / "p.jsonl").exists()
     # the model dir itself loads: these are the paths the lines point to

@@ -181,6 +181,17 @@ def test_thread_settings_from_the_environment():
     assert configure_threads(untouched, torch_loaded=True) is None and untouched == {"T2T_NUM_THREADS": "1"}
 
 
+def train_two_tasks(run_cli, tmp_path, tokenizer_dir, mixture_dir, *overrides):
+    """`t2t train` of a tiny T5 for 2 steps on add_numbers and color_lookup (limits 48 + 8), batching left to auto
+    unless `overrides` say otherwise; (exit code, stdout, stderr)."""
+    return run_cli(
+        "--mixtures-dir", mixture_dir, "train", "configs/tiny_cpu.yaml", f"run_dir={tmp_path / 'run'}",
+        "mixture=two_tasks", "tokenizer={pretrained: " + str(tokenizer_dir) + "}", "steps=2", "trackers=[]",
+        "model.tiny={d_model: 32, num_layers: 1, num_heads: 2, d_ff: 64}", "max_input_tokens=48",
+        "max_target_tokens=8", "save_every_steps=null", *overrides,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("overrides", "why", "keep_mix"),
     [
@@ -200,12 +211,7 @@ def test_thread_settings_from_the_environment():
 )  # fmt: skip
 def test_train_with_auto_batching_pads_where_packed_rows_would_not_do(run_cli, tmp_path, tokenizer_dir,
                                                                       mixture_dir, overrides, why, keep_mix):  # fmt: skip
-    code, out, err = run_cli(
-        "--mixtures-dir", mixture_dir, "train", "configs/tiny_cpu.yaml", f"run_dir={tmp_path / 'run'}",
-        "mixture=two_tasks", "tokenizer={pretrained: " + str(tokenizer_dir) + "}", "steps=2", "trackers=[]",
-        "model.tiny={d_model: 32, num_layers: 1, num_heads: 2, d_ff: 64}", "max_input_tokens=48",
-        "max_target_tokens=8", "save_every_steps=null", *overrides,
-    )  # fmt: skip
+    code, out, err = train_two_tasks(run_cli, tmp_path, tokenizer_dir, mixture_dir, *overrides)
     assert code == 0, err
     assert f"batching: auto chose {why}" in out
     assert "not distributed, precision fp32, batching padded, balancing equal" in out
@@ -220,12 +226,7 @@ def test_train_with_auto_batching_packs_where_padded_batches_would_not_keep_the_
                                                                                    mixture_dir):  # fmt: skip
     # 40 slots: padded batches meant to keep the mix hold two or three examples, of one task mostly (0.5 from the
     # mixture's mix); packed rows of 56 slots (the longest example allowed) mix both tasks: auto packs, over budget
-    code, out, err = run_cli(
-        "--mixtures-dir", mixture_dir, "train", "configs/tiny_cpu.yaml", f"run_dir={tmp_path / 'run'}",
-        "mixture=two_tasks", "tokenizer={pretrained: " + str(tokenizer_dir) + "}", "steps=2", "trackers=[]",
-        "model.tiny={d_model: 32, num_layers: 1, num_heads: 2, d_ff: 64}", "max_input_tokens=48",
-        "max_target_tokens=8", "save_every_steps=null", "batching.max_tokens=40",
-    )  # fmt: skip
+    code, out, err = train_two_tasks(run_cli, tmp_path, tokenizer_dir, mixture_dir, "batching.max_tokens=40")
     assert code == 0, err
     line = next(x for x in out.splitlines() if x.startswith("batching: auto chose "))
     packed_mix, padded_mix = (float(x) for x in re.findall(r"packed [\d.]+% / ([\d.]+), padded keeping the mix [\d.]+% "
