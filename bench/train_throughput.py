@@ -7,7 +7,10 @@ HF with DataCollatorForSeq2Seq and 64 examples per step (random order, padded to
 default (`strategy: auto`: packed rows for a T5), with length-bucketed padded batches and with padded batches that
 keep the task mix, each with a token budget of about 64 examples. The whole training loop is timed (optimizer,
 logging and t2t's final checkpoint included; encoding is set-up for both, before the timers). Printed: real
-(non-pad) tokens per second and the ratios to HF; also the mean task-mix distance of t2t's batches.
+(non-pad) tokens per second and the ratios to HF; also the mean task-mix distance of t2t's batches. t2t's runs
+use the malloc settings every `t2t` command makes at its start (t2t.cli.configure_allocator); HF runs once
+without them (as a script of its own would) and once with them. Each trainer runs in a fresh process of its own,
+one after the other.
 
 Profiles: `demo`, the demo mixture (short examples: 19 input and 3 target tokens on average); `long-tail`, a
 mixture of generated tasks where most examples are short (classification-like: 8-40 input words, 1-2 target
@@ -18,7 +21,12 @@ classification.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +37,7 @@ from _common import demo_tokenizer_dir, local_mixture
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 from t2t.batching import task_mix_distance
+from t2t.cli import configure_allocator
 from t2t.data import MixtureData
 from t2t.encoding import Limits
 from t2t.mixtures import load_mixture
@@ -87,6 +96,63 @@ def t2t_run(tokenizer_dir: Path, run_dir: Path, registry: Registry, mixture: str
     return time.perf_counter() - start, run.state.tokens_seen, run.loader.config.strategy, mix
 
 
+ROWS = {
+    "hf": "HF Seq2SeqTrainer + collator",
+    "hf-malloc": "HF, t2t's malloc settings",
+    "default": "t2t train, default (auto)",
+    "padded": "t2t train, padded (bucketed)",
+    "keep-mix": "t2t train, padded, keep_mix",
+}
+BATCHING = {
+    "default": {},
+    "padded": {"strategy": "padded"},
+    "keep-mix": {"strategy": "padded", "keep_mix": True},
+}
+
+
+def one_row(args: argparse.Namespace, work: Path) -> dict:
+    """One trainer's run in this process (a fresh one per row: a trainer run earlier in the same process leaves
+    its heap and threads behind, and slowed the next by up to a third here)."""
+    if args.profile == "demo":
+        registry, mixture_name = Registry.default(), "demo"
+    else:
+        registry, mixture_name = long_tail_mixture(work / "long_tail"), "long_tail"
+    tokenizer_dir = work / "tok"
+    limits = LIMITS[args.profile]
+    tokenizer = load_tokenizer(tokenizer_dir)
+    data = MixtureData(load_mixture(registry, mixture_name), registry, tokenizer, Limits(*limits),
+                       cache_dir=Path(tempfile.mkdtemp()) / "cache")  # fmt: skip
+    items = list(data.stream.items(0, args.examples))
+    data.prepare(items)
+    examples = [e for e in map(data.example, items) if e is not None]
+    real = sum(len(e.input_ids) + len(e.labels) for e in examples)
+    steps = args.examples // HF_BATCH
+    budget = int(HF_BATCH * real / len(examples) * 1.04)  # about 64 examples' real tokens per t2t batch
+    row = {
+        "row": args.only,
+        "steps": steps,
+        "budget": budget,
+        "real": real,
+        "threads": torch.get_num_threads(),
+    }
+    if (
+        args.only != "hf"
+    ):  # what every t2t command does at its start; for HF, to show what of t2t's lead it is
+        row["allocator"] = configure_allocator()
+    if args.only in ("hf", "hf-malloc"):
+        return {
+            **row,
+            "seconds": hf_run(examples, tokenizer, steps),
+            "tokens": real,
+            "strategy": "",
+            "mix": None,
+        }
+    seconds, tokens, strategy, mix = t2t_run(tokenizer_dir, Path(tempfile.mkdtemp()) / "run", registry,
+                                             mixture_name, limits, steps,
+                                             {"max_tokens": budget, **BATCHING[args.only]})  # fmt: skip
+    return {**row, "seconds": seconds, "tokens": tokens, "strategy": strategy, "mix": mix}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=sorted(LIMITS), default="demo")
@@ -94,49 +160,46 @@ def main() -> None:
     parser.add_argument(
         "--tokenizer", help="demo profile: a tokenizer dir (default: train one on the mixture)"
     )
+    parser.add_argument("--only", choices=sorted(ROWS), help=argparse.SUPPRESS)  # one row, in a child process
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(2)
     datasets.disable_progress_bars()
-    tmp = Path(tempfile.mkdtemp())
+    if args.only:
+        print("ROW " + json.dumps(one_row(args, args.work)))
+        return
+    work = Path(tempfile.mkdtemp())
     if args.profile == "demo":
-        registry, mixture_name = Registry.default(), "demo"
-        tokenizer_dir = demo_tokenizer_dir(args.tokenizer)
+        shutil.copytree(demo_tokenizer_dir(args.tokenizer), work / "tok")
     else:
-        registry, mixture_name = long_tail_mixture(tmp / "long_tail"), "long_tail"
-        names = load_mixture(registry, mixture_name).task_names
-        tokenizer_dir = train_tokenizer(mixture_texts(registry, names, "train", 500), 2000, tmp / "tok")
-    limits = LIMITS[args.profile]
-    mixture = load_mixture(registry, mixture_name)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    data = MixtureData(mixture, registry, tokenizer, Limits(*limits), cache_dir=tmp / "cache")
-    items = list(data.stream.items(0, args.examples))
-    data.prepare(items)
-    examples = [e for e in map(data.example, items) if e is not None]
-    real = sum(len(e.input_ids) + len(e.labels) for e in examples)
-    steps = args.examples // HF_BATCH
-    budget = int(HF_BATCH * real / len(examples) * 1.04)  # about 64 examples' real tokens per t2t batch
-
-    hf_seconds = hf_run(examples, tokenizer, steps)
-    rows = [("HF Seq2SeqTrainer + collator", hf_seconds, real, "", None)]
-    for label, batching in (("t2t train, default (auto)", {"max_tokens": budget}),
-                            ("t2t train, padded (bucketed)", {"strategy": "padded", "max_tokens": budget}),
-                            ("t2t train, padded, keep_mix", {"strategy": "padded", "max_tokens": budget,
-                                                             "keep_mix": True})):  # fmt: skip
-        seconds, tokens, strategy, mix = t2t_run(tokenizer_dir, tmp / label.replace(" ", "_"), registry,
-                                                 mixture_name, limits, steps, batching)  # fmt: skip
-        rows.append((label, seconds, tokens, strategy, mix))
-    hf_speed = real / hf_seconds
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"profile {args.profile}: {args.examples} examples for HF ({real:,} real tokens), {steps} steps each, "
-          f"t2t token budget {budget}, tiny T5 d_model 128\n")  # fmt: skip
+        registry = long_tail_mixture(work / "long_tail")
+        names = load_mixture(registry, "long_tail").task_names
+        train_tokenizer(mixture_texts(registry, names, "train", 500), 2000, work / "tok")
+    rows = []
+    for name in ROWS:  # one after the other, each in a process of its own
+        command = [sys.executable, __file__, "--profile", args.profile, "--examples", str(args.examples),
+                   "--only", name, "--work", str(work)]  # fmt: skip
+        done = subprocess.run(
+            command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}
+        )
+        lines = [line for line in done.stdout.splitlines() if line.startswith("ROW ")]
+        if done.returncode or not lines:
+            raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+        rows.append(json.loads(lines[-1][4:]))
+    hf = rows[0]
+    hf_speed = hf["tokens"] / hf["seconds"]
+    print(f"machine: {platform.machine()}, {hf['threads']} threads, torch {torch.__version__}; t2t's malloc "
+          f"settings: {rows[1]['allocator']}")  # fmt: skip
+    print(f"profile {args.profile}: {args.examples} examples for HF ({hf['real']:,} real tokens), {hf['steps']} steps "
+          f"each, t2t token budget {hf['budget']}, tiny T5 d_model 128, each trainer in a process of its own\n")  # fmt: skip
     print(
         f"{'trainer':<32} {'chosen':>7} {'seconds':>8} {'real tokens':>12} {'real tok/s':>11} {'vs HF':>6} {'mix TV':>7}"
     )
-    for label, seconds, tokens, strategy, mix in rows:
-        speed = tokens / seconds
-        mix_cell = "" if mix is None else f"{mix:.2f}"
-        print(f"{label:<32} {strategy:>7} {seconds:>8.1f} {tokens:>12,} {speed:>11,.0f} {speed / hf_speed:>5.2f}x "
-              f"{mix_cell:>7}")  # fmt: skip
+    for row in rows:
+        speed = row["tokens"] / row["seconds"]
+        mix_cell = "" if row["mix"] is None else f"{row['mix']:.2f}"
+        print(f"{ROWS[row['row']]:<32} {row['strategy']:>7} {row['seconds']:>8.1f} {row['tokens']:>12,} "
+              f"{speed:>11,.0f} {speed / hf_speed:>5.2f}x {mix_cell:>7}")  # fmt: skip
 
 
 if __name__ == "__main__":
