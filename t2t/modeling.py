@@ -37,6 +37,32 @@ def build_tiny_t5(size: TinyModelSpec, tokenizer: Any, seed: int = 0):
     return T5ForConditionalGeneration(config)
 
 
+class GeluTanh(torch.nn.Module):
+    """GELU's tanh approximation, `F.gelu(x, approximate="tanh")`: one kernel forward and one backward. The same
+    function as transformers' `NewGELUActivation` (`gelu_new`: T5 v1.1, flan-t5, mT5), which composes it from
+    eight elementwise operations and their backward; equal to it within float rounding."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate="tanh")
+
+
+def fuse_activations(model: Any) -> int:
+    """Swap every `NewGELUActivation` in `model` for `GeluTanh`, the same function in one kernel (a training
+    step of the demo's T5 spends about a tenth of its time in the composed one on a CPU). An activation holds no
+    weights and the config is unchanged, so a saved checkpoint is the same plain HF model. Returns the count."""
+    from transformers.activations import NewGELUActivation
+
+    found = [
+        (parent, name)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is NewGELUActivation
+    ]
+    for parent, name in found:
+        setattr(parent, name, GeluTanh())
+    return len(found)
+
+
 def load_model(name_or_dir: str | Path):
     """Any HF seq2seq checkpoint: a hub name or a local directory (e.g. a flan-t5 dir or a t2t checkpoint)."""
     from transformers import AutoModelForSeq2SeqLM

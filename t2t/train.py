@@ -33,7 +33,7 @@ from t2t.errors import T2TError, load_pretrained
 from t2t.evaluation import EvalConfig
 from t2t.fileio import atomic_write_text
 from t2t.mixtures import Mixture, load_mixture
-from t2t.modeling import build_tiny_t5, load_model
+from t2t.modeling import build_tiny_t5, fuse_activations, load_model
 from t2t.registry import Registry
 from t2t.segment_attention import PACKABLE
 from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
@@ -126,6 +126,7 @@ def get_model(config: TrainConfig, tokenizer: Any):
                   "its backbone alone (sharing.mode=adapters adds new ones; `t2t export merged` folds one in)")  # fmt: skip
     else:
         model = build_tiny_t5(config.model.tiny, tokenizer, seed=config.seed)
+    fuse_activations(model)  # training only: evaluation and serving keep the checkpoint's own modules
     return model
 
 

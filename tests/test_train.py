@@ -16,9 +16,11 @@ from transformers import AutoModelForSeq2SeqLM
 
 from t2t.checkpoint import latest_checkpoint
 from t2t.errors import T2TError
+from t2t.modeling import build_tiny_t5, fuse_activations
 from t2t.registry import Registry
+from t2t.tokenizer import load_tokenizer
 from t2t.train import FAULT_ENV, GC_FULL_EVERY, GC_YOUNG_EVERY, Run, paced_collection, schedule_factor, train
-from t2t.train_config import TrainConfig, load_train_config
+from t2t.train_config import TinyModelSpec, TrainConfig, load_train_config
 from tests.conftest import same_threads
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,20 +215,61 @@ def test_uncertainty_weights_move_and_dwa_weights_are_logged(tmp_path, tokenizer
 
 
 def test_exported_model_reloads_with_auto_model(tmp_path, tokenizer_dir, mixture_dir):
+    """The trained model trains with GELU in one kernel (fuse_activations) and saves as the plain HF T5 it was
+    built as: reloaded, it has transformers' own activation, and computes what the live model computes."""
     config = make_config(tmp_path, tokenizer_dir, steps=3)
     run = Run(config, registry_with(mixture_dir))
     run.fit()
     batch = next(iter(run.loader)).tensors
     live = run.accelerator.unwrap_model(run.model).model.eval()
+    assert [type(m).__name__ for m in live.modules() if "GELU" in type(m).__name__.upper()] == [
+        "GeluTanh"
+    ] * 4
+
+    def logits(model):
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     decoder_input_ids=batch["decoder_input_ids"]).logits  # fmt: skip
+
     for folder in (config.run_dir / "model", latest_checkpoint(config.run_dir) / "model"):
         reloaded = AutoModelForSeq2SeqLM.from_pretrained(str(folder)).eval()
+        assert json.loads((folder / "config.json").read_text())["dense_act_fn"] == "gelu_new"
+        acts = [type(m).__name__ for m in reloaded.modules() if "GELU" in type(m).__name__.upper()]
+        assert acts == ["NewGELUActivation"] * 4
         with torch.no_grad():
-            a = live(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     decoder_input_ids=batch["decoder_input_ids"]).logits  # fmt: skip
-            b = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         decoder_input_ids=batch["decoder_input_ids"]).logits  # fmt: skip
-        assert torch.equal(a, b)
+            a, b = logits(live), logits(reloaded)
+            assert (a - b).abs().max() < 1e-5 and not torch.equal(a, b)  # float rounding apart, no more
+            assert fuse_activations(reloaded) == 4 and torch.equal(logits(reloaded), a)
         assert (folder / "tokenizer.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def test_fused_gelu_gives_the_gradients_of_transformers_gelu(tmp_path, tokenizer_dir):
+    """GeluTanh against NewGELUActivation inside a tiny T5: the same loss and the same gradient of every weight,
+    within float rounding (values in the tails, where tanh saturates, included)."""
+    from transformers.activations import NewGELUActivation
+
+    from t2t.modeling import GeluTanh
+
+    x = torch.linspace(-12, 12, 4001, dtype=torch.float64, requires_grad=True)
+    fused, composed = GeluTanh()(x), NewGELUActivation()(x)
+    assert torch.allclose(fused, composed, atol=1e-12, rtol=0)
+    (g_fused,) = torch.autograd.grad(fused.sum(), x)
+    (g_composed,) = torch.autograd.grad(composed.sum(), x)
+    assert torch.allclose(g_fused, g_composed, atol=1e-12, rtol=0)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    models = [
+        build_tiny_t5(TinyModelSpec(d_model=32, num_layers=2, num_heads=2, d_ff=64), tokenizer) for _ in "ab"
+    ]
+    assert fuse_activations(models[1]) == 4 and fuse_activations(models[1]) == 0
+    ids = torch.randint(3, len(tokenizer), (4, 12), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for model in models:
+        loss = model(input_ids=ids, labels=ids[:, :5].contiguous()).loss
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (loss_a, grad_a), (loss_b, grad_b) = grads
+    assert torch.allclose(loss_a, loss_b, atol=1e-6, rtol=0)
+    for name, grad in grad_a.items():
+        assert torch.allclose(grad, grad_b[name], atol=1e-6, rtol=1e-4), name
 
 
 def test_kill_9_halfway_through_a_save_then_resume_gives_the_weights_of_an_uninterrupted_run(
