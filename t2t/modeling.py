@@ -47,9 +47,10 @@ class GeluTanh(torch.nn.Module):
 
 
 def fuse_activations(model: Any) -> int:
-    """Swap every `NewGELUActivation` in `model` for `GeluTanh`, the same function in one kernel (a training
-    step of the demo's T5 spends about a tenth of its time in the composed one on a CPU). An activation holds no
-    weights and the config is unchanged, so a saved checkpoint is the same plain HF model. Returns the count."""
+    """Swap every `NewGELUActivation` in `model` for `GeluTanh`, the same function in one kernel (the composed
+    one, forward and backward, takes about 8 % of a training step of the demo's T5 on a CPU, the fused one under
+    half of that). An activation holds no weights and the config is unchanged, so a saved checkpoint is the same
+    plain HF model. Returns the count."""
     from transformers.activations import NewGELUActivation
 
     found = [
