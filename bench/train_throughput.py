@@ -1,6 +1,6 @@
 """Training throughput: `t2t train` (its default batching, and each strategy) vs HF Seq2SeqTrainer, whole loop.
 
-    python bench/train_throughput.py [--profile demo|long-tail] [--examples 12800] [--tokenizer DIR]
+    python bench/train_throughput.py [--profile demo|long-tail] [--examples 12800] [--tokenizer DIR] [--ablate]
 
 All runs train the same tiny T5 (d_model 128, 2 layers, fp32, 2 threads) with AdamW on the same mixture stream:
 HF with DataCollatorForSeq2Seq and 64 examples per step (random order, padded to the longest), t2t with its
@@ -128,25 +128,18 @@ def one_row(args: argparse.Namespace, work: Path) -> dict:
     real = sum(len(e.input_ids) + len(e.labels) for e in examples)
     steps = args.examples // HF_BATCH
     budget = int(HF_BATCH * real / len(examples) * 1.04)  # about 64 examples' real tokens per t2t batch
-    row = {
-        "row": args.only,
-        "steps": steps,
-        "budget": budget,
-        "real": real,
-        "threads": torch.get_num_threads(),
-    }
-    if (
-        args.only != "hf"
-    ):  # what every t2t command does at its start; for HF, to show what of t2t's lead it is
+    row = {"row": args.only, "steps": steps, "budget": budget, "real": real,
+           "threads": torch.get_num_threads()}  # fmt: skip
+    if args.composed_gelu:  # --ablate: transformers' own gelu_new, as before t2t swapped it
+        import t2t.train
+
+        t2t.train.fuse_activations = lambda model: 0
+    # what every t2t command does at its start; under HF, to show what of t2t's lead it is
+    if args.only != "hf":
         row["allocator"] = configure_allocator()
     if args.only in ("hf", "hf-malloc"):
-        return {
-            **row,
-            "seconds": hf_run(examples, tokenizer, steps),
-            "tokens": real,
-            "strategy": "",
-            "mix": None,
-        }
+        seconds = hf_run(examples, tokenizer, steps)
+        return {**row, "seconds": seconds, "tokens": real, "strategy": "", "mix": None}
     seconds, tokens, strategy, mix = t2t_run(tokenizer_dir, Path(tempfile.mkdtemp()) / "run", registry,
                                              mixture_name, limits, steps,
                                              {"max_tokens": budget, **BATCHING[args.only]})  # fmt: skip
@@ -160,8 +153,13 @@ def main() -> None:
     parser.add_argument(
         "--tokenizer", help="demo profile: a tokenizer dir (default: train one on the mixture)"
     )
-    parser.add_argument("--only", choices=sorted(ROWS), help=argparse.SUPPRESS)  # one row, in a child process
+    parser.add_argument("--ablate", action="store_true",
+                        help="instead: t2t's default with and without its malloc settings and its one-kernel GELU, "
+                             "each case in a fresh process, two rounds")  # fmt: skip
+    # one row, in a child process
+    parser.add_argument("--only", choices=sorted(ROWS), help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--composed-gelu", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(2)
     datasets.disable_progress_bars()
@@ -175,17 +173,30 @@ def main() -> None:
         registry = long_tail_mixture(work / "long_tail")
         names = load_mixture(registry, "long_tail").task_names
         train_tokenizer(mixture_texts(registry, names, "train", 500), 2000, work / "tok")
-    rows = []
-    for name in ROWS:  # one after the other, each in a process of its own
+
+    def child(name: str, *flags: str, **env: str) -> dict:
         command = [sys.executable, __file__, "--profile", args.profile, "--examples", str(args.examples),
-                   "--only", name, "--work", str(work)]  # fmt: skip
-        done = subprocess.run(
-            command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}
-        )
+                   "--only", name, "--work", str(work), *flags]  # fmt: skip
+        environ = {**os.environ, "OMP_NUM_THREADS": "2", **env}
+        done = subprocess.run(command, capture_output=True, text=True, env=environ)
         lines = [line for line in done.stdout.splitlines() if line.startswith("ROW ")]
         if done.returncode or not lines:
             raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-        rows.append(json.loads(lines[-1][4:]))
+        return json.loads(lines[-1][4:])
+
+    if args.ablate:  # MALLOC_TOP_PAD_ at glibc's own default value: t2t leaves malloc alone
+        cases = {"neither": (("--composed-gelu",), {"MALLOC_TOP_PAD_": "131072"}),
+                 "one-kernel GELU": ((), {"MALLOC_TOP_PAD_": "131072"}),
+                 "malloc settings": (("--composed-gelu",), {}), "both (t2t train)": ((), {})}  # fmt: skip
+        print(f"t2t train's default, {args.profile} profile, the same steps, each case in a fresh process:")
+        for round_ in (1, 2):
+            for label, (flags, env) in cases.items():
+                row = child("default", *flags, **env)
+                speed = row["tokens"] / row["seconds"]
+                print(f"  round {round_}  {label:<18} {row['seconds']:6.1f} s  {speed:>8,.0f} real tokens/s  "
+                      f"(malloc: {row['allocator']})", flush=True)  # fmt: skip
+        return
+    rows = [child(name) for name in ROWS]  # one after the other, each in a process of its own
     hf = rows[0]
     hf_speed = hf["tokens"] / hf["seconds"]
     print(f"machine: {platform.machine()}, {hf['threads']} threads, torch {torch.__version__}; t2t's malloc "
