@@ -222,9 +222,8 @@ def test_exported_model_reloads_with_auto_model(tmp_path, tokenizer_dir, mixture
     run.fit()
     batch = next(iter(run.loader)).tensors
     live = run.accelerator.unwrap_model(run.model).model.eval()
-    assert [type(m).__name__ for m in live.modules() if "GELU" in type(m).__name__.upper()] == [
-        "GeluTanh"
-    ] * 4
+    acts = [type(m).__name__ for m in live.modules() if "GELU" in type(m).__name__.upper()]
+    assert acts == ["GeluTanh"] * 4
 
     def logits(model):
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -242,7 +241,7 @@ def test_exported_model_reloads_with_auto_model(tmp_path, tokenizer_dir, mixture
         assert (folder / "tokenizer.json").is_file() and (folder / "model.safetensors").is_file()
 
 
-def test_fused_gelu_gives_the_gradients_of_transformers_gelu(tmp_path, tokenizer_dir):
+def test_fused_gelu_gives_the_gradients_of_transformers_gelu(tokenizer_dir):
     """GeluTanh against NewGELUActivation inside a tiny T5: the same loss and the same gradient of every weight,
     within float rounding (values in the tails, where tanh saturates, included)."""
     from transformers.activations import NewGELUActivation
@@ -256,9 +255,8 @@ def test_fused_gelu_gives_the_gradients_of_transformers_gelu(tmp_path, tokenizer
     (g_composed,) = torch.autograd.grad(composed.sum(), x)
     assert torch.allclose(g_fused, g_composed, atol=1e-12, rtol=0)
     tokenizer = load_tokenizer(tokenizer_dir)
-    models = [
-        build_tiny_t5(TinyModelSpec(d_model=32, num_layers=2, num_heads=2, d_ff=64), tokenizer) for _ in "ab"
-    ]
+    size = TinyModelSpec(d_model=32, num_layers=2, num_heads=2, d_ff=64)
+    models = [build_tiny_t5(size, tokenizer) for _ in "ab"]  # the same weights: seed 0
     assert fuse_activations(models[1]) == 4 and fuse_activations(models[1]) == 0
     ids = torch.randint(3, len(tokenizer), (4, 12), generator=torch.Generator().manual_seed(0))
     grads = []
