@@ -182,8 +182,12 @@ def test_thread_settings_from_the_environment():
 
 
 ALLOCATOR_PROBE = """
-import resource, torch
+import ctypes, resource, torch
 from t2t.cli import configure_allocator
+
+# glibc's settings at a process's start, held there (its own adjustments depend on what the process did before)
+ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+ctypes.CDLL(None).mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
 
 def faults():  # page faults of 5 bursts of 40 blocks of 2 MiB, each burst freed whole
     start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -203,9 +207,9 @@ print(before, faults(), done)
 def test_the_allocator_keeps_freed_memory_for_the_next_step_unless_malloc_is_set_by_the_user(
     run_cli, tmp_path, tokenizer_dir, mixture_dir
 ):
-    """Bursts of activations freed whole, as a training step frees them: glibc's defaults give their 80 MiB back
-    to the kernel after each burst and fault every page in again (at most a 64 MiB trim threshold); after
-    configure_allocator the next burst reuses them. A user's own malloc setting is left as it is."""
+    """Bursts of activations freed whole, as a training step frees them: under glibc's starting thresholds every
+    2 MiB block is fresh pages from the kernel, faulted in again at each burst; after configure_allocator the next
+    burst reuses them. A user's own malloc setting is left as it is."""
     import platform
 
     if platform.libc_ver()[0] != "glibc":
