@@ -307,9 +307,12 @@ class Run:
         run_dir = self.config.run_dir
         if self.accelerator.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(
-                run_dir / "config.yaml", yaml.safe_dump(config_dict(self.config), sort_keys=False)
-            )
+            saved = config_dict(self.config)
+            if self.config.batching.strategy == "auto":
+                # auto reads which batching keys a config sets (rows, sides, keep_mix): a default written out
+                # would read as set, and the file would train with other batches than this run
+                saved["batching"] = self.config.batching.model_dump(mode="json", exclude_unset=True)
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
             for name in ("metrics.jsonl", "eval.jsonl"):
                 trim_log(run_dir / name, self.state.step)
             planned, schedule = self.state.planned_steps, self.config.schedule.name

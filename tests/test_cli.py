@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from tests.conftest import qa_task, write_task
 
@@ -296,6 +297,34 @@ def test_train_with_auto_batching_packs_where_padded_batches_would_not_keep_the_
     assert "not distributed, precision fp32, batching packed, balancing equal" in out
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000002" / "run_state.json").read_text())
     assert state["identity"]["batching"]["strategy"] == "packed"
+
+
+def test_a_run_dirs_config_trains_the_batches_of_the_run(run_cli, tmp_path, tokenizer_dir, mixture_dir):
+    """config.yaml in the run dir is the run's config: trained again from it, auto makes the same choice. (It once
+    wrote every batching default out, rows_per_batch and keep_mix among them, which auto then read as set: a
+    `t2t compare` single-task run, retrained from its config.yaml, got length-bucketed batches instead of the
+    run's batches keeping the mix.)"""
+    code, out, _ = train_two_tasks(run_cli, tmp_path, tokenizer_dir, mixture_dir)
+    assert code == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["batching"] == {
+        "strategy": "auto",
+        "max_tokens": 2048,
+        "batch_size": None,
+        "window_examples": 2048,
+    }
+    code, again, _ = run_cli("--mixtures-dir", mixture_dir, "train", str(tmp_path / "run" / "config.yaml"),
+                             f"run_dir={tmp_path / 'again'}")  # fmt: skip
+    assert code == 0
+    chose = [line for line in out.splitlines() if line.startswith("batching: auto chose")]
+    assert len(chose) == 1 and chose == [
+        line for line in again.splitlines() if line.startswith("batching: auto")
+    ]
+    first, second = (
+        json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])
+        for name in ("run", "again")
+    )
+    assert first["tokens_seen"] == second["tokens_seen"] and first["loss"] == second["loss"]
 
 
 def test_t2t_num_threads_reaches_torch_through_the_command(tmp_path, tokenizer_dir, mixture_dir):
