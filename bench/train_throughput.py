@@ -135,7 +135,8 @@ def one_row(args: argparse.Namespace, work: Path) -> dict:
 
         t2t.train.fuse_activations = lambda model: 0
     # what every t2t command does at its start; under HF, to show what of t2t's lead it is
-    if args.only != "hf":
+    row["allocator"] = "glibc's own (untouched)"
+    if args.only != "hf" and not args.system_malloc:
         row["allocator"] = configure_allocator()
     if args.only in ("hf", "hf-malloc"):
         seconds = hf_run(examples, tokenizer, steps)
@@ -160,6 +161,7 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(ROWS), help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--composed-gelu", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--system-malloc", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(2)
     datasets.disable_progress_bars()
@@ -184,9 +186,9 @@ def main() -> None:
             raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
         return json.loads(lines[-1][4:])
 
-    if args.ablate:  # MALLOC_TOP_PAD_ at glibc's own default value: t2t leaves malloc alone
-        cases = {"neither": (("--composed-gelu",), {"MALLOC_TOP_PAD_": "131072"}),
-                 "one-kernel GELU": ((), {"MALLOC_TOP_PAD_": "131072"}),
+    if args.ablate:  # malloc untouched (no MALLOC_* variable: setting one turns glibc's own adjustment off)
+        cases = {"neither": (("--composed-gelu", "--system-malloc"), {}),
+                 "one-kernel GELU": (("--system-malloc",), {}),
                  "malloc settings": (("--composed-gelu",), {}), "both (t2t train)": ((), {})}  # fmt: skip
         print(f"t2t train's default, {args.profile} profile, the same steps, each case in a fresh process:")
         for round_ in (1, 2):

@@ -1015,11 +1015,11 @@ def configure_allocator(environ: dict | None = None) -> str:
     """Keep freed memory for the next step instead of handing it back to the system. glibc's malloc serves a
     block over its mmap threshold (128 KiB at start, raised as such blocks are freed) with fresh pages from the
     kernel and gives the free top of its heap back beyond a trim threshold, so on a CPU a training step's
-    activations (hundreds of KiB to a few MiB per tensor) can be faulted in page by page at every step: about
-    3,900 page faults per step of the demo's T5, whose elementwise operations then ran two to three times slower
-    than on reused memory, and `t2t train configs/tiny_cpu.yaml` at 11k real tokens/s where it runs 30k without
-    them (docs/benchmarks.md). Blocks up to 32 MiB now come from the heap, and up to 256 MiB of free heap is kept
-    (the process keeps its peak, as any caching allocator does: 7 % more resident memory on that run). Left alone
+    activations (hundreds of KiB to a few MiB per tensor) can be faulted in page by page at every step: 3,100-3,900
+    page faults per step of the demo's T5 in a profiled process, whose elementwise operations then ran two to three
+    times slower than on reused memory (in t2t's own loop glibc's adjustment absorbs most of that: no measurable
+    difference there, docs/benchmarks.md). Blocks up to 32 MiB now come from the heap, and up to 256 MiB of free
+    heap is kept (the process keeps its peak, as any caching allocator does: 7 % more resident memory). Left alone
     where the C library is not glibc, or where the environment already sets malloc (MALLOC_MMAP_THRESHOLD_,
     MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_, glibc.malloc tunables) or preloads another allocator. Returns what
     was done, in words."""
