@@ -1,16 +1,15 @@
 """Training throughput: `t2t train` (its default batching, and each strategy) vs HF Seq2SeqTrainer, whole loop.
 
-    python bench/train_throughput.py [--profile demo|long-tail] [--examples 12800] [--tokenizer DIR] [--ablate]
+    python bench/train_throughput.py [--profile demo|long-tail] [--examples 12800] [--tokenizer DIR] [--rounds 3] [--ablate]
 
 All runs train the same tiny T5 (d_model 128, 2 layers, fp32, 2 threads) with AdamW on the same mixture stream:
 HF with DataCollatorForSeq2Seq and 64 examples per step (random order, padded to the longest), t2t with its
 default (`strategy: auto`: packed rows for a T5), with length-bucketed padded batches and with padded batches that
 keep the task mix, each with a token budget of about 64 examples. The whole training loop is timed (optimizer,
 logging and t2t's final checkpoint included; encoding is set-up for both, before the timers). Printed: real
-(non-pad) tokens per second and the ratios to HF; also the mean task-mix distance of t2t's batches. t2t's runs
-use the malloc settings every `t2t` command makes at its start (t2t.cli.configure_allocator); HF runs once
-without them (as a script of its own would) and once with them. Each trainer runs in a fresh process of its own,
-one after the other.
+(non-pad) tokens per second and the ratios to HF; also the mean task-mix distance of t2t's batches. Each trainer
+runs in a fresh process of its own, one after the other, in rounds (the machine's speed drifts between minutes):
+each ratio to HF is taken within a round, and the median over the rounds is printed with each round's.
 
 Profiles: `demo`, the demo mixture (short examples: 19 input and 3 target tokens on average); `long-tail`, a
 mixture of generated tasks where most examples are short (classification-like: 8-40 input words, 1-2 target
@@ -32,12 +31,12 @@ import time
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from _common import demo_tokenizer_dir, local_mixture
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 from t2t.batching import task_mix_distance
-from t2t.cli import configure_allocator
 from t2t.data import MixtureData
 from t2t.encoding import Limits
 from t2t.mixtures import load_mixture
@@ -98,7 +97,6 @@ def t2t_run(tokenizer_dir: Path, run_dir: Path, registry: Registry, mixture: str
 
 ROWS = {
     "hf": "HF Seq2SeqTrainer + collator",
-    "hf-malloc": "HF, t2t's malloc settings",
     "default": "t2t train, default (auto)",
     "padded": "t2t train, padded (bucketed)",
     "keep-mix": "t2t train, padded, keep_mix",
@@ -134,11 +132,7 @@ def one_row(args: argparse.Namespace, work: Path) -> dict:
         import t2t.train
 
         t2t.train.fuse_activations = lambda model: 0
-    # what every t2t command does at its start; under HF, to show what of t2t's lead it is
-    row["allocator"] = "glibc's own (untouched)"
-    if args.only != "hf" and not args.system_malloc:
-        row["allocator"] = configure_allocator()
-    if args.only in ("hf", "hf-malloc"):
+    if args.only == "hf":
         seconds = hf_run(examples, tokenizer, steps)
         return {**row, "seconds": seconds, "tokens": real, "strategy": "", "mix": None}
     seconds, tokens, strategy, mix = t2t_run(tokenizer_dir, Path(tempfile.mkdtemp()) / "run", registry,
@@ -154,14 +148,14 @@ def main() -> None:
     parser.add_argument(
         "--tokenizer", help="demo profile: a tokenizer dir (default: train one on the mixture)"
     )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of all trainers (default 3)")
     parser.add_argument("--ablate", action="store_true",
-                        help="instead: t2t's default with and without its malloc settings and its one-kernel GELU, "
-                             "each case in a fresh process, two rounds")  # fmt: skip
+                        help="instead: t2t's default with its one-kernel GELU and with transformers' composed one, "
+                             "each case in a fresh process, three rounds")  # fmt: skip
     # one row, in a child process
     parser.add_argument("--only", choices=sorted(ROWS), help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--composed-gelu", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--system-malloc", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(2)
     datasets.disable_progress_bars()
@@ -176,43 +170,51 @@ def main() -> None:
         names = load_mixture(registry, "long_tail").task_names
         train_tokenizer(mixture_texts(registry, names, "train", 500), 2000, work / "tok")
 
-    def child(name: str, *flags: str, **env: str) -> dict:
+    def child(name: str, *flags: str) -> dict:
         command = [sys.executable, __file__, "--profile", args.profile, "--examples", str(args.examples),
                    "--only", name, "--work", str(work), *flags]  # fmt: skip
-        environ = {**os.environ, "OMP_NUM_THREADS": "2", **env}
+        environ = {**os.environ, "OMP_NUM_THREADS": "2"}
         done = subprocess.run(command, capture_output=True, text=True, env=environ)
         lines = [line for line in done.stdout.splitlines() if line.startswith("ROW ")]
         if done.returncode or not lines:
             raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
         return json.loads(lines[-1][4:])
 
-    if args.ablate:  # malloc untouched (no MALLOC_* variable: setting one turns glibc's own adjustment off)
-        cases = {"neither": (("--composed-gelu", "--system-malloc"), {}),
-                 "one-kernel GELU": (("--system-malloc",), {}),
-                 "malloc settings": (("--composed-gelu",), {}), "both (t2t train)": ((), {})}  # fmt: skip
+    if args.ablate:
+        cases = {"composed GELU": ("--composed-gelu",), "one-kernel GELU (t2t train)": ()}
         print(f"t2t train's default, {args.profile} profile, the same steps, each case in a fresh process:")
-        for round_ in (1, 2):
-            for label, (flags, env) in cases.items():
-                row = child("default", *flags, **env)
+        for round_ in (1, 2, 3):
+            for label, flags in cases.items():
+                row = child("default", *flags)
                 speed = row["tokens"] / row["seconds"]
-                print(f"  round {round_}  {label:<18} {row['seconds']:6.1f} s  {speed:>8,.0f} real tokens/s  "
-                      f"(malloc: {row['allocator']})", flush=True)  # fmt: skip
+                print(
+                    f"  round {round_}  {label:<28} {row['seconds']:6.1f} s  {speed:>8,.0f} real tokens/s",
+                    flush=True,
+                )
         return
-    rows = [child(name) for name in ROWS]  # one after the other, each in a process of its own
-    hf = rows[0]
-    hf_speed = hf["tokens"] / hf["seconds"]
-    print(f"machine: {platform.machine()}, {hf['threads']} threads, torch {torch.__version__}; t2t's malloc "
-          f"settings: {rows[1]['allocator']}")  # fmt: skip
+    # this machine's speed drifts by 10-20 % within minutes: rounds of every trainer one after the other, each
+    # trainer's ratio to HF taken within its round, and the median over the rounds
+    rounds = [[child(name) for name in ROWS] for _ in range(args.rounds)]
+    hf = rounds[0][0]
+    print(f"machine: {platform.machine()}, {hf['threads']} threads, torch {torch.__version__}")
     print(f"profile {args.profile}: {args.examples} examples for HF ({hf['real']:,} real tokens), {hf['steps']} steps "
-          f"each, t2t token budget {hf['budget']}, tiny T5 d_model 128, each trainer in a process of its own\n")  # fmt: skip
-    print(
-        f"{'trainer':<32} {'chosen':>7} {'seconds':>8} {'real tokens':>12} {'real tok/s':>11} {'vs HF':>6} {'mix TV':>7}"
-    )
-    for row in rows:
-        speed = row["tokens"] / row["seconds"]
+          f"each, t2t token budget {hf['budget']}, tiny T5 d_model 128, each trainer in a process of its own, "
+          f"{args.rounds} round(s); seconds and ratios: the median over the rounds, then each round's ratio\n")  # fmt: skip
+    print(f"{'trainer':<32} {'chosen':>7} {'seconds':>8} {'real tokens':>12} {'real tok/s':>11} {'vs HF':>6} "
+          f"{'mix TV':>7}  rounds")  # fmt: skip
+    for i, name in enumerate(ROWS):
+        runs = [r[i] for r in rounds]
+        speeds = [
+            (run["tokens"] / run["seconds"], r[0]["tokens"] / r[0]["seconds"])
+            for run, r in zip(runs, rounds, strict=True)
+        ]
+        ratios = [speed / hf_speed for speed, hf_speed in speeds]
+        seconds = float(np.median([run["seconds"] for run in runs]))
+        row = runs[0]
         mix_cell = "" if row["mix"] is None else f"{row['mix']:.2f}"
-        print(f"{ROWS[row['row']]:<32} {row['strategy']:>7} {row['seconds']:>8.1f} {row['tokens']:>12,} "
-              f"{speed:>11,.0f} {speed / hf_speed:>5.2f}x {mix_cell:>7}")  # fmt: skip
+        each = " ".join(f"{ratio:.2f}" for ratio in ratios)
+        print(f"{ROWS[name]:<32} {row['strategy']:>7} {seconds:>8.1f} {row['tokens']:>12,} "
+              f"{row['tokens'] / seconds:>11,.0f} {float(np.median(ratios)):>5.2f}x {mix_cell:>7}  {each}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -897,8 +897,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             problem = configure_threads()
             if problem is not None:
                 raise T2TError(problem)
-            global allocator_note
-            allocator_note = configure_allocator()
         return args.fn(args)
     except T2TError as exc:
         print(f"t2t: error: {exc}", file=sys.stderr)
@@ -1002,49 +1000,6 @@ def configure_threads(environ: dict | None = None, torch_loaded: bool | None = N
     busy = busy_cpus() if busy is None else busy
     environ["OMP_NUM_THREADS"] = str(max(1, allowed - round(busy)))
     return None
-
-
-# glibc's malloc settings a user (or a launcher) may have made: they stay
-ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
-allocator_note: str | None = None  # what configure_allocator did at this process's model command, in words
-MMAP_THRESHOLD = 32 << 20  # glibc's upper limit for M_MMAP_THRESHOLD on 64-bit systems
-TRIM_THRESHOLD = 256 << 20
-
-
-def configure_allocator(environ: dict | None = None) -> str:
-    """Keep freed memory for the next step instead of handing it back to the system. glibc's malloc serves a
-    block over its mmap threshold (128 KiB at start, raised as such blocks are freed) with fresh pages from the
-    kernel and gives the free top of its heap back beyond a trim threshold, so on a CPU a training step's
-    activations (hundreds of KiB to a few MiB per tensor) can be faulted in page by page at every step: 3,100-3,900
-    page faults per step of the demo's T5 in a profiled process, whose elementwise operations then ran two to three
-    times slower than on reused memory (in t2t's own loop glibc's adjustment absorbs most of that: no measurable
-    difference there, docs/benchmarks.md). Blocks up to 32 MiB now come from the heap, and up to 256 MiB of free
-    heap is kept (the process keeps its peak, as any caching allocator does: 7 % more resident memory). Left alone
-    where the C library is not glibc, or where the environment already sets malloc (MALLOC_MMAP_THRESHOLD_,
-    MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_, glibc.malloc tunables) or preloads another allocator. Returns what
-    was done, in words."""
-    environ = os.environ if environ is None else environ
-    for name in ALLOCATOR_ENV:
-        if name in environ:
-            return f"left to {name}"
-    if "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
-        return "left to GLIBC_TUNABLES"
-    preload = environ.get("LD_PRELOAD", "")
-    if "malloc" in preload:  # jemalloc, tcmalloc, mimalloc
-        return "left to LD_PRELOAD"
-    import ctypes
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        return "left alone: not glibc"
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
-    except (OSError, AttributeError):
-        return "left alone: no mallopt"
-    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-    if not (mallopt(m_mmap_threshold, MMAP_THRESHOLD) and mallopt(m_trim_threshold, TRIM_THRESHOLD)):
-        return "left alone: mallopt refused"
-    return f"glibc: mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim threshold {TRIM_THRESHOLD >> 20} MiB"
 
 
 def run() -> None:

@@ -182,62 +182,6 @@ def test_thread_settings_from_the_environment():
     assert configure_threads(untouched, torch_loaded=True) is None and untouched == {"T2T_NUM_THREADS": "1"}
 
 
-ALLOCATOR_PROBE = """
-import ctypes, resource, torch
-from t2t.cli import configure_allocator
-
-# glibc's settings at a process's start, held there (its own adjustments depend on what the process did before)
-ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-ctypes.CDLL(None).mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
-
-def faults():  # page faults of 5 bursts of 40 blocks of 2 MiB, each burst freed whole
-    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
-        held = [torch.ones(512 * 1024) for _ in range(40)]
-        del held
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
-
-faults()
-before = faults()
-done = configure_allocator()
-faults()
-print(before, faults(), done)
-"""
-
-
-def test_the_allocator_keeps_freed_memory_for_the_next_step_unless_malloc_is_set_by_the_user(
-    run_cli, tmp_path, tokenizer_dir, mixture_dir
-):
-    """Bursts of activations freed whole, as a training step frees them: under glibc's starting thresholds every
-    2 MiB block is fresh pages from the kernel, faulted in again at each burst; after configure_allocator the next
-    burst reuses them. A user's own malloc setting is left as it is."""
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("the allocator settings are glibc's")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    out = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], capture_output=True, text=True, env=env,
-                         timeout=120, check=True).stdout.split(maxsplit=2)  # fmt: skip
-    assert int(out[0]) > 4_000 and int(out[1]) < 100  # 4 KiB pages: about 100,000 against 0
-    assert out[2].strip() == "glibc: mmap threshold 32 MiB, trim threshold 256 MiB"
-    env["MALLOC_TOP_PAD_"] = "0"
-    out = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], capture_output=True, text=True, env=env,
-                         timeout=120, check=True).stdout.split(maxsplit=2)  # fmt: skip
-    assert int(out[1]) > 4_000 and out[2].strip() == "left to MALLOC_TOP_PAD_"
-    from t2t.cli import configure_allocator
-
-    assert configure_allocator({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}) == "left to LD_PRELOAD"
-    malloc_tunable, other_tunable = "glibc.malloc.trim_threshold=0", "glibc.cpu.x86_shstk=off"
-    assert configure_allocator({"GLIBC_TUNABLES": malloc_tunable}) == "left to GLIBC_TUNABLES"
-    assert configure_allocator({"GLIBC_TUNABLES": other_tunable}).startswith("glibc: mmap threshold")
-    # every command that runs a model sets it up at its start, `t2t train` among them
-    from t2t import cli
-
-    cli.allocator_note = None
-    assert train_two_tasks(run_cli, tmp_path, tokenizer_dir, mixture_dir)[0] == 0
-    assert cli.allocator_note == configure_allocator(os.environ)
-
-
 def train_two_tasks(run_cli, tmp_path, tokenizer_dir, mixture_dir, *overrides):
     """`t2t train` of a tiny T5 for 2 steps on add_numbers and color_lookup (limits 48 + 8), batching left to auto
     unless `overrides` say otherwise; (exit code, stdout, stderr)."""
