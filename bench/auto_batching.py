@@ -1,16 +1,19 @@
-"""What `batching.strategy: auto` chooses on four length profiles, and what the split of a packed row is worth.
+"""What `batching.strategy: auto` chooses on five length profiles, and what the size and split of a packed row are worth.
 
     python bench/auto_batching.py [--max-tokens N]
 
 For each profile, on the stream's first window (2,048 examples), as a run's start computes it: the share of real
-tokens in packed rows split by the target / input token ratio alone and in rows at the split `auto` takes (the one
-that packs the window into the fewest rows, `t2t.data.densest_split`), then auto's choice and its reasons (real
+tokens in packed rows of about 1,024 slots split by the target / input token ratio alone, in the same rows at the
+split that packs the window into the fewest rows (`t2t.data.densest_split`), and in the rows `auto` takes (the row
+count and split that hold the most real tokens, `t2t.data.densest_rows`), then auto's choice and its reasons (real
 tokens and task-mix distance of packed rows, of padded batches keeping the mix and of length-bucketed padding).
 Profiles: `demo` (short examples), `long-tail` (bench/train_throughput.py's: one example in ten of 150-400 input
 and 20-60 target words) and `two-sided` (three short tasks, and one in six examples either a long input of 200-500
 words with a one-word answer or a short input with a 40-120-word target), each under a 2,048-slot budget, and
 `long-docs` (two short tasks and one of 150-300-word inputs with 20-40-word targets, about one example in eight)
-under 512 slots, where a long example fills a padded batch alone. `--max-tokens` sets one budget for all. No
+under 512 slots, where a long example fills a padded batch alone, and `many-long` (a third of the examples
+400-900-word documents with 100-200-word summaries, cut at 512 + 128 tokens, beside classification and short QA),
+where most rows of about 1,024 slots can hold one long example only. `--max-tokens` sets one budget for all. No
 timing: the figures are counts, the same on every machine.
 """
 
@@ -24,7 +27,16 @@ from _common import local_mixture
 from train_throughput import long_tail_mixture
 
 from t2t.batching import pack
-from t2t.data import PACK_ROW_TOKENS, MixtureData, first_examples, ratio_split, resolve_batching, target_ratio
+from t2t.data import (
+    PACK_ROW_TOKENS,
+    MixtureData,
+    densest_split,
+    first_examples,
+    ratio_split,
+    resolve_batching,
+    target_ratio,
+    target_side,
+)
 from t2t.encoding import Limits
 from t2t.mixtures import load_mixture
 from t2t.registry import Registry
@@ -48,11 +60,18 @@ def long_docs_mixture(folder: Path) -> Registry:
                          {"short_a": 1.0, "short_b": 1.0, "doc": 0.3}, rows=1000)  # fmt: skip
 
 
+def many_long_mixture(folder: Path) -> Registry:
+    """Classification, short QA and summarisation at equal rates: a third of the examples 400-900-word documents."""
+    tasks = {"classify": (2, 5, 1, 1), "qa": (30, 60, 1, 5), "summarise": (400, 900, 100, 200)}
+    return local_mixture(folder, "many_long", "a third of the examples long documents", tasks,
+                         dict.fromkeys(tasks, 1.0), rows=500)  # fmt: skip
+
+
 # token limits and budget
 PROFILES = {"demo": ((96, 24), 2048), "long-tail": ((512, 64), 2048), "two-sided": ((512, 128), 2048),
-            "long-docs": ((512, 64), 512)}  # fmt: skip
+            "long-docs": ((512, 64), 512), "many-long": ((512, 128), 2048)}  # fmt: skip
 BUILDERS = {"long-tail": (long_tail_mixture, "long_tail"), "two-sided": (two_sided_mixture, "two_sided"),
-            "long-docs": (long_docs_mixture, "long_docs")}  # fmt: skip
+            "long-docs": (long_docs_mixture, "long_docs"), "many-long": (many_long_mixture, "many_long")}  # fmt: skip
 
 
 def main() -> None:
@@ -82,13 +101,18 @@ def main() -> None:
         row_input, target = ratio_split(target_ratio(examples), budget / rows_per_batch, data.limits)
         print(f"\n{profile}: limits {limits[0]} + {limits[1]} tokens, budget {budget} slots")
         share = real / (len(pack(examples, row_input, target)) * (row_input + target))
-        print(f"  packed rows split by the ratio, {row_input}+{target}: {share:.1%} real tokens")
+        print(f"  {rows_per_batch} row(s) split by the ratio, {row_input}+{target}: {share:.1%} real tokens")
+        densest = densest_split(examples, row_input, target_side(target_ratio(examples), row_input, data.limits),
+                                data.limits)  # fmt: skip
+        share = real / (len(pack(examples, *densest)) * sum(densest))
+        print(
+            f"  {rows_per_batch} row(s) at their densest split, {densest[0]}+{densest[1]}: {share:.1%} real tokens"
+        )
         if chosen.strategy == "packed":
             row = chosen.pack_input_tokens + chosen.pack_target_tokens
             share = real / (len(pack(examples, chosen.pack_input_tokens, chosen.pack_target_tokens)) * row)
-            print(
-                f"  the densest split, {chosen.pack_input_tokens}+{chosen.pack_target_tokens}: {share:.1%} real tokens"
-            )
+            print(f"  auto's rows, {chosen.rows_per_batch} of {chosen.pack_input_tokens}+{chosen.pack_target_tokens}: "
+                  f"{share:.1%} real tokens")  # fmt: skip
         print(f"  auto chose {why}")
 
 

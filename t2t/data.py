@@ -191,7 +191,8 @@ def auto_target_tokens(data: MixtureData, config: BatchingSpec) -> int:
     return target_side(target_ratio(first_examples(data, config)), config.pack_input_tokens, data.limits)
 
 
-PACK_ROW_TOKENS = 1024  # auto: about this many tokens (input + target) per packed row
+PACK_ROW_TOKENS = 1024  # auto: about this many tokens (input + target) per packed row ...
+ROW_FILL_GAIN = 0.01  # ... unless rows of another size hold this much more of their slots in real tokens
 # auto keeps the task mix first: where one batching's mean task-mix distance is over MIX_KEPT (it does not keep the
 # mix) and at least twice the other's and MIX_GAP more, the other is taken, whichever holds more real tokens;
 # otherwise the one holding more
@@ -212,6 +213,31 @@ def densest_split(
     candidates = sorted({target_tokens, *range(low, high + 1, 8)}, key=lambda t: (abs(t - target_tokens), t))
     best = min(candidates, key=lambda t: len(pack(examples, row - t, t)))  # min keeps the first of equals
     return row - best, best
+
+
+def densest_rows(
+    examples: Sequence[Example], max_tokens: int, limits: Limits, rows_per_batch: int | None = None
+) -> tuple[int, int, int]:
+    """(rows per batch, input side, target side) of packed rows that fill `max_tokens` and hold the most real
+    tokens of `examples`: for each row count (the given one, or rows of about PACK_ROW_TOKENS and every count from 1
+    to 8 whose rows still hold the longest example allowed), rows of `max_tokens / count` split by the target /
+    input ratio, then at their densest split. Another count replaces rows of about PACK_ROW_TOKENS only where it
+    holds at least ROW_FILL_GAIN more of its slots in real tokens: a row fits whole examples only, so where many
+    examples take more than half a row, rows close a third empty (a third of a window at 512 + 128 tokens, in rows
+    of 824 + 200: 74 % real tokens, against 98 % in one row of 1,648 + 400)."""
+    ratio = target_ratio(examples)
+    real = sum(len(e.input_ids) + len(e.labels) for e in examples)
+    usual = rows_per_batch or max(1, round(max_tokens / PACK_ROW_TOKENS))
+    fit = max_tokens // (limits.max_input_tokens + limits.max_target_tokens)
+    counts = [usual] if rows_per_batch else [usual, *(n for n in range(1, min(fit, 8) + 1) if n != usual)]
+    options = {}
+    for count in counts:
+        row_input, _ = ratio_split(ratio, max_tokens / count, limits)
+        sides = densest_split(examples, row_input, target_side(ratio, row_input, limits), limits)
+        options[count] = (real / max(len(pack(examples, *sides)) * sum(sides), 1), *sides)
+    best = max(counts, key=lambda n: options[n][0])  # max keeps the first of equals: rows of the usual size
+    chosen = best if options[best][0] >= options[usual][0] + ROW_FILL_GAIN else usual
+    return chosen, options[chosen][1], options[chosen][2]
 
 
 def _padded_slots(groups: Sequence[Sequence[Example]]) -> int:
@@ -249,23 +275,24 @@ def resolve_batching(
     examples = first_examples(data, config)
     # keep_mix is for padded batches only
     packed = config.model_copy(update={"strategy": "packed", "keep_mix": False})
-    # rows of about PACK_ROW_TOKENS that fill the budget (longer rows fill better) ...
-    if "rows_per_batch" not in fields and "pack_input_tokens" not in fields:
-        rows_per_batch = max(1, round(config.max_tokens / PACK_ROW_TOKENS))
-        packed = packed.model_copy(update={"rows_per_batch": rows_per_batch})
-    # ... the input side's share of a row from the data, never below the longest input allowed
-    ratio = target_ratio(examples)
-    if "pack_input_tokens" not in fields:
-        row_input, _ = ratio_split(ratio, config.max_tokens / packed.rows_per_batch, data.limits)
-        packed = packed.model_copy(update={"pack_input_tokens": row_input})
-    if packed.pack_target_tokens is None:
-        target = target_side(ratio, packed.pack_input_tokens, data.limits)
-        packed = packed.model_copy(update={"pack_target_tokens": target})
-        if "pack_input_tokens" not in fields:  # neither side given: the split that fills best
-            row_in, row_out = densest_split(
-                examples, packed.pack_input_tokens, packed.pack_target_tokens, data.limits
-            )
-            packed = packed.model_copy(update={"pack_input_tokens": row_in, "pack_target_tokens": row_out})
+    if "pack_input_tokens" not in fields and packed.pack_target_tokens is None:
+        # neither side given: the row count (unless given) and the split that hold the most real tokens
+        given = packed.rows_per_batch if "rows_per_batch" in fields else None
+        rows_per_batch, row_in, row_out = densest_rows(examples, config.max_tokens, data.limits, given)
+        packed = packed.model_copy(update={"rows_per_batch": rows_per_batch, "pack_input_tokens": row_in,
+                                           "pack_target_tokens": row_out})  # fmt: skip
+    else:
+        ratio = target_ratio(examples)
+        if "rows_per_batch" not in fields and "pack_input_tokens" not in fields:
+            # rows of about PACK_ROW_TOKENS that fill the budget ...
+            rows_per_batch = max(1, round(config.max_tokens / PACK_ROW_TOKENS))
+            packed = packed.model_copy(update={"rows_per_batch": rows_per_batch})
+        if "pack_input_tokens" not in fields:  # ... the input side from the ratio (the target side is given)
+            row_input, _ = ratio_split(ratio, config.max_tokens / packed.rows_per_batch, data.limits)
+            packed = packed.model_copy(update={"pack_input_tokens": row_input})
+        if packed.pack_target_tokens is None:  # the input side given: the target side from the ratio
+            target = target_side(ratio, packed.pack_input_tokens, data.limits)
+            packed = packed.model_copy(update={"pack_target_tokens": target})
     row = packed.pack_input_tokens + packed.pack_target_tokens
     if "rows_per_batch" not in fields and "pack_input_tokens" in fields:
         # rows the config sizes and does not count: as many as fit the budget

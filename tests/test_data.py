@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from t2t.batching import Example, bucket_by_length, bucket_keeping_mix, groups_mix_distance, pack
-from t2t.data import BatchLoader, LoaderState, MixtureData, densest_split, resolve_batching
+from t2t.data import BatchLoader, LoaderState, MixtureData, densest_rows, densest_split, resolve_batching
 from t2t.encoding import Limits
 from t2t.errors import T2TError
 from t2t.mixtures import load_mixture
@@ -176,6 +176,36 @@ def test_the_densest_split_of_a_row_by_hand():
     assert densest_split(examples[:1], 32, 8, limits) == (32, 8)
     # never a side below its token limit: inputs of up to 30 tokens leave at most 10 target slots, so 8 only
     assert densest_split(examples, 32, 8, Limits(max_input_tokens=30, max_target_tokens=6)) == (32, 8)
+
+
+def test_the_densest_row_count_by_hand():
+    """Six examples at the limits (512 + 128 tokens) alternating with six short ones (8 + 2) under 2,048 slots:
+    rows of about 1,024 hold one long example each, a third of them empty; three rows or one hold the window far
+    more densely, and the densest is taken."""
+    limits = Limits(max_input_tokens=512, max_target_tokens=128)
+    examples = [
+        Example([1] * 512, [1] * 128, 0) if i % 2 == 0 else Example([1] * 8, [1] * 2, 1) for i in range(12)
+    ]
+    real = 6 * 640 + 6 * 10
+    # target / input ratio 780 / 3120 = 0.25; two rows of 1,024: 1024 / 1.2625 = 811 -> 808 input slots and
+    # 808 * 0.2625 = 212.1 -> 216 target slots. Two long inputs (1,024) never share a row: 6 rows
+    assert len(pack(examples, 808, 216)) == 6 and real / (6 * 1024) < 0.64
+    # one row of 2,048: 2048 / 1.2625 = 1622 -> 1616 + 432: three long examples per row (1,536 + 384), 2 rows
+    assert len(pack(examples, 1616, 432)) == 2 and f"{real / (2 * 2048):.4f}" == "0.9521"
+    # three rows of 682: 682.7 / 1.2625 = 540 -> 536 input slots, 536 * 0.2625 = 140.7 -> 144 target slots: one
+    # long example and the short ones beside it, 6 rows (no split of these 680 slots needs fewer)
+    assert len(pack(examples, 536, 144)) == 6 and f"{real / (6 * 680):.4f}" == "0.9559"
+    assert densest_rows(examples, 2048, limits) == (3, 536, 144)
+    # a row count given is kept, at its densest split
+    assert densest_rows(examples, 2048, limits, rows_per_batch=2) == (
+        2,
+        *densest_split(examples, 808, 216, limits),
+    )
+    # where no other count fills ROW_FILL_GAIN (1 point) more of its slots, rows of about 1,024 stay: 400 short
+    # examples fill 4 rows of 808 + 216 (97.7 %), and 6 rows of 536 + 144 only 0.3 points more (98.0 %)
+    shorts = [Example([1] * 8, [1] * 2, 1)] * 400
+    assert len(pack(shorts, 808, 216)) == 4 and len(pack(shorts, 536, 144)) == 6
+    assert densest_rows(shorts, 2048, limits)[0] == 2
 
 
 def test_auto_pads_keeping_the_mix_where_packed_rows_would_hold_fewer_real_tokens(demo_data):
