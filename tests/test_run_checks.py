@@ -133,6 +133,41 @@ def test_resume_refuses_a_batching_that_auto_would_now_choose_otherwise(trained,
     assert "resuming from step_00000002 at step 2 of 3" in out
 
 
+def test_resume_under_auto_keeps_the_batching_its_checkpoint_recorded(world, run_cli, tmp_path):
+    """auto's rules may change between versions (a newer t2t sizing packed rows otherwise): a run resumed under
+    strategy auto keeps the batching its checkpoint recorded at the run's start, so its batches stay its own; a
+    batching key the config changes is still refused."""
+    args = ["--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train"]
+    auto = {"max_tokens": 256, "window_examples": 32}
+    config = config_file(tmp_path, world, batching=auto)
+    code, out, err = run_cli(*args, config)
+    assert code == 0, err
+    state_file = tmp_path / "run" / "checkpoints" / "step_00000002" / "run_state.json"
+    state = json.loads(state_file.read_text())
+    chosen = state["identity"]["batching"]
+    assert chosen["strategy"] == "packed" and f"auto chose packed ({chosen['rows_per_batch']} row" in out
+    # as an earlier auto would have sized them: other rows (they still hold the longest example, 32 + 8)
+    other = {**chosen, "rows_per_batch": 3, "pack_input_tokens": 64, "pack_target_tokens": 16}
+    assert other != chosen
+    state["identity"]["batching"] = other
+    state_file.write_text(json.dumps(state))
+    config = config_file(tmp_path, world, batching=auto, steps=3)
+    code, out, err = run_cli(*args, config, "--resume", "auto")
+    assert code == 0, err
+    assert ("batching: auto chose packed (3 rows of 64+16 tokens), as this run's checkpoint recorded it at the run's "
+            "start") in out  # fmt: skip
+    assert "resuming from step_00000002 at step 2 of 3" in out
+    final = json.loads((tmp_path / "run" / "checkpoints" / "step_00000003" / "run_state.json").read_text())
+    assert final["identity"]["batching"] == other
+    # a key the config sets and changes: auto decides again, and the different batching is refused
+    config = config_file(tmp_path, world, batching={**auto, "max_tokens": 128}, steps=4)
+    line = refused(run_cli, [*args, config], tmp_path / "run")
+    assert (
+        "cannot resume: the training config changed since this checkpoint (batching.max_tokens: 256 -> 128)"
+        in line
+    )
+
+
 def test_resume_refuses_a_changed_mixture_or_task_file(trained, run_cli, world):
     args, config, run_dir = trained
     mixture = world / "mixtures" / "mine.yaml"
