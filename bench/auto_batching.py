@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from _common import local_mixture
-from train_throughput import long_tail_mixture
+from train_throughput import long_tail_mixture, many_long_mixture
 
 from t2t.batching import pack
 from t2t.data import (
@@ -58,13 +58,6 @@ def long_docs_mixture(folder: Path) -> Registry:
     tasks = {"short_a": (3, 12, 1, 1), "short_b": (3, 15, 1, 2), "doc": (150, 300, 20, 40)}
     return local_mixture(folder, "long_docs", "short tasks and long documents", tasks,
                          {"short_a": 1.0, "short_b": 1.0, "doc": 0.3}, rows=1000)  # fmt: skip
-
-
-def many_long_mixture(folder: Path) -> Registry:
-    """Classification, short QA and summarisation at equal rates: a third of the examples 400-900-word documents."""
-    tasks = {"classify": (2, 5, 1, 1), "qa": (30, 60, 1, 5), "summarise": (400, 900, 100, 200)}
-    return local_mixture(folder, "many_long", "a third of the examples long documents", tasks,
-                         dict.fromkeys(tasks, 1.0), rows=500)  # fmt: skip
 
 
 # token limits and budget

@@ -1,6 +1,6 @@
 """Training throughput: `t2t train` (its default batching, and each strategy) vs HF Seq2SeqTrainer, whole loop.
 
-    python bench/train_throughput.py [--profile demo|long-tail] [--examples 12800] [--tokenizer DIR] [--rounds 3] [--ablate]
+    python bench/train_throughput.py [--profile demo|long-tail|many-long] [--examples 12800] [--tokenizer DIR] [--rounds 3] [--ablate]
 
 All runs train the same tiny T5 (d_model 128, 2 layers, fp32, 2 threads) with AdamW on the same mixture stream:
 HF with DataCollatorForSeq2Seq and 64 examples per step (random order, padded to the longest), t2t with its
@@ -14,7 +14,8 @@ each ratio to HF is taken within a round, and the median over the rounds is prin
 Profiles: `demo`, the demo mixture (short examples: 19 input and 3 target tokens on average); `long-tail`, a
 mixture of generated tasks where most examples are short (classification-like: 8-40 input words, 1-2 target
 words) and one in ten is long (150-400 input words, 20-60 target words), as summarisation and QA mix with
-classification.
+classification; `many-long`, a third of the examples 400-900-word documents with 100-200-word summaries (cut at
+512 + 128 tokens) beside classification and short QA.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from t2t.train_config import TinyModelSpec, TrainConfig
 
 HF_BATCH = 64
 SIZE = {"d_model": 128, "num_layers": 2, "num_heads": 4, "d_ff": 256}
-LIMITS = {"demo": (128, 32), "long-tail": (512, 64)}
+LIMITS = {"demo": (128, 32), "long-tail": (512, 64), "many-long": (512, 128)}
 
 
 def long_tail_mixture(folder: Path) -> Registry:
@@ -59,6 +60,17 @@ def long_tail_mixture(folder: Path) -> Registry:
     return local_mixture(
         folder, "long_tail", "most examples short, one in ten long", tasks, members, rows=3000
     )
+
+
+def many_long_mixture(folder: Path) -> Registry:
+    """Classification, short QA and summarisation at equal rates: a third of the examples 400-900-word documents
+    with 100-200-word summaries."""
+    tasks = {"classify": (2, 5, 1, 1), "qa": (30, 60, 1, 5), "summarise": (400, 900, 100, 200)}
+    return local_mixture(folder, "many_long", "a third of the examples long documents", tasks,
+                         dict.fromkeys(tasks, 1.0), rows=500)  # fmt: skip
+
+
+BUILDERS = {"long-tail": (long_tail_mixture, "long_tail"), "many-long": (many_long_mixture, "many_long")}
 
 
 def hf_run(examples, tokenizer, steps: int) -> float:
@@ -114,7 +126,8 @@ def one_row(args: argparse.Namespace, work: Path) -> dict:
     if args.profile == "demo":
         registry, mixture_name = Registry.default(), "demo"
     else:
-        registry, mixture_name = long_tail_mixture(work / "long_tail"), "long_tail"
+        build, mixture_name = BUILDERS[args.profile]
+        registry = build(work / mixture_name)
     tokenizer_dir = work / "tok"
     limits = LIMITS[args.profile]
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -166,8 +179,9 @@ def main() -> None:
     if args.profile == "demo":
         shutil.copytree(demo_tokenizer_dir(args.tokenizer), work / "tok")
     else:
-        registry = long_tail_mixture(work / "long_tail")
-        names = load_mixture(registry, "long_tail").task_names
+        build, mixture_name = BUILDERS[args.profile]
+        registry = build(work / mixture_name)
+        names = load_mixture(registry, mixture_name).task_names
         train_tokenizer(mixture_texts(registry, names, "train", 500), 2000, work / "tok")
 
     def child(name: str, *flags: str) -> dict:
