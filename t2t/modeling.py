@@ -48,8 +48,9 @@ class GeluTanh(torch.nn.Module):
 
 def fuse_activations(model: Any) -> int:
     """Swap every `NewGELUActivation` in `model` for `GeluTanh`, the same function in one kernel (the composed
-    one, forward and backward, takes about 8 % of a training step of the demo's T5 on a CPU, the fused one under
-    half of that). An activation holds no weights and the config is unchanged, so a saved checkpoint is the same
+    one, forward and backward, takes about 8 % of a training step of the demo's T5 on a CPU in a profile, the fused
+    one under half of that; over the whole loop the difference is within this machine's drift, docs/benchmarks.md).
+    An activation holds no weights and the config is unchanged, so a saved checkpoint is the same
     plain HF model. Returns the count."""
     from transformers.activations import NewGELUActivation
 
