@@ -178,6 +178,30 @@ def test_the_densest_split_of_a_row_by_hand():
     assert densest_split(examples, 32, 8, Limits(max_input_tokens=30, max_target_tokens=6)) == (32, 8)
 
 
+def test_the_densest_split_tries_at_most_32_target_sides_of_a_long_row(monkeypatch):
+    """Rows of a large budget would have hundreds of target sides in steps of 8 (each a packing of the window):
+    where the range holds over 32 of them the step grows, in multiples of 8; a row of about 1,024 keeps every
+    multiple of 8."""
+    import t2t.data
+
+    tried: list[int] = []
+
+    def counting_pack(examples, input_tokens, target_tokens):
+        tried.append(target_tokens)
+        return pack(examples, input_tokens, target_tokens)
+
+    monkeypatch.setattr(t2t.data, "pack", counting_pack)
+    examples = [Example([1] * 300, [1] * 90, 0), Example([1] * 40, [1] * 3, 1)] * 20
+    limits = Limits(max_input_tokens=512, max_target_tokens=128)
+    # target sides from 1,000 to 4,000: 376 multiples of 8, tried in steps of 96 (8 * ceil(3000 / 8 / 32))
+    densest_split(examples, 6000, 2000, limits)
+    assert sorted(tried) == sorted({2000, *range(1000, 4001, 96)}) and len(tried) == 33
+    # 128 to 288 (row 1,024, given 144): 21 multiples of 8, all tried
+    tried.clear()
+    densest_split(examples, 880, 144, limits)
+    assert sorted(tried) == list(range(128, 289, 8))
+
+
 def test_the_densest_row_count_by_hand():
     """Six examples at the limits (512 + 128 tokens) alternating with six short ones (8 + 2) under 2,048 slots:
     rows of about 1,024 hold one long example each, a third of them empty; three rows or one hold the window far
