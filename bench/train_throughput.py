@@ -164,7 +164,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all trainers (default 3)")
     parser.add_argument("--ablate", action="store_true",
                         help="instead: t2t's default with its one-kernel GELU and with transformers' composed one, "
-                             "each case in a fresh process, three rounds")  # fmt: skip
+                             "each case in a fresh process, --rounds rounds")  # fmt: skip
     # one row, in a child process
     parser.add_argument("--only", choices=sorted(ROWS), help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -197,7 +197,7 @@ def main() -> None:
     if args.ablate:
         cases = {"composed GELU": ("--composed-gelu",), "one-kernel GELU (t2t train)": ()}
         print(f"t2t train's default, {args.profile} profile, the same steps, each case in a fresh process:")
-        for round_ in (1, 2, 3):
+        for round_ in range(1, args.rounds + 1):
             for label, flags in cases.items():
                 row = child("default", *flags)
                 speed = row["tokens"] / row["seconds"]
