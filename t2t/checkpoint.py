@@ -166,10 +166,21 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_run_state(checkpoint: Path) -> dict:
+    """The checkpoint's run_state.json, refused in one line where it is not one t2t wrote (torn, edited by hand)."""
     path = checkpoint / RUN_STATE
     if not path.is_file():
         raise T2TError("not a t2t checkpoint (no run_state.json)", Where(file=checkpoint))
-    return json.loads(path.read_text())
+    try:
+        run_state = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        what, line = (exc.msg, exc.lineno) if isinstance(exc, json.JSONDecodeError) else (exc.reason, None)
+        raise T2TError(f"unreadable run state ({what}); resume from another checkpoint with --resume PATH",
+                       Where(file=path, line=line)) from None  # fmt: skip
+    if not (isinstance(run_state, dict) and isinstance(run_state.get("state"), dict)
+            and isinstance(run_state.get("world_size"), int) and isinstance(run_state.get("identity", {}), dict)):  # fmt: skip
+        raise T2TError("not a run state t2t wrote (a JSON object with state, world_size and identity); resume from "
+                       "another checkpoint with --resume PATH", Where(file=path))  # fmt: skip
+    return run_state
 
 
 def mark_best(run_dir: Path, step: int) -> None:

@@ -133,6 +133,24 @@ def test_resume_refuses_a_batching_that_auto_would_now_choose_otherwise(trained,
     assert "resuming from step_00000002 at step 2 of 3" in out
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{"state": {', "run_state.json:1: unreadable run state (Expecting property name enclosed in double quotes)"),
+        ("[1, 2]", "run_state.json: not a run state t2t wrote (a JSON object with state, world_size and identity)"),
+        ('{"state": {}, "world_size": "1"}', "run_state.json: not a run state t2t wrote"),
+        ('{"state": {}, "world_size": 1, "identity": []}', "run_state.json: not a run state t2t wrote"),
+    ],
+    ids=["torn", "list", "world-size", "identity"],
+)  # fmt: skip
+def test_resume_refuses_a_run_state_t2t_did_not_write(trained, run_cli, content, expected):
+    args, config, run_dir = trained
+    (run_dir / "checkpoints" / "step_00000002" / "run_state.json").write_text(content)
+    line = refused(run_cli, [*args, config], run_dir)
+    assert line.startswith(f"t2t: error: {run_dir}/checkpoints/step_00000002/") and expected in line
+    assert line.endswith("resume from another checkpoint with --resume PATH")
+
+
 def test_resume_under_auto_keeps_the_batching_its_checkpoint_recorded(world, run_cli, tmp_path):
     """auto's rules may change between versions (a newer t2t sizing packed rows otherwise): a run resumed under
     strategy auto keeps the batching its checkpoint recorded at the run's start, so its batches stay its own; a
