@@ -95,9 +95,10 @@ def main() -> None:
         print(f"\n{profile}: limits {limits[0]} + {limits[1]} tokens, budget {budget} slots")
         share = real / (len(pack(examples, row_input, target)) * (row_input + target))
         print(f"  {rows_per_batch} row(s) split by the ratio, {row_input}+{target}: {share:.1%} real tokens")
-        densest = densest_split(examples, row_input, target_side(target_ratio(examples), row_input, data.limits),
-                                data.limits)  # fmt: skip
-        share = real / (len(pack(examples, *densest)) * sum(densest))
+        n_rows, *densest = densest_split(
+            examples, row_input, target_side(target_ratio(examples), row_input, data.limits), data.limits
+        )
+        share = real / (n_rows * sum(densest))
         print(
             f"  {rows_per_batch} row(s) at their densest split, {densest[0]}+{densest[1]}: {share:.1%} real tokens"
         )

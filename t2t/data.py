@@ -202,13 +202,13 @@ MIX_KEPT, MIX_GAP = 0.3, 0.1
 
 def densest_split(
     examples: Sequence[Example], input_tokens: int, target_tokens: int, limits: Limits
-) -> tuple[int, int]:
-    """The split of a packed row of `input_tokens + target_tokens` slots into its input and target sides that
-    packs `examples` into the fewest rows: the given split and every target side in multiples of 8 from half to
-    twice the given one (neither side below its token limit; in steps of a larger multiple of 8 where that range
-    holds over SPLIT_CANDIDATES of them: long rows), ties going to the split nearest the given one. The target /
-    input ratio alone misjudges mixed profiles (a few long inputs and a few long targets: rows fill on one side and
-    close on the other)."""
+) -> tuple[int, int, int]:
+    """(rows, input side, target side): the split of a packed row of `input_tokens + target_tokens` slots into its
+    input and target sides that packs `examples` into the fewest rows, and that number. Tried: the given split and
+    every target side in multiples of 8 from half to twice the given one (neither side below its token limit; in
+    steps of a larger multiple of 8 where that range holds over SPLIT_CANDIDATES of them: long rows), ties going to
+    the split nearest the given one. The target / input ratio alone misjudges mixed profiles (a few long inputs and
+    a few long targets: rows fill on one side and close on the other)."""
     row = input_tokens + target_tokens
     low = math.ceil(max(limits.max_target_tokens, target_tokens / 2) / 8) * 8
     high = min(row - limits.max_input_tokens, 2 * target_tokens)
@@ -216,8 +216,9 @@ def densest_split(
     candidates = sorted(
         {target_tokens, *range(low, high + 1, step)}, key=lambda t: (abs(t - target_tokens), t)
     )
-    best = min(candidates, key=lambda t: len(pack(examples, row - t, t)))  # min keeps the first of equals
-    return row - best, best
+    # the fewest rows; of equals, the side nearest the given one
+    rows, _, best = min((len(pack(examples, row - t, t)), i, t) for i, t in enumerate(candidates))
+    return rows, row - best, best
 
 
 def densest_rows(
@@ -238,8 +239,10 @@ def densest_rows(
     options = {}
     for count in counts:
         row_input, _ = ratio_split(ratio, max_tokens / count, limits)
-        sides = densest_split(examples, row_input, target_side(ratio, row_input, limits), limits)
-        options[count] = (real / max(len(pack(examples, *sides)) * sum(sides), 1), *sides)
+        rows, row_in, row_out = densest_split(
+            examples, row_input, target_side(ratio, row_input, limits), limits
+        )
+        options[count] = (real / max(rows * (row_in + row_out), 1), row_in, row_out)
     best = max(counts, key=lambda n: options[n][0])  # max keeps the first of equals: rows of the usual size
     chosen = best if options[best][0] >= options[usual][0] + ROW_FILL_GAIN else usual
     return chosen, options[chosen][1], options[chosen][2]
@@ -249,8 +252,30 @@ def _padded_slots(groups: Sequence[Sequence[Example]]) -> int:
     return sum(len(g) * (max(len(e.input_ids) for e in g) + max(len(e.labels) for e in g)) for g in groups)
 
 
+def rows_said(spec: BatchingSpec) -> str:
+    rows = spec.rows_per_batch
+    return f"{rows} row{'s' if rows > 1 else ''} of {spec.pack_input_tokens}+{spec.pack_target_tokens} tokens"
+
+
+def recorded_choice(config: BatchingSpec, recorded: Any) -> BatchingSpec | None:
+    """On a resume under `strategy: auto`: the batching auto chose at the run's start, as its checkpoint recorded
+    it, where every batching key the config sets still says the same. auto's rules may have changed since (a newer
+    t2t sizing rows otherwise): the run keeps its batches. None otherwise (auto decides again, and the resume check
+    refuses a different outcome, naming it)."""
+    if not isinstance(recorded, dict) or recorded.get("strategy") not in ("packed", "padded"):
+        return None
+    given = config.model_dump(mode="json", exclude_unset=True)
+    given.pop("strategy", None)
+    if any(recorded.get(key) != value for key, value in given.items()):
+        return None
+    try:
+        return BatchingSpec(**recorded)
+    except ValueError:  # pydantic's ValidationError: not a batching this t2t can run
+        return None
+
+
 def resolve_batching(
-    data: MixtureData, config: BatchingSpec, model_kind: str | None
+    data: MixtureData, config: BatchingSpec, model_kind: str | None, recorded: Any = None
 ) -> tuple[BatchingSpec, str]:
     """`strategy: auto` made concrete, and why, from the model and the first window of the stream (the same on
     every process and resume). auto keeps each step's task mix: of the two strategies that do, packed rows (for
@@ -262,9 +287,15 @@ def resolve_batching(
     (`densest_split`; the input side never below `max_input_tokens`); any of these set in the config is kept (rows
     sized there and not counted: as many as fit `max_tokens`). Models that cannot pack get padded batches keeping
     the mix. `keep_mix: false` in the config makes auto's padded batches length-bucketed, compared with packed rows
-    as such. `model_kind`: the model's type (None: a tiny T5)."""
+    as such. `model_kind`: the model's type (None: a tiny T5). `recorded`: a resumed run's batching as its
+    checkpoint recorded it (`recorded_choice`)."""
     if config.strategy != "auto":
         return config, f"{config.strategy}, as set"
+    kept = recorded_choice(config, recorded)
+    if kept is not None:
+        said = f"packed ({rows_said(kept)})" if kept.strategy == "packed" else (
+            "padded, keeping each batch's task mix" if kept.keep_mix else "padded, bucketed by length")  # fmt: skip
+        return kept, f"{said}, as this run's checkpoint recorded it at the run's start"
     kind = model_kind or "t5"
     fields = config.model_fields_set
     # auto's padded batches keep the mix, unless the config says keep_mix: false (then they are bucketed by length)
@@ -314,8 +345,7 @@ def resolve_batching(
         "mix": (real / max(_padded_slots(mixed), 1), groups_mix_distance(mixed, n_tasks)),
         "bucketed": (real / max(_padded_slots(bucketed), 1), groups_mix_distance(bucketed, n_tasks)),
     }
-    shape = (f"{packed.rows_per_batch} row{'s' if packed.rows_per_batch > 1 else ''} of "
-             f"{packed.pack_input_tokens}+{packed.pack_target_tokens} tokens")  # fmt: skip
+    shape = rows_said(packed)
     figures = (f"on the stream's first {len(examples)} examples, real tokens / task mix distance from the mixture's "
                "(total variation): packed {:.1%} / {:.2f}, padded keeping the mix {:.1%} / {:.2f}, length-bucketed "
                "padding (batching.strategy: padded) {:.1%} / {:.2f}").format(*densities["packed"], *densities["mix"],
@@ -362,9 +392,10 @@ class BatchLoader:
     def __init__(
         self, data: MixtureData, config: BatchingSpec, rank: int = 0, world_size: int = 1,
         state: LoaderState | None = None, decoder_start_id: int | None = None, model_kind: str | None = None,
+        recorded: Any = None,
     ) -> None:  # fmt: skip
         self.data, self.rank, self.world_size = data, rank, world_size
-        config, self.why = resolve_batching(data, config, model_kind)
+        config, self.why = resolve_batching(data, config, model_kind, recorded)
         self.config = config
         if config.strategy == "packed":
             if config.pack_target_tokens is None:

@@ -37,7 +37,7 @@ from t2t.modeling import build_tiny_t5, fuse_activations, load_model
 from t2t.registry import Registry
 from t2t.segment_attention import PACKABLE
 from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
-from t2t.train_config import BatchingSpec, TrainConfig, config_dict
+from t2t.train_config import TrainConfig, config_dict
 from t2t.train_eval import InTrainingEval, training_eval_config
 
 FAULT_ENV = "T2T_FAULT_KILL_AT_STEP"  # testing hook: SIGKILL this process once that many steps are done
@@ -214,33 +214,6 @@ def configure_deepspeed(accelerator: Any, config: TrainConfig) -> None:
 # ------------------------------------------------------------------------------------------ the run
 
 
-def recorded_batching(checkpoint: Path | None, spec: BatchingSpec) -> BatchingSpec | None:
-    """On a resume under `strategy: auto`: the batching auto chose at the run's start, as the checkpoint recorded
-    it, where every batching key the config sets still says the same. auto's rules may have changed since (a newer
-    t2t sizing rows otherwise): the run keeps its batches. None otherwise (auto decides again, and the resume check
-    refuses a different outcome, naming it)."""
-    if checkpoint is None or spec.strategy != "auto":
-        return None
-    saved = load_run_state(checkpoint).get("identity", {}).get("batching")
-    if not isinstance(saved, dict) or saved.get("strategy") not in ("packed", "padded"):
-        return None
-    given = spec.model_dump(mode="json", exclude_unset=True)
-    given.pop("strategy", None)
-    if any(saved.get(key) != value for key, value in given.items()):
-        return None
-    try:
-        return BatchingSpec(**saved)
-    except ValueError:  # pydantic's ValidationError: not a batching this t2t can run
-        return None
-
-
-def describe_batching(spec: BatchingSpec) -> str:
-    if spec.strategy == "packed":
-        rows = spec.rows_per_batch
-        return f"packed ({rows} row{'s' if rows > 1 else ''} of {spec.pack_input_tokens}+{spec.pack_target_tokens} tokens)"
-    return "padded, keeping each batch's task mix" if spec.keep_mix else "padded, bucketed by length"
-
-
 class Run:
     """One training run: built from the config, then `fit()`. The loop lives here; checkpoints and resume checks
     in t2t.checkpoint.Checkpointer, in-training evaluation and selection in t2t.train_eval.InTrainingEval."""
@@ -276,14 +249,13 @@ class Run:
         self.model, self.optimizer, self.scheduler = acc.prepare(wrapped, optimizer, scheduler)
         self.limits = Limits(config.max_input_tokens, config.max_target_tokens)
         self.data = MixtureData(self.mixture, registry, self.tokenizer, self.limits, config.cache_dir)
-        recorded = recorded_batching(checkpoint, config.batching)
-        self.loader = BatchLoader(self.data, recorded or config.batching, acc.process_index, acc.num_processes,
+        # on a resume, what auto chose at the run's start (kept where the config's batching keys are unchanged)
+        recorded = (
+            load_run_state(checkpoint).get("identity", {}).get("batching") if checkpoint is not None else None
+        )
+        self.loader = BatchLoader(self.data, config.batching, acc.process_index, acc.num_processes,
                                   decoder_start_id=decoder_start_id(model.config),
-                                  model_kind=getattr(model.config, "model_type", None))  # fmt: skip
-        if recorded is not None:
-            self.loader.why = (
-                f"{describe_batching(recorded)}, as this run's checkpoint recorded it at the run's start"
-            )
+                                  model_kind=getattr(model.config, "model_type", None), recorded=recorded)  # fmt: skip
         self.identity["batching"] = self.loader.config.model_dump(mode="json")  # what auto resolved to
         self.evaluator = InTrainingEval(
             config, registry, self.tasks, self.mixture.spec.splits.eval, self.data

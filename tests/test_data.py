@@ -168,14 +168,14 @@ def test_the_densest_split_of_a_row_by_hand():
     # 32 + 8: each row takes one of each and its target side is full: 4 rows. 24 + 16: rows of (12+2, 2+6, 2+6),
     # (12+2, 12+2) and (2+6, 12+2, 2+6): 3 rows, the fewest any split can give (56 input tokens in rows of 24)
     assert [len(pack(examples, 40 - t, t)) for t in (8, 16)] == [4, 3]
-    assert densest_split(examples, 32, 8, limits) == (24, 16)
+    assert densest_split(examples, 32, 8, limits) == (3, 24, 16)
     # from 24 + 16 no other split (target sides 8, 16 and 24, from half to twice 16 in steps of 8) does better
-    assert densest_split(examples, 24, 16, limits) == (24, 16)
+    assert densest_split(examples, 24, 16, limits) == (3, 24, 16)
     assert [len(pack(examples, 40 - t, t)) for t in (8, 16, 24)] == [4, 3, 4]
     # a tie keeps the split it was given
-    assert densest_split(examples[:1], 32, 8, limits) == (32, 8)
+    assert densest_split(examples[:1], 32, 8, limits) == (1, 32, 8)
     # never a side below its token limit: inputs of up to 30 tokens leave at most 10 target slots, so 8 only
-    assert densest_split(examples, 32, 8, Limits(max_input_tokens=30, max_target_tokens=6)) == (32, 8)
+    assert densest_split(examples, 32, 8, Limits(max_input_tokens=30, max_target_tokens=6)) == (4, 32, 8)
 
 
 def test_the_densest_split_tries_at_most_32_target_sides_of_a_long_row(monkeypatch):
@@ -223,7 +223,7 @@ def test_the_densest_row_count_by_hand():
     # a row count given is kept, at its densest split
     assert densest_rows(examples, 2048, limits, rows_per_batch=2) == (
         2,
-        *densest_split(examples, 808, 216, limits),
+        *densest_split(examples, 808, 216, limits)[1:],
     )
     # where no other count fills ROW_FILL_GAIN (1 point) more of its slots, rows of about 1,024 stay: 400 short
     # examples fill 4 rows of 808 + 216 (97.7 %), and 6 rows of 536 + 144 only 0.3 points more (98.0 %)
