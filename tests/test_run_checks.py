@@ -108,9 +108,9 @@ def test_resume_refuses_a_changed_config(trained, run_cli, world, tmp_path, chan
     assert line.startswith(f"t2t: error: {run_dir}/checkpoints/step_00000002: cannot resume: ")
 
 
-def test_resume_refuses_a_batching_that_auto_would_now_choose_otherwise(trained, run_cli, world, tmp_path):
-    # the config is the same, but the checkpoint records another resolved batching, as a t2t whose auto decided
-    # otherwise would have written it: resuming would change the batches of the window it stops in
+def test_resume_refuses_a_recorded_batching_other_than_the_configs(trained, run_cli, world, tmp_path):
+    # the config (strategy padded, set) is the same, but the checkpoint records another batching: resuming would
+    # change the batches of the window it stops in (under strategy auto the recorded one is kept: the test below)
     args, config, run_dir = trained
     state_file = run_dir / "checkpoints" / "step_00000002" / "run_state.json"
     original = state_file.read_text()
