@@ -1,11 +1,15 @@
 """Tests run offline: no hub, datasets' cache in a temporary folder."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
-os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="t2t-test-datasets-"))
+os.environ["HF_DATASETS_CACHE"] = os.environ.get("HF_DATASETS_CACHE") or tempfile.mkdtemp(
+    prefix="t2t-test-datasets-"
+)
 os.environ["T2T_CACHE"] = tempfile.mkdtemp(prefix="t2t-test-cache-")  # encoded tasks, shared by the session
 os.environ["T2T_LOG_DIR"] = tempfile.mkdtemp(prefix="t2t-test-logs-")  # tracebacks of unexpected errors
 os.environ.pop("T2T_TEMPLATES_PATH", None)
@@ -18,6 +22,11 @@ import pytest
 import yaml
 
 from t2t.cli import main
+
+# the session's temporary folders above are removed when its process exits (each run of the suite left three behind)
+SESSION_DIRS = [os.environ[key] for key in ("HF_DATASETS_CACHE", "T2T_CACHE", "T2T_LOG_DIR")]
+SESSION_DIRS = [d for d in SESSION_DIRS if Path(d).name.startswith("t2t-test-")]
+atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in SESSION_DIRS])
 
 
 def same_threads() -> dict[str, str]:
