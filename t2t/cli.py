@@ -403,6 +403,8 @@ def _read_rows(path: Path) -> list:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise T2TError(f"{where} line {number}: not JSON: {exc.msg}") from None
+            except RecursionError:
+                raise T2TError(f"{where} line {number}: JSON nested too deeply to read") from None
     except UnicodeDecodeError:
         raise T2TError(f"{where}: not UTF-8 text") from None
     if not rows:

@@ -58,6 +58,20 @@ def did_you_mean(name: str, candidates: list[str] | tuple[str, ...] | set[str]) 
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
+def lone_surrogate(text: str) -> str | None:
+    """Where `text` holds a lone surrogate, which is not Unicode text (JSON's or a Jinja literal's \\ud800 escape
+    decodes to one; no tokenizer or UTF-8 file takes it): "character N is a lone surrogate (\\ud800)"; else None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"character {exc.start} is a lone surrogate ({text[exc.start].encode('unicode_escape').decode()})"
+        )
+    return None
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (libraries raise long, multi-line ones), or its type's name."""
     text = str(exc).strip()

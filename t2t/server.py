@@ -268,6 +268,9 @@ def create_app(predictor: Predictor, batching: bool = True) -> FastAPI:
             message = f"no such endpoint: {request.url.path} (see /docs)"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
+        elif exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            # FastAPI's answer to any error but a JSONDecodeError while reading the body
+            message = "the request body is JSON nested too deeply to read"
         else:
             message = str(exc.detail)
         response = _error(exc.status_code, message)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t2t.errors import T2TError, Where, did_you_mean
+from t2t.errors import T2TError, Where, did_you_mean, lone_surrogate
 from t2t.registry import Registry
 from t2t.templates import Task
 
@@ -242,7 +242,10 @@ def _check_row(task: Task, row: Any, limits: ServeLimits) -> None:
 
 def _value_problem(value: Any, depth: int) -> str | None:
     """Why a field value is not a plain JSON value (nested at most `depth` deep), or None."""
-    if value is None or isinstance(value, str | bool | int):
+    if isinstance(value, str):
+        problem = lone_surrogate(value)
+        return f"{problem}, not Unicode text" if problem else None
+    if value is None or isinstance(value, bool | int):
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) else "a number must be finite"

@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import re
 import socket
 import urllib.parse
 import weakref
@@ -244,6 +245,9 @@ def _check_csv(path: Path, where: Where) -> None:
             raise T2TError(f"malformed CSV: {exc}", replace(where, line=reader.line_num)) from None
 
 
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON's escape of a UTF-16 surrogate
+
+
 def _check_text_file(path: Path, where: Where, jsonl: bool) -> None:
     """Refuse non-UTF-8 bytes and (for jsonl) lines that are not JSON objects, naming the line."""
 
@@ -266,8 +270,20 @@ def _check_text_file(path: Path, where: Where, jsonl: bool) -> None:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise T2TError(f"not valid JSON: {exc.msg}", at(number)) from None
+            except RecursionError:
+                raise T2TError("JSON nested too deeply to read", at(number)) from None
             if not isinstance(value, dict):
                 raise T2TError("not a JSON object", at(number))
+            if SURROGATE_ESCAPE.search(
+                line
+            ):  # pairs (an emoji's) decode to one character, a lone one to none
+                try:
+                    json.dumps(value, ensure_ascii=False).encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    escape = exc.object[exc.start].encode("unicode_escape").decode()
+                    raise T2TError(
+                        f"a string holds a lone surrogate ({escape}), not Unicode text", at(number)
+                    ) from None
     if jsonl and seen == 0:
         raise T2TError("the data file has no rows", where)
 

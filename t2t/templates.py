@@ -18,7 +18,7 @@ from jinja2 import TemplateSyntaxError, Undefined, UndefinedError, meta, nodes
 from jinja2.sandbox import SecurityError
 
 from t2t.config import TaskSpec, TemplateSpec, line_of, yaml_nodes
-from t2t.errors import T2TError, Where, did_you_mean
+from t2t.errors import T2TError, Where, did_you_mean, lone_surrogate
 from t2t.rng import choose_template
 from t2t.sandbox import (
     ENV,
@@ -441,6 +441,12 @@ class Task:
             value = bounded_call(fn, context, self.limits, key)
             if isinstance(value, Undefined):  # an expression's value: fail here, not later in a repr
                 value._fail_with_undefined_error()
+            # a literal's "\\ud800" escape renders a lone surrogate: no tokenizer, terminal or file takes it
+            texts = [value] if isinstance(value, str) else (
+                [v for v in value if isinstance(v, str)] if isinstance(value, list | tuple) else [])  # fmt: skip
+            problem = next((p for p in map(lone_surrogate, texts) if p), None)
+            if problem:
+                raise T2TError(f"{what}: the rendered text's {problem}, not Unicode text", where)
             return value
         except LimitError as exc:
             raise T2TError(f"{what}: {exc}", where) from None
@@ -449,5 +455,7 @@ class Task:
         except UndefinedError as exc:
             reason = "refused by the sandbox" if "unsafe" in str(exc) else "undefined value"
             raise T2TError(f"{what}: {reason}: {exc}", where) from None
+        except T2TError:
+            raise
         except Exception as exc:
             raise T2TError(f"{what} failed to render: {type(exc).__name__}: {exc}", where) from None

@@ -79,6 +79,8 @@ TEMPLATE_CASES = [
     ("concat_container", "{{ 'a' ~ (['x' * 999999] * 999999) }}", r"'~' would make over 1,000,000 characters of text"),
     ("percent_container", "{{ '%s' % (['x' * 999999] * 999999,) }}", r"'%' would make over 1,000,000 characters of text"),
     ("format_container", "{{ '{}'.format(['x' * 999999] * 999999) }}", r"str\.format would make over 1,000,000 characters"),
+    # a literal's escape decodes to a lone surrogate, which no tokenizer takes (it was an unexpected UnicodeEncodeError)
+    ("lone_surrogate_literal", '{{ "\\ud800" }} {{ question }}', r"the rendered text's character 0 is a lone surrogate \(\\ud800\), not Unicode text"),
 ]  # fmt: skip
 COMPILE_CASES = [
     # id, template input, pattern; refused when the task is compiled (no row yet): the line is the template's
@@ -240,6 +242,13 @@ DATA_CASES = [
     ("jsonl_array_row", data_file("rows.jsonl", "[1, 2]\n"), [], r"rows\.jsonl:1, task 'toy_qa', split 'train': not a JSON object"),
     ("jsonl_torn_row", data_file("rows.jsonl", '{"question": "a", "answer": "b"}\n{"question": "c", "ans'), [],
      r"rows\.jsonl:2, task 'toy_qa', split 'train': not valid JSON"),
+    ("jsonl_deep_row", data_file("rows.jsonl", '{"question": "a", "answer": "b"}\n{"question": ' + "[" * 100_000
+                                 + "]" * 100_000 + "}\n"), [],
+     r"rows\.jsonl:2, task 'toy_qa', split 'train': JSON nested too deeply to read"),
+    # an emoji's escaped surrogate pair is text; a lone surrogate is not (datasets failed without naming a line)
+    ("jsonl_lone_surrogate", data_file("rows.jsonl", '{"question": "\\ud83d\\ude00", "answer": "b"}\n'
+                                       '{"question": "c", "answer": "x \\udc00"}\n'), [],
+     r"rows\.jsonl:2, task 'toy_qa', split 'train': a string holds a lone surrogate \(\\udc00\), not Unicode text"),
     ("strict_paths_flag", outside, ["--strict-paths"], r"lies outside the task's folder .*refused by --strict-paths"),
 ]  # fmt: skip
 
@@ -251,6 +260,29 @@ def test_bad_data(task_dir, run_bounded, case, breaker, extra, pattern):
                                  seconds=30, megabytes=200)  # fmt: skip
     assert code == 2 and out == "", (out, err)
     assert re.search(pattern, one_line(err)), err
+
+
+def test_predict_refuses_json_nested_too_deeply_in_one_line(tmp_path, run_bounded):
+    # read before the model loads: no model is needed to see the refusal (Python's json recursed until
+    # RecursionError, reported as an unexpected error)
+    (tmp_path / "rows.jsonl").write_text('{"text": "ok"}\n{"text": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    code, out, err = run_bounded(tmp_path, "predict", "--model", tmp_path / "no-model", "--task", "sentiment",
+                                 "--input", tmp_path / "rows.jsonl", "--out", tmp_path / "p.jsonl", seconds=30)  # fmt: skip
+    assert code == 2 and out == ""
+    assert one_line(err).endswith("rows.jsonl line 2: JSON nested too deeply to read"), err
+
+
+def test_predict_refuses_a_lone_surrogate_naming_row_and_field(tmp_path, run_bounded):
+    # JSON's "\\ud800" decodes to a string no tokenizer takes: it was an unexpected TypeError after the model loaded
+    # (and a 500 from `t2t serve`); an escaped pair (an emoji) is text and passes this check
+    (tmp_path / "rows.jsonl").write_text(
+        '{"text": "\\ud83d\\ude00"}\n{"text": ["fine", {"a": "so \\ud800"}]}\n'
+    )
+    code, out, err = run_bounded(tmp_path, "predict", "--model", tmp_path / "no-model", "--task", "sentiment",
+                                 "--input", tmp_path / "rows.jsonl", "--out", tmp_path / "p.jsonl", seconds=30)  # fmt: skip
+    assert code == 2 and out == ""
+    assert one_line(err).endswith("rows.jsonl, task 'sentiment', template 'review', row 1: field 'text': "
+                                  "character 3 is a lone surrogate (\\ud800), not Unicode text"), err  # fmt: skip
 
 
 def test_strict_paths_from_the_environment(task_dir, run_cli, monkeypatch):

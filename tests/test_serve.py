@@ -178,6 +178,19 @@ def test_malformed_json_and_oversized_bodies(server):
     response = httpx.post(f"{server}/v1/predict", content=b'{"task": "sentiment", "rows": [', timeout=30,
                           headers={"content-type": "application/json"})  # fmt: skip
     assert response.status_code == 400 and response.json() == {"error": "the request body is not valid JSON"}
+    json_body = {"content-type": "application/json"}
+    deep = b'{"task": "sentiment", "rows": [{"text": ' + b"[" * 10_000 + b"]" * 10_000 + b"}]}"
+    response = httpx.post(f"{server}/v1/predict", content=deep, headers=json_body, timeout=30)
+    assert response.status_code == 400 and response.json() == {
+        "error": "the request body is JSON nested too deeply to read"
+    }
+    # JSON's "\\ud800" decodes to a lone surrogate, which no tokenizer takes (it was a 500): the row is refused
+    lone = b'{"task": "sentiment", "rows": [{"text": "so \\ud800"}, {"text": "fine \\ud83d\\ude00"}]}'
+    response = httpx.post(f"{server}/v1/predict", content=lone, headers=json_body, timeout=30)
+    assert response.status_code == 200 and (response.json()["answered"], response.json()["refused"]) == (1, 1)
+    assert response.json()["results"][0]["error"].endswith(
+        "row 0: field 'text': character 3 is a lone surrogate (\\ud800), not Unicode text"
+    )
     # a body not declared as JSON (curl -d without -H, a form) is not read as JSON: 415, saying what to send
     good = json.dumps({"task": "sentiment", "rows": [{"text": "a"}]}).encode()
     form = httpx.post(f"{server}/v1/predict", data={"task": "sentiment"}, timeout=30)  # what curl -d sends
