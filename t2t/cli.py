@@ -226,16 +226,30 @@ def _auto_batching(args: argparse.Namespace, mixture: object, registry: Registry
 
 def cmd_mixture_sample(args: argparse.Namespace) -> int:
     from t2t.mixtures import load_mixture, stream_for
-    from t2t.prompting import Prompter
-    from t2t.sources import load_split
 
     registry = _registry(args)
     mixture = load_mixture(registry, args.mixture)
     split = mixture.spec.splits.train
     stream, prompters = stream_for(mixture, registry), {}
     members = {m.task: m for m in mixture.members}
+    stream.items(args.start + args.count - 1, 1)  # the last position is refused before anything prints
+    for chunk in range(args.start, args.start + args.count, SAMPLE_CHUNK):  # memory bounded for any --count
+        count = min(SAMPLE_CHUNK, args.start + args.count - chunk)
+        _print_samples(_sample_records(stream.items(chunk, count), registry, mixture, prompters, members), split,
+                       args.json)  # fmt: skip
+    return 0
+
+
+SAMPLE_CHUNK = 10_000  # stream positions `t2t mixture sample` works out and prints at a time
+
+
+def _sample_records(items: list, registry, mixture, prompters: dict, members: dict) -> list[dict]:
+    from t2t.prompting import Prompter
+    from t2t.sources import load_split
+
+    split = mixture.spec.splits.train
     records = []
-    for item in stream.items(args.start, args.count):
+    for item in items:
         if item.task not in prompters:
             task = registry.task(item.task)
             prompters[item.task] = Prompter(task, load_split(task, split), split, members[item.task].prompting,
@@ -250,8 +264,12 @@ def cmd_mixture_sample(args: argparse.Namespace) -> int:
             continue
         record.update(input=prompted.text(), target=prompted.targets, exemplars=len(prompted.exemplars))
         records.append(record)
+    return records
+
+
+def _print_samples(records: list[dict], split: str, as_json: bool) -> None:
     for record in records:
-        if args.json:
+        if as_json:
             print(json.dumps(record))
         else:
             shots = f" · {record['exemplars']}-shot" if record.get("exemplars") else ""
@@ -264,7 +282,6 @@ def cmd_mixture_sample(args: argparse.Namespace) -> int:
                 continue
             print("          input:  " + record["input"].replace("\n", "\n                  "))
             print("          target: " + record["target"].replace("\n", "\n                  "))
-    return 0
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:

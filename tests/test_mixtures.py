@@ -392,6 +392,25 @@ def test_mixture_sample_is_the_stream(run_cli):
     assert all(r["input"] and r["target"] and r["split"] == "train" for r in records)
 
 
+def test_mixture_sample_prints_a_long_count_in_chunks_and_refuses_a_last_position_past_the_stream(
+    run_cli, monkeypatch
+):
+    # --count 10^8 held every record before printing (killed for memory); now SAMPLE_CHUNK positions at a time
+    import t2t.cli
+
+    monkeypatch.setattr(t2t.cli, "SAMPLE_CHUNK", 7)
+    code, out, _ = run_cli("mixture", "sample", "demo", "--start", "995", "--count", "17", "--json")
+    assert code == 0
+    registry = Registry.default()
+    items = stream_for(load_mixture(registry, "demo"), registry).items(995, 17)
+    assert [(r["position"], r["task"], r["row"] >= 0) for r in map(json.loads, out.splitlines())] == [
+        (i.position, i.task, True) for i in items
+    ]
+    # the last position is checked before the first chunk prints
+    code, out, err = run_cli("mixture", "sample", "demo", "--start", str(2**50 - 10), "--count", "20")
+    assert code == 2 and out == "" and f"stream position {2**50 + 9} is outside [0, 2^50)" in err
+
+
 def test_mixtures_lists_shipped(run_cli):
     code, out, _ = run_cli("mixtures")
     assert code == 0 and out.startswith("demo ") and "t0_style" in out
