@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -232,7 +233,8 @@ def cmd_mixture_sample(args: argparse.Namespace) -> int:
     split = mixture.spec.splits.train
     stream, prompters = stream_for(mixture, registry), {}
     members = {m.task: m for m in mixture.members}
-    stream.items(args.start + args.count - 1, 1)  # the last position is refused before anything prints
+    for position in (args.start, args.start + args.count - 1):  # the first, then the last, before anything prints
+        stream.items(position, 1)
     for chunk in range(args.start, args.start + args.count, SAMPLE_CHUNK):  # memory bounded for any --count
         count = min(SAMPLE_CHUNK, args.start + args.count - chunk)
         _print_samples(_sample_records(stream.items(chunk, count), registry, mixture, prompters, members), split,
@@ -327,10 +329,23 @@ def selected_tasks(
         mixture = load_mixture(registry, args.mixture, sizes="skip")
         tasks = list(mixture.held_out) if args.held_out else [*mixture.task_names, *mixture.held_out]
         tasks = scored_tasks(registry, tasks)
+        _check_split(registry, tasks, getattr(args, "split", None))
         return tasks, set(mixture.held_out), {t: mixture.templates_of(t) for t in tasks}
     for name in args.tasks:
         refuse_span_corruption(registry, name)
+    _check_split(registry, args.tasks, getattr(args, "split", None))
     return list(args.tasks), set(), None
+
+
+def _check_split(registry: Registry, tasks: list[str], split: str) -> None:
+    """Each task offers `split` (None: a command without --split): refused before a model loads."""
+    from t2t.sources import splits_of
+
+    for name in tasks if split is not None else []:
+        spec = registry.task(name).spec
+        if split not in splits_of(spec):
+            raise T2TError(f"no split {split!r}; the task has {', '.join(splits_of(spec))}",
+                           Where(file=spec.path, task=name, split=split))  # fmt: skip
 
 
 def refuse_span_corruption(registry: Registry, name: str) -> None:
@@ -355,8 +370,14 @@ def eval_device(name: str) -> tuple[str, str]:
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise T2TError(f"--device {name}: use auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise T2TError(f"--device {name}: no CUDA device is available here (use --device cpu or auto)")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise T2TError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0"
+        )
     return name, "bf16" if name.startswith("cuda") else "fp32"
 
 
@@ -794,7 +815,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="preds.jsonl: one line per input row, in order")
     p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--device", default="auto", help="auto (the GPU when there is one, in bf16), cpu, cuda")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one, in bf16), cpu, cuda, cuda:N")
     p.add_argument("--scores", action="store_true", help="also every answer choice's log-likelihood")
     p.add_argument("--with-input", action="store_true", help="also the rendered input")
     p.add_argument("--skip-bad-rows", action="store_true",
@@ -812,7 +833,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(held_out=False)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=port, default=8000)
-    p.add_argument("--device", default="auto", help="auto (the GPU when there is one, in bf16), cpu, cuda")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one, in bf16), cpu, cuda, cuda:N")
     p.add_argument("--no-batching", action="store_true", help="one model call per request")
     p.add_argument("--batch-rows", type=positive_int, default=64, help="rows per model call (default 64)")
     p.add_argument("--batch-tokens", type=positive_int, default=16_384, help="input tokens per model call")

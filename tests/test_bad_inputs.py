@@ -311,3 +311,23 @@ def test_a_dir_that_is_not_a_model_says_where_the_model_is(
     code, _, err = run_cli("eval", "--model", run_dir / "model", "--tasks", "sentiment", "--out", tmp_path / "out",
                            "--max-examples", "2")  # fmt: skip
     assert code == 0, err
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    # both were found only after the model loaded: --device tpu as an unexpected RuntimeError from torch
+    (["eval", "--tasks", "sentiment", "--split", "dev", "--out", "OUT"],
+     "sentiment.yaml, task 'sentiment', split 'dev': no split 'dev'; the task has train, validation"),
+    (["eval", "--tasks", "sentiment", "--device", "tpu", "--out", "OUT"], "--device tpu: use auto, cpu, cuda or cuda:N"),
+    (["predict", "--task", "sentiment", "--input", "ROWS", "--out", "OUT", "--device", "cuda:x"],
+     "--device cuda:x: use auto, cpu, cuda or cuda:N"),
+    (["serve", "--tasks", "sentiment", "--device", "mps"], "--device mps: use auto, cpu, cuda or cuda:N"),
+])  # fmt: skip
+def test_a_split_or_device_that_cannot_be_is_refused_before_the_model_loads(
+    tmp_path, run_bounded, args, said
+):
+    (tmp_path / "rows.jsonl").write_text('{"text": "fine"}\n')
+    args = [{"OUT": str(tmp_path / "out"), "ROWS": str(tmp_path / "rows.jsonl")}.get(a, a) for a in args]
+    # no model at all: the refusal must come first
+    code, out, err = run_bounded(tmp_path, *args, "--model", str(tmp_path / "no-model"), seconds=30)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("t2t: error: ") and said in err, err
