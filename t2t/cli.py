@@ -233,7 +233,8 @@ def cmd_mixture_sample(args: argparse.Namespace) -> int:
     split = mixture.spec.splits.train
     stream, prompters = stream_for(mixture, registry), {}
     members = {m.task: m for m in mixture.members}
-    for position in (args.start, args.start + args.count - 1):  # the first, then the last, before anything prints
+    # the first position, then the last, refused before anything prints
+    for position in (args.start, args.start + args.count - 1):
         stream.items(position, 1)
     for chunk in range(args.start, args.start + args.count, SAMPLE_CHUNK):  # memory bounded for any --count
         count = min(SAMPLE_CHUNK, args.start + args.count - chunk)
@@ -815,7 +816,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="preds.jsonl: one line per input row, in order")
     p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--device", default="auto", help="auto (the GPU when there is one, in bf16), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--device", default="auto", help="auto (the GPU when there is one, in bf16), cpu, cuda, cuda:N"
+    )
     p.add_argument("--scores", action="store_true", help="also every answer choice's log-likelihood")
     p.add_argument("--with-input", action="store_true", help="also the rendered input")
     p.add_argument("--skip-bad-rows", action="store_true",
@@ -833,7 +836,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(held_out=False)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=port, default=8000)
-    p.add_argument("--device", default="auto", help="auto (the GPU when there is one, in bf16), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--device", default="auto", help="auto (the GPU when there is one, in bf16), cpu, cuda, cuda:N"
+    )
     p.add_argument("--no-batching", action="store_true", help="one model call per request")
     p.add_argument("--batch-rows", type=positive_int, default=64, help="rows per model call (default 64)")
     p.add_argument("--batch-tokens", type=positive_int, default=16_384, help="input tokens per model call")

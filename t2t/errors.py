@@ -81,8 +81,11 @@ def first_line(exc: BaseException) -> str:
 def load_pretrained(loader, name_or_dir: str | Path, what: str):
     """`loader.from_pretrained(name_or_dir)`, with a failure as one T2TError line naming what and where (and, for
     a local dir that is not a model, where the model is)."""
+    from t2t.hub import hub_or_cache
+
     try:
-        return loader.from_pretrained(str(name_or_dir))
+        with hub_or_cache(ask=not Path(name_or_dir).exists()) as unreachable:
+            return loader.from_pretrained(str(name_or_dir))
     except (OSError, ValueError) as exc:
         hint = _not_a_model_dir(
             Path(name_or_dir), "tokenizer_config.json" if what == "tokenizer" else "config.json"
@@ -90,7 +93,8 @@ def load_pretrained(loader, name_or_dir: str | Path, what: str):
         if hint is not None:
             raise T2TError(f"cannot load {what}: {hint}", Where(file=name_or_dir)) from None
         if not Path(name_or_dir).exists():
-            raise T2TError(f"cannot load {what}: no such local dir, and as a hub name: {first_line(exc)}",
+            cache = f"; {unreachable}, so only the local cache was read" if unreachable else ""
+            raise T2TError(f"cannot load {what}: no such local dir, and as a hub name: {first_line(exc).rstrip('.')}{cache}",
                            Where(file=name_or_dir)) from None  # fmt: skip
         raise T2TError(f"cannot load {what}: {first_line(exc)}", Where(file=name_or_dir)) from None
 

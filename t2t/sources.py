@@ -8,8 +8,6 @@ import json
 import logging
 import os
 import re
-import socket
-import urllib.parse
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 from t2t.config import FILE_FORMATS, FilesSource, GeneratorSource, HubSource, TaskSpec
 from t2t.errors import T2TError, Where, did_you_mean, first_line
 from t2t.generators import GENERATORS, generate
+from t2t.hub import hub_or_cache, hub_unreachable
 from t2t.rng import keyed_rng
 from t2t.templates import Task
 
@@ -50,17 +49,7 @@ def splits_of(spec: TaskSpec) -> list[str]:
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the hub can be asked at all: not switched off (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE) and its host
     answers a TCP connection within `timeout` seconds. A quick no spares a plan the datasets library's retries."""
-    if any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    ):
-        return False
-    url = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    return hub_unreachable(timeout) is None
 
 
 def available_offline(spec: TaskSpec) -> bool:
@@ -152,13 +141,20 @@ def _load_hub(spec: TaskSpec, split: str, where: Where) -> datasets.Dataset:
     assert isinstance(src, HubSource)
     local = _local_hub_dir(spec)
     path = str(local) if local is not None else src.path
-    try:
-        return datasets.load_dataset(
-            path, src.name, data_dir=src.data_dir, revision=src.revision, split=src.splits.get(split, split)
-        )
-    except Exception as exc:  # datasets raises many types; the user needs the first line of the reason
-        reason = first_line(exc)
-        raise T2TError(f"cannot load hub dataset {src.path!r}: {reason}", where) from None
+    with hub_or_cache(ask=local is None) as unreachable:
+        try:
+            return datasets.load_dataset(
+                path,
+                src.name,
+                data_dir=src.data_dir,
+                revision=src.revision,
+                split=src.splits.get(split, split),
+            )
+        except Exception as exc:  # datasets raises many types; the user needs the first line of the reason
+            reason = first_line(exc)
+            if unreachable:
+                reason += f"; {unreachable}, so only the local datasets cache was read"
+            raise T2TError(f"cannot load hub dataset {src.path!r}: {reason}", where) from None
 
 
 STRICT_PATHS_ENV = (

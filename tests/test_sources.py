@@ -1,6 +1,7 @@
 """Loading rows: local files of each format, the hub code path through a local dir, generators, filters."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -69,6 +70,40 @@ def test_hub_dataset_unreachable_offline_is_a_clear_error(tmp_path):
         Exception, match=r"task 'toy_qa', split 'train': cannot load hub dataset 'someone/not_here'"
     ):
         load_split(task, "train")
+
+
+@pytest.mark.parametrize(("command", "said"), [
+    (["render", "toy_qa"], "task 'toy_qa', split 'train': cannot load hub dataset 'someone/not_here': "),
+    (["eval", "--model", "someone/no_model", "--tasks", "toy_qa", "--split", "train", "--out", "OUT"],
+     "someone/no_model: cannot load model: no such local dir, and as a hub name: "),
+    (["train", "CONFIG", "RUN_DIR", "tokenizer={pretrained: someone/no_tokenizer}"],
+     "someone/no_tokenizer: cannot load tokenizer: no such local dir, and as a hub name: "),
+])  # fmt: skip
+def test_where_the_hub_cannot_be_reached_a_hub_name_is_one_line_at_once(tmp_path, command, said):
+    # a machine without a network and without HF_HUB_OFFLINE: the libraries retried for about 23 s per file,
+    # printing a log line per try before t2t's line; now the hub is asked once (a TCP connection) and the local
+    # cache read at once
+    import os
+    import subprocess
+    import sys
+
+    write_task(tmp_path, qa_task(source={"kind": "hub", "path": "someone/not_here"}))
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+    named = {"OUT": str(tmp_path / "out"), "CONFIG": str(config), "RUN_DIR": f"run_dir={tmp_path / 'run'}"}
+    command = [named.get(a, a) for a in command]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env.update(
+        HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"), HF_DATASETS_CACHE=str(tmp_path / "ds")
+    )
+    result = subprocess.run([sys.executable, "-m", "t2t", "--templates-dir", str(tmp_path), *command],
+                            capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert said in result.stderr, result.stderr
+    assert result.stderr.strip().endswith(
+        "the hub at http://127.0.0.1:9 cannot be reached from here (Connection refused), so only the local "
+        + ("datasets cache was read" if command[0] == "render" else "cache was read")
+    ), result.stderr
 
 
 def test_filter_drops_rows_and_keeps_source_indices(tmp_path):
