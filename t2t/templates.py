@@ -449,7 +449,8 @@ class Task:
                 raise T2TError(f"{what}: the rendered text's {problem}, not Unicode text", where)
             return value
         except LimitError as exc:
-            raise T2TError(f"{what}: {exc}", where) from None
+            raise T2TError(f"{what}: {exc}; a task whose rows need more raises it in its file: limits: "
+                           f"{{{exc.limit}: N}}", where) from None  # fmt: skip
         except SecurityError as exc:
             raise T2TError(f"{what}: refused by the sandbox: {exc}", where) from None
         except UndefinedError as exc:

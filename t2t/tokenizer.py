@@ -50,16 +50,29 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int, out_dir: Path) -> Pat
 
     if vocab_size < 8:
         raise T2TError(f"--vocab-size must be at least 8, not {vocab_size}")
+    raised: list[T2TError] = []
+
+    def kept(texts: Iterator[str]) -> Iterator[str]:
+        # a bad row's T2TError reaches SentencePiece's C++ side, which reports it as "INTERNAL: T2TError: ...":
+        # kept here to be raised as it was
+        try:
+            yield from texts
+        except T2TError as exc:
+            raised.append(exc)
+            raise
+
     with tempfile.TemporaryDirectory() as tmp:
         prefix = Path(tmp) / "spiece"
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=texts, model_prefix=str(prefix), vocab_size=vocab_size, model_type="unigram",
+                sentence_iterator=kept(texts), model_prefix=str(prefix), vocab_size=vocab_size, model_type="unigram",
                 hard_vocab_limit=False,  # a small corpus may hold fewer pieces than asked for
                 pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
                 character_coverage=1.0, num_threads=2, minloglevel=2,
             )  # fmt: skip
         except RuntimeError as exc:
+            if raised:
+                raise raised[0] from None
             raise T2TError(f"SentencePiece training failed: {str(exc).splitlines()[0]}") from None
         staging = Path(tmp) / "tokenizer"
         staging.mkdir()

@@ -44,3 +44,26 @@ def test_tokenizer_command_writes_a_loadable_dir(tmp_path, run_cli):
         "the 100,000 asked for)")  # fmt: skip
     assert run_cli("tokenizer", "train", "demo", "--vocab-size", "2", "--out", tmp_path / "bad")[0] == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_bad_row_met_while_the_tokenizer_trains_is_its_own_line(tmp_path, run_cli):
+    # the row's error crossed SentencePiece's C++ side and came back as "SentencePiece training failed: INTERNAL:
+    # T2TError: ...": now the line is the row's, and the render limit says how a task raises it
+    from tests.conftest import qa_task, write_jsonl, write_task
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    write_jsonl(tasks / "rows.jsonl", [{"question": "fine", "answer": "yes"}, {"question": "long " * 30_000,
+                                                                                  "answer": "no"}])  # fmt: skip
+    write_task(tasks, qa_task(source={"kind": "files", "splits": {"train": "rows.jsonl"}}))
+    (tmp_path / "mixtures").mkdir()
+    (tmp_path / "mixtures" / "mine.yaml").write_text("name: mine\ndescription: x\nmembers: {toy_qa: 1}\nsplits: {train: train, "
+                                        "eval: train}\nseed: 0\n")  # fmt: skip
+    code, out, err = run_cli("--templates-dir", tasks, "--mixtures-dir", tmp_path / "mixtures", "tokenizer", "train", "mine",
+                             "--vocab-size", "50", "--out", tmp_path / "tok")  # fmt: skip
+    assert code == 2 and out == "" and not (tmp_path / "tok").exists()
+    assert err.strip().splitlines() == [
+        f"t2t: error: {tasks / 'toy_qa.yaml'}, task 'toy_qa', template 'plain', split 'train', row 1: input: the "
+        "output passed 100,000 characters (limit max_output_chars); a task whose rows need more raises it in its "
+        "file: limits: {max_output_chars: N}"
+    ]
