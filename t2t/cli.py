@@ -149,7 +149,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
     registry = _registry(args)
     for name in args.tasks:
         registry.task(name)  # unknown names are bad input (exit 2), not lint problems
-    problems, warnings = lint(registry, args.tasks or None)
+    problems, warnings = lint(registry, args.tasks or None, args.all_rows)
     for line in problems:
         print(line)
     for line in warnings:
@@ -685,6 +685,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("lint", cmd_lint, "check task files: fields, golden rows, choices, real rows")
     p.add_argument("tasks", nargs="*", help="tasks to check (default: all)")
+    p.add_argument("--all-rows", action="store_true",
+                   help="render every real row under every template, not a sample of 16 per split: "
+                        "what a long training run will meet")  # fmt: skip
 
     command("mixtures", cmd_mixtures, "list the mixtures")
     mixture = sub.add_parser("mixture", help="inspect a mixture", description="inspect a mixture")

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from t2t.batching import (
     Batch,
     Example,
@@ -24,7 +26,7 @@ from t2t.batching import (
     pad_batch,
 )
 from t2t.encoding import LazyPairs, Limits, default_cache_dir, tokenizer_fingerprint
-from t2t.errors import T2TError
+from t2t.errors import T2TError, Where
 from t2t.mixtures import Mixture, stream_for
 from t2t.prompting import Prompter, fit_input
 from t2t.registry import Registry
@@ -40,6 +42,44 @@ from t2t.train_config import BatchingSpec, packed_rows_problem
 class LoaderState:
     window: int = 0
     batch: int = 0  # batches of `window` already consumed
+
+
+NULL_CHECK_ROWS = 100_000  # rows of a split read at a time for `check_null_fields` (memory bounded)
+
+
+def check_null_fields(mixture: Mixture, registry: Registry) -> None:
+    """Refuse, before training starts, a training row whose field is null where a template the mixture uses reads
+    it and the task gives no default: the error that row's rendering would raise, with its row number, but now and
+    not when the stream first draws the row (pairs are encoded lazily, so it came mid-run, after hours perhaps).
+    A column at a time with Arrow's null counts: milliseconds per million rows. Other bad rows (a render limit, an
+    empty target) show only when rendered: `t2t lint --all-rows` renders every row."""
+    import pyarrow.compute as pc
+
+    split = mixture.spec.splits.train
+    for name in mixture.task_names:
+        task = registry.task(name)
+        # each field a used template reads without a default, and the first template reading it
+        readers: dict[str, str] = {}
+        for template in mixture.templates_of(name):
+            for field in sorted(task.templates[template].used_fields - set(task.spec.defaults)):
+                readers.setdefault(field, template)
+        if not readers:
+            continue
+        rows = load_split(task, split)
+        columns = rows.rows.select_columns(sorted(readers)).with_format("arrow")
+        for start in range(0, len(rows), NULL_CHECK_ROWS):
+            table = columns[start : start + NULL_CHECK_ROWS]
+            for field, template in readers.items():
+                column = table.column(field)
+                if column.null_count:
+                    first = start + int(np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False))[0])
+                    raise T2TError(
+                        f"field {field!r} is null in this row, and the template reads it (give the task a default "
+                        "for it under defaults:, or filter such rows out; found before training: every training "
+                        "row's fields are checked at the start)",
+                        Where(file=task.spec.path, task=name, template=template, split=split,
+                              row=int(rows.source_rows[first])),
+                    )  # fmt: skip
 
 
 class MixtureData:

@@ -27,7 +27,7 @@ from accelerate.utils import DistributedType
 from t2t.adapters import attach, default_targets, plan_routing, read_routing, router_of
 from t2t.balancing import Balancer, ModelWithBalancing, gradient_parameters
 from t2t.checkpoint import Checkpointer, checkpoint_path, load_run_state, mark_best, run_identity
-from t2t.data import BatchLoader, LoaderState, MixtureData
+from t2t.data import BatchLoader, LoaderState, MixtureData, check_null_fields
 from t2t.encoding import Limits, decoder_start_id, truncation_warnings
 from t2t.errors import T2TError, load_pretrained
 from t2t.evaluation import EvalConfig
@@ -226,6 +226,7 @@ class Run:
         self.mixture = load_mixture(registry, config.mixture)
         self.tasks = self.mixture.task_names
         check_packing(config)  # from the model's config, before the tokenizer trains or the weights load
+        check_null_fields(self.mixture, registry)  # a null field a template reads: now, not when first drawn
         self.tokenizer = get_tokenizer(config, registry, self.mixture, acc)
         model = get_model(config, self.tokenizer)
         self.identity = run_identity(config, self.mixture, registry, self.tokenizer, model)

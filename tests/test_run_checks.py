@@ -305,3 +305,41 @@ def test_a_bad_override_is_reported_as_the_override(world, tmp_path, run_cli):
     assert code == 2 and err.strip() == (
         "t2t: error: override 'tokenizer={vocab_size: 5}': tokenizer.vocab_size: Input should be greater than or "
         "equal to 8")  # fmt: skip
+
+
+def test_a_null_field_deep_in_the_data_is_refused_before_training_and_lint_all_rows_finds_it(
+    tmp_path, tiny_tokenizer, run_cli
+):
+    # pairs are encoded when the stream first draws them, so such a row ended a run when drawn (a 400-step run
+    # died at step 196, its checkpoints written); now every training row's fields are checked at the start
+    tasks, mixtures = tmp_path / "tasks", tmp_path / "mixtures"
+    tasks.mkdir(), mixtures.mkdir()
+    rows = [{"word": w, "label": i % 2} for i, w in enumerate(["owl", "fox", "elk"] * 100)]
+    for i in (237, *range(250, 275)):
+        rows[i]["word"] = None  # 26 bad rows: the first at 237
+    write_jsonl(tasks / "train.jsonl", rows)
+    write_task(tasks, echo_task("echo {{ word }}"))
+    (mixtures / "mine.yaml").write_text(yaml.safe_dump({"name": "mine", "members": {"echo": None}}))
+    tiny_tokenizer.save_pretrained(str(tmp_path / "tok"))
+    config = config_file(tmp_path, tmp_path, steps=400)
+    dirs = ["--templates-dir", tasks, "--mixtures-dir", mixtures]
+    code, out, err = run_cli(*dirs, "train", config)
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert err.strip().splitlines() == [
+        f"t2t: error: {tasks / 'echo.yaml'}, task 'echo', template 'plain', split 'train', row 237: field 'word' is "
+        "null in this row, and the template reads it (give the task a default for it under defaults:, or filter such "
+        "rows out; found before training: every training row's fields are checked at the start)"
+    ]
+    # lint's sample of 16 rows may miss them; --all-rows names the first 20 and counts the rest
+    code, out, _ = run_cli(*dirs, "lint", "echo", "--all-rows")
+    named = [line for line in out.splitlines() if "is null in this row" in line]
+    assert code == 1 and len(named) == 20 and "row 237: field 'word' is null" in named[0]
+    assert (
+        f"{tasks / 'echo.yaml'}, task 'echo', split 'train': 6 more rows with problems (the first 20 are named)"
+        in out
+    )
+    # a default for the field: the rows render with it, and the run trains
+    spec = echo_task("echo {{ word }}")
+    write_task(tasks, {**spec, "defaults": {"word": "none"}})
+    code, _, err = run_cli(*dirs, "train", config_file(tmp_path, tmp_path, steps=2))
+    assert code == 0, err
