@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from t2t.batching import (
     Batch,
@@ -44,6 +45,7 @@ class LoaderState:
     batch: int = 0  # batches of `window` already consumed
 
 
+BAD_ROWS_SAID = 20  # rows skipped under bad_rows: skip that get a warning line each
 NULL_CHECK_ROWS = 100_000  # rows of a split read at a time for `check_null_fields` (memory bounded)
 
 
@@ -92,9 +94,13 @@ class MixtureData:
         tokenizer: Any,
         limits: Limits,
         cache_dir: Path | None = None,
+        bad_rows: str = "stop",
     ) -> None:
+        """`bad_rows`: "stop" raises a row's render error where the stream first draws it; "skip" passes the row
+        over, prints a warning for each of the first BAD_ROWS_SAID, and counts them (`skipped_bad`)."""
         self.mixture, self.registry, self.tokenizer, self.limits = mixture, registry, tokenizer, limits
-        self.cache_dir = cache_dir
+        self.cache_dir, self.bad_rows = cache_dir, bad_rows
+        self.skipped_bad = 0
         self.stream = stream_for(mixture, registry)
         self.task_names = mixture.task_names
         self.task_index = {name: i for i, name in enumerate(self.task_names)}
@@ -115,8 +121,15 @@ class MixtureData:
             self._pairs[(task, template)] = LazyPairs(
                 found, template, split, self._rows[task], self.tokenizer, self.limits,
                 self.cache_dir or default_cache_dir(), self.tokenizer_key,
+                self._skip_bad if self.bad_rows == "skip" else None,
             )  # fmt: skip
         return self._pairs[(task, template)]
+
+    def _skip_bad(self, error: T2TError) -> None:
+        self.skipped_bad += 1
+        if self.skipped_bad <= BAD_ROWS_SAID:
+            more = "; later ones are counted, not shown" if self.skipped_bad == BAD_ROWS_SAID else ""
+            tqdm.write(f"warning: {error}; skipped (bad_rows: skip){more}")  # above a running progress bar
 
     def prepare(self, items: Iterable[StreamItem]) -> None:
         """Encode the pairs of these stream items not encoded yet: one batch per (task, template)."""

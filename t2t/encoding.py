@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,12 +172,24 @@ def encode_task(
 
 
 def encode_rows(task: Task, template: str, split: str, columns: dict[str, list], source_rows: Sequence[int],
-                tokenizer: Any, limits: Limits) -> list[tuple[list[int], list[int], bool, bool] | None]:  # fmt: skip
+                tokenizer: Any, limits: Limits,
+                bad: list[tuple[int, T2TError]] | None = None) -> list[tuple[list[int], list[int], bool, bool] | None]:  # fmt: skip
     """Render a batch of rows (`columns`: field -> values) under one template and encode them under the policy:
-    per row (input ids, labels, input cut, target cut), or None where the template skips the row."""
+    per row (input ids, labels, input cut, target cut), or None where the template skips the row. `bad`: where
+    given, a row that fails to render is None too, and (its index in the batch, the error) appended there;
+    otherwise its error is raised."""
+
+    def render(j: int, source: int):
+        try:
+            return task.try_render({f: columns[f][j] for f in columns}, template, split, source)
+        except T2TError as exc:
+            if bad is None:
+                raise
+            bad.append((j, exc))
+            return None
+
     with alarm_handler():  # one handler for the batch; each render still has its own timer
-        rendered = [task.try_render({f: columns[f][j] for f in columns}, template, split, source)
-                    for j, source in enumerate(source_rows)]  # fmt: skip
+        rendered = [render(j, source) for j, source in enumerate(source_rows)]
     kept = [e for e in rendered if e is not None]
     if task.spec.objective == "span_corruption":
         # the text's ids (no EOS), cut to what corrupts within the limits; corrupted per stream position
@@ -216,14 +228,21 @@ class LazyPairs:
     last line (a killed run) is ignored and encoded again."""
 
     def __init__(self, task: Task, template: str, split: str, rows: SplitRows, tokenizer: Any, limits: Limits,
-                 cache_dir: Path, tokenizer_key: str) -> None:  # fmt: skip
+                 cache_dir: Path, tokenizer_key: str,
+                 skip_bad: Callable[[T2TError], None] | None = None) -> None:  # fmt: skip
+        """`skip_bad`: where given, a row that fails to render is passed over like one the template skips (kept out
+        of the cache: a later run meets it again) and its error handed to `skip_bad`; otherwise the error is
+        raised."""
         self.task, self.template, self.split, self.rows = task, template, split, rows
-        self.tokenizer, self.limits = tokenizer, limits
+        self.tokenizer, self.limits, self.skip_bad = tokenizer, limits, skip_bad
         key = cache_key(task, template, split, _data_key(task, rows), tokenizer_key, limits)
         cache_dir.mkdir(parents=True, exist_ok=True)
         self.path = cache_dir / f"{task.name}-{key}.pairs.jsonl"
         # row -> (input ids, labels, input cut, target cut), or None where the template skips the row
         self.pairs: dict[int, tuple[list[int], list[int], bool, bool] | None] = {}
+        self.bad: set[int] = (
+            set()
+        )  # rows that failed to render, passed over under `skip_bad` (None in `pairs`)
         # the template's fields, selected once: indexing it with a list of rows is a plain Arrow take (`select`
         # per batch would fingerprint a new dataset each time, ten times the cost of the take on the demo)
         self._fields = rows.rows.select_columns(list(task.spec.fields))
@@ -246,13 +265,22 @@ class LazyPairs:
             return
         columns = self._fields[missing]
         sources = [int(self.rows.source_rows[row]) for row in missing]
+        bad: list[tuple[int, T2TError]] | None = [] if self.skip_bad is not None else None
         values = encode_rows(
-            self.task, self.template, self.split, columns, sources, self.tokenizer, self.limits
+            self.task, self.template, self.split, columns, sources, self.tokenizer, self.limits, bad
         )
+        failed = {j for j, _ in bad or []}
+        for _, error in bad or []:
+            self.skip_bad(error)  # type: ignore[misc]
         lines = []
-        for row, value in zip(missing, values, strict=True):
+        for j, (row, value) in enumerate(zip(missing, values, strict=True)):
             self.pairs[row] = value
-            lines.append(_CACHE_LINE.encode([row, value]) + "\n")
+            if j in failed:
+                self.bad.add(row)
+            else:
+                lines.append(_CACHE_LINE.encode([row, value]) + "\n")
+        if not lines:
+            return
         with open(self.path, "a", encoding="utf-8") as f:  # O_APPEND: one write per batch
             f.write("\n" + "".join(lines))  # a leading newline ends a line torn by a killed run
 
@@ -262,10 +290,12 @@ class LazyPairs:
         return self.pairs[row]
 
     def counts(self) -> tuple[int, int, int, int]:
-        """Pairs encoded so far: (encoded, inputs cut, targets cut, skipped)."""
+        """Pairs encoded so far: (encoded, inputs cut, targets cut, skipped by the template); rows that failed to
+        render (`bad`) are in none of these."""
         values = list(self.pairs.values())
         kept = [v for v in values if v is not None]
-        return len(values), sum(v[2] for v in kept), sum(v[3] for v in kept), len(values) - len(kept)
+        return (len(values) - len(self.bad), sum(v[2] for v in kept), sum(v[3] for v in kept),
+                len(values) - len(kept) - len(self.bad))  # fmt: skip
 
 
 def truncation_warnings(

@@ -226,7 +226,8 @@ class Run:
         self.mixture = load_mixture(registry, config.mixture)
         self.tasks = self.mixture.task_names
         check_packing(config)  # from the model's config, before the tokenizer trains or the weights load
-        check_null_fields(self.mixture, registry)  # a null field a template reads: now, not when first drawn
+        if config.bad_rows == "stop":  # a null field a template reads: refused now, not when first drawn
+            check_null_fields(self.mixture, registry)
         self.tokenizer = get_tokenizer(config, registry, self.mixture, acc)
         model = get_model(config, self.tokenizer)
         self.identity = run_identity(config, self.mixture, registry, self.tokenizer, model)
@@ -249,7 +250,9 @@ class Run:
         configure_deepspeed(acc, config)
         self.model, self.optimizer, self.scheduler = acc.prepare(wrapped, optimizer, scheduler)
         self.limits = Limits(config.max_input_tokens, config.max_target_tokens)
-        self.data = MixtureData(self.mixture, registry, self.tokenizer, self.limits, config.cache_dir)
+        self.data = MixtureData(
+            self.mixture, registry, self.tokenizer, self.limits, config.cache_dir, config.bad_rows
+        )
         # on a resume, what auto chose at the run's start (kept where the config's batching keys are unchanged)
         recorded = (
             load_run_state(checkpoint).get("identity", {}).get("batching") if checkpoint is not None else None
@@ -479,7 +482,8 @@ class Run:
                 atomic_write_text(self.config.run_dir / "selection.md", selector.report())
         return {"step": self.state.step, "checkpoint": str(checkpoint_path(self.config.run_dir, self.state.step)),
                 "model": str(model_dir), "best": best, "best_step": selector.best_step,
-                "tokens_seen": self.state.tokens_seen, "main_process": self.accelerator.is_main_process}  # fmt: skip
+                "tokens_seen": self.state.tokens_seen, "main_process": self.accelerator.is_main_process,
+                "skipped_bad": self.data.skipped_bad}  # fmt: skip
 
     def maybe_evaluate(self) -> None:
         acc = self.accelerator

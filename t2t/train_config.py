@@ -193,6 +193,9 @@ class TrainConfig(Spec):
     selection: SelectionSpec = SelectionSpec()
     trackers: list[Tracker] = Field(default_factory=lambda: ["tensorboard"])  # accelerate trackers
     cache_dir: Path | None = None  # encoded-data cache; default $T2T_CACHE or ~/.cache/t2t
+    # a training row that fails to render when the stream first draws it (a render limit, an empty target): stop
+    # the run there with its one line, or skip it (a warning each, up to 20; the stream passes its positions over)
+    bad_rows: Literal["stop", "skip"] = "stop"
 
     @model_validator(mode="after")
     def _packed_rows_hold_the_longest_example(self) -> TrainConfig:
@@ -205,7 +208,8 @@ class TrainConfig(Spec):
 # Keys a resumed run may change: they alter neither the data stream nor the model.
 RESUMABLE_KEYS = frozenset({"steps", "log_every_steps", "save_every_steps", "keep_checkpoints", "eval_every_steps",
                             "eval_generate_every", "eval_max_examples", "selection", "trackers", "cache_dir",
-                            "run_dir"})  # fmt: skip
+                            "run_dir", "bad_rows"})  # fmt: skip
+# (bad_rows: a run under stop passed no row over, so resuming it under skip replays the same stream up to there)
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

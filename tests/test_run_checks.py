@@ -343,3 +343,40 @@ def test_a_null_field_deep_in_the_data_is_refused_before_training_and_lint_all_r
     write_task(tasks, {**spec, "defaults": {"word": "none"}})
     code, _, err = run_cli(*dirs, "train", config_file(tmp_path, tmp_path, steps=2))
     assert code == 0, err
+
+
+def test_bad_rows_skip_passes_rows_that_fail_to_render_over_and_stop_ends_the_run_at_them(
+    tmp_path, tiny_tokenizer, run_cli, capsys
+):
+    tasks, mixtures = tmp_path / "tasks", tmp_path / "mixtures"
+    tasks.mkdir(), mixtures.mkdir()
+    rows = [{"word": w, "label": i % 2} for i, w in enumerate(["owl", "fox", "elk"] * 20)]
+    rows[40]["word"] = rows[41]["word"] = ""  # the target renders empty: found only when rendered
+    write_jsonl(tasks / "train.jsonl", rows)
+    write_task(tasks, echo_task("echo {{ label }}"))
+    (mixtures / "mine.yaml").write_text(yaml.safe_dump({"name": "mine", "members": {"echo": None}}))
+    tiny_tokenizer.save_pretrained(str(tmp_path / "tok"))
+    dirs = ["--templates-dir", tasks, "--mixtures-dir", mixtures]
+    # 10 steps of 8 examples: every one of the 60 rows is drawn
+    code, out, err = run_cli(*dirs, "train", config_file(tmp_path, tmp_path, steps=10, bad_rows="skip"))
+    assert code == 0, err
+    said = [line for line in out.splitlines() if line.startswith("warning: ")]
+    assert said == [
+        f"warning: {tasks / 'echo.yaml'}, task 'echo', template 'plain', split 'train', row {row}: target renders "
+        "empty; skipped (bad_rows: skip)" for row in (40, 41)
+    ] + ["warning: 2 rows that failed to render were skipped by this process (bad_rows: skip; `t2t lint --all-rows` "
+         "names them)"]  # fmt: skip
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1]["step"] == 10
+    # the bad rows were not cached as passed over: a run under stop (the default) meets them, and ends there
+    config = config_file(tmp_path, tmp_path, steps=10, run_dir=str(tmp_path / "run2"), save_every_steps=2)
+    code, out, err = run_cli(*dirs, "train", config)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        f"t2t: error: {tasks / 'echo.yaml'}, task 'echo', template 'plain', split 'train', row 40: target renders "
+        "empty"
+    )
+    # ... and resumes under skip (bad_rows may change on a resume: the stop run passed no row over)
+    code, out, err = run_cli(*dirs, "train", config, "bad_rows=skip", "--resume", "auto")
+    assert code == 0, err
+    assert "warning: 2 rows that failed to render were skipped by this process" in out
