@@ -264,6 +264,8 @@ class Run:
         self.evaluator = InTrainingEval(
             config, registry, self.tasks, self.mixture.spec.splits.eval, self.data
         )
+        if config.eval_every_steps:  # a bad eval row: refused now, not at the first evaluation
+            self.evaluator.check(self.tokenizer)
         self.state = TrainState()
         self.weights = self.balancer.weights()  # the task weights of the last step, for logging
         self.last_saved_step = -1

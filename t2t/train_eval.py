@@ -18,6 +18,7 @@ from t2t.encoding import decoder_start_id, encode_task
 from t2t.evaluation import EvalConfig, evaluate_task, scored_tasks
 from t2t.modeling import loss_sums
 from t2t.selection import Score, Selector, load_reference
+from t2t.sources import load_split, select_rows
 from t2t.train_config import TrainConfig
 
 
@@ -39,6 +40,23 @@ class InTrainingEval:
             self.selector.reference = load_reference(sel.reference)
             self.selector.reference_source = f"results file {sel.reference}"
         self.evaluations = 0
+
+    def check(self, tokenizer: Any) -> None:
+        """Render now what every evaluation will (the sampled rows under each template the mixture uses; the
+        first template's encodings for the validation loss, cached): a bad eval row is refused at the run's
+        start, not at its first evaluation, steps into the run."""
+        for name in self.tasks:
+            task = self.registry.task(name)
+            data = load_split(task, self.split)
+            picks = select_rows(name, self.split, len(data), self.config.eval_max_examples)
+            rows = data.rows.select(picks.tolist())[:]
+            for template in self.data.mixture.templates_of(name):
+                for j, i in enumerate(picks):
+                    task.try_render(
+                        {f: rows[f][j] for f in rows}, template, self.split, int(data.source_rows[i])
+                    )
+            encode_task(task, self.split, tokenizer, self.data.limits, self.config.cache_dir, self.data.tokenizer_key,
+                        templates=self.data.mixture.templates_of(name)[:1])  # fmt: skip
 
     def due(self, step: int) -> bool:
         every = self.config.eval_every_steps

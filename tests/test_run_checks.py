@@ -380,3 +380,26 @@ def test_bad_rows_skip_passes_rows_that_fail_to_render_over_and_stop_ends_the_ru
     code, out, err = run_cli(*dirs, "train", config, "bad_rows=skip", "--resume", "auto")
     assert code == 0, err
     assert "warning: 2 rows that failed to render were skipped by this process" in out
+
+
+def test_a_bad_eval_row_is_refused_at_the_start_not_at_the_first_evaluation(
+    tmp_path, tiny_tokenizer, run_cli
+):
+    tasks, mixtures = tmp_path / "tasks", tmp_path / "mixtures"
+    tasks.mkdir(), mixtures.mkdir()
+    rows = [{"word": w, "label": i % 2} for i, w in enumerate(["owl", "fox", "elk"] * 10)]
+    write_jsonl(tasks / "train.jsonl", rows)
+    write_jsonl(tasks / "validation.jsonl", [*rows[:3], {"word": "", "label": 1}, *rows[4:8]])
+    spec = echo_task("echo {{ label }}")
+    spec["source"]["splits"]["validation"] = "validation.jsonl"
+    write_task(tasks, spec)
+    (mixtures / "mine.yaml").write_text(yaml.safe_dump({"name": "mine", "members": {"echo": None}}))
+    tiny_tokenizer.save_pretrained(str(tmp_path / "tok"))
+    config = config_file(tmp_path, tmp_path, steps=10, eval_every_steps=5, bad_rows="skip")
+    code, _, err = run_cli("--templates-dir", tasks, "--mixtures-dir", mixtures, "train", config)
+    # it ended the run at step 5, its first evaluation, with the run dir written
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert err.strip().splitlines() == [
+        f"t2t: error: {tasks / 'echo.yaml'}, task 'echo', template 'plain', split 'validation', row 3: target renders "
+        "empty"
+    ]
