@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -936,6 +937,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# file-system errors that name a path the user gave or can fix (not a bug): one line, the path and the reason
+PATH_ERRORS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS,
+                         errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.EEXIST, errno.ENOTEMPTY})  # fmt: skip
+
+
+def _unexpected(exc: BaseException) -> int:
+    """Anything unforeseen: one line on the terminal, the traceback in a log file."""
+    from t2t.errors import first_line
+
+    log = write_traceback(exc)
+    print(
+        f"t2t: error: unexpected {type(exc).__name__}: {first_line(exc)} (traceback in {log})",
+        file=sys.stderr,
+    )
+    return EXIT_BAD_INPUT
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from t2t.sources import STRICT_PATHS_ENV
@@ -958,15 +976,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except Exception as exc:  # anything unforeseen: one line on the terminal, the traceback in a log file
-        from t2t.errors import first_line
-
-        log = write_traceback(exc)
-        print(
-            f"t2t: error: unexpected {type(exc).__name__}: {first_line(exc)} (traceback in {log})",
-            file=sys.stderr,
-        )
+    except OSError as exc:
+        if exc.filename is None or exc.errno not in PATH_ERRORS:
+            return _unexpected(exc)
+        # a path the command was given that cannot be used (an --out under a file, a full disk): as `cp` says it
+        is_file = exc.errno == errno.EEXIST and Path(exc.filename).is_file()  # mkdir(parents=True) met a file
+        why = "a file, where a folder is needed" if is_file else exc.strerror
+        print(f"t2t: error: {exc.filename}: {why}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as exc:  # anything unforeseen: one line on the terminal, the traceback in a log file
+        return _unexpected(exc)
     finally:
         if args.strict_paths:  # main() may run in-process (tests, notebooks): leave the environment as it was
             if previous is None:

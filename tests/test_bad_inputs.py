@@ -331,3 +331,27 @@ def test_a_split_or_device_that_cannot_be_is_refused_before_the_model_loads(
     code, out, err = run_bounded(tmp_path, *args, "--model", str(tmp_path / "no-model"), seconds=30)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
     assert err.startswith("t2t: error: ") and said in err, err
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["export", "lm-eval", "--tasks", "sentiment", "--out", "FILE/x"], "FILE/x: Not a directory"),
+    (["import", "promptsource", "PS", "--out", "FILE/x"], "FILE/x: Not a directory"),
+    (["new-task", "mine", "--from", "ROWS", "--out", "FILE/x"], "FILE/x: Not a directory"),
+    (["tokenizer", "train", "demo", "--vocab-size", "60", "--rows-per-task", "5", "--out", "FILE/x"],
+     "FILE: a file, where a folder is needed"),
+])  # fmt: skip
+def test_an_output_path_that_cannot_be_made_is_one_line(tmp_path, run_cli, args, said):
+    # an --out under a file was an "unexpected NotADirectoryError / FileExistsError" with a traceback file
+    from pathlib import Path
+
+    (tmp_path / "file").write_text("not a folder\n")
+    (tmp_path / "rows.jsonl").write_text('{"text": "fine"}\n')
+    named = {
+        "PS": str(Path(__file__).parent / "fixtures" / "promptsource"),
+        "ROWS": str(tmp_path / "rows.jsonl"),
+    }
+    args = [named.get(a, a.replace("FILE", str(tmp_path / "file"))) for a in args]
+    code, _, err = run_cli(*args)
+    assert code == 2 and err.strip().splitlines() == [
+        f"t2t: error: {said.replace('FILE', str(tmp_path / 'file'))}"
+    ]
