@@ -289,7 +289,23 @@ def read_text(path: Path, what: str = "file", max_bytes: int = MAX_FILE_BYTES) -
         raise T2TError(f"not valid UTF-8 (byte {exc.start})", Where(file=path, line=line)) from None
 
 
-SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster
+
+
+class SafeLoader(_Loader):  # type: ignore[misc, valid-type]
+    """YAML's safe loader, refusing a key repeated in one mapping (YAML itself keeps the last silently: a task
+    file with `cluster:` twice, or a mixture naming a member twice, took the later value without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[tuple[str, str]] = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if (key.tag, key.value) in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key.value!r} appears twice in one mapping", key.start_mark
+                    )
+                seen.add((key.tag, key.value))
+        return super().construct_mapping(node, deep)
 
 
 def refuse_aliases(text: str, where: Where) -> None:

@@ -168,6 +168,9 @@ FILE_CASES = [
      r"toy_qa\.yaml: file is 17,\d+,\d+ bytes, over the limit of 16,777,216"),
     ("yaml_deep_nesting", lambda d: (d / "toy_qa.yaml").write_text("name: toy_qa\nx: " + "[" * 100000 + "]" * 100000 + "\n"),
      "render", r"toy_qa\.yaml:2: malformed YAML: exceeded maximum nesting depth"),
+    # YAML keeps a repeated key's last value without a word
+    ("yaml_duplicate_key", lambda d: (d / "toy_qa.yaml").write_text(yaml.safe_dump(qa_task()) + "cluster: other\n"),
+     "render", r"toy_qa\.yaml:\d+: malformed YAML: key 'cluster' appears twice in one mapping"),
     ("task_file_is_a_list", lambda d: (d / "toy_qa.yaml").write_text("- a\n- b\n"), "render",
      r"toy_qa\.yaml: a task file must be a YAML mapping"),
     ("task_file_tab_indent", lambda d: (d / "toy_qa.yaml").write_text("name: toy_qa\nfields:\n\tq: x\n"), "render",
@@ -349,6 +352,8 @@ MIXTURE_CASES = [
     ("nan_weight", ".nan", [], r"mine\.yaml:\d+: members\.add_numbers: .*a weight must be a finite number >= 0"),
     ("negative_weight", {"add_numbers": -1}, [], r"a weight must be a finite number >= 0, got -1"),
     ("mixture_alias", "name: mine\nmembers: &m {add_numbers: 1}\nheld_out: *m\n", [], r"mine\.yaml:3: YAML alias \*m"),
+    ("mixture_member_twice", "name: mine\nmembers:\n  add_numbers: 1\n  add_numbers: 3\n", [],
+     r"mine\.yaml:4: malformed YAML: key 'add_numbers' appears twice in one mapping"),
 ]  # fmt: skip
 
 
