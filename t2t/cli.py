@@ -508,7 +508,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from t2t.server import serve
+    from t2t.server import bind, serve
     from t2t.serving import Predictor, ServeLimits
 
     registry = _registry(args)
@@ -517,8 +517,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = ServeLimits(max_rows=args.max_rows, max_field_chars=args.max_field_chars,
                          max_body_bytes=args.max_body_bytes, batch_rows=args.batch_rows,
                          batch_tokens=args.batch_tokens, wait_ms=args.wait_ms)  # fmt: skip
+    sock = bind(
+        args.host, args.port
+    )  # a host that does not resolve, a port in use: refused before the model loads
     predictor = Predictor.load(args.model, registry, tasks, device, dtype, limits)
-    serve(predictor, args.host, args.port, batching=not args.no_batching)
+    serve(predictor, args.host, args.port, batching=not args.no_batching, sock=sock)
     return 0
 
 

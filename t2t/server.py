@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -368,11 +369,36 @@ def create_app(predictor: Predictor, batching: bool = True) -> FastAPI:
     return Gate(app, state, predictor.limits.max_body_bytes)
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), for `serve`: taken before the model loads, so that a host that does not
+    resolve or a port in use is one line (uvicorn logged it and exited with 3, after saying it served there)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise T2TError(f"--host {host}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise T2TError(f"--host {host} --port {port}: cannot listen there: {exc.strerror or exc}") from None
+    return sock
+
+
 def serve(
-    predictor: Predictor, host: str, port: int, batching: bool = True, graceful_seconds: float = 30
+    predictor: Predictor,
+    host: str,
+    port: int,
+    batching: bool = True,
+    graceful_seconds: float = 30,
+    sock: socket.socket | None = None,
 ) -> None:
-    """Run the API until SIGINT / SIGTERM; requests in flight finish (up to `graceful_seconds`)."""
+    """Run the API until SIGINT / SIGTERM; requests in flight finish (up to `graceful_seconds`). `sock`: the
+    socket `bind` took (else bound here)."""
     import uvicorn
+
+    sock = sock if sock is not None else bind(host, port)
 
     app = create_app(predictor, batching)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_seconds,
@@ -385,7 +411,7 @@ def serve(
 
     print(f"t2t serve: {len(predictor.task_names)} tasks on http://{host}:{port} (docs at /docs), "
           f"{predictor.device} {predictor.dtype}, batching {'on' if batching else 'off'}", flush=True)  # fmt: skip
-    Server(config).run()
+    Server(config).run(sockets=[sock])
 
 
 def wait_until_serving(url: str, process: Any = None, seconds: float = 120) -> None:

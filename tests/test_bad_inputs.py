@@ -355,3 +355,27 @@ def test_an_output_path_that_cannot_be_made_is_one_line(tmp_path, run_cli, args,
     assert code == 2 and err.strip().splitlines() == [
         f"t2t: error: {said.replace('FILE', str(tmp_path / 'file'))}"
     ]
+
+
+def test_serve_on_a_port_in_use_or_a_host_that_does_not_resolve_is_one_line_before_the_model_loads(
+    tmp_path, run_cli
+):
+    # uvicorn logged the bind error and exited with 3, after t2t had printed that it served there
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run_cli(
+            "serve", "--model", tmp_path / "no-model", "--tasks", "sentiment", "--port", str(port)
+        )
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        f"t2t: error: --host 127.0.0.1 --port {port}: cannot listen there: Address already in use"
+    ]
+    code, out, err = run_cli(
+        "serve", "--model", tmp_path / "no-model", "--tasks", "sentiment", "--host", "t2t.invalid"
+    )
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith("t2t: error: --host t2t.invalid: "), err
