@@ -517,9 +517,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = ServeLimits(max_rows=args.max_rows, max_field_chars=args.max_field_chars,
                          max_body_bytes=args.max_body_bytes, batch_rows=args.batch_rows,
                          batch_tokens=args.batch_tokens, wait_ms=args.wait_ms)  # fmt: skip
-    sock = bind(
-        args.host, args.port
-    )  # a host that does not resolve, a port in use: refused before the model loads
+    # a host that does not resolve, a port in use: refused before the model loads
+    sock = bind(args.host, args.port)
     predictor = Predictor.load(args.model, registry, tasks, device, dtype, limits)
     serve(predictor, args.host, args.port, batching=not args.no_batching, sock=sock)
     return 0

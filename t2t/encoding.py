@@ -240,9 +240,8 @@ class LazyPairs:
         self.path = cache_dir / f"{task.name}-{key}.pairs.jsonl"
         # row -> (input ids, labels, input cut, target cut), or None where the template skips the row
         self.pairs: dict[int, tuple[list[int], list[int], bool, bool] | None] = {}
-        self.bad: set[int] = (
-            set()
-        )  # rows that failed to render, passed over under `skip_bad` (None in `pairs`)
+        # rows that failed to render, passed over under `skip_bad` (None in `pairs`, not cached)
+        self.bad: set[int] = set()
         # the template's fields, selected once: indexing it with a list of rows is a plain Arrow take (`select`
         # per batch would fingerprint a new dataset each time, ten times the cost of the take on the demo)
         self._fields = rows.rows.select_columns(list(task.spec.fields))

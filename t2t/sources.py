@@ -270,9 +270,8 @@ def _check_text_file(path: Path, where: Where, jsonl: bool) -> None:
                 raise T2TError("JSON nested too deeply to read", at(number)) from None
             if not isinstance(value, dict):
                 raise T2TError("not a JSON object", at(number))
-            if SURROGATE_ESCAPE.search(
-                line
-            ):  # pairs (an emoji's) decode to one character, a lone one to none
+            # a surrogate pair (an emoji's) decodes to one character, a lone surrogate to no text at all
+            if SURROGATE_ESCAPE.search(line):
                 try:
                     json.dumps(value, ensure_ascii=False).encode("utf-8")
                 except UnicodeEncodeError as exc:
