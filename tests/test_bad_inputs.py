@@ -334,7 +334,7 @@ def test_a_split_or_device_that_cannot_be_is_refused_before_the_model_loads(
 
 
 @pytest.mark.parametrize(("args", "said"), [
-    (["export", "lm-eval", "--tasks", "sentiment", "--out", "FILE/x"], "FILE/x: Not a directory"),
+    (["demo", "--steps", "2", "--out", "FILE/x"], "FILE/x: Not a directory"),
     (["import", "promptsource", "PS", "--out", "FILE/x"], "FILE/x: Not a directory"),
     (["new-task", "mine", "--from", "ROWS", "--out", "FILE/x"], "FILE/x: Not a directory"),
     (["tokenizer", "train", "demo", "--vocab-size", "60", "--rows-per-task", "5", "--out", "FILE/x"],
