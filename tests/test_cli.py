@@ -239,6 +239,7 @@ def test_train_with_auto_batching_packs_where_padded_batches_would_not_keep_the_
     assert line.endswith("; its batches take 56 token slots, over batching.max_tokens=40: a row holds the longest "
                          "example the limits allow (48+8)")  # fmt: skip
     assert "not distributed, precision fp32, batching packed, balancing equal" in out
+    assert "precision bf16 on a CPU" not in out  # said only where bf16 is asked for on a CPU
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000002" / "run_state.json").read_text())
     assert state["identity"]["batching"]["strategy"] == "packed"
 
@@ -293,3 +294,22 @@ def test_t2t_num_threads_reaches_torch_through_the_command(tmp_path, tokenizer_d
         bad.returncode == 2
         and bad.stderr.strip() == "t2t: error: T2T_NUM_THREADS must be a positive integer, not 'many'"
     )
+
+
+def test_train_in_bf16_on_a_cpu_says_what_it_costs(tmp_path, tokenizer_dir, mixture_dir):
+    # in a process of its own: accelerate keeps one precision per process
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CPU case: here bf16 runs on the GPU")
+    result = subprocess.run(
+        [sys.executable, "-m", "t2t", "--mixtures-dir", str(mixture_dir), "train", "configs/tiny_cpu.yaml",
+         f"run_dir={tmp_path / 'run'}", "mixture=two_tasks", "tokenizer={pretrained: " + str(tokenizer_dir) + "}",
+         "steps=1", "trackers=[]", "model.tiny={d_model: 32, num_layers: 1, num_heads: 2, d_ff: 64}",
+         "max_input_tokens=48", "max_target_tokens=8", "precision=bf16"],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert ("warning: precision bf16 on a CPU: 4-13x slower than fp32 without bf16 instructions (precision: auto "
+            "takes fp32 on a CPU and bf16 on a GPU)") in result.stdout.splitlines()  # fmt: skip
+    assert "not distributed, precision bf16, batching" in result.stdout
