@@ -36,6 +36,7 @@ from t2t.sampler import StreamItem
 from t2t.segment_attention import PACKABLE
 from t2t.sources import SplitRows, load_split
 from t2t.span_corruption import corrupt, sentinel_ids
+from t2t.templates import null_field
 from t2t.train_config import BatchingSpec, packed_rows_problem
 
 
@@ -75,13 +76,10 @@ def check_null_fields(mixture: Mixture, registry: Registry) -> None:
                 column = table.column(field)
                 if column.null_count:
                     first = start + int(np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False))[0])
-                    raise T2TError(
-                        f"field {field!r} is null in this row, and the template reads it (give the task a default "
-                        "for it under defaults:, or filter such rows out; found before training: every training "
-                        "row's fields are checked at the start)",
-                        Where(file=task.spec.path, task=name, template=template, split=split,
-                              row=int(rows.source_rows[first])),
-                    )  # fmt: skip
+                    where = Where(file=task.spec.path, task=name, template=template, split=split,
+                                  row=int(rows.source_rows[first]))  # fmt: skip
+                    note = "; found before training: every training row's fields are checked at the start"
+                    raise T2TError(null_field(field, note), where)
 
 
 class MixtureData:

@@ -61,14 +61,18 @@ def did_you_mean(name: str, candidates: list[str] | tuple[str, ...] | set[str]) 
 def lone_surrogate(text: str) -> str | None:
     """Where `text` holds a lone surrogate, which is not Unicode text (JSON's or a Jinja literal's \\ud800 escape
     decodes to one; no tokenizer or UTF-8 file takes it): "character N is a lone surrogate (\\ud800)"; else None."""
+    found = first_surrogate(text)
+    return None if found is None else f"character {found[0]} is a lone surrogate ({found[1]})"
+
+
+def first_surrogate(text: str) -> tuple[int, str] | None:
+    """(index, escape) of the first lone surrogate in `text`, or None."""
     if text.isascii():
         return None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        return (
-            f"character {exc.start} is a lone surrogate ({text[exc.start].encode('unicode_escape').decode()})"
-        )
+        return exc.start, text[exc.start].encode("unicode_escape").decode()
     return None
 
 

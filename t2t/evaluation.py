@@ -150,6 +150,15 @@ class TaskResult:
     n_rows: int = 0  # the rows evaluated (indices of the samplers run over 0..n_rows-1)
 
 
+def eval_rows(task: Task, split: str, max_examples: int | None) -> tuple[list[dict], list[int]]:
+    """The rows an evaluation of `task` takes (`select_rows`), and each one's index in the source split."""
+    data = load_split(task, split)
+    picks = select_rows(task.name, split, len(data), max_examples)
+    columns = data.rows.select(picks.tolist())[:]
+    rows = [{f: columns[f][j] for f in columns} for j in range(len(picks))]
+    return rows, [int(data.source_rows[i]) for i in picks]
+
+
 def evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
                   templates: Sequence[str] | None = None) -> TaskResult:  # fmt: skip
     """Metrics per template (`templates`, else all the task's), the median over templates with a bootstrap
@@ -160,11 +169,7 @@ def evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
 
 def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
                    templates: Sequence[str] | None) -> TaskResult:  # fmt: skip
-    data = load_split(task, config.split)
-    picks = select_rows(task.name, config.split, len(data), config.max_examples)
-    rows = data.rows.select(picks.tolist())[:]
-    rows = [{f: rows[f][j] for f in rows} for j in range(len(picks))]
-    source_rows = [int(data.source_rows[i]) for i in picks]
+    rows, source_rows = eval_rows(task, config.split, config.max_examples)
     per_template, records, samplers, chance = {}, [], {}, {}
     if config.template:
         templates = [task.spec.template(config.template).name]
@@ -196,11 +201,11 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
     metric = primary_metric(task, per_template)
     rows_of = {t: f[metric] for t, f in samplers.items()}
     summary = summarise([s[metric] for s in per_template.values()])
-    summary.update(bootstrap_interval(samplers_of(rows_of), len(picks),
+    summary.update(bootstrap_interval(samplers_of(rows_of), len(rows),
                                       keyed_rng("bootstrap", task.name, config.split)))  # fmt: skip
     if metric.startswith("rank") and set(chance) == set(per_template):
         summary.update(versus_chance(summary, float(np.median(list(chance.values())))))
-    return TaskResult(per_template, metric, summary, records, samplers_of(rows_of), rows_of, len(picks))
+    return TaskResult(per_template, metric, summary, records, samplers_of(rows_of), rows_of, len(rows))
 
 
 def chance_level(rendered: Sequence[Rendered]) -> float:

@@ -21,9 +21,10 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
 from t2t.config import HubSource, Spec, check_name, line_of, load_yaml, validation_error, yaml_nodes
 from t2t.errors import T2TError, Where, did_you_mean
+from t2t.hub import hub_unreachable
 from t2t.registry import Registry
 from t2t.sampler import DEFAULT_BLOCK, MixtureStream
-from t2t.sources import available_offline, hub_reachable, load_split, num_rows, select_rows, splits_of
+from t2t.sources import available_offline, load_split, num_rows, select_rows, splits_of
 from t2t.templates import Task
 
 
@@ -372,7 +373,7 @@ class _Resolver:
     def _size(self, task: str, spec: MixtureSpec) -> int | None:
         found = self.registry.task(task)
         hub = isinstance(found.spec.source, HubSource) and not available_offline(found.spec)
-        if hub and self.sizes == "try" and not hub_reachable():
+        if hub and self.sizes == "try" and hub_unreachable() is not None:
             self.sizes = "skip"  # asked once: every other hub count would fail the same way, slowly
         if hub and self.sizes == "skip" and spec.splits.train not in found.spec.num_examples:
             self.needs_hub.append(task)

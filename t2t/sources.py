@@ -16,9 +16,9 @@ import datasets
 import numpy as np
 
 from t2t.config import FILE_FORMATS, FilesSource, GeneratorSource, HubSource, TaskSpec
-from t2t.errors import T2TError, Where, did_you_mean, first_line
+from t2t.errors import T2TError, Where, did_you_mean, first_line, first_surrogate
 from t2t.generators import GENERATORS, generate
-from t2t.hub import hub_or_cache, hub_unreachable
+from t2t.hub import hub_or_cache
 from t2t.rng import keyed_rng
 from t2t.templates import Task
 
@@ -44,12 +44,6 @@ def splits_of(spec: TaskSpec) -> list[str]:
     if isinstance(src, GeneratorSource):
         return list(src.sizes)
     return list(src.splits) or ["train", "validation", "test"]
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub can be asked at all: not switched off (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE) and its host
-    answers a TCP connection within `timeout` seconds. A quick no spares a plan the datasets library's retries."""
-    return hub_unreachable(timeout) is None
 
 
 def available_offline(spec: TaskSpec) -> bool:
@@ -272,13 +266,11 @@ def _check_text_file(path: Path, where: Where, jsonl: bool) -> None:
                 raise T2TError("not a JSON object", at(number))
             # a surrogate pair (an emoji's) decodes to one character, a lone surrogate to no text at all
             if SURROGATE_ESCAPE.search(line):
-                try:
-                    json.dumps(value, ensure_ascii=False).encode("utf-8")
-                except UnicodeEncodeError as exc:
-                    escape = exc.object[exc.start].encode("unicode_escape").decode()
+                found = first_surrogate(json.dumps(value, ensure_ascii=False))
+                if found is not None:
                     raise T2TError(
-                        f"a string holds a lone surrogate ({escape}), not Unicode text", at(number)
-                    ) from None
+                        f"a string holds a lone surrogate ({found[1]}), not Unicode text", at(number)
+                    )
     if jsonl and seen == 0:
         raise T2TError("the data file has no rows", where)
 

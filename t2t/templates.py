@@ -204,6 +204,12 @@ def _compile_template(spec: TaskSpec, template: TemplateSpec, limits: RenderLimi
     )
 
 
+def null_field(name: str, note: str = "") -> str:
+    """The line for a row whose field `name` is null where a template reads it and the task has no default."""
+    return (f"field {name!r} is null in this row, and the template reads it (give the task a default for it under "
+            f"defaults:, or filter such rows out{note})")  # fmt: skip
+
+
 class Task:
     """A task spec with its templates compiled: renders rows into examples."""
 
@@ -418,8 +424,7 @@ class Task:
         for name in sorted(used):
             if context.get(name) is None:
                 if name not in defaults:
-                    raise T2TError(f"field {name!r} is null in this row, and the template reads it (give the task "
-                                   f"a default for it under defaults:, or filter such rows out)", where)  # fmt: skip
+                    raise T2TError(null_field(name), where)
                 context[name] = defaults[name]
         return context
 

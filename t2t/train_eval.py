@@ -15,10 +15,9 @@ import torch
 from t2t.adapters import route_task
 from t2t.batching import Example, pad_batch
 from t2t.encoding import decoder_start_id, encode_task
-from t2t.evaluation import EvalConfig, evaluate_task, scored_tasks
+from t2t.evaluation import EvalConfig, eval_rows, evaluate_task, scored_tasks
 from t2t.modeling import loss_sums
 from t2t.selection import Score, Selector, load_reference
-from t2t.sources import load_split, select_rows
 from t2t.train_config import TrainConfig
 
 
@@ -47,14 +46,10 @@ class InTrainingEval:
         start, not at its first evaluation, steps into the run."""
         for name in self.tasks:
             task = self.registry.task(name)
-            data = load_split(task, self.split)
-            picks = select_rows(name, self.split, len(data), self.config.eval_max_examples)
-            rows = data.rows.select(picks.tolist())[:]
+            rows, source_rows = eval_rows(task, self.split, self.config.eval_max_examples)
             for template in self.data.mixture.templates_of(name):
-                for j, i in enumerate(picks):
-                    task.try_render(
-                        {f: rows[f][j] for f in rows}, template, self.split, int(data.source_rows[i])
-                    )
+                for row, source in zip(rows, source_rows, strict=True):
+                    task.try_render(row, template, self.split, source)
             encode_task(task, self.split, tokenizer, self.data.limits, self.config.cache_dir, self.data.tokenizer_key,
                         templates=self.data.mixture.templates_of(name)[:1])  # fmt: skip
 
