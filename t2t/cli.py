@@ -306,10 +306,14 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from t2t.fileio import check_out_path
     from t2t.train import train
     from t2t.train_config import load_train_config
 
     config = load_train_config(args.config, args.overrides)
+    problem = check_out_path(config.run_dir, folder=True)  # before the tokenizer trains, not when logs start
+    if problem is not None:
+        raise T2TError(f"run_dir {problem}")
     result = train(config, _registry(args), resume=args.resume)
     if result["main_process"]:
         print(f"done: step {result['step']}, model in {result['model']}, checkpoint {result['checkpoint']}")
@@ -472,8 +476,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     registry = _registry(args)
     refuse_span_corruption(registry, args.task)
     task = registry.task(args.task)
-    if args.out.is_dir():
-        raise T2TError("--out must be a file, not a folder", Where(file=args.out))
     template = choose_template(task, args.template)
     rows = _read_rows(args.input)
     limits = ServeLimits(max_field_chars=args.max_field_chars)
@@ -964,6 +966,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.strict_paths:
         os.environ[STRICT_PATHS_ENV] = "1"  # read where data files load (and by child processes)
     try:
+        out = getattr(args, "out", None)
+        if isinstance(out, Path):  # refused before the command's work, not when its results are written
+            from t2t.fileio import check_out_path
+
+            problem = check_out_path(out, folder=args.fn is not cmd_predict)
+            if problem is not None:
+                raise T2TError(problem)
         if args.fn in COMPUTING:
             problem = configure_threads()
             if problem is not None:

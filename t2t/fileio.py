@@ -19,3 +19,21 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_out_path(path: Path, folder: bool) -> str | None:
+    """What stops a command from writing its output at `path` (a folder, or a file when `folder` is false), found
+    before the command's work: an existing path of the other kind, a file where a folder on the way must be, a
+    folder this process cannot write in (no permission, a read-only disk). None when nothing does."""
+    if path.is_dir() and not folder:
+        return f"{path}: a folder, where a file is needed"
+    if path.exists() and not path.is_dir() and folder:
+        return f"{path}: a file, where a folder is needed"
+    ancestor = path.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{path}: {ancestor} is a file, where a folder is needed"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"{path}: cannot write in {ancestor} (no permission, or a read-only disk)"
+    return None

@@ -334,27 +334,48 @@ def test_a_split_or_device_that_cannot_be_is_refused_before_the_model_loads(
 
 
 @pytest.mark.parametrize(("args", "said"), [
-    (["demo", "--steps", "2", "--out", "FILE/x"], "FILE/x: Not a directory"),
-    (["import", "promptsource", "PS", "--out", "FILE/x"], "FILE/x: Not a directory"),
-    (["new-task", "mine", "--from", "ROWS", "--out", "FILE/x"], "FILE/x: Not a directory"),
+    (["demo", "--steps", "2", "--out", "FILE/x"], "FILE/x: FILE is a file, where a folder is needed"),
+    (["import", "promptsource", "PS", "--out", "FILE/x/y"], "FILE/x/y: FILE is a file, where a folder is needed"),
+    (["new-task", "mine", "--from", "ROWS", "--out", "FILE/x"], "FILE/x: FILE is a file, where a folder is needed"),
     (["tokenizer", "train", "demo", "--vocab-size", "60", "--rows-per-task", "5", "--out", "FILE/x"],
+     "FILE/x: FILE is a file, where a folder is needed"),
+    (["tokenizer", "train", "demo", "--vocab-size", "60", "--rows-per-task", "5", "--out", "FILE"],
      "FILE: a file, where a folder is needed"),
+    # these two wrote their --out after the model's work (the model dir does not exist: refused before that)
+    (["eval", "--model", "NOMODEL", "--tasks", "sentiment", "--out", "FILE/x"],
+     "FILE/x: FILE is a file, where a folder is needed"),
+    (["eval", "--model", "NOMODEL", "--tasks", "sentiment", "--out", "FILE"], "FILE: a file, where a folder is needed"),
+    (["predict", "--model", "NOMODEL", "--task", "sentiment", "--input", "ROWS", "--out", "FILE/p.jsonl"],
+     "FILE/p.jsonl: FILE is a file, where a folder is needed"),
+    (["predict", "--model", "NOMODEL", "--task", "sentiment", "--input", "ROWS", "--out", "DIR"],
+     "DIR: a folder, where a file is needed"),
+    (["export", "merged", "--model", "NOMODEL", "--adapter", "x", "--out", "FILE/m"],
+     "FILE/m: FILE is a file, where a folder is needed"),
+    # found when the logs started, after the tokenizer had trained
+    (["train", "CONFIG", "run_dir=FILE/x", "steps=1"], "run_dir FILE/x: FILE is a file, where a folder is needed"),
 ])  # fmt: skip
 def test_an_output_path_that_cannot_be_made_is_one_line(tmp_path, run_cli, args, said):
-    # an --out under a file was an "unexpected NotADirectoryError / FileExistsError" with a traceback file
+    # an --out under a file was an "unexpected NotADirectoryError / FileExistsError" with a traceback file; and
+    # eval and predict found it only when they wrote their results, after the model's work: every --out is
+    # checked before the command starts
     from pathlib import Path
 
     (tmp_path / "file").write_text("not a folder\n")
     (tmp_path / "rows.jsonl").write_text('{"text": "fine"}\n')
+    (tmp_path / "dir").mkdir()
     named = {
         "PS": str(Path(__file__).parent / "fixtures" / "promptsource"),
         "ROWS": str(tmp_path / "rows.jsonl"),
+        "NOMODEL": str(tmp_path / "no-model"),
+        "DIR": str(tmp_path / "dir"),
+        "CONFIG": str(Path(__file__).parents[1] / "configs" / "tiny_cpu.yaml"),
     }
     args = [named.get(a, a.replace("FILE", str(tmp_path / "file"))) for a in args]
     code, _, err = run_cli(*args)
-    assert code == 2 and err.strip().splitlines() == [
-        f"t2t: error: {said.replace('FILE', str(tmp_path / 'file'))}"
-    ]
+    said = said.replace("FILE", str(tmp_path / "file")).replace("DIR", str(tmp_path / "dir"))
+    assert code == 2 and err.strip().splitlines() == [f"t2t: error: {said}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file", "rows.jsonl"]
+    assert list((tmp_path / "dir").iterdir()) == []
 
 
 def test_serve_on_a_port_in_use_or_a_host_that_does_not_resolve_is_one_line_before_the_model_loads(
