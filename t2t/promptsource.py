@@ -183,8 +183,18 @@ def import_promptsource(path: Path, out: Path, datasets: list[str] | None = None
     files = sorted(root.rglob("templates.yaml"))
     report = ImportReport()
     specs = []
+    unread: T2TError | None = None
     for file in files:
-        data = read_file(file)
+        try:
+            data = read_file(file)
+        except T2TError as exc:
+            # with --datasets, a broken file of another dataset does not block the ones asked for (promptsource
+            # keeps DATASET[/SUBSET]/templates.yaml: a file under a name asked for is refused as before)
+            where = file.parent.relative_to(root).as_posix()
+            if not datasets or any(where == d or where.startswith(f"{d}/") for d in datasets):
+                raise
+            unread = unread or exc
+            continue
         label = data["dataset"] + (f"/{data['subset']}" if data.get("subset") else "")
         if datasets and label not in datasets and data["dataset"] not in datasets:
             continue
@@ -194,7 +204,10 @@ def import_promptsource(path: Path, out: Path, datasets: list[str] | None = None
         report.failed.extend(f for f in failed if f.split(":")[0] not in (shipped or ()))
         specs.extend(spec for spec in found if spec["templates"])
     if datasets and not specs and not report.shipped:
-        raise T2TError(f"none of {', '.join(datasets)} is in this promptsource collection", Where(file=path))
+        also = f" (and a file that cannot be read may hold one: {unread})" if unread else ""
+        raise T2TError(
+            f"none of {', '.join(datasets)} is in this promptsource collection{also}", Where(file=path)
+        )
     names = [s["name"] for s in specs]
     if len(set(names)) != len(names):
         clash = next(n for n in names if names.count(n) > 1)

@@ -243,6 +243,31 @@ def test_import_lint_render_and_reimport(tmp_path, run_cli):
     assert report.changed == ["ps_super_glue_rte"] and len(report.unchanged) == 3
 
 
+def test_a_broken_file_of_another_dataset_does_not_block_the_one_asked_for(tmp_path, run_cli):
+    # every templates file was parsed before --datasets was applied: one broken file anywhere blocked every import
+    collection = tmp_path / "ps"
+    shutil.copytree(FIXTURES / "templates", collection / "templates")
+    (collection / "templates" / "asset" / "simplification" / "templates.yaml").write_text(
+        "dataset: [unclosed\n"
+    )
+    code, stdout, err = run_cli("import", "promptsource", collection, "--out", tmp_path / "one", "--datasets",
+                                "commonsense_qa")  # fmt: skip
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["ps_commonsense_qa.yaml"]
+    # the broken file is refused where it is asked for, by its dataset or its subset, and where nothing is chosen
+    broken = collection / "templates" / "asset" / "simplification" / "templates.yaml"
+    for chosen in (["--datasets", "asset"], ["--datasets", "asset/simplification"], []):
+        code, stdout, err = run_cli("import", "promptsource", collection, "--out", tmp_path / "two", *chosen)
+        assert code == 2 and stdout == "" and err.startswith(f"t2t: error: {broken}"), err
+        assert "not a promptsource templates file" in err and len(err.splitlines()) == 1
+    # a name found nowhere says a file could not be read (it might have held it)
+    code, _, err = run_cli(
+        "import", "promptsource", collection, "--out", tmp_path / "two", "--datasets", "glue"
+    )
+    assert code == 2 and "none of glue is in this promptsource collection (and a file that cannot" in err, err
+    assert not (tmp_path / "two").exists()
+
+
 def test_import_refuses_a_folder_without_templates(tmp_path, run_cli):
     code, out, err = run_cli("import", "promptsource", tmp_path, "--out", tmp_path / "out")
     assert code == 2 and out == "" and "no promptsource templates here" in err
