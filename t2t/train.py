@@ -517,6 +517,12 @@ class Run:
             warnings.append(f"balancing.method={self.config.balancing.method} weighs the tasks within each "
                             "micro-batch, and length-bucketed padded batches often hold a single task (where it "
                             "changes nothing): packed batches mix tasks")  # fmt: skip
+        spec, limits = self.loader.config, self.data.limits
+        longest = limits.max_input_tokens + limits.max_target_tokens
+        if spec.strategy == "padded" and spec.max_tokens is not None and spec.max_tokens < longest:
+            warnings.append(f"batching.max_tokens={spec.max_tokens} is below the longest example the limits allow "
+                            f"({limits.max_input_tokens}+{limits.max_target_tokens}): an example over the budget "
+                            "makes a padded batch of its own, over it (raise max_tokens, or lower the limits)")  # fmt: skip
         if acc.mixed_precision == "bf16" and acc.device.type == "cpu":
             warnings.append("precision bf16 on a CPU: 4-13x slower than fp32 without bf16 instructions "
                             "(precision: auto takes fp32 on a CPU and bf16 on a GPU)")  # fmt: skip

@@ -271,6 +271,21 @@ def test_auto_sizes_the_sides_it_is_not_given_from_the_limits(world, tmp_path, r
     assert "batching: auto chose packed (2 rows of 960+" in out
 
 
+@pytest.mark.parametrize(("budget", "warned"), [(16, True), (40, False)])
+def test_a_padded_budget_below_the_longest_example_is_said(world, tmp_path, run_cli, budget, warned):
+    # the run trained batches over batching.max_tokens without a word (examples here: up to 32 + 8 slots)
+    batching = {"strategy": "padded", "max_tokens": budget, "batch_size": None, "window_examples": 32}
+    config = config_file(tmp_path, world, batching=batching, steps=1)
+    code, out, err = run_cli(
+        "--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train", config
+    )
+    assert code == 0, err
+    said = [line for line in out.splitlines() if "is below the longest example" in line]
+    assert said == ([f"warning: batching.max_tokens={budget} is below the longest example the limits allow (32+8): "
+                     "an example over the budget makes a padded batch of its own, over it (raise max_tokens, or "
+                     "lower the limits)"] if warned else [])  # fmt: skip
+
+
 def test_a_tracker_that_is_not_installed_is_refused_naming_its_extra(world, tmp_path, run_cli):
     import importlib.util
 
