@@ -1,5 +1,7 @@
 """The tokenizer trained on a mixture: T5's layout, reloadable with AutoTokenizer, identical ids."""
 
+import re
+
 import sentencepiece as spm
 from transformers import AutoTokenizer
 
@@ -44,6 +46,23 @@ def test_tokenizer_command_writes_a_loadable_dir(tmp_path, run_cli):
         "the 100,000 asked for)")  # fmt: skip
     assert run_cli("tokenizer", "train", "demo", "--vocab-size", "2", "--out", tmp_path / "bad")[0] == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_vocab_smaller_than_the_texts_characters_says_the_size_that_fits(tmp_path, run_cli):
+    # SentencePiece's own line ("... required_chars. 10 vs 58. ... decrease character_coverage with
+    # --character_coverage option") named an option t2t does not have; the size it says must be the one that fits
+    args = ["tokenizer", "train", "demo", "--rows-per-task", "5"]
+    code, out, err = run_cli(*args, "--vocab-size", "10", "--out", tmp_path / "small")
+    assert code == 2 and out == "" and not (tmp_path / "small").exists()
+    found = re.fullmatch(r"t2t: error: a vocabulary of 10 pieces is too small for this text: its distinct characters "
+                         r"and the special pieces take (\d+); give a vocab size of at least \1\n", err)  # fmt: skip
+    assert found, err
+    needed = int(found.group(1))
+    assert 30 < needed < 100  # the demo's text: lowercase and uppercase letters, digits, punctuation
+    code, _, err = run_cli(*args, "--vocab-size", str(needed - 1), "--out", tmp_path / "small")
+    assert code == 2 and f"take {needed}; give a vocab size of at least {needed}" in err
+    code, _, err = run_cli(*args, "--vocab-size", str(needed), "--out", tmp_path / "fits")
+    assert code == 0, err
 
 
 def test_a_bad_row_met_while_the_tokenizer_trains_is_its_own_line(tmp_path, run_cli):
