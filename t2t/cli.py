@@ -444,6 +444,8 @@ def _read_rows(path: Path) -> list:
     rows = []
     try:
         for number, line in enumerate(lines, start=1):
+            if number == 1:  # a byte order mark (Windows editors write one) starts no row
+                line = line.removeprefix("\ufeff")
             if not line.strip():
                 continue
             try:

@@ -249,7 +249,8 @@ def _check_text_file(path: Path, where: Where, jsonl: bool) -> None:
         for number, raw in enumerate(handle, start=1):
             seen = number
             try:
-                line = raw.decode("utf-8")
+                # utf-8-sig on the first line: a byte order mark (Windows editors write one) starts no row
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 raise T2TError(f"not valid UTF-8 (byte {exc.start} of the line)", at(number)) from None
             if not jsonl:

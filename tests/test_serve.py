@@ -359,7 +359,11 @@ def test_predict_refuses_a_bad_file_whole_or_answers_the_rest(checkpoint, tmp_pa
     pd.DataFrame([{"text": "so good"}, {"text": "awful"}]).to_csv(tmp_path / "rows.csv", index=False)
     pd.DataFrame([{"text": "so good"}, {"text": "awful"}]).to_parquet(tmp_path / "rows.parquet")
     answers = [lines[0]["answer"], lines[2]["answer"]]
-    for source in ("rows.csv", "rows.parquet"):
+    # as a Windows editor saves them: a byte order mark first, CRLF line ends (the jsonl was refused, "Unexpected
+    # UTF-8 BOM")
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "so good"}\r\n{"text": "awful"}\r\n')
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbftext\r\nso good\r\nawful\r\n")
+    for source in ("rows.csv", "rows.parquet", "bom.jsonl", "bom.csv"):
         code, _, err = run_cli("predict", "--model", model, "--task", "sentiment", "--input", tmp_path / source,
                                "--out", tmp_path / "p.jsonl", "--device", "cpu", "--quiet")  # fmt: skip
         assert code == 0, err

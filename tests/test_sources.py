@@ -36,6 +36,22 @@ def test_local_files_of_each_format(tmp_path, suffix):
     assert rows.source_rows.tolist() == [0, 1, 2]
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_text_files_saved_with_a_byte_order_mark_and_crlf_load_as_the_same_rows(tmp_path, suffix):
+    # Windows editors save UTF-8 with a byte order mark: t2t's own check of a jsonl file refused its first line
+    # ("not valid JSON: Unexpected UTF-8 BOM") although the loader reads it
+    text = {".jsonl": "".join(json.dumps(r) + "\r\n" for r in ROWS), ".json": json.dumps(ROWS),
+            ".csv": "question,answer\r\n" + "".join(f"{r['question']},{r['answer']}\r\n" for r in ROWS)}[suffix]  # fmt: skip
+    data = tmp_path / f"rows{suffix}"
+    data.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    path = write_task(tmp_path, qa_task(source={"kind": "files", "splits": {"train": data.name}}))
+    task = Task(load_task_spec(path))
+    rows = load_split(task, "train")
+    assert rows.rows.column_names == ["question", "answer"]
+    assert [task.render(r, "plain").inputs for r in rows.rows] == ["Q: 2+2?", "Q: 3+3?", "Q: 1+0?"]
+    assert [task.render(r, "plain").targets for r in rows.rows] == ["4", "6", "1"]
+
+
 def test_relative_paths_resolve_from_the_task_file(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
