@@ -18,7 +18,10 @@ FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "p
 # Metric names a task may declare; t2t.metrics implements each of them.
 METRIC_NAMES = ("accuracy", "exact_match", "f1", "rouge_l", "bleu")
 # Names a field may not take: they are the template's own variables or Jinja's globals.
-RESERVED_FIELDS = frozenset({"answer_choices", "range", "dict", "cycler", "joiner", "namespace", "loop"})
+# names a template cannot read a field by: t2t's and Jinja's globals, Jinja's constants (`{{ none }}` renders "None",
+# not the field), the operator `not`, and `self` (the template's own blocks)
+RESERVED_FIELDS = frozenset({"answer_choices", "range", "dict", "cycler", "joiner", "namespace", "loop", "self",
+                             "not", "true", "false", "none", "True", "False", "None"})  # fmt: skip
 
 
 def check_name(value: str, what: str = "name") -> str:

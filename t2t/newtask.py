@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from t2t.config import FILE_FORMATS, TaskSpec, check_name
+from t2t.config import FILE_FORMATS, RESERVED_FIELDS, TaskSpec, check_name
 from t2t.errors import T2TError, Where
 from t2t.fileio import atomic_write_text
 from t2t.sources import load_data_file
@@ -64,6 +64,9 @@ def write_new_task(name: str, data_file: Path, out_dir: Path, force: bool = Fals
     for column in columns:
         if not column.isidentifier() or column.startswith("_"):
             raise T2TError(f"column {column!r} is not a valid field name: rename it", Where(file=data_file))
+        if column in RESERVED_FIELDS:
+            raise T2TError(f"column {column!r} is a name templates reserve, so no template could read it: rename "
+                           "it", Where(file=data_file))  # fmt: skip
     target = next((c for c in TARGET_COLUMNS if c in columns), columns[-1])
     input_text = "\n".join(f"{c}: {{{{ {c} }}}}" for c in columns if c != target) or f"{{{{ {target} }}}}"
     target_text = f"{{{{ {target} }}}}"

@@ -84,6 +84,16 @@ def test_new_task_from_a_file_lints_clean_and_renders(tmp_path, run_cli):
     assert run_cli("new-task", "Bad-Name", "--from", data, "--out", out_dir)[0] == 2
     assert run_cli("new-task", "other", "--from", tmp_path / "missing.jsonl", "--out", out_dir)[0] == 2
     assert sorted(p.name for p in out_dir.iterdir()) == ["my_reviews.yaml"]
+    # a column no template can read by its name: one line (`loop` was an unexpected ValidationError)
+    for column, why in (("first name", "is not a valid field name"), ("loop", "is a name templates reserve"),
+                        ("none", "is a name templates reserve")):  # fmt: skip
+        pd.DataFrame({column: ["a"], "label": ["b"]}).to_csv(tmp_path / "odd.csv", index=False)
+        code, _, err = run_cli("new-task", "odd", "--from", tmp_path / "odd.csv", "--out", out_dir)
+        assert code == 2 and err.strip().splitlines() == [
+            f"t2t: error: {tmp_path / 'odd.csv'}: column {column!r} {why}" + (
+                ": rename it" if column == "first name" else ", so no template could read it: rename it")
+        ]  # fmt: skip
+    assert sorted(p.name for p in out_dir.iterdir()) == ["my_reviews.yaml"]
 
 
 @pytest.mark.slow

@@ -181,6 +181,11 @@ FILE_CASES = [
      r"task 'toy_qa', template 'plain', split 'train', row 0: answer_choices: undefined value"),
     ("choices_not_a_list", template("{{ question }}", answer_choices="question"), "render",
      r"row 0: answer_choices must evaluate to a non-empty list"),
+    # `{{ none }}` rendered Jinja's None, not the row's field, without a word
+    ("field_named_none", lambda d: (d / "toy_qa.yaml").write_text(yaml.safe_dump(qa_task(
+        fields={"none": "a column", "answer": "the answer"},
+        templates=[{"name": "plain", "input": "{{ none }}", "target": "{{ answer }}"}], golden=[]))), "render",
+     r"toy_qa\.yaml:\d+, task 'toy_qa': fields: field 'none' is a reserved template variable"),
 ]  # fmt: skip
 
 
