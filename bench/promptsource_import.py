@@ -9,7 +9,7 @@ Figures go to docs/ecosystem.md.
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -39,4 +39,6 @@ def main(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", type=Path, help="an unpacked promptsource sdist (or its templates folder)")
+    main(parser.parse_args().path)
