@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--wait-ms", type=float, default=5.0)
     args = parser.parse_args()
+    if args.requests < 64:  # every client of the largest concurrency sends at least one
+        parser.error("--requests must be at least 64, the largest concurrency measured")
     results = {}
     for batching in (True, False):
         process, url = start(args.model, batching, args.wait_ms)

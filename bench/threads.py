@@ -48,6 +48,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tokenizer")
     args = parser.parse_args()
+    if args.steps < 20:  # the rate is read from the log windows (10 steps each) after the first
+        parser.error(
+            "--steps must be at least 20: the rate is that of the log windows after the first (10 steps each)"
+        )
     tokenizer = demo_tokenizer_dir(args.tokenizer)
     root = Path(tempfile.mkdtemp())
     every_cpu = str(len(os.sched_getaffinity(0)))
