@@ -318,8 +318,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result["main_process"]:
         print(f"done: step {result['step']}, model in {result['model']}, checkpoint {result['checkpoint']}")
         if result["skipped_bad"]:
-            print(f"warning: {result['skipped_bad']} rows that failed to render were skipped by this process "
-                  "(bad_rows: skip; `t2t lint --all-rows` names them)")  # fmt: skip
+            print(f"warning: {result['skipped_bad']} rows that failed to render were skipped (bad_rows: skip; "
+                  "`t2t lint --all-rows` names them)")  # fmt: skip
         if result["best"] is not None:
             print(f"selected: step {result['best_step']}, exported to {result['best']} (why: selection.md)")
     return 0

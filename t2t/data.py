@@ -123,6 +123,10 @@ class MixtureData:
             )  # fmt: skip
         return self._pairs[(task, template)]
 
+    def skipped_rows(self) -> list[tuple[str, str, int]]:
+        """The (task, template, row) pairs this process passed over under `bad_rows: skip`."""
+        return [(task, template, row) for (task, template), pairs in self._pairs.items() for row in pairs.bad]
+
     def _skip_bad(self, error: T2TError) -> None:
         self.skipped_bad += 1
         if self.skipped_bad <= BAD_ROWS_SAID:

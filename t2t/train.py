@@ -469,8 +469,12 @@ class Run:
                                       self.identity, self.encoding)  # fmt: skip
 
     def finish(self) -> dict:
+        from accelerate.utils import gather_object
+
         if self.last_saved_step != self.state.step:
             self.save()
+        # rows passed over under bad_rows: skip, every process's (a row two processes met counts once)
+        skipped = len(set(map(tuple, gather_object(self.data.skipped_rows()))))
         model_dir = self.checkpointer.export(self.model, self.tokenizer, self.encoding)
         selector = self.evaluator.selector
         best = None
@@ -485,7 +489,7 @@ class Run:
         return {"step": self.state.step, "checkpoint": str(checkpoint_path(self.config.run_dir, self.state.step)),
                 "model": str(model_dir), "best": best, "best_step": selector.best_step,
                 "tokens_seen": self.state.tokens_seen, "main_process": self.accelerator.is_main_process,
-                "skipped_bad": self.data.skipped_bad}  # fmt: skip
+                "skipped_bad": skipped}  # fmt: skip
 
     def maybe_evaluate(self) -> None:
         acc = self.accelerator

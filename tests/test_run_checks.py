@@ -378,9 +378,11 @@ def test_bad_rows_skip_passes_rows_that_fail_to_render_over_and_stop_ends_the_ru
     said = [line for line in out.splitlines() if line.startswith("warning: ")]
     assert said == [
         f"warning: {tasks / 'echo.yaml'}, task 'echo', template 'plain', split 'train', row {row}: target renders "
-        "empty; skipped (bad_rows: skip)" for row in (40, 41)
-    ] + ["warning: 2 rows that failed to render were skipped by this process (bad_rows: skip; `t2t lint --all-rows` "
-         "names them)"]  # fmt: skip
+        "empty; skipped (bad_rows: skip)"
+        for row in (40, 41)
+    ] + [
+        "warning: 2 rows that failed to render were skipped (bad_rows: skip; `t2t lint --all-rows` names them)"
+    ]
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert logged[-1]["step"] == 10
     # the bad rows were not cached as passed over: a run under stop (the default) meets them, and ends there
@@ -394,7 +396,44 @@ def test_bad_rows_skip_passes_rows_that_fail_to_render_over_and_stop_ends_the_ru
     # ... and resumes under skip (bad_rows may change on a resume: the stop run passed no row over)
     code, out, err = run_cli(*dirs, "train", config, "bad_rows=skip", "--resume", "auto")
     assert code == 0, err
-    assert "warning: 2 rows that failed to render were skipped by this process" in out
+    assert "warning: 2 rows that failed to render were skipped (bad_rows: skip" in out
+
+
+@pytest.mark.slow
+def test_bad_rows_skip_counts_the_rows_of_every_process_once(tmp_path, tiny_tokenizer):
+    # under DDP the count after `done:` was the main process's own: a row only rank 1 met was not in it, and a row
+    # both met would count twice in a plain sum
+    import subprocess
+    import sys
+
+    tasks, mixtures = tmp_path / "tasks", tmp_path / "mixtures"
+    tasks.mkdir(), mixtures.mkdir()
+    # every third row's target renders empty (found only when rendered): 20 bad rows of 60
+    rows = [
+        {"word": "" if i % 3 == 2 else w, "label": i % 2} for i, w in enumerate(["owl", "fox", "elk"] * 20)
+    ]
+    write_jsonl(tasks / "train.jsonl", rows)
+    write_task(tasks, echo_task("echo {{ label }}"))
+    (mixtures / "mine.yaml").write_text(yaml.safe_dump({"name": "mine", "members": {"echo": None}}))
+    tiny_tokenizer.save_pretrained(str(tmp_path / "tok"))
+    # 5 steps of 8 examples on each of 2 ranks: 80 draws of the 60 rows, so some rows are met by both ranks
+    config = config_file(tmp_path, tmp_path, steps=5, bad_rows="skip")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch" / "cpu_ddp.yaml"),
+               "--main_process_port", "29671", "-m", "t2t", "--templates-dir", str(tasks), "--mixtures-dir",
+               str(mixtures), "train", str(config)]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # each rank warns of the bad rows it meets (fewer than 20 each: all named)
+    warned = [int(line.split(", row ")[1].split(":")[0]) for line in result.stdout.splitlines()
+              if line.startswith("warning: ") and ", row " in line]  # fmt: skip
+    assert set(warned) <= set(range(2, 60, 3))
+    assert len(warned) > len(set(warned)) > 0  # some rows were met by both ranks (28 lines, 20 rows: the main
+    # process met 18 of them, the count it gave before)
+    assert result.stdout.count("rows that failed to render were skipped") == 1  # the main process says it
+    assert (
+        f"warning: {len(set(warned))} rows that failed to render were skipped (bad_rows: skip"
+        in result.stdout
+    )
 
 
 def test_a_bad_eval_row_is_refused_at_the_start_not_at_the_first_evaluation(
