@@ -983,8 +983,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except T2TError as exc:
         print(f"t2t: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("t2t: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        where = f" {exc}" if str(exc) else ""  # t2t.train.Interrupted says where the run stands
+        print(f"t2t: interrupted{where}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

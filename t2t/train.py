@@ -42,6 +42,7 @@ from t2t.train_eval import InTrainingEval, training_eval_config
 
 FAULT_ENV = "T2T_FAULT_KILL_AT_STEP"  # testing hook: SIGKILL this process once that many steps are done
 FAULT_RANK_ENV = "T2T_FAULT_RANK"  # ... only the process of this rank
+FAULT_SIGNAL_ENV = "T2T_FAULT_SIGNAL"  # ... with this signal instead (INT: as Ctrl-C)
 
 
 @dataclass
@@ -214,6 +215,10 @@ def configure_deepspeed(accelerator: Any, config: TrainConfig) -> None:
 # ------------------------------------------------------------------------------------------ the run
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT, also what a launcher sends its ranks) during training, saying where the run stands."""
+
+
 class Run:
     """One training run: built from the config, then `fit()`. The loop lives here; checkpoints and resume checks
     in t2t.checkpoint.Checkpointer, in-training evaluation and selection in t2t.train_eval.InTrainingEval."""
@@ -345,20 +350,24 @@ class Run:
         progress = _progress(config.steps, self.state.step, disable=not acc.is_main_process)
         batches = iter(self.loader)
         window = _LogWindow(len(self.tasks))
-        with paced_collection() as collect:
-            while self.state.step < config.steps:
-                _maybe_fault(self.state.step)
-                began = time.perf_counter()
-                micro = [next(batches) for _ in range(config.gradient_accumulation_steps)]
-                # waiting for batches: building them, and encoding the pairs drawn for the first time
-                window.data_seconds += time.perf_counter() - began
-                stats = self.train_step(micro)
-                self.state.step += 1
-                window.add(stats)
-                self.maybe_log(window, progress)
-                self.maybe_save()
-                self.maybe_evaluate()
-                collect(self.state.step)
+        try:
+            with paced_collection() as collect:
+                while self.state.step < config.steps:
+                    _maybe_fault(self.state.step)
+                    began = time.perf_counter()
+                    micro = [next(batches) for _ in range(config.gradient_accumulation_steps)]
+                    # waiting for batches: building them, and encoding the pairs drawn for the first time
+                    window.data_seconds += time.perf_counter() - began
+                    stats = self.train_step(micro)
+                    self.state.step += 1
+                    window.add(stats)
+                    self.maybe_log(window, progress)
+                    self.maybe_save()
+                    self.maybe_evaluate()
+                    collect(self.state.step)
+        except KeyboardInterrupt:
+            progress.close()
+            raise Interrupted(self._where_interrupted()) from None
         progress.close()
         final = self.finish()
         # the trackers' end (accelerate's end_training, less its destroy_process_group: a multi-process run keeps
@@ -368,6 +377,14 @@ class Run:
             tracker.finish()
         self.close()
         return final
+
+    def _where_interrupted(self) -> str:
+        step, total, saved = self.state.step, self.config.steps, self.last_saved_step
+        if saved > 0:
+            return f"at step {step} of {total}; `--resume auto` continues from the checkpoint of step {saved}"
+        every = self.config.save_every_steps
+        first = f" (the first comes at step {every})" if every and every < total else ""
+        return f"at step {step} of {total}, before the run's first checkpoint{first}: nothing to resume from"
 
     def close(self) -> None:
         """Every rank leaves the run together: nothing of the run is still in flight on any rank afterwards.
@@ -633,7 +650,7 @@ def _progress(total: int, initial: int, disable: bool):
 def _maybe_fault(step: int) -> None:
     rank = os.environ.get(FAULT_RANK_ENV)  # unset: every process
     if os.environ.get(FAULT_ENV) == str(step) and rank in (None, os.environ.get("RANK", "0")):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, f"SIG{os.environ.get(FAULT_SIGNAL_ENV, 'KILL')}"))
 
 
 # The runs of a multi-process `t2t train`, kept referenced until the process ends with os._exit (t2t.cli.run):

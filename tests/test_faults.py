@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -440,6 +441,32 @@ def test_killed_before_the_first_checkpoint_then_resumed_logs_each_step_once(tmp
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "dropped a torn log line" in resumed.stdout and "starting at step 0 of 6" in resumed.stdout
     assert steps_logged(run_dir) == [1, 2, 3, 4, 5, 6]
+
+
+def test_ctrl_c_says_where_the_run_stands_and_what_resumes(tmp_path, tokenizer_dir):
+    # Ctrl-C ended a run with "t2t: interrupted": whether a checkpoint existed to resume from, it did not say
+    run_dir = tmp_path / "run"
+    args = [
+        "train",
+        "configs/tiny_cpu.yaml",
+        *train_args(run_dir, tokenizer_dir, save_every_steps=4, steps=10),
+    ]
+    early = t2t(*args, env={"T2T_FAULT_KILL_AT_STEP": "3", "T2T_FAULT_SIGNAL": "INT"})
+    assert early.returncode == 130
+    assert early.stderr.strip().splitlines()[-1] == (
+        "t2t: interrupted at step 3 of 10, before the run's first checkpoint (the first comes at step 4): nothing "
+        "to resume from"
+    )
+    assert "Traceback" not in early.stderr and not (run_dir / "checkpoints").exists()
+    shutil.rmtree(run_dir)
+    late = t2t(*args, env={"T2T_FAULT_KILL_AT_STEP": "6", "T2T_FAULT_SIGNAL": "INT"})
+    assert late.returncode == 130 and "Traceback" not in late.stderr
+    assert late.stderr.strip().splitlines()[-1] == (
+        "t2t: interrupted at step 6 of 10; `--resume auto` continues from the checkpoint of step 4"
+    )
+    resumed = t2t(*args, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from step_00000004 at step 4 of 10" in resumed.stdout
 
 
 @pytest.mark.slow
