@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from t2t.config import Spec, load_yaml, refuse_aliases, validation_error
+from t2t.config import SafeLoader, Spec, load_yaml, refuse_aliases, validation_error
 from t2t.errors import T2TError, Where
 from t2t.gradients import GRADIENT_METHODS
 
@@ -220,9 +220,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise T2TError(f"override {override!r} is not of the form key=value (e.g. optimizer.lr=3e-4)")
         try:
             refuse_aliases(raw, Where())
-            value = yaml.safe_load(raw)
+            value = yaml.load(raw, Loader=SafeLoader)  # a flow mapping may not repeat a key either
         except T2TError as exc:
             raise T2TError(f"override {override!r}: {exc.message}") from None
+        except yaml.constructor.ConstructorError as exc:
+            raise T2TError(f"override {override!r}: {exc.problem}") from None
         except yaml.YAMLError:
             raise T2TError(f"override {override!r}: the value is not valid YAML") from None
         node = data

@@ -320,6 +320,14 @@ def test_a_bad_override_is_reported_as_the_override(world, tmp_path, run_cli):
     assert code == 2 and err.strip() == (
         "t2t: error: override 'tokenizer={vocab_size: 5}': tokenizer.vocab_size: Input should be greater than or "
         "equal to 8")  # fmt: skip
+    # a key repeated inside one override's flow mapping (YAML kept the last silently, as in a file)
+    code, _, err = run_cli(
+        "--mixtures-dir", world / "mixtures", "train", config, "optimizer={lr: 1e-3, lr: 5}"
+    )
+    assert code == 2 and err.strip() == (
+        "t2t: error: override 'optimizer={lr: 1e-3, lr: 5}': key 'lr' appears twice in one mapping"
+    )
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_null_field_deep_in_the_data_is_refused_before_training_and_lint_all_rows_finds_it(
