@@ -519,7 +519,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     tasks, _, _ = selected_tasks(args, registry)
     device, dtype = eval_device(args.device)
     limits = ServeLimits(max_rows=args.max_rows, max_field_chars=args.max_field_chars,
-                         max_body_bytes=args.max_body_bytes, batch_rows=args.batch_rows,
+                         max_body_bytes=args.max_body_bytes, max_body_seconds=args.max_body_seconds,
+                         batch_rows=args.batch_rows,
                          batch_tokens=args.batch_tokens, wait_ms=args.wait_ms)  # fmt: skip
     # a host that does not resolve, a port in use: refused before the model loads
     sock = bind(args.host, args.port)
@@ -868,6 +869,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-body-bytes", type=positive_int, default=4_000_000, help="request body bytes (over: 413)"
     )
+    p.add_argument(
+        "--max-body-seconds", type=positive_float, default=30.0,
+        help="seconds for a request's body to arrive whole (over: 408; default 30)",
+    )  # fmt: skip
 
     imports = sub.add_parser("import", help="import tasks from other tools", description="import tasks")
     imports_sub = imports.add_subparsers(dest="import_command", required=True, metavar="COMMAND")

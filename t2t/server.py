@@ -184,8 +184,8 @@ class Gate:
     predict requests counted as arriving until their handler queues them; an error that escapes the app is
     logged, and the client gets one JSON line if nothing was sent yet."""
 
-    def __init__(self, app: Any, state: dict, max_bytes: int) -> None:
-        self.app, self.state, self.max_bytes = app, state, max_bytes
+    def __init__(self, app: Any, state: dict, max_bytes: int, max_seconds: float) -> None:
+        self.app, self.state, self.max_bytes, self.max_seconds = app, state, max_bytes, max_seconds
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -202,8 +202,15 @@ class Gate:
             await too_large(scope, receive, send)
             return
         body, more = b"", True
+        deadline = asyncio.get_running_loop().time() + self.max_seconds
         while more:
-            event = await receive()
+            try:
+                # a client that sends its headers and stalls would hold the connection for good
+                event = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except TimeoutError:
+                await _error(408, f"the request body did not arrive whole within {self.max_seconds:g} s "
+                                  "(max_body_seconds)")(scope, receive, send)  # fmt: skip
+                return
             if event["type"] != "http.request":  # the client went away
                 return
             body += event.get("body", b"")
@@ -366,7 +373,7 @@ def create_app(predictor: Predictor, batching: bool = True) -> FastAPI:
             return _error(422, f"no row can be answered; {prepared[0]}")
         return task, template, prepared
 
-    return Gate(app, state, predictor.limits.max_body_bytes)
+    return Gate(app, state, predictor.limits.max_body_bytes, predictor.limits.max_body_seconds)
 
 
 def bind(host: str, port: int) -> socket.socket:

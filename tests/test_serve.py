@@ -54,7 +54,7 @@ def start_server(model: Path, *extra: str, before: tuple[str, ...] = ()) -> tupl
 def server(checkpoint):
     model, mixtures = checkpoint
     process, url = start_server(model, "--mixture", "three", "--max-rows", "40", "--max-field-chars", "300",
-                                "--max-body-bytes", "60000", "--wait-ms", "20", "--batch-rows", "16", "--batch-tokens", "4096", before=("--mixtures-dir", str(mixtures)))  # fmt: skip
+                                "--max-body-bytes", "60000", "--max-body-seconds", "3", "--wait-ms", "20", "--batch-rows", "16", "--batch-tokens", "4096", before=("--mixtures-dir", str(mixtures)))  # fmt: skip
     yield url
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)
@@ -172,6 +172,37 @@ def test_unknown_paths_and_methods_answer_in_the_error_shape(server):
     response = httpx.get(f"{server}/v1/predict", timeout=30)
     assert response.status_code == 405 and response.json() == {"error": "GET is not allowed on /v1/predict"}
     assert response.headers["allow"] == "POST"
+
+
+def test_a_body_that_stalls_is_408_and_a_slow_one_is_answered(server):
+    # a client that sent its headers and then stalled held its connection for good (no answer after 120 s)
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as stalled:
+        stalled.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 1000\r\n\r\n{\"task\": ")  # fmt: skip
+        stalled.settimeout(60)
+        started = time.perf_counter()
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+            chunk = stalled.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        took = time.perf_counter() - started
+    assert answer.startswith(b"HTTP/1.1 408 ") and 2.5 < took < 30, (answer, took)
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {
+        "error": "the request body did not arrive whole within 3 s (max_body_seconds)"
+    }
+
+    # a body that arrives in pieces within the time is answered
+    def pieces():
+        yield b'{"task": "sentiment", '
+        time.sleep(1)
+        yield b'"rows": [{"text": "so good"}]}'
+
+    response = httpx.post(f"{server}/v1/predict", content=pieces(), headers={"content-type": "application/json"},
+                          timeout=60)  # fmt: skip
+    assert response.status_code == 200 and response.json()["answered"] == 1
 
 
 def test_malformed_json_and_oversized_bodies(server):
