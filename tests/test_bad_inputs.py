@@ -378,6 +378,26 @@ def test_an_output_path_that_cannot_be_made_is_one_line(tmp_path, run_cli, args,
     assert list((tmp_path / "dir").iterdir()) == []
 
 
+def test_a_mixture_with_nothing_to_score_is_refused_before_the_model_loads(tmp_path, run_cli):
+    # eval and export wrote a report (and lm-eval tasks) of no task at all, exit 0
+    (tmp_path / "plain.yaml").write_text("name: plain\nmembers: {sentiment: 1.0}\n")
+    (tmp_path / "text_only.yaml").write_text("name: text_only\nmembers: {world_text: 1.0}\n")
+    dirs = ["--mixtures-dir", str(tmp_path)]
+    cases = [
+        (["eval", "--model", str(tmp_path / "no-model"), "--mixture", "plain", "--held-out", "--out", "OUT"],
+         "plain.yaml: mixture plain holds out no task (its file has no held_out list)"),
+        (["export", "lm-eval", "--mixture", "plain", "--held-out", "--out", "OUT"],
+         "plain.yaml: mixture plain holds out no task (its file has no held_out list)"),
+        (["eval", "--model", str(tmp_path / "no-model"), "--mixture", "text_only", "--out", "OUT"],
+         "text_only.yaml: mixture text_only has no task with answers to score (span corruption trains, it answers "
+         "nothing)"),
+    ]  # fmt: skip
+    for args, said in cases:
+        code, out, err = run_cli(*dirs, *[str(tmp_path / "out") if a == "OUT" else a for a in args])
+        assert code == 2 and out == "" and err.strip().splitlines() == [f"t2t: error: {tmp_path / said}"], err
+        assert not (tmp_path / "out").exists()
+
+
 def test_serve_on_a_port_in_use_or_a_host_that_does_not_resolve_is_one_line_before_the_model_loads(
     tmp_path, run_cli
 ):
