@@ -336,12 +336,12 @@ def selected_tasks(
 
     if args.mixture:
         mixture = load_mixture(registry, args.mixture, sizes="skip")
-        held = args.held_out
-        tasks = list(mixture.held_out) if held else [*mixture.task_names, *mixture.held_out]
+        tasks = list(mixture.held_out) if args.held_out else [*mixture.task_names, *mixture.held_out]
         tasks = scored_tasks(registry, tasks)
         if not tasks:  # the command would write an empty report, or serve nothing
-            why = "holds out no task (its file has no held_out list)" if held and not mixture.held_out else (
-                "has no task with answers to score (span corruption trains, it answers nothing)")  # fmt: skip
+            why = "has no task with answers to score (span corruption trains, it answers nothing)"
+            if args.held_out and not mixture.held_out:
+                why = "holds out no task (its file has no held_out list)"
             raise T2TError(f"mixture {args.mixture} {why}", Where(file=mixture.path))
         _check_split(registry, tasks, getattr(args, "split", None))
         return tasks, set(mixture.held_out), {t: mixture.templates_of(t) for t in tasks}

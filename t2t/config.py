@@ -17,9 +17,8 @@ SPLIT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 # Metric names a task may declare; t2t.metrics implements each of them.
 METRIC_NAMES = ("accuracy", "exact_match", "f1", "rouge_l", "bleu")
-# Names a field may not take: they are the template's own variables or Jinja's globals.
-# names a template cannot read a field by: t2t's and Jinja's globals, Jinja's constants (`{{ none }}` renders "None",
-# not the field), the operator `not`, and `self` (the template's own blocks)
+# Names a field may not take, as a template could not read it by them: the template's own variables, Jinja's
+# globals, Jinja's constants (`{{ none }}` renders "None", not the field), the operator `not`, and `self`.
 RESERVED_FIELDS = frozenset({"answer_choices", "range", "dict", "cycler", "joiner", "namespace", "loop", "self",
                              "not", "true", "false", "none", "True", "False", "None"})  # fmt: skip
 

@@ -33,9 +33,8 @@ class ServeLimits:
     max_rows: int = 256  # rows per request
     max_field_chars: int = 20_000  # characters per field value (its JSON text, for lists and mappings)
     max_body_bytes: int = 4_000_000  # an HTTP request body
-    max_body_seconds: float = (
-        30.0  # for a request's body to arrive whole, from its headers (a stalled client: 408)
-    )
+    # seconds for a request's body to arrive whole, from its headers (a client that stalls gets 408)
+    max_body_seconds: float = 30.0
     batch_rows: int = 64  # rows per model call when requests are coalesced
     batch_tokens: int = 16_384  # input tokens per model call
     wait_ms: float = 5.0  # how long the first request of a batch waits for others

@@ -75,9 +75,8 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int, out_dir: Path) -> Pat
             if raised:
                 raise raised[0] from None
             small = re.search(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)", str(exc))
-            if (
-                small
-            ):  # every character of the text is a piece (character_coverage 1.0), and so is each special
+            # every character of the text is a piece (character_coverage 1.0), and so is each special one
+            if small:
                 raise T2TError(f"a vocabulary of {vocab_size} pieces is too small for this text: its distinct "
                                f"characters and the special pieces take {small.group(1)}; give a vocab size of at "
                                f"least {small.group(1)}") from None  # fmt: skip

@@ -481,9 +481,12 @@ class Run:
         self.state.balancer = self.balancer.state_dict()
         self.state.evaluation = self.evaluator.state_dict()
         self.state.planned_steps = self.config.steps
-        self.last_saved_step = self.state.step
-        return self.checkpointer.save(self.model, self.tokenizer, self.state.step, asdict(self.state),
-                                      self.identity, self.encoding)  # fmt: skip
+        saved = self.checkpointer.save(self.model, self.tokenizer, self.state.step, asdict(self.state),
+                                       self.identity, self.encoding)  # fmt: skip
+        self.last_saved_step = (
+            self.state.step
+        )  # once whole (an interrupted save leaves `latest` where it was)
+        return saved
 
     def finish(self) -> dict:
         from accelerate.utils import gather_object
