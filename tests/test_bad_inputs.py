@@ -341,7 +341,7 @@ def test_a_split_or_device_that_cannot_be_is_refused_before_the_model_loads(
      "FILE/x: FILE is a file, where a folder is needed"),
     (["tokenizer", "train", "demo", "--vocab-size", "60", "--rows-per-task", "5", "--out", "FILE"],
      "FILE: a file, where a folder is needed"),
-    # these two wrote their --out after the model's work (the model dir does not exist: refused before that)
+    # eval and predict wrote their --out after the model's work (no model dir here: the --out line must come first)
     (["eval", "--model", "NOMODEL", "--tasks", "sentiment", "--out", "FILE/x"],
      "FILE/x: FILE is a file, where a folder is needed"),
     (["eval", "--model", "NOMODEL", "--tasks", "sentiment", "--out", "FILE"], "FILE: a file, where a folder is needed"),
