@@ -419,8 +419,11 @@ def tokenizer_dir(tiny_tokenizer, tmp_path_factory):
 
 
 def t2t(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    # SIGINT as a terminal gives it: a shell's background job (CI's runner, `cmd &`) starts with SIGINT ignored,
+    # and Python then never raises KeyboardInterrupt
     return subprocess.run([sys.executable, "-m", "t2t", *args], cwd=REPO, capture_output=True, text=True,
-                          env={**same_threads(), **(env or {})}, timeout=timeout)  # fmt: skip
+                          env={**same_threads(), **(env or {})}, timeout=timeout,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
 
 
 def steps_logged(run_dir: Path) -> list[int]:
