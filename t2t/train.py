@@ -483,9 +483,8 @@ class Run:
         self.state.planned_steps = self.config.steps
         saved = self.checkpointer.save(self.model, self.tokenizer, self.state.step, asdict(self.state),
                                        self.identity, self.encoding)  # fmt: skip
-        self.last_saved_step = (
-            self.state.step
-        )  # once whole (an interrupted save leaves `latest` where it was)
+        # set once the checkpoint is whole (an interrupted save leaves `latest` where it was)
+        self.last_saved_step = self.state.step
         return saved
 
     def finish(self) -> dict:
