@@ -16,7 +16,7 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 SPLIT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 # Metric names a task may declare; t2t.metrics implements each of them.
-METRIC_NAMES = ("accuracy", "exact_match", "f1", "rouge_l", "bleu")
+METRIC_NAMES = ("accuracy", "exact_match", "f1", "rouge_l", "bleu", "chrf")
 # Names a field may not take, as a template could not read it by them: the template's own variables, Jinja's
 # globals, Jinja's constants (`{{ none }}` renders "None", not the field), the operator `not`, and `self`.
 RESERVED_FIELDS = frozenset({"answer_choices", "range", "dict", "cycler", "joiner", "namespace", "loop", "self",
