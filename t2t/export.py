@@ -18,6 +18,7 @@ exporter loads its own output through lm-eval's TaskManager and fails if any tas
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,19 +27,38 @@ import yaml
 
 from t2t.errors import T2TError, Where, first_line
 from t2t.fileio import atomic_write_text
+from t2t.metrics import METRICS, PER_EXAMPLE
 from t2t.registry import Registry
 from t2t.sources import load_split, select_rows
 
 PREFIX = "t2t"
-UTILS = '''"""Per-example scoring for t2t's generation tasks: t2t's own metric functions (written by t2t export)."""
+UTILS = (
+    '''"""Scoring for t2t's generation tasks with t2t's own metric functions (written by t2t export). A metric that
+is a mean over examples is scored per example; a corpus metric (BLEU, chrF) keeps each example's prediction and
+references, and its aggregation scores the whole set at once, as `t2t eval` does (a mean of per-example BLEU is
+another number)."""
 
-from t2t.metrics import METRICS
+from t2t.metrics import METRICS, PER_EXAMPLE
 
 
 def process_results(doc, results):
     prediction = results[0].strip()
-    return {metric: METRICS[metric]([prediction], [doc["references"]]) for metric in doc["metrics"]}
+    return {
+        metric: METRICS[metric]([prediction], [doc["references"]]) if metric in PER_EXAMPLE
+        else (prediction, doc["references"])
+        for metric in doc["metrics"]
+    }
+
+
+def _corpus(metric):
+    def aggregate(items):
+        return METRICS[metric]([prediction for prediction, _ in items], [refs for _, refs in items])
+
+    return aggregate
 '''
+    + "\n\n"
+    + "".join(f"corpus_{m} = _corpus({m!r})\n" for m in METRICS if m not in PER_EXAMPLE)
+)
 
 
 def task_name(task: str, template: str | None = None) -> str:
@@ -116,11 +136,12 @@ def _export_task(registry: Registry, name: str, split: str, out: Path, max_examp
                 # max_length counts the decoder start token: at most `budget` new tokens, as in t2t eval
                 "generation_kwargs": {"until": [], "do_sample": False, "max_length": budget + 1},
                 "process_results": "!function utils.process_results",
-                "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
+                "metric_list": [{"metric": m, "higher_is_better": True,
+                                 "aggregation": "mean" if m in PER_EXAMPLE else f"!function utils.corpus_{m}"}
                                 for m in task.spec.metrics],
             })  # fmt: skip
         text = yaml.safe_dump(config, sort_keys=False)
-        text = text.replace("'!function utils.process_results'", "!function utils.process_results")
+        text = re.sub(r"'(!function utils\.\w+)'", r"\1", text)  # a tag, not a quoted string
         atomic_write_text(out / f"{member}.yaml", text)
         members.append(member)
     if not members:

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,8 +21,8 @@ lm_eval = pytest.importorskip(
     "lm_eval", reason="the lmeval extra is not installed: pip install -e '.[lmeval]'"
 )
 
-from t2t.metrics import METRICS  # noqa: E402
-from tests.conftest import train_checkpoint  # noqa: E402
+from t2t.metrics import METRICS, PER_EXAMPLE  # noqa: E402
+from tests.conftest import qa_task, train_checkpoint, write_jsonl, write_task  # noqa: E402
 
 TASKS = ["word_in_list", "color_lookup"]  # answer choices (rank classification), and generation
 
@@ -59,10 +60,20 @@ def test_export_writes_tasks_that_lm_eval_loads_and_refuses_a_used_folder(checkp
 
 @pytest.mark.slow
 def test_lm_eval_and_t2t_eval_agree_on_the_same_checkpoint(checkpoint, tmp_path, run_cli):
+    # color_lookup's rows and templates again, scored by every generation metric (corpus BLEU and chrF included)
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    spec = yaml.safe_load(
+        (Path(__file__).parents[1] / "templates" / "builtin" / "color_lookup.yaml").read_text()
+    )
+    write_task(
+        folder, {**spec, "name": "color_words", "metrics": ["exact_match", "f1", "rouge_l", "bleu", "chrf"]}
+    )
+    tasks = [*TASKS, "color_words"]
     exported = tmp_path / "lm"
-    assert run_cli("export", "lm-eval", "--tasks", *TASKS, "--max-examples", "12", "--tokenizer", checkpoint,
-                   "--out", exported)[0] == 0  # fmt: skip
-    groups = ",".join(f"t2t_{t}" for t in TASKS)
+    assert run_cli("--templates-dir", folder, "export", "lm-eval", "--tasks", *tasks, "--max-examples", "12",
+                   "--tokenizer", checkpoint, "--out", exported)[0] == 0  # fmt: skip
+    groups = ",".join(f"t2t_{t}" for t in tasks)
     result = subprocess.run(
         [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
          f"pretrained={checkpoint},backend=seq2seq,dtype=float32", "--include_path", str(exported), "--tasks", groups,
@@ -77,13 +88,13 @@ def test_lm_eval_and_t2t_eval_agree_on_the_same_checkpoint(checkpoint, tmp_path,
         for line in path.read_text().splitlines():
             sample = json.loads(line)
             theirs[(task, template, sample["doc"]["row"])] = sample
-    code, _, err = run_cli("eval", "--model", checkpoint, "--tasks", *TASKS, "--max-examples", "12", "--scoring",
-                           "harness", "--out", tmp_path / "t2t_out")  # fmt: skip
+    code, _, err = run_cli("--templates-dir", folder, "eval", "--model", checkpoint, "--tasks", *tasks,
+                           "--max-examples", "12", "--scoring", "harness", "--out", tmp_path / "t2t_out")  # fmt: skip
     assert code == 0, err
     ours = [
         json.loads(line) for line in (tmp_path / "t2t_out" / "predictions.jsonl").read_text().splitlines()
     ]
-    assert len(ours) == len(theirs) == 2 * 3 * 12
+    assert len(ours) == len(theirs) == 3 * 3 * 12
     generated = 0
     for record in ours:
         sample = theirs[(record["task"], record["template"], record["row"])]
@@ -94,7 +105,10 @@ def test_lm_eval_and_t2t_eval_agree_on_the_same_checkpoint(checkpoint, tmp_path,
         else:
             assert record["prediction"] == sample["filtered_resps"][0].strip()
             for metric in sample["doc"]["metrics"]:  # lm-eval scored it with t2t's metric, through utils.py
-                assert sample[metric] == METRICS[metric]([record["prediction"]], [record["references"]])
+                if metric in PER_EXAMPLE:
+                    assert sample[metric] == METRICS[metric]([record["prediction"]], [record["references"]])
+                else:  # a corpus metric keeps the prediction and references for its aggregation
+                    assert sample[metric] == [record["prediction"], record["references"]]
             generated += bool(record["prediction"])
     assert generated > 0  # the model does generate text, so the comparison is not of empty strings
     report = json.loads((tmp_path / "t2t_out" / "results.json").read_text())
@@ -103,6 +117,52 @@ def test_lm_eval_and_t2t_eval_agree_on_the_same_checkpoint(checkpoint, tmp_path,
         assert scores["rank_sum"] == pytest.approx(
             100 * lm_results[f"t2t_word_in_list__{template}"]["acc,none"]
         )
+    # every generation metric of every template, the corpus ones aggregated over the whole set by lm-eval
+    for task in ("color_lookup", "color_words"):
+        for template, scores in report["tasks"][task]["templates"].items():
+            theirs = lm_results[f"t2t_{task}__{template}"]
+            for metric in (
+                ("exact_match", "f1") if task == "color_lookup" else ("f1", "rouge_l", "bleu", "chrf")
+            ):
+                assert scores[metric] == pytest.approx(theirs[f"{metric},none"]), (task, template, metric)
+    assert any(s["chrf"] > 0 for s in report["tasks"]["color_words"]["templates"].values())
+
+
+def test_corpus_metrics_are_aggregated_over_the_whole_set_by_lm_eval(tmp_path, run_cli):
+    """BLEU and chrF are corpus metrics: lm-eval's mean of per-example scores is another number (until 2026-12-05
+    the export aggregated them so). lm-eval's own task objects load the export, score hand-made predictions and
+    aggregate; the task-level numbers are t2t's corpus scores."""
+    from lm_eval.tasks import TaskManager
+
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    answers = [
+        "the cat sat on the mat today",
+        "a dog ran in the park at noon",
+        "two birds sang in the old tree",
+    ]
+    write_jsonl(folder / "data.jsonl", [{"question": str(i), "answer": a} for i, a in enumerate(answers)])
+    metrics = ["exact_match", "rouge_l", "bleu", "chrf"]
+    write_task(folder, qa_task("toy_summary", metrics=metrics, golden=[]))
+    out = tmp_path / "lm"
+    code, _, err = run_cli("--templates-dir", folder, "export", "lm-eval", "--tasks", "toy_summary", "--split",
+                           "train", "--out", out)  # fmt: skip
+    assert code == 0, err
+    task = TaskManager(include_path=str(out), include_defaults=False).load(["t2t_toy_summary__plain"])
+    task = task["tasks"]["t2t_toy_summary__plain"]
+    docs = list(task.test_docs())
+    predictions = ["the cat sat on the mat today", "a dog ran", "two birds sang in the old tree"]
+    scored = [task.process_results(doc, [p]) for doc, p in zip(docs, predictions, strict=True)]
+    references = [[a] for a in answers]
+    for metric in metrics:
+        theirs = task.aggregation()[metric]([s[metric] for s in scored])
+        assert theirs == pytest.approx(METRICS[metric](predictions, references)), metric
+    # by hand: two of three are exact; "a dog ran" has no 4-gram, so its own BLEU is 0 and the mean of per-example
+    # BLEU is 200 / 3, while the corpus's n-gram counts give about 74.5
+    assert task.aggregation()["exact_match"]([s["exact_match"] for s in scored]) == pytest.approx(200 / 3)
+    per_example = sum(METRICS["bleu"]([p], [r]) for p, r in zip(predictions, references, strict=True)) / 3
+    assert per_example == pytest.approx(200 / 3)
+    assert task.aggregation()["bleu"]([s["bleu"] for s in scored]) == pytest.approx(74.52, abs=0.01)
 
 
 def test_export_refuses_an_unknown_task_before_writing(tmp_path, run_cli):
