@@ -1,6 +1,7 @@
 """Training throughput: `t2t train` (its default batching, and each strategy) vs HF Seq2SeqTrainer, whole loop.
 
     python bench/train_throughput.py [--profile demo|long-tail|many-long] [--examples 12800] [--tokenizer DIR] [--rounds 3] [--ablate]
+    python bench/train_throughput.py --mixture NAME [--limits 512 64] [--examples N] [--rounds 3]
 
 All runs train the same tiny T5 (d_model 128, 2 layers, fp32, 2 threads) with AdamW on the same mixture stream:
 HF with DataCollatorForSeq2Seq and 64 examples per step (random order, padded to the longest), t2t with its
@@ -15,7 +16,9 @@ Profiles: `demo`, the demo mixture (short examples: 19 input and 3 target tokens
 mixture of generated tasks where most examples are short (classification-like: 8-40 input words, 1-2 target
 words) and one in ten is long (150-400 input words, 20-60 target words), as summarisation and QA mix with
 classification; `many-long`, a third of the examples 400-900-word documents with 100-200-word summaries (cut at
-512 + 128 tokens) beside classification and short QA.
+512 + 128 tokens) beside classification and short QA. Or your own: `--mixture NAME`, any mixture t2t knows (your
+task and mixture folders in $T2T_TEMPLATES_PATH and $T2T_MIXTURES_PATH, as for `t2t`), cut at `--limits` input
+and target tokens (default 512 64), with a tokenizer trained on its text.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTraining
 from t2t.batching import task_mix_distance
 from t2t.data import MixtureData
 from t2t.encoding import Limits
+from t2t.errors import T2TError
 from t2t.mixtures import load_mixture
 from t2t.modeling import build_tiny_t5
 from t2t.registry import Registry
@@ -120,16 +124,21 @@ BATCHING = {
 }
 
 
+def profile_mixture(args: argparse.Namespace, work: Path) -> tuple[Registry, str]:
+    if args.mixture:
+        return Registry.default(), args.mixture
+    if args.profile == "demo":
+        return Registry.default(), "demo"
+    build, mixture_name = BUILDERS[args.profile]
+    return build(work / mixture_name), mixture_name
+
+
 def one_row(args: argparse.Namespace, work: Path) -> dict:
     """One trainer's run in this process (a fresh one per row: a trainer run earlier in the same process leaves
     its heap and threads behind, and slowed the next by up to a third here)."""
-    if args.profile == "demo":
-        registry, mixture_name = Registry.default(), "demo"
-    else:
-        build, mixture_name = BUILDERS[args.profile]
-        registry = build(work / mixture_name)
+    registry, mixture_name = profile_mixture(args, work)
     tokenizer_dir = work / "tok"
-    limits = LIMITS[args.profile]
+    limits = tuple(args.limits) if args.mixture else LIMITS[args.profile]
     tokenizer = load_tokenizer(tokenizer_dir)
     data = MixtureData(load_mixture(registry, mixture_name), registry, tokenizer, Limits(*limits),
                        cache_dir=Path(tempfile.mkdtemp()) / "cache")  # fmt: skip
@@ -157,6 +166,11 @@ def one_row(args: argparse.Namespace, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=sorted(LIMITS), default="demo")
+    parser.add_argument(
+        "--mixture", help="instead of a profile: a mixture t2t knows, your own length profile"
+    )
+    parser.add_argument("--limits", type=int, nargs=2, default=[512, 64], metavar=("INPUT", "TARGET"),
+                        help="--mixture: token limits of inputs and targets (default 512 64)")  # fmt: skip
     parser.add_argument("--examples", type=int, default=12800)
     parser.add_argument(
         "--tokenizer", help="demo profile: a tokenizer dir (default: train one on the mixture)"
@@ -170,23 +184,34 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--composed-gelu", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.examples < HF_BATCH or args.rounds < 1:
+        parser.error(f"--examples must be at least {HF_BATCH} (one HF batch) and --rounds at least 1")
     torch.set_num_threads(2)
     datasets.disable_progress_bars()
     if args.only:
         print("ROW " + json.dumps(one_row(args, args.work)))
         return
     work = Path(tempfile.mkdtemp())
-    if args.profile == "demo":
+    if args.profile == "demo" and not args.mixture:
         shutil.copytree(demo_tokenizer_dir(args.tokenizer), work / "tok")
     else:
-        build, mixture_name = BUILDERS[args.profile]
-        registry = build(work / mixture_name)
-        names = load_mixture(registry, mixture_name).task_names
+        registry, mixture_name = profile_mixture(args, work)
+        try:
+            names = load_mixture(registry, mixture_name).task_names
+        except T2TError as exc:
+            raise SystemExit(f"--mixture: {exc}") from None
         train_tokenizer(mixture_texts(registry, names, "train", 500), 2000, work / "tok")
+    profile = (
+        f"mixture {args.mixture} (limits {args.limits[0]} + {args.limits[1]})"
+        if args.mixture
+        else args.profile
+    )
 
     def child(name: str, *flags: str) -> dict:
         command = [sys.executable, __file__, "--profile", args.profile, "--examples", str(args.examples),
                    "--only", name, "--work", str(work), *flags]  # fmt: skip
+        if args.mixture:
+            command += ["--mixture", args.mixture, "--limits", *map(str, args.limits)]
         environ = {**os.environ, "OMP_NUM_THREADS": "2"}
         done = subprocess.run(command, capture_output=True, text=True, env=environ)
         lines = [line for line in done.stdout.splitlines() if line.startswith("ROW ")]
@@ -196,7 +221,7 @@ def main() -> None:
 
     if args.ablate:
         cases = {"composed GELU": ("--composed-gelu",), "one-kernel GELU (t2t train)": ()}
-        print(f"t2t train's default, {args.profile} profile, the same steps, each case in a fresh process:")
+        print(f"t2t train's default, {profile}, the same steps, each case in a fresh process:")
         for round_ in range(1, args.rounds + 1):
             for label, flags in cases.items():
                 row = child("default", *flags)
@@ -211,7 +236,7 @@ def main() -> None:
     rounds = [[child(name) for name in ROWS] for _ in range(args.rounds)]
     hf = rounds[0][0]
     print(f"machine: {platform.machine()}, {hf['threads']} threads, torch {torch.__version__}")
-    print(f"profile {args.profile}: {args.examples} examples for HF ({hf['real']:,} real tokens), {hf['steps']} steps "
+    print(f"profile {profile}: {args.examples} examples for HF ({hf['real']:,} real tokens), {hf['steps']} steps "
           f"each, t2t token budget {hf['budget']}, tiny T5 d_model 128, each trainer in a process of its own, "
           f"{args.rounds} round(s); seconds and ratios: the median over the rounds, then each round's ratio\n")  # fmt: skip
     print(f"{'trainer':<32} {'chosen':>7} {'seconds':>8} {'real tokens':>12} {'real tok/s':>11} {'vs HF':>6} "
