@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import StrictUndefined, Undefined, nodes
+from jinja2 import Environment, StrictUndefined, Undefined, nodes
 from jinja2.compiler import CodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment, SecurityError
 
@@ -200,6 +200,20 @@ _BINOPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operato
 
 # str methods whose result can be far larger than their inputs, and how large
 _PADDING = {"center", "ljust", "rjust", "zfill"}
+# methods that make bytes (`str.encode`, `int.to_bytes`): a template builds text, and bytes have methods of their own
+# (`ljust`, `*`, `replace`) that would grow them unchecked
+_BYTES_MAKERS = {"encode", "to_bytes"}
+
+
+def _translation_growth(table: Any) -> int:
+    """The most characters `str.translate(table)` writes for one character of its input."""
+    if isinstance(table, dict):
+        values: Any = table.values()
+    elif isinstance(table, list | tuple):
+        values = table
+    else:
+        return 1
+    return max([1, *(len(v) for v in values if isinstance(v, str))])
 
 
 def _check_str_method(obj: str, name: str, args: tuple, kwargs: dict) -> None:
@@ -214,6 +228,8 @@ def _check_str_method(obj: str, name: str, args: tuple, kwargs: dict) -> None:
     elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
         count = obj.count(args[0]) if args[0] else len(obj) + 1
         check_size(len(obj) + count * max(len(args[1]) - len(args[0]), 0), "str.replace")
+    elif name == "translate" and args:
+        check_size(len(obj) * _translation_growth(args[0]), "str.translate")
 
 
 class _CountedRange:
@@ -221,8 +237,12 @@ class _CountedRange:
 
     def __init__(self, *args: int) -> None:
         self._range = range(*args)
-        if len(self._range) > _limits().max_loop_iterations:
-            raise LimitError("max_loop_iterations", f"range of {len(self._range):,} items "
+        # len() of a range past sys.maxsize items raises OverflowError; its items are counted exactly so
+        size = (
+            self._range.stop - self._range.start + self._range.step - (1 if self._range.step > 0 else -1)
+        ) // self._range.step
+        if max(size, 0) > _limits().max_loop_iterations:
+            raise LimitError("max_loop_iterations", f"range of {size:,} items "
                              f"(over {_limits().max_loop_iterations:,})")  # fmt: skip
 
     def __iter__(self) -> Iterator[int]:
@@ -300,7 +320,8 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         self.globals["range"] = _CountedRange
         for name, check in (("center", _check_center), ("indent", _check_indent), ("format", _check_format_filter),
                             ("replace", _check_replace_filter), ("join", _check_join), ("pprint", _check_text_of),
-                            ("string", _check_text_of), ("tojson", _check_text_of), ("sum", _check_sum)):  # fmt: skip
+                            ("string", _check_text_of), ("tojson", _check_text_of), ("sum", _check_sum),
+                            ("batch", _check_batch), ("slice", _check_slice), ("wordwrap", _check_wordwrap)):  # fmt: skip
             self.filters[name] = _checked(self.filters[name], check)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
@@ -308,6 +329,10 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         owner = getattr(__obj, "__self__", None)
+        if isinstance(__obj, types.BuiltinMethodType) and __obj.__name__ in _BYTES_MAKERS:
+            raise SecurityError(
+                f"{type(owner).__name__}.{__obj.__name__} is not allowed in templates (it makes bytes)"
+            )
         if isinstance(owner, str) and isinstance(__obj, types.BuiltinMethodType):
             _check_str_method(owner, __obj.__name__, args, kwargs)
         result = super().call(__context, __obj, *args, **kwargs)
@@ -350,6 +375,37 @@ def _check_format_filter(value: Any, *args: Any, **kwargs: Any) -> None:
     if isinstance(value, str):
         _check_printf(value)
     check_text(list(args) + list(kwargs.values()), "format")
+
+
+def _filter_args(args: tuple) -> tuple:
+    """A filter's own arguments, without the environment or evaluation context Jinja passes some filters first."""
+    return (
+        args[1:] if args and (isinstance(args[0], Environment) or hasattr(args[0], "environment")) else args
+    )
+
+
+def _check_batch(*args: Any, **kwargs: Any) -> None:
+    """A filled last batch holds `linecount` items however short the input."""
+    _, linecount, fill_with = (*_filter_args(args), None, None, None)[:3]
+    if kwargs.get("fill_with", fill_with) is not None and isinstance(kwargs.get("linecount", linecount), int):
+        check_size(kwargs.get("linecount", linecount), "batch")
+
+
+def _check_slice(*args: Any, **kwargs: Any) -> None:
+    """`slice(n)` makes n lists, empty ones included."""
+    _, slices = (*_filter_args(args), None, None)[:2]
+    slices = kwargs.get("slices", slices)
+    if isinstance(slices, int):
+        check_size(slices, "slice")
+
+
+def _check_wordwrap(*args: Any, **kwargs: Any) -> None:
+    """Each line break writes `wrapstring`: at most one break per character of the text."""
+    text, _, _, wrapstring = (*_filter_args(args), "", None, None, None)[:4]
+    wrapstring = kwargs.get("wrapstring", wrapstring)
+    if isinstance(wrapstring, str):
+        size = len(str(text))
+        check_size(size + size * max(len(wrapstring) - 1, 0), "wordwrap")
 
 
 def _check_join(*args: Any, **kwargs: Any) -> None:
@@ -535,7 +591,7 @@ def bounded_call(fn: Any, context: Any, limits: RenderLimits, key: tuple = ()) -
             raise _timeout(limits) from None
         except RecursionError:
             raise LimitError("max_nesting", "the template recursed too deeply") from None
-        except (MemoryError, OverflowError) as exc:
+        except MemoryError as exc:
             raise LimitError("max_value_size", f"{type(exc).__name__}: {exc}") from None
         except Exception:
             if (

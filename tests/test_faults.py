@@ -80,6 +80,16 @@ TEMPLATE_CASES = [
     ("concat_container", "{{ 'a' ~ (['x' * 999999] * 999999) }}", r"'~' would make over 1,000,000 characters of text"),
     ("percent_container", "{{ '%s' % (['x' * 999999] * 999999,) }}", r"'%' would make over 1,000,000 characters of text"),
     ("format_container", "{{ '{}'.format(['x' * 999999] * 999999) }}", r"str\.format would make over 1,000,000 characters"),
+    # until 2026-12-05 these grew unchecked: 22 GB in 60 s (translate), 1-3 GB of bytes, 1.7 GB before a limit
+    ("translate_blowup", "{{ ('a' * 999999).translate({97: 'b' * 999999}) }}", r"str\.translate would build .*\(limit max_value_size\)"),
+    ("encode_bytes", "{{ (question.encode() * 10**8)|length }}", r"refused by the sandbox: str\.encode is not allowed in templates \(it makes bytes\)"),
+    ("int_to_bytes", "{{ (1).to_bytes(10**9, 'big')|length }}", r"int\.to_bytes is not allowed in templates"),
+    ("encode_through_attr", "{{ (question|attr('encode'))()|length }}", r"str\.encode is not allowed in templates"),
+    ("batch_fill", "{{ range(5)|batch(10**8, 'x')|list }}", r"batch would build a value of 100,000,000 items .*\(limit max_value_size\)"),
+    ("slice_filter", "{{ [1, 2]|slice(10**8)|list }}", r"slice would build a value of 100,000,000 items"),
+    ("slice_through_map", "{{ [[1, 2]]|map('slice', 10**8)|map('list')|list }}", r"slice would build"),
+    ("wordwrap_wrapstring", "{{ (question * 40000)|wordwrap(1, wrapstring='x' * 999999)|length }}", r"wordwrap would build .*\(limit max_value_size\)"),
+    ("range_past_maxsize", "{% for i in range(2**64) %}{% endfor %}x", r"range of 18,446,744,073,709,551,616 items .*\(limit max_loop_iterations\)"),
     # a literal's escape decodes to a lone surrogate, which no tokenizer takes (it was an unexpected UnicodeEncodeError)
     ("lone_surrogate_literal", '{{ "\\ud800" }} {{ question }}', r"the rendered text's character 0 is a lone surrogate \(\\ud800\), not Unicode text"),
 ]  # fmt: skip
@@ -120,6 +130,24 @@ def test_a_task_can_raise_its_own_limits(task_dir, run_cli):
     template("{{ question * 2000 }}", limits={"max_output_chars": 1_000})(task_dir)
     code, _, err = run_cli("--templates-dir", task_dir, "render", "toy_qa", "-n", "1")
     assert code == 2 and "the output passed 1,000 characters (limit max_output_chars)" in err
+
+
+def test_the_bounded_filters_and_methods_render_within_their_limits(task_dir, run_cli):
+    template("{{ range(5)|batch(2, 'x')|list }} {{ [1, 2, 3]|slice(2)|list }} {{ 'a b c'|wordwrap(1, wrapstring='/') }}"
+             " {{ question.translate({43: ' plus '}) }}")(task_dir)  # fmt: skip
+    code, out, err = run_cli("--templates-dir", task_dir, "render", "toy_qa", "-n", "1")
+    assert code == 0, err
+    assert "[[0, 1], [2, 3], [4, 'x']] [[1, 2], [3]] a/b/c 2 plus 2?" in out
+
+
+def test_an_overflow_of_a_value_names_no_limit(task_dir, run_cli):
+    # an error of the value, not of a size: no limit to raise (until 2026-12-05 it read "(limit max_value_size); a
+    # task whose rows need more raises it")
+    template("{{ '%c' % 1114112 }}")(task_dir)
+    code, out, err = run_cli("--templates-dir", task_dir, "render", "toy_qa", "-n", "1")
+    assert code == 2 and out == ""
+    assert re.search(rf"{TASK_FILE}, task 'toy_qa', template 'plain', split 'train', row 0: input failed to render: "
+                     r"OverflowError: %c arg not in range\(0x110000\)$", one_line(err)), err  # fmt: skip
 
 
 def test_a_python_loop_over_a_long_field_stops_at_the_wall_clock_budget(task_dir, run_bounded):
