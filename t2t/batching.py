@@ -160,25 +160,33 @@ def pack(examples: Sequence[Example], max_input_tokens: int, max_target_tokens: 
     """
     if not examples:
         return []
-    shortest_in = min(len(e.input_ids) for e in examples)
-    shortest_out = min(len(e.labels) for e in examples)
+    need_in = [len(e.input_ids) for e in examples]
+    need_out = [len(e.labels) for e in examples]
+    shortest_in, shortest_out = min(need_in), min(need_out)
+    if max(need_in) > max_input_tokens or max(need_out) > max_target_tokens:
+        i = next(i for i, (a, b) in enumerate(zip(need_in, need_out, strict=True))
+                 if a > max_input_tokens or b > max_target_tokens)  # fmt: skip
+        raise ValueError(f"example of {need_in[i]} + {need_out[i]} tokens does not fit a packed row")
+    # plain lists and a for-else: this loop runs once per example of every window (half the time of a generator
+    # over the open rows and [input, target] room pairs)
     rows: list[list[int]] = []
-    room: list[list[int]] = []  # [input room, target room] per row
+    room_in: list[int] = []
+    room_out: list[int] = []
     open_rows: list[int] = []
-    for i, example in enumerate(examples):
-        need_in, need_out = len(example.input_ids), len(example.labels)
-        if need_in > max_input_tokens or need_out > max_target_tokens:
-            raise ValueError(f"example of {need_in} + {need_out} tokens does not fit a packed row")
-        row = next((r for r in open_rows if room[r][0] >= need_in and room[r][1] >= need_out), None)
-        if row is None:
+    for i, (need_i, need_o) in enumerate(zip(need_in, need_out, strict=True)):
+        for row in open_rows:
+            if room_in[row] >= need_i and room_out[row] >= need_o:
+                break
+        else:
             row = len(rows)
             rows.append([])
-            room.append([max_input_tokens, max_target_tokens])
+            room_in.append(max_input_tokens)
+            room_out.append(max_target_tokens)
             open_rows.append(row)
         rows[row].append(i)
-        room[row][0] -= need_in
-        room[row][1] -= need_out
-        if room[row][0] < shortest_in or room[row][1] < shortest_out:
+        left_in, left_out = room_in[row] - need_i, room_out[row] - need_o
+        room_in[row], room_out[row] = left_in, left_out
+        if left_in < shortest_in or left_out < shortest_out:
             open_rows.remove(row)
     return rows
 

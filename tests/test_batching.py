@@ -32,6 +32,17 @@ def test_pack_first_fit_in_stream_order():
     assert pack([E0, E1, E2], max_input_tokens=6, max_target_tokens=5) == [[0, 1], [2]]
 
 
+def test_pack_first_fit_closes_full_rows_and_refuses_an_oversized_example():
+    a, b, c, d, e = (
+        Example([5] * n_in, [6] * n_out, 0) for n_in, n_out in [(4, 1), (3, 1), (2, 1), (2, 2), (2, 1)]
+    )
+    # a opens row 0 (2 + 3 slots left); b (3 inputs) needs row 1; c fits row 0 first, leaving 0 inputs: row 0 closes
+    # (the shortest input is 2); d goes to row 1, leaving 1 + 1: it closes; e opens row 2
+    assert pack([a, b, c, d, e], max_input_tokens=6, max_target_tokens=4) == [[0, 2], [1, 3], [4]]
+    with pytest.raises(ValueError, match=r"example of 7 \+ 1 tokens does not fit a packed row"):
+        pack([a, Example([5] * 7, [6], 0), Example([5] * 9, [6], 0)], max_input_tokens=6, max_target_tokens=4)
+
+
 def test_packed_batch_golden():
     batch = packed_batch([E0, E1, E2], [[0, 1], [2]], max_input_tokens=6, max_target_tokens=5)
     assert as_lists(batch) == {
