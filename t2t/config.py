@@ -154,6 +154,7 @@ class LimitsSpec(Spec):
 
     max_output_chars: Annotated[int, Field(gt=0)] | None = None
     max_value_size: Annotated[int, Field(gt=0)] | None = None
+    max_built_size: Annotated[int, Field(gt=0)] | None = None
     max_int_bits: Annotated[int, Field(gt=0)] | None = None
     max_loop_iterations: Annotated[int, Field(gt=0)] | None = None
     max_seconds: Annotated[float, Field(gt=0, le=600)] | None = None

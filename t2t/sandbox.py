@@ -50,6 +50,7 @@ class RenderLimits:
 
     max_output_chars: int = 100_000  # characters one render outputs
     max_value_size: int = 1_000_000  # length of any string or list a template builds
+    max_built_size: int = 100_000_000  # the lengths of all the strings and lists one render builds, summed
     max_int_bits: int = 4_096  # bits of any integer a template builds (about 1,200 digits)
     max_loop_iterations: int = 100_000  # range() iterations per render, all loops together
     max_seconds: float = 2.0  # wall-clock time of one render
@@ -71,6 +72,7 @@ class _Budget:
     deadline: float
     iterations: int = 0
     output: int = 0
+    built: int = 0  # items of the strings and lists built so far (max_built_size)
     key: tuple = ()  # (task, template, row): seeds the `choice` filter of promptsource-style templates
     choices_made: int = 0
 
@@ -101,10 +103,23 @@ def _limits() -> RenderLimits:
     return _budget().limits
 
 
-def check_size(size: int, what: str) -> None:
+def _add_built(size: int) -> None:
+    """Count a value about to be built against the render's total: one value's size is bounded by max_value_size,
+    and many of them, each within it (`map('center', 999999)` over a long list), by max_built_size."""
+    budget = _budget()
+    budget.built += size
+    if budget.built > budget.limits.max_built_size:
+        raise LimitError("max_built_size", f"the render built over {budget.limits.max_built_size:,} items of "
+                         "strings and lists in all")  # fmt: skip
+
+
+def check_size(size: int, what: str, built: int | None = None) -> None:
+    """Refuse a value of over max_value_size items before it is built, and count it (or `built` items of it, the
+    growth of a value extended in place) against max_built_size."""
     limit = _limits().max_value_size
     if size > limit:
         raise LimitError("max_value_size", f"{what} would build a value of {size:,} items (over {limit:,})")
+    _add_built(size if built is None else built)
 
 
 def check_int(value: int) -> int:
@@ -146,6 +161,7 @@ def check_text(value: Any, what: str) -> None:
     size = text_size(value, limit)
     if size > limit:
         raise LimitError("max_value_size", f"{what} would make over {limit:,} characters of text")
+    _add_built(size)
 
 
 _WIDTH = re.compile(r"(\d+)")
@@ -310,7 +326,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         for value in values:
             check_text(value, "'~'")
         parts = [str(v) for v in values]
-        check_size(sum(len(p) for p in parts), "'~'")
+        check_size(sum(len(p) for p in parts), "'~'", built=0)  # each part was counted by check_text
         return "".join(parts)
 
     def __init__(self) -> None:
@@ -471,7 +487,7 @@ class PromptsourceEnvironment(BoundedEnvironment):
         if isinstance(owner, list | dict) and isinstance(__obj, types.BuiltinMethodType):
             grow = {"append": 1, "insert": 1, "extend": text_size(args[0], _limits().max_value_size) if args else 0,
                     "update": len(args[0]) if args and hasattr(args[0], "__len__") else 0}.get(__obj.__name__, 0)  # fmt: skip
-            check_size(len(owner) + grow, f"{type(owner).__name__}.{__obj.__name__}")
+            check_size(len(owner) + grow, f"{type(owner).__name__}.{__obj.__name__}", built=grow)
         return super().call(__context, __obj, *args, **kwargs)
 
 

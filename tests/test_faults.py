@@ -89,6 +89,10 @@ TEMPLATE_CASES = [
     ("slice_filter", "{{ [1, 2]|slice(10**8)|list }}", r"slice would build a value of 100,000,000 items"),
     ("slice_through_map", "{{ [[1, 2]]|map('slice', 10**8)|map('list')|list }}", r"slice would build"),
     ("wordwrap_wrapstring", "{{ (question * 40000)|wordwrap(1, wrapstring='x' * 999999)|length }}", r"wordwrap would build .*\(limit max_value_size\)"),
+    # many values, each within max_value_size: 2.6 GB before the 2 s timer until 2026-12-05
+    ("many_values_map", "{{ ([question] * 999999)|map('center', 999999)|list|length }}", r"the render built over 100,000,000 items of strings and lists in all \(limit max_built_size\)"),
+    ("many_values_loop", "{% set ns = namespace(l=[]) %}{% for i in range(99999) %}{% set ns.l = ns.l + [question.center(999999)] %}{% endfor %}{{ ns.l|length }}", r"\(limit max_built_size\)"),
+    ("many_texts_map", "{{ ([['x' * 50000] * 19] * 99999)|map('string')|list|length }}", r"\(limit max_built_size\)"),
     ("range_past_maxsize", "{% for i in range(2**64) %}{% endfor %}x", r"range of 18,446,744,073,709,551,616 items .*\(limit max_loop_iterations\)"),
     # a literal's escape decodes to a lone surrogate, which no tokenizer takes (it was an unexpected UnicodeEncodeError)
     ("lone_surrogate_literal", '{{ "\\ud800" }} {{ question }}', r"the rendered text's character 0 is a lone surrogate \(\\ud800\), not Unicode text"),
@@ -138,6 +142,21 @@ def test_the_bounded_filters_and_methods_render_within_their_limits(task_dir, ru
     code, out, err = run_cli("--templates-dir", task_dir, "render", "toy_qa", "-n", "1")
     assert code == 0, err
     assert "[[0, 1], [2, 3], [4, 'x']] [[1, 2], [3]] a/b/c 2 plus 2?" in out
+
+
+def test_a_render_that_builds_a_long_text_bit_by_bit_stays_within_the_total(task_dir, run_cli):
+    # 2,000 joins with '~' of a growing text: about 4 million items built in all, far inside max_built_size
+    template("{% set ns = namespace(s='') %}{% for i in range(2000) %}{% set ns.s = ns.s ~ question ~ ', ' %}"
+             "{% endfor %}{{ ns.s|length }}")(task_dir)  # fmt: skip
+    code, out, err = run_cli("--templates-dir", task_dir, "render", "toy_qa", "-n", "1")
+    assert code == 0 and "input:   12000" in out, err
+    template("{% set ns = namespace(s='') %}{% for i in range(2000) %}{% set ns.s = ns.s ~ question ~ ', ' %}"
+             "{% endfor %}{{ ns.s|length }}", limits={"max_built_size": 1_000_000})(task_dir)  # fmt: skip
+    code, _, err = run_cli("--templates-dir", task_dir, "render", "toy_qa", "-n", "1")
+    assert (
+        code == 2
+        and "the render built over 1,000,000 items of strings and lists in all (limit max_built_size)" in err
+    )
 
 
 def test_an_overflow_of_a_value_names_no_limit(task_dir, run_cli):
