@@ -32,7 +32,8 @@ def check_name(value: str, what: str = "name") -> str:
 
 
 class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no inf or nan in any number of a t2t file (`optimizer.lr: .inf` trained to a non-finite loss at step 2)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class HubSource(Spec):

@@ -31,6 +31,13 @@ class TinyModelSpec(Spec):
     d_ff: Positive = 256
     dropout_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
+    @model_validator(mode="after")
+    def _heads_fit(self) -> TinyModelSpec:
+        if self.num_heads > self.d_model:  # each head has d_model // num_heads dimensions
+            raise ValueError(f"num_heads ({self.num_heads}) must be at most d_model ({self.d_model}): each head "
+                             "attends in d_model // num_heads dimensions")  # fmt: skip
+        return self
+
 
 class ModelSpec(Spec):
     """Either a pretrained checkpoint (hub name or local dir) or a tiny T5 built from a config."""
@@ -84,7 +91,7 @@ class OptimizerSpec(Spec):
     name: Literal["adamw", "adafactor"] = "adamw"
     lr: Annotated[float, Field(gt=0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     eps: Annotated[float, Field(gt=0)] = 1e-8
 
 

@@ -327,6 +327,16 @@ def test_a_bad_override_is_reported_as_the_override(world, tmp_path, run_cli):
     assert code == 2 and err.strip() == (
         "t2t: error: override 'optimizer={lr: 1e-3, lr: 5}': key 'lr' appears twice in one mapping"
     )
+    # values the model or optimizer would refuse only after the tokenizer trained (an unexpected ValueError or
+    # ZeroDivisionError until 2026-12-05), or train with to a non-finite loss (an infinite learning rate)
+    for override, message in [
+        ("optimizer.lr=inf", "optimizer.lr: Input should be a finite number"),
+        ("optimizer.betas=[2, 0.9]", "optimizer.betas.0: Input should be less than 1"),
+        ("model.tiny.num_heads=200", "model.tiny: num_heads (200) must be at most d_model (32): each head attends "
+                                     "in d_model // num_heads dimensions"),
+    ]:  # fmt: skip
+        code, _, err = run_cli("--mixtures-dir", world / "mixtures", "train", config, override)
+        assert code == 2 and err.strip() == f"t2t: error: override '{override}': {message}"
     assert not (tmp_path / "run").exists()
 
 
