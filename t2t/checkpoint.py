@@ -225,7 +225,7 @@ def first_difference(saved: Any, current: Any, path: str = "") -> str | None:
 
 _WHAT = {"config": "the training config", "mixture": "the mixture", "tasks": "the task set or a task file",
          "tokenizer": "the tokenizer", "model_config": "the model config",
-         "batching": "the batching that batching.strategy auto chose from the data"}  # fmt: skip
+         "batching": "the batching chosen from the config and the data (auto's choice, or packed rows' sizes)"}  # fmt: skip
 _OPTIONAL = {"batching"}  # recorded since 2026-12: older checkpoints resume without this check
 
 

@@ -313,8 +313,8 @@ def rows_said(spec: BatchingSpec) -> str:
 
 
 def recorded_choice(config: BatchingSpec, recorded: Any) -> BatchingSpec | None:
-    """On a resume under `strategy: auto`: the batching auto chose at the run's start, as its checkpoint recorded
-    it, where every batching key the config sets still says the same. auto's rules may have changed since (a newer
+    """On a resume under `strategy: auto` (or `packed`): the batching chosen at the run's start, as its checkpoint
+    recorded it, where every batching key the config sets still says the same. auto's rules may have changed since (a newer
     t2t sizing rows otherwise): the run keeps its batches. None otherwise (auto decides again, and the resume check
     refuses a different outcome, naming it)."""
     if not isinstance(recorded, dict) or recorded.get("strategy") not in ("packed", "padded"):
@@ -329,41 +329,13 @@ def recorded_choice(config: BatchingSpec, recorded: Any) -> BatchingSpec | None:
         return None
 
 
-def resolve_batching(
-    data: MixtureData, config: BatchingSpec, model_kind: str | None, recorded: Any = None
+def packed_rows(
+    data: MixtureData, config: BatchingSpec, examples: Sequence[Example]
 ) -> tuple[BatchingSpec, str]:
-    """`strategy: auto` made concrete, and why, from the model and the first window of the stream (the same on
-    every process and resume). auto keeps each step's task mix: of the two strategies that do, packed rows (for
-    models that can pack: T5 family, relative positions, attention per segment) and padded batches that keep the
-    mix (`keep_mix`), it takes the one whose batches hold more real tokens on the first window, unless that one
-    does not keep the mix there and the other keeps it far better (MIX_KEPT, MIX_GAP: padded batches meant to keep
-    it fail where long examples fill a batch alone). Packed rows are `max_tokens` cut into rows of about 1,024
-    tokens, each row's input and target sides split where the window's examples fill the fewest rows
-    (`densest_split`; the input side never below `max_input_tokens`); any of these set in the config is kept (rows
-    sized there and not counted: as many as fit `max_tokens`). Models that cannot pack get padded batches keeping
-    the mix. `keep_mix: false` in the config makes auto's padded batches length-bucketed, compared with packed rows
-    as such. `model_kind`: the model's type (None: a tiny T5). `recorded`: a resumed run's batching as its
-    checkpoint recorded it (`recorded_choice`)."""
-    if config.strategy != "auto":
-        return config, f"{config.strategy}, as set"
-    kept = recorded_choice(config, recorded)
-    if kept is not None:
-        said = f"packed ({rows_said(kept)})" if kept.strategy == "packed" else (
-            "padded, keeping each batch's task mix" if kept.keep_mix else "padded, bucketed by length")  # fmt: skip
-        return kept, f"{said}, as this run's checkpoint recorded it at the run's start"
-    kind = model_kind or "t5"
+    """Packed rows for the config's budget (`max_tokens`), from the stream's first window: `resolve_batching`'s
+    rules for the row count and each row's split, any of them set in the config kept; and, where its batches pass
+    `max_tokens`, a clause saying by how much and why."""
     fields = config.model_fields_set
-    # auto's padded batches keep the mix, unless the config says keep_mix: false (then they are bucketed by length)
-    keep = config.keep_mix if "keep_mix" in fields else True
-    padded = config.model_copy(update={"strategy": "padded", "keep_mix": keep})
-    padded_said = ("padded, keeping each batch's task mix" if keep
-                   else "padded, bucketed by length (batching.keep_mix: false)")  # fmt: skip
-    if config.batch_size is not None:
-        return (padded, f"{padded_said}: batching.batch_size counts examples per padded batch (give max_tokens to "
-                        "let auto pack)")  # fmt: skip
-    if kind not in PACKABLE:
-        return padded, f"{padded_said}: {kind} models have absolute positions, which packing would shift"
-    examples = first_examples(data, config)
     # keep_mix is for padded batches only
     packed = config.model_copy(update={"strategy": "packed", "keep_mix": False})
     if "pack_input_tokens" not in fields and packed.pack_target_tokens is None:
@@ -388,6 +360,65 @@ def resolve_batching(
     if "rows_per_batch" not in fields and "pack_input_tokens" in fields:
         # rows the config sizes and does not count: as many as fit the budget
         packed = packed.model_copy(update={"rows_per_batch": max(1, config.max_tokens // row)})
+    over = ""
+    if row * packed.rows_per_batch > config.max_tokens:
+        # the user's budget is a memory bound: say where it is passed, and why
+        given = sorted(fields & {"rows_per_batch", "pack_input_tokens", "pack_target_tokens"})
+        because = (f"as batching.{', '.join(given)} set" if given else "a row holds the longest example the limits "
+                   f"allow ({data.limits.max_input_tokens}+{data.limits.max_target_tokens})")  # fmt: skip
+        over = (f"; its batches take {row * packed.rows_per_batch} token slots, over batching.max_tokens="
+                f"{config.max_tokens}: {because}")  # fmt: skip
+    return packed, over
+
+
+def resolve_batching(
+    data: MixtureData, config: BatchingSpec, model_kind: str | None, recorded: Any = None
+) -> tuple[BatchingSpec, str]:
+    """`strategy: auto` made concrete, and why, from the model and the first window of the stream (the same on
+    every process and resume). auto keeps each step's task mix: of the two strategies that do, packed rows (for
+    models that can pack: T5 family, relative positions, attention per segment) and padded batches that keep the
+    mix (`keep_mix`), it takes the one whose batches hold more real tokens on the first window, unless that one
+    does not keep the mix there and the other keeps it far better (MIX_KEPT, MIX_GAP: padded batches meant to keep
+    it fail where long examples fill a batch alone). Packed rows are `max_tokens` cut into rows of about 1,024
+    tokens, each row's input and target sides split where the window's examples fill the fewest rows
+    (`densest_split`; the input side never below `max_input_tokens`); any of these set in the config is kept (rows
+    sized there and not counted: as many as fit `max_tokens`). Models that cannot pack get padded batches keeping
+    the mix. `keep_mix: false` in the config makes auto's padded batches length-bucketed, compared with packed rows
+    as such. `model_kind`: the model's type (None: a tiny T5). `recorded`: a resumed run's batching as its
+    checkpoint recorded it (`recorded_choice`)."""
+    if config.strategy == "padded":
+        return config, "padded, as set"
+    kept = recorded_choice(config, recorded)
+    if kept is not None and config.strategy in ("auto", kept.strategy):
+        said = f"packed ({rows_said(kept)})" if kept.strategy == "packed" else (
+            "padded, keeping each batch's task mix" if kept.keep_mix else "padded, bucketed by length")  # fmt: skip
+        return kept, f"{said}, as this run's checkpoint recorded it at the run's start"
+    if config.strategy == "packed":
+        if config.max_tokens is None:  # rows as the config's row keys (or their defaults) give them
+            return (
+                config,
+                "packed, as set (batching.max_tokens: null: rows_per_batch rows of pack_input_tokens)",
+            )
+        packed, over = packed_rows(data, config, first_examples(data, config))
+        return (
+            packed,
+            f"packed, as set ({rows_said(packed)}, sized to batching.max_tokens={config.max_tokens}){over}",
+        )
+    kind = model_kind or "t5"
+    fields = config.model_fields_set
+    # auto's padded batches keep the mix, unless the config says keep_mix: false (then they are bucketed by length)
+    keep = config.keep_mix if "keep_mix" in fields else True
+    padded = config.model_copy(update={"strategy": "padded", "keep_mix": keep})
+    padded_said = ("padded, keeping each batch's task mix" if keep
+                   else "padded, bucketed by length (batching.keep_mix: false)")  # fmt: skip
+    if config.batch_size is not None:
+        return (padded, f"{padded_said}: batching.batch_size counts examples per padded batch (give max_tokens to "
+                        "let auto pack)")  # fmt: skip
+    if kind not in PACKABLE:
+        return padded, f"{padded_said}: {kind} models have absolute positions, which packing would shift"
+    examples = first_examples(data, config)
+    packed, over = packed_rows(data, config, examples)
+    row = packed.pack_input_tokens + packed.pack_target_tokens
     n_tasks = len(data.task_names)
     rows = pack(examples, packed.pack_input_tokens, packed.pack_target_tokens)
     batches = [[examples[i] for r in rows[j : j + packed.rows_per_batch] for i in r]
@@ -409,14 +440,6 @@ def resolve_batching(
         densities["packed"],
         densities["mix" if keep else "bucketed"],
     )
-    over = ""
-    if row * packed.rows_per_batch > config.max_tokens:
-        # the user's budget is a memory bound: say where it is passed, and why
-        given = sorted(fields & {"rows_per_batch", "pack_input_tokens", "pack_target_tokens"})
-        because = (f"as batching.{', '.join(given)} set" if given else "a row holds the longest example the limits "
-                   f"allow ({data.limits.max_input_tokens}+{data.limits.max_target_tokens})")  # fmt: skip
-        over = (f"; its batches take {row * packed.rows_per_batch} token slots, over batching.max_tokens="
-                f"{config.max_tokens}: {because}")  # fmt: skip
     packs = f"packed ({shape}): {kind} attends within each packed example, and its rows"
     kept, lost = sorted((packed_mix, padded_mix))
     if keep and lost > MIX_KEPT and lost >= 2 * kept and lost - kept >= MIX_GAP and (

@@ -258,7 +258,8 @@ class Run:
         self.data = MixtureData(
             self.mixture, registry, self.tokenizer, self.limits, config.cache_dir, config.bad_rows
         )
-        # on a resume, what auto chose at the run's start (kept where the config's batching keys are unchanged)
+        # on a resume, the rows or batches auto or packed chose at the run's start (kept where the config's batching
+        # keys are unchanged)
         recorded = (
             load_run_state(checkpoint).get("identity", {}).get("batching") if checkpoint is not None else None
         )
@@ -536,6 +537,8 @@ class Run:
         warnings = truncation_warnings(self.data.encoded_pairs(), self.data.limits)
         if self.config.batching.strategy == "auto":
             print(f"batching: auto chose {self.loader.why}")
+        elif self.config.batching.strategy == "packed":  # the rows it sized from the budget
+            print(f"batching: {self.loader.why}")
         if self.balancer.weighs and self.loader.config.strategy == "padded":
             warnings.append(f"balancing.method={self.config.balancing.method} weighs the tasks within each "
                             "micro-batch, and length-bucketed padded batches often hold a single task (where it "

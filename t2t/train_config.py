@@ -71,9 +71,11 @@ class BatchingSpec(Spec):
     # window's examples by length alone, which often leaves one task per batch (auto's padded batches: true unless
     # the config sets it)
     keep_mix: bool = False
-    rows_per_batch: Positive = 4  # packed
-    pack_input_tokens: Positive = 512  # packed
-    pack_target_tokens: Positive | None = None  # packed; None: sized from the data
+    # packed (and auto's packed rows): max_tokens cut into rows as t2t.data.packed_rows does; each of these set here
+    # is kept. With max_tokens: null, rows_per_batch rows of pack_input_tokens (these defaults)
+    rows_per_batch: Positive = 4
+    pack_input_tokens: Positive = 512
+    pack_target_tokens: Positive | None = None  # None: sized from the data
     window_examples: Positive = 2048
 
     @model_validator(mode="after")

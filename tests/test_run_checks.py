@@ -122,8 +122,8 @@ def test_resume_refuses_a_recorded_batching_other_than_the_configs(trained, run_
     state["identity"]["batching"]["keep_mix"] = True
     state_file.write_text(json.dumps(state))
     line = refused(run_cli, [*args, config], run_dir)
-    assert ("cannot resume: the batching that batching.strategy auto chose from the data changed since this "
-            "checkpoint (batching.keep_mix: True -> False)") in line  # fmt: skip
+    assert ("cannot resume: the batching chosen from the config and the data (auto's choice, or packed rows' sizes) "
+            "changed since this checkpoint (batching.keep_mix: True -> False)") in line  # fmt: skip
     # a checkpoint of an older t2t records no resolved batching: it resumes, unchecked on it
     del state["identity"]["batching"]
     state_file.write_text(json.dumps(state))
@@ -184,6 +184,36 @@ def test_resume_under_auto_keeps_the_batching_its_checkpoint_recorded(world, run
         "cannot resume: the training config changed since this checkpoint (batching.max_tokens: 256 -> 128)"
         in line
     )
+
+
+def test_packed_rows_are_sized_to_max_tokens_and_an_older_runs_rows_are_kept(world, run_cli, tmp_path):
+    """`strategy: packed` cuts `max_tokens` into rows as auto does (until 2026-12-05 it took 4 rows of 512 input
+    tokens whatever max_tokens said); a run started by an older t2t resumes with the rows its checkpoint recorded."""
+    args = ["--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train"]
+    packed = {"strategy": "packed", "max_tokens": 96, "window_examples": 32}
+    config = config_file(tmp_path, world, batching=packed)
+    code, out, err = run_cli(*args, config)
+    assert code == 0, err
+    state_file = tmp_path / "run" / "checkpoints" / "step_00000002" / "run_state.json"
+    state = json.loads(state_file.read_text())
+    chosen = state["identity"]["batching"]
+    row = chosen["pack_input_tokens"] + chosen["pack_target_tokens"]
+    # within the budget, each row still holding the longest example the limits allow (32 + 8)
+    assert chosen["strategy"] == "packed" and row >= 40 and chosen["rows_per_batch"] * row <= 96
+    assert (f"batching: packed, as set ({chosen['rows_per_batch']} row{'s' if chosen['rows_per_batch'] > 1 else ''}"
+            f" of {chosen['pack_input_tokens']}+{chosen['pack_target_tokens']} tokens, sized to "
+            "batching.max_tokens=96)") in out  # fmt: skip
+    # the rows an older t2t took for the same config (4 of 512 input tokens): the run keeps them
+    older = {**chosen, "rows_per_batch": 4, "pack_input_tokens": 512, "pack_target_tokens": 8}
+    state["identity"]["batching"] = older
+    state_file.write_text(json.dumps(state))
+    config = config_file(tmp_path, world, batching=packed, steps=3)
+    code, out, err = run_cli(*args, config, "--resume", "auto")
+    assert code == 0, err
+    assert ("batching: packed (4 rows of 512+8 tokens), as this run's checkpoint recorded it at the run's start"
+            in out)  # fmt: skip
+    final = json.loads((tmp_path / "run" / "checkpoints" / "step_00000003" / "run_state.json").read_text())
+    assert final["identity"]["batching"] == older
 
 
 def test_resume_refuses_a_changed_mixture_or_task_file(trained, run_cli, world):
