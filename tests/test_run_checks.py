@@ -151,32 +151,48 @@ def test_resume_refuses_a_run_state_t2t_did_not_write(trained, run_cli, content,
     assert line.endswith("resume from another checkpoint with --resume PATH")
 
 
+def train_and_read_state(
+    run_cli, world: Path, tmp_path: Path, batching: dict
+) -> tuple[list, str, Path, dict]:
+    """Train 2 steps with this batching; the CLI's leading arguments, its output, and the last checkpoint's run
+    state (file and contents)."""
+    args = ["--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train"]
+    code, out, err = run_cli(*args, config_file(tmp_path, world, batching=batching))
+    assert code == 0, err
+    state_file = tmp_path / "run" / "checkpoints" / "step_00000002" / "run_state.json"
+    return args, out, state_file, json.loads(state_file.read_text())
+
+
+def resume_with_recorded_batching(run_cli, world: Path, tmp_path: Path, args: list, state_file: Path, state: dict,
+                                  batching: dict, recorded: dict) -> str:  # fmt: skip
+    """Make the checkpoint record `recorded` as its batching, resume the same config to step 3, check that the run
+    kept it to the end; the resume's output."""
+    state["identity"]["batching"] = recorded
+    state_file.write_text(json.dumps(state))
+    code, out, err = run_cli(
+        *args, config_file(tmp_path, world, batching=batching, steps=3), "--resume", "auto"
+    )
+    assert code == 0, err
+    assert "resuming from step_00000002 at step 2 of 3" in out
+    final = json.loads((tmp_path / "run" / "checkpoints" / "step_00000003" / "run_state.json").read_text())
+    assert final["identity"]["batching"] == recorded
+    return out
+
+
 def test_resume_under_auto_keeps_the_batching_its_checkpoint_recorded(world, run_cli, tmp_path):
     """auto's rules may change between versions (a newer t2t sizing packed rows otherwise): a run resumed under
     strategy auto keeps the batching its checkpoint recorded at the run's start, so its batches stay its own; a
     batching key the config changes is still refused."""
-    args = ["--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train"]
     auto = {"max_tokens": 256, "window_examples": 32}
-    config = config_file(tmp_path, world, batching=auto)
-    code, out, err = run_cli(*args, config)
-    assert code == 0, err
-    state_file = tmp_path / "run" / "checkpoints" / "step_00000002" / "run_state.json"
-    state = json.loads(state_file.read_text())
+    args, out, state_file, state = train_and_read_state(run_cli, world, tmp_path, auto)
     chosen = state["identity"]["batching"]
     assert chosen["strategy"] == "packed" and f"auto chose packed ({chosen['rows_per_batch']} row" in out
     # as an earlier auto would have sized them: other rows (they still hold the longest example, 32 + 8)
     other = {**chosen, "rows_per_batch": 3, "pack_input_tokens": 64, "pack_target_tokens": 16}
     assert other != chosen
-    state["identity"]["batching"] = other
-    state_file.write_text(json.dumps(state))
-    config = config_file(tmp_path, world, batching=auto, steps=3)
-    code, out, err = run_cli(*args, config, "--resume", "auto")
-    assert code == 0, err
+    out = resume_with_recorded_batching(run_cli, world, tmp_path, args, state_file, state, auto, other)
     assert ("batching: auto chose packed (3 rows of 64+16 tokens), as this run's checkpoint recorded it at the run's "
             "start") in out  # fmt: skip
-    assert "resuming from step_00000002 at step 2 of 3" in out
-    final = json.loads((tmp_path / "run" / "checkpoints" / "step_00000003" / "run_state.json").read_text())
-    assert final["identity"]["batching"] == other
     # a key the config sets and changes: auto decides again, and the different batching is refused
     config = config_file(tmp_path, world, batching={**auto, "max_tokens": 128}, steps=4)
     line = refused(run_cli, [*args, config], tmp_path / "run")
@@ -189,13 +205,8 @@ def test_resume_under_auto_keeps_the_batching_its_checkpoint_recorded(world, run
 def test_packed_rows_are_sized_to_max_tokens_and_an_older_runs_rows_are_kept(world, run_cli, tmp_path):
     """`strategy: packed` cuts `max_tokens` into rows as auto does (until 2026-12-05 it took 4 rows of 512 input
     tokens whatever max_tokens said); a run started by an older t2t resumes with the rows its checkpoint recorded."""
-    args = ["--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train"]
     packed = {"strategy": "packed", "max_tokens": 96, "window_examples": 32}
-    config = config_file(tmp_path, world, batching=packed)
-    code, out, err = run_cli(*args, config)
-    assert code == 0, err
-    state_file = tmp_path / "run" / "checkpoints" / "step_00000002" / "run_state.json"
-    state = json.loads(state_file.read_text())
+    args, out, state_file, state = train_and_read_state(run_cli, world, tmp_path, packed)
     chosen = state["identity"]["batching"]
     row = chosen["pack_input_tokens"] + chosen["pack_target_tokens"]
     # within the budget, each row still holding the longest example the limits allow (32 + 8)
@@ -205,15 +216,9 @@ def test_packed_rows_are_sized_to_max_tokens_and_an_older_runs_rows_are_kept(wor
             "batching.max_tokens=96)") in out  # fmt: skip
     # the rows an older t2t took for the same config (4 of 512 input tokens): the run keeps them
     older = {**chosen, "rows_per_batch": 4, "pack_input_tokens": 512, "pack_target_tokens": 8}
-    state["identity"]["batching"] = older
-    state_file.write_text(json.dumps(state))
-    config = config_file(tmp_path, world, batching=packed, steps=3)
-    code, out, err = run_cli(*args, config, "--resume", "auto")
-    assert code == 0, err
+    out = resume_with_recorded_batching(run_cli, world, tmp_path, args, state_file, state, packed, older)
     assert ("batching: packed (4 rows of 512+8 tokens), as this run's checkpoint recorded it at the run's start"
             in out)  # fmt: skip
-    final = json.loads((tmp_path / "run" / "checkpoints" / "step_00000003" / "run_state.json").read_text())
-    assert final["identity"]["batching"] == older
 
 
 def test_resume_refuses_a_changed_mixture_or_task_file(trained, run_cli, world):
