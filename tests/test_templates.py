@@ -1,5 +1,6 @@
 """Rendering: golden outputs written by hand, strictness, the sandbox, seeded template choice."""
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -175,3 +176,71 @@ def test_one_timer_serves_a_batch_of_renders_and_interrupts_each_at_its_own_dead
     with pytest.raises(LimitError, match=r"the render took over 0\.2 s"):
         bounded_call(spin, None, limits)
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) == before
+
+
+def jinja_only(task: Task) -> Task:
+    """The same task with every template rendered by Jinja (no substitution plans)."""
+    plain = Task(task.spec)
+    plain.templates = {name: dataclasses.replace(c, plans={}) for name, c in plain.templates.items()}
+    return plain
+
+
+SUBSTITUTIONS = [
+    # source, its plan as Jinja parses it: whitespace control, raw blocks, comments and line ends applied
+    ("{{ premise }} Question: {{ hypothesis }}?",
+     ((False, "premise"), (True, " Question: "), (False, "hypothesis"), (True, "?"))),
+    ("  {{- premise -}}  \n  x", ((False, "premise"), (True, "x"))),
+    ("{# a note #}{{ premise }}{% raw %} {{ hypothesis }}{% endraw %}\n", ((False, "premise"), (True, " {{ hypothesis }}"))),
+    ("a\r\nb {{ premise }}\n\n", ((True, "a\nb "), (False, "premise"), (True, "\n"))),
+    ("plain text", ((True, "plain text"),)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("source", "plan"), SUBSTITUTIONS)
+def test_a_substitution_template_renders_by_joining_as_jinja_renders_it(source, plan):
+    task = make_task(input_text=source)
+    assert task.templates["t"].plans["input"] == plan
+    for row in (ROW, {**ROW, "premise": "naïve café 猫 \t", "hypothesis": "x{{ y }}"}):
+        assert task.render(row, "t") == jinja_only(task).render(row, "t")
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["{{ premise|upper }}", "{{ premise.strip() }}", "{{ premise ~ hypothesis }}", "{% if label %}x{% endif %}",
+     "{{ answer_choices[0] }} {{ premise }}", "{{ range }}", "{{ 'x' }}{{ premise }}"],
+)  # fmt: skip
+def test_anything_but_fields_and_text_renders_through_jinja(source):
+    assert "input" not in make_task(input_text=source).templates["t"].plans
+
+
+def test_a_substitution_falls_back_to_jinja_for_other_values_and_fails_as_jinja_fails():
+    task = make_task(input_text="{{ premise }} / {{ hypothesis }}")
+    assert task.templates["t"].plans["input"] == ((False, "premise"), (True, " / "), (False, "hypothesis"))
+    # a number (and a list) is not a string: Jinja writes it as it writes any value
+    assert task.render({**ROW, "hypothesis": 7}, "t").inputs == "A cat sleeps. / 7"
+    assert task.render({**ROW, "hypothesis": [1, "a"]}, "t").inputs == "A cat sleeps. / [1, 'a']"
+    # over the output limit, and not Unicode text: the same one line as from Jinja
+    for row, message in [({**ROW, "premise": "x" * 100_001}, "input: the output passed 100,000 characters"),
+                         ({**ROW, "premise": "a\ud800"}, "input: the rendered text's character 1 is a lone surrogate")]:  # fmt: skip
+        for renderer in (task, jinja_only(task)):
+            with pytest.raises(T2TError, match=message):
+                renderer.render(row, "t")
+
+
+def test_every_shipped_template_renders_as_jinja_renders_it():
+    from t2t.registry import Registry
+    from t2t.sources import load_split
+
+    registry = Registry.default()
+    planned = 0
+    for name in registry.task_names:
+        task = registry.task(name)
+        if task.spec.source.kind != "generator" or task.spec.objective != "prompted":
+            continue
+        plain = jinja_only(task)
+        planned += sum(len(c.plans) for c in task.templates.values())
+        rows = load_split(task, "train").rows
+        for i, row in enumerate(rows.select(range(min(40, len(rows))))):
+            for template in task.template_names:
+                assert task.render(row, template, "train", i) == plain.render(row, template, "train", i)
+    assert planned >= 30  # most shipped templates are substitutions
