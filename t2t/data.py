@@ -314,9 +314,9 @@ def rows_said(spec: BatchingSpec) -> str:
 
 def recorded_choice(config: BatchingSpec, recorded: Any) -> BatchingSpec | None:
     """On a resume under `strategy: auto` (or `packed`): the batching chosen at the run's start, as its checkpoint
-    recorded it, where every batching key the config sets still says the same. auto's rules may have changed since (a newer
-    t2t sizing rows otherwise): the run keeps its batches. None otherwise (auto decides again, and the resume check
-    refuses a different outcome, naming it)."""
+    recorded it, where every batching key the config sets still says the same. The rules may have changed since (a
+    newer t2t sizing rows otherwise): the run keeps its batches. None otherwise (t2t decides again, and the resume
+    check refuses a different outcome, naming it)."""
     if not isinstance(recorded, dict) or recorded.get("strategy") not in ("packed", "padded"):
         return None
     given = config.model_dump(mode="json", exclude_unset=True)

@@ -403,8 +403,9 @@ def _filter_args(args: tuple) -> tuple:
 def _check_batch(*args: Any, **kwargs: Any) -> None:
     """A filled last batch holds `linecount` items however short the input."""
     _, linecount, fill_with = (*_filter_args(args), None, None, None)[:3]
-    if kwargs.get("fill_with", fill_with) is not None and isinstance(kwargs.get("linecount", linecount), int):
-        check_size(kwargs.get("linecount", linecount), "batch")
+    linecount = kwargs.get("linecount", linecount)
+    if kwargs.get("fill_with", fill_with) is not None and isinstance(linecount, int):
+        check_size(linecount, "batch")
 
 
 def _check_slice(*args: Any, **kwargs: Any) -> None:
@@ -417,7 +418,7 @@ def _check_slice(*args: Any, **kwargs: Any) -> None:
 
 def _check_wordwrap(*args: Any, **kwargs: Any) -> None:
     """Each line break writes `wrapstring`: at most one break per character of the text."""
-    text, _, _, wrapstring = (*_filter_args(args), "", None, None, None)[:4]
+    text, _, _, wrapstring = (*_filter_args(args), None, None, None, None)[:4]
     wrapstring = kwargs.get("wrapstring", wrapstring)
     if isinstance(wrapstring, str):
         size = len(str(text))
