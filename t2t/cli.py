@@ -348,7 +348,13 @@ def selected_tasks(
     for name in args.tasks:
         refuse_span_corruption(registry, name)
     _check_split(registry, args.tasks, getattr(args, "split", None))
-    return list(args.tasks), set(), None
+    repeated = sorted({name for name in args.tasks if args.tasks.count(name) > 1})
+    if repeated:
+        print(
+            f"warning: --tasks names {', '.join(repeated)} more than once: each is taken once",
+            file=sys.stderr,
+        )
+    return list(dict.fromkeys(args.tasks)), set(), None
 
 
 def _check_split(registry: Registry, tasks: list[str], split: str) -> None:

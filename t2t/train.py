@@ -549,6 +549,10 @@ class Run:
             warnings.append(f"batching.max_tokens={spec.max_tokens} is below the longest example the limits allow "
                             f"({limits.max_input_tokens}+{limits.max_target_tokens}): an example over the budget "
                             "makes a padded batch of its own, over it (raise max_tokens, or lower the limits)")  # fmt: skip
+        schedule = self.config.schedule
+        if schedule.warmup_steps >= self.config.steps:
+            warnings.append(f"schedule.warmup_steps={schedule.warmup_steps} is not below steps={self.config.steps}: "
+                            f"the learning rate never reaches optimizer.lr={self.config.optimizer.lr:g}")  # fmt: skip
         if acc.mixed_precision == "bf16" and acc.device.type == "cpu":
             warnings.append("precision bf16 on a CPU: 4-13x slower than fp32 without bf16 instructions "
                             "(precision: auto takes fp32 on a CPU and bf16 on a GPU)")  # fmt: skip

@@ -321,6 +321,19 @@ def test_a_padded_budget_below_the_longest_example_is_said(world, tmp_path, run_
                      "lower the limits)"] if warned else [])  # fmt: skip
 
 
+@pytest.mark.parametrize(("warmup", "warned"), [(2, True), (1, False)])
+def test_a_warmup_as_long_as_the_run_is_said(world, tmp_path, run_cli, warmup, warned):
+    # the learning rate would never reach the one the config asks for (until 2026-12-05 without a word)
+    config = config_file(tmp_path, world, schedule={"name": "linear", "warmup_steps": warmup})
+    code, out, err = run_cli(
+        "--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train", config
+    )
+    assert code == 0, err
+    said = [line for line in out.splitlines() if "warmup_steps" in line]
+    assert said == (["warning: schedule.warmup_steps=2 is not below steps=2: the learning rate never reaches "
+                     "optimizer.lr=0.001"] if warned else [])  # fmt: skip
+
+
 def test_a_tracker_that_is_not_installed_is_refused_naming_its_extra(world, tmp_path, run_cli):
     import importlib.util
 
