@@ -550,8 +550,8 @@ class Run:
                             f"({limits.max_input_tokens}+{limits.max_target_tokens}): an example over the budget "
                             "makes a padded batch of its own, over it (raise max_tokens, or lower the limits)")  # fmt: skip
         schedule = self.config.schedule
-        if schedule.warmup_steps >= self.config.steps:
-            warnings.append(f"schedule.warmup_steps={schedule.warmup_steps} is not below steps={self.config.steps}: "
+        if schedule.warmup_steps > self.config.steps:  # the warmup's last step (warmup_steps) reaches lr
+            warnings.append(f"schedule.warmup_steps={schedule.warmup_steps} is over steps={self.config.steps}: "
                             f"the learning rate never reaches optimizer.lr={self.config.optimizer.lr:g}")  # fmt: skip
         if acc.mixed_precision == "bf16" and acc.device.type == "cpu":
             warnings.append("precision bf16 on a CPU: 4-13x slower than fp32 without bf16 instructions "

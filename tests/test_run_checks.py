@@ -321,16 +321,17 @@ def test_a_padded_budget_below_the_longest_example_is_said(world, tmp_path, run_
                      "lower the limits)"] if warned else [])  # fmt: skip
 
 
-@pytest.mark.parametrize(("warmup", "warned"), [(2, True), (1, False)])
-def test_a_warmup_as_long_as_the_run_is_said(world, tmp_path, run_cli, warmup, warned):
-    # the learning rate would never reach the one the config asks for (until 2026-12-05 without a word)
+@pytest.mark.parametrize(("warmup", "warned"), [(3, True), (2, False)])
+def test_a_warmup_longer_than_the_run_is_said(world, tmp_path, run_cli, warmup, warned):
+    # the learning rate would never reach the one the config asks for (until 2026-12-05 without a word); a warmup
+    # of exactly the run's 2 steps reaches it at the last step
     config = config_file(tmp_path, world, schedule={"name": "linear", "warmup_steps": warmup})
     code, out, err = run_cli(
         "--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train", config
     )
     assert code == 0, err
     said = [line for line in out.splitlines() if "warmup_steps" in line]
-    assert said == (["warning: schedule.warmup_steps=2 is not below steps=2: the learning rate never reaches "
+    assert said == (["warning: schedule.warmup_steps=3 is over steps=2: the learning rate never reaches "
                      "optimizer.lr=0.001"] if warned else [])  # fmt: skip
 
 
