@@ -184,8 +184,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--composed-gelu", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.examples < HF_BATCH or args.rounds < 1:
-        parser.error(f"--examples must be at least {HF_BATCH} (one HF batch) and --rounds at least 1")
+    if args.examples < HF_BATCH or args.rounds < 1 or min(args.limits) < 1:
+        parser.error(
+            f"--examples must be at least {HF_BATCH} (one HF batch), --rounds and --limits at least 1"
+        )
     torch.set_num_threads(2)
     datasets.disable_progress_bars()
     if args.only:

@@ -436,9 +436,8 @@ def _check_join(*args: Any, **kwargs: Any) -> None:
 
 
 def _check_text_of(*args: Any, **kwargs: Any) -> None:
-    for item in args:
-        if not hasattr(item, "environment"):  # the eval context Jinja passes some filters first
-            check_text(item, "the filter's text")
+    for item in _filter_args(args):
+        check_text(item, "the filter's text")
 
 
 def _check_sum(*args: Any, **kwargs: Any) -> None:

@@ -111,6 +111,37 @@ def test_rank_classification_picks_the_gold_label_after_training(trained_yes_no,
     assert "Reference: first evaluation" in report_md and report_md.count("\n| ") == 3  # header + 2 steps
 
 
+def test_every_generation_metric_through_t2t_eval_is_its_function_on_the_predictions(
+    trained_yes_no, tmp_path, run_cli
+):
+    """ROUGE-L, BLEU and chrF declared by a task and scored by `t2t eval`: each template's score is the metric
+    function on that template's predictions and references (the corpus ones over the whole set)."""
+    from t2t.metrics import METRICS
+
+    _, run_dir = trained_yes_no
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    write_jsonl(folder / "rows.jsonl", [{"word": w} for w in ["yes", "no"] * 6])
+    metrics = ["exact_match", "rouge_l", "bleu", "chrf"]
+    write_task(folder, {
+        "name": "say_twice", "version": 1, "cluster": "echo", "source": {"kind": "files", "splits": {"validation": "rows.jsonl"}},
+        "fields": {"word": "yes or no"}, "metrics": metrics,
+        "templates": [{"name": "say", "input": "say {{ word }}", "target": "{{ word }}, {{ word }} and {{ word }}"}],
+    })  # fmt: skip
+    out = tmp_path / "eval"
+    code, _, err = run_cli("--templates-dir", folder, "eval", "--model", run_dir / "model", "--tasks", "say_twice",
+                           "--out", out)  # fmt: skip
+    assert code == 0, err
+    scores = json.loads((out / "results.json").read_text())["tasks"]["say_twice"]["templates"]["say"]
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    predictions, references = [r["prediction"] for r in records], [r["references"] for r in records]
+    assert len(records) == 12 and set(scores) == set(metrics)
+    for metric in metrics:
+        assert scores[metric] == pytest.approx(METRICS[metric](predictions, references)), metric
+    # the model answers "yes" / "no": a word of the three in each reference, so ROUGE-L and chrF are above 0
+    assert scores["rouge_l"] > 0 and scores["chrf"] > 0
+
+
 def test_t2t_eval_writes_reports_with_median_and_iqr(trained_yes_no, tmp_path, run_cli):
     registry, run_dir = trained_yes_no
     out = tmp_path / "eval"
