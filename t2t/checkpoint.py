@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from t2t.encoding import tokenizer_fingerprint
+from t2t.encoding import legacy_tokenizer_fingerprint, tokenizer_fingerprint
 from t2t.errors import T2TError, Where
 from t2t.fileio import atomic_write_text
 from t2t.train_config import RESUMABLE_KEYS, TrainConfig, config_dict
@@ -281,13 +281,22 @@ class Checkpointer:
                            "use --resume auto for the run dir's latest", Where(file=path))  # fmt: skip
         return path
 
-    def restore(self, checkpoint: Path, identity: dict) -> dict:
+    def restore(self, checkpoint: Path, identity: dict, tokenizer: Any = None) -> dict:
         """Check that the checkpoint belongs to this run, load the engine state; returns the saved TrainState."""
         run_state = load_run_state(checkpoint)
         if run_state["world_size"] != self.accelerator.num_processes:
             raise T2TError(f"the checkpoint was written by {run_state['world_size']} processes, this run has "
                            f"{self.accelerator.num_processes}: resume with the same number", Where(file=checkpoint))  # fmt: skip
-        check_identity(run_state.get("identity", {}), identity, checkpoint)
+        saved = run_state.get("identity", {})
+        # a checkpoint of an older t2t, whose fingerprint hashed the tokenizer's paths too
+        recorded = saved.get("tokenizer")
+        if (
+            tokenizer is not None
+            and recorded not in (None, identity["tokenizer"])
+            and (recorded == legacy_tokenizer_fingerprint(tokenizer))
+        ):
+            saved = {**saved, "tokenizer": identity["tokenizer"]}
+        check_identity(saved, identity, checkpoint)
         self.accelerator.load_state(str(checkpoint / "accelerate"))
         return run_state["state"]
 

@@ -105,7 +105,32 @@ class EncodedTask:
         }
 
 
+# Where a tokenizer was read from, not what it does: kept out of its fingerprint, so that a run dir copied or moved
+# elsewhere resumes (and finds its encoding cache) as it would where it was made.
+_WHERE_LOADED = frozenset({"name_or_path", "_name_or_path", "vocab_file", "merges_file", "tokenizer_file",
+                           "files_loaded", "is_local", "local_files_only", "cache_dir"})  # fmt: skip
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of what the tokenizer does: its class, its whole serialized model (a fast tokenizer's tokenizer.json,
+    a slow one's SentencePiece proto) and its Python-side settings (special tokens, sides, flags), but not the
+    paths it was loaded from."""
+    state = {key: value for key, value in vars(tokenizer).items()
+             if key not in _WHERE_LOADED and key not in ("_tokenizer", "sp_model", "init_kwargs")}  # fmt: skip
+    state["init_kwargs"] = {k: v for k, v in tokenizer.init_kwargs.items() if k not in _WHERE_LOADED}
+    state["class"] = type(tokenizer).__qualname__
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state["backend"] = backend.to_str()
+    sp_model = getattr(tokenizer, "sp_model", None)
+    if sp_model is not None:
+        state["sp_model"] = sp_model.serialized_model_proto()
+    return Hasher.hash(state)
+
+
+def legacy_tokenizer_fingerprint(tokenizer: Any) -> str:
+    """The fingerprint t2t recorded in checkpoints until 2026-12-05 (it hashed the paths too): a checkpoint that
+    holds it resumes where it was made."""
     return Hasher.hash(tokenizer)
 
 

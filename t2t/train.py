@@ -310,7 +310,7 @@ class Run:
         return training_eval_config(self.config, self.mixture.spec.splits.eval, max_examples)
 
     def _restore(self, checkpoint: Path) -> None:
-        state = self.checkpointer.restore(checkpoint, self.identity)
+        state = self.checkpointer.restore(checkpoint, self.identity, self.tokenizer)
         self.state = TrainState(**state)
         self.loader.state = LoaderState(**state["loader"][self.accelerator.process_index])
         self.balancer.load_state_dict(state["balancer"])

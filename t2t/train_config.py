@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -265,7 +266,24 @@ def load_train_config(path: Path, overrides: list[str] = ()) -> TrainConfig:
         raise error from None
     if not config.run_dir.is_absolute():  # relative run dirs are relative to where t2t runs
         config = config.model_copy(update={"run_dir": Path.cwd() / config.run_dir})
+    check_own_run_dir(Path(path), config.run_dir, overrides)
     return config
+
+
+def check_own_run_dir(path: Path, run_dir: Path, overrides: Sequence[str]) -> None:
+    """A run dir's own config.yaml whose run_dir names another folder (the run dir was moved or copied, or the
+    file's relative run_dir is read from another working dir) would train there, not in the folder it came from:
+    refused unless an override sets run_dir."""
+    folder = path.parent
+    is_run_config = path.name == "config.yaml" and ((folder / "checkpoints").is_dir()
+                                                    or (folder / "metrics.jsonl").is_file())  # fmt: skip
+    if not is_run_config or any(o.partition("=")[0] == "run_dir" for o in overrides):
+        return
+    if folder.resolve() != run_dir.resolve():
+        raise T2TError(f"this is the config of the run in {folder.resolve()}, but its run_dir is {run_dir} (the run "
+                       f"dir was moved or copied, or its relative run_dir read from another working dir): pass "
+                       f"run_dir={folder.resolve()} to continue that run, or run_dir=OTHER for a new one",
+                       Where(file=path))  # fmt: skip
 
 
 def config_dict(config: TrainConfig) -> dict[str, Any]:

@@ -258,6 +258,59 @@ def test_resume_refuses_a_tokenizer_changed_in_place(world, tmp_path, run_cli):
     assert "cannot resume: the tokenizer changed since this checkpoint;" in line
 
 
+def test_a_moved_run_dir_resumes_from_its_own_config_and_says_where_its_run_dir_points(
+    world, tmp_path, run_cli
+):
+    """A run dir moved elsewhere (another disk, another machine's mount) is the same run. Until 2026-12-05 its
+    resume was refused as "the tokenizer changed" (the fingerprint hashed the paths the tokenizer was loaded from),
+    and its own config.yaml, whose run_dir still named the old folder, trained a new run there without a word."""
+    first = tmp_path / "first"
+    first.mkdir()
+    args = ["--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train"]
+    code, _, err = run_cli(*args, config_file(first, world, tokenizer={"vocab_size": 300}))
+    assert code == 0, err
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    (first / "run").rename(moved)
+    line = refused(run_cli, [*args, moved / "config.yaml"], moved)
+    assert line == (f"t2t: error: {moved / 'config.yaml'}: this is the config of the run in {moved}, but its run_dir "
+                    f"is {first / 'run'} (the run dir was moved or copied, or its relative run_dir read from another "
+                    f"working dir): pass run_dir={moved} to continue that run, or run_dir=OTHER for a new one")  # fmt: skip
+    assert not (first / "run").exists()
+    code, out, err = run_cli(*args, moved / "config.yaml", f"run_dir={moved}", "steps=4", "--resume", "auto")
+    assert code == 0, err
+    assert "resuming from step_00000002 at step 2 of 4" in out
+    assert [json.loads(line)["step"] for line in (moved / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+        4,
+    ]
+
+
+def test_a_checkpoint_with_the_older_tokenizer_fingerprint_resumes_in_place(world, tmp_path, run_cli):
+    """Checkpoints written before 2026-12-05 record a fingerprint of the tokenizer object, paths included: where
+    the run dir has not moved they resume as before."""
+    from t2t.encoding import legacy_tokenizer_fingerprint, tokenizer_fingerprint
+    from t2t.tokenizer import load_tokenizer
+
+    args = ["--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train"]
+    config = config_file(tmp_path, world, tokenizer={"pretrained": str(world / "tok")})
+    assert run_cli(*args, config)[0] == 0
+    state_file = tmp_path / "run" / "checkpoints" / "step_00000002" / "run_state.json"
+    state = json.loads(state_file.read_text())
+    tokenizer = load_tokenizer(str(world / "tok"))
+    assert state["identity"]["tokenizer"] == tokenizer_fingerprint(tokenizer)
+    legacy = legacy_tokenizer_fingerprint(tokenizer)
+    assert legacy != tokenizer_fingerprint(tokenizer)
+    state["identity"]["tokenizer"] = legacy
+    state_file.write_text(json.dumps(state))
+    config_file(tmp_path, world, tokenizer={"pretrained": str(world / "tok")}, steps=3)
+    code, out, err = run_cli(*args, config, "--resume", "auto")
+    assert code == 0, err
+    assert "resuming from step_00000002 at step 2 of 3" in out
+
+
 def test_a_missing_resume_checkpoint_is_refused_before_anything_runs(world, tmp_path, run_cli):
     config = config_file(tmp_path, world, tokenizer={"vocab_size": 300})  # would train a tokenizer first
     code, out, err = run_cli("--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train",
