@@ -113,9 +113,23 @@ def export_model(accelerator: Any, wrapped: Any, tokenizer: Any, out_dir: Path, 
 
 
 def read_encoding(model_dir: Path) -> dict:
-    """The encoding limits saved beside an exported model, or {} for a model t2t did not train."""
+    """The encoding limits saved beside an exported model, or {} for a model t2t did not train; a file t2t did not
+    write (torn, edited by hand) is refused in one line."""
     path = Path(model_dir) / ENCODING_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        encoding = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        what, line = (exc.msg, exc.lineno) if isinstance(exc, json.JSONDecodeError) else (exc.reason, None)
+        raise T2TError(f"unreadable encoding limits ({what})", Where(file=path, line=line)) from None
+    limits = ("max_input_tokens", "max_target_tokens")
+    if not isinstance(encoding, dict) or not all(
+        encoding.get(key) is None or (type(encoding[key]) is int and encoding[key] > 0) for key in limits
+    ):
+        raise T2TError("not the encoding limits t2t writes (a JSON object whose max_input_tokens and "
+                       "max_target_tokens are positive integers)", Where(file=path))  # fmt: skip
+    return encoding
 
 
 def save_checkpoint(accelerator: Any, wrapped: Any, tokenizer: Any, run_dir: Path, step: int,

@@ -82,15 +82,21 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def load_pretrained(loader, name_or_dir: str | Path, what: str):
-    """`loader.from_pretrained(name_or_dir)`, with a failure as one T2TError line naming what and where (and, for
-    a local dir that is not a model, where the model is)."""
+def load_pretrained(loader, name_or_dir: str | Path, what: str, **kwargs):
+    """`loader.from_pretrained(name_or_dir, **kwargs)`, with a failure as one T2TError line naming what and where
+    (and, for a local dir that is not a model, where the model is). A torn weights file, or a config file of the
+    wrong JSON type, is such a failure too."""
+    from safetensors import SafetensorError
+
     from t2t.hub import hub_or_cache
 
     try:
         with hub_or_cache(ask=not Path(name_or_dir).exists()) as unreachable:
-            return loader.from_pretrained(str(name_or_dir))
-    except (OSError, ValueError) as exc:
+            return loader.from_pretrained(str(name_or_dir), **kwargs)
+    except SafetensorError as exc:
+        raise T2TError(f"cannot load {what}: a weights file is not readable as safetensors ({first_line(exc)}): "
+                       f"a torn or partial copy?", Where(file=name_or_dir)) from None  # fmt: skip
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
         hint = _not_a_model_dir(
             Path(name_or_dir), "tokenizer_config.json" if what == "tokenizer" else "config.json"
         )
@@ -100,7 +106,11 @@ def load_pretrained(loader, name_or_dir: str | Path, what: str):
             cache = f"; {unreachable}, so only the local cache was read" if unreachable else ""
             raise T2TError(f"cannot load {what}: no such local dir, and as a hub name: {first_line(exc).rstrip('.')}{cache}",
                            Where(file=name_or_dir)) from None  # fmt: skip
-        raise T2TError(f"cannot load {what}: {first_line(exc)}", Where(file=name_or_dir)) from None
+        if isinstance(exc, OSError | ValueError):
+            raise T2TError(f"cannot load {what}: {first_line(exc)}", Where(file=name_or_dir)) from None
+        # a JSON file of the wrong shape (a list where an object belongs) fails deep inside the library
+        raise T2TError(f"cannot load {what}: {type(exc).__name__}: {first_line(exc)} (is every JSON file in the dir "
+                       f"the object the library wrote?)", Where(file=name_or_dir)) from None  # fmt: skip
 
 
 def _not_a_model_dir(path: Path, marker: str) -> str | None:

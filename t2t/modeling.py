@@ -10,6 +10,8 @@ forward hands one `attention_mask` to both the encoder and cross-attention, so t
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 
 from t2t import segment_attention
 from t2t.batching import IGNORE, Batch
-from t2t.errors import load_pretrained
+from t2t.errors import T2TError, Where, load_pretrained
 from t2t.train_config import TinyModelSpec
 
 
@@ -66,10 +68,88 @@ def fuse_activations(model: Any) -> int:
 
 
 def load_model(name_or_dir: str | Path):
-    """Any HF seq2seq checkpoint: a hub name or a local directory (e.g. a flan-t5 dir or a t2t checkpoint)."""
+    """Any HF seq2seq checkpoint: a hub name or a local directory (e.g. a flan-t5 dir or a t2t checkpoint).
+
+    Weights load from safetensors only (a pickle, `pytorch_model.bin`, can run code as it loads), and they must be
+    the model config.json describes: a weight of another shape, or one the model has and the files lack (which
+    transformers would fill with random values, scoring a model nobody trained), is refused in one line; tensors
+    the model does not use are said on stderr."""
+    import sys
+
     from transformers import AutoModelForSeq2SeqLM
 
-    return load_pretrained(AutoModelForSeq2SeqLM, name_or_dir, "model")
+    path = Path(name_or_dir)
+    if path.is_dir() and (path / "config.json").is_file() and not any(path.glob("*.safetensors*")):
+        pickles = sorted(p.name for p in path.glob("*.bin")) or sorted(p.name for p in path.glob("*.pt*"))
+        if pickles:
+            raise T2TError(f"cannot load model: the dir holds {pickles[0]} (a pickle, which can run code as it "
+                           "loads) and no model.safetensors: t2t loads weights only from safetensors; convert it "
+                           "once where you trust the file (AutoModelForSeq2SeqLM.from_pretrained(DIR)"
+                           ".save_pretrained(DIR) writes model.safetensors)", Where(file=name_or_dir))  # fmt: skip
+    with _no_safetensors_conversion():
+        try:
+            model, info = load_pretrained(AutoModelForSeq2SeqLM, name_or_dir, "model", use_safetensors=True,
+                                          output_loading_info=True)  # fmt: skip
+        except RuntimeError as exc:
+            if "mismatched" not in str(exc) and "size mismatch" not in str(exc):
+                raise
+            raise T2TError(
+                f"cannot load model: {_first_mismatch(name_or_dir)}", Where(file=name_or_dir)
+            ) from None
+    params = dict(model.named_parameters())
+    missing = sorted(key for key in info["missing_keys"] if key in params)
+    if missing:
+        raise T2TError(f"cannot load model: the weights lack {len(missing)} of the {len(params)} parameters "
+                       f"config.json's model has ({', '.join(missing[:2])}{', ...' if len(missing) > 2 else ''}): "
+                       "a partial or torn copy, or a config.json that is not these weights'? (transformers would "
+                       "fill them with random values)", Where(file=name_or_dir))  # fmt: skip
+    unused = sorted(info["unexpected_keys"])
+    if unused:
+        print(f"warning: {name_or_dir}: the weights hold {len(unused)} tensors the model does not use "
+              f"({', '.join(unused[:2])}{', ...' if len(unused) > 2 else ''}): does config.json describe these "
+              "weights?", file=sys.stderr)  # fmt: skip
+    return model
+
+
+@contextlib.contextmanager
+def _no_safetensors_conversion():
+    """transformers, asked for safetensors of a hub model that has only a pickle, would start the hub's conversion
+    service (and open a pull request on the model's repo): not something loading a model should do."""
+    saved = os.environ.get("DISABLE_SAFETENSORS_CONVERSION")
+    os.environ["DISABLE_SAFETENSORS_CONVERSION"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["DISABLE_SAFETENSORS_CONVERSION"]
+        else:
+            os.environ["DISABLE_SAFETENSORS_CONVERSION"] = saved
+
+
+def _first_mismatch(name_or_dir: str | Path) -> str:
+    """Which weight's shape differs between the safetensors files and the model config.json describes (built on
+    the meta device: no memory, whatever the config says)."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    generic = "the weights' shapes differ from those of the model config.json describes"
+    try:
+        config = AutoConfig.from_pretrained(str(name_or_dir))
+        with torch.device("meta"):
+            expected = {
+                k: tuple(v.shape) for k, v in AutoModelForSeq2SeqLM.from_config(config).state_dict().items()
+            }
+        for file in sorted(Path(name_or_dir).glob("*.safetensors")):
+            with safe_open(str(file), "pt") as weights:
+                for key in weights.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                    shape = tuple(weights.get_slice(key).get_shape())
+                    if key in expected and shape != expected[key]:
+                        return (f"{key} is {list(shape)} in {file.name}, {list(expected[key])} in the model "
+                                f"config.json describes: a config.json that is not these weights'?")  # fmt: skip
+    except Exception:
+        # a detail for the message; the refusal stands without it
+        return generic
+    return generic
 
 
 def packed_attention_masks(

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from t2t.errors import T2TError, load_pretrained
+from t2t.errors import T2TError, Where, load_pretrained
 from t2t.registry import Registry
 from t2t.rng import keyed_rng
 from t2t.sources import load_split
@@ -101,7 +101,15 @@ def _replace_dir(staging: Path, out_dir: Path) -> None:
 
 
 def load_tokenizer(name_or_dir: str | Path):
-    """Any HF tokenizer: a hub name or a local directory."""
+    """Any HF tokenizer: a hub name or a local directory. A local dir must hold the tokenizer's vocabulary (for
+    T5's, tokenizer.json or spiece.model): without one, transformers builds a tokenizer that knows only its
+    special tokens, and every text becomes unknown tokens."""
     from transformers import AutoTokenizer
 
-    return load_pretrained(AutoTokenizer, name_or_dir, "tokenizer")
+    tokenizer = load_pretrained(AutoTokenizer, name_or_dir, "tokenizer")
+    path = Path(name_or_dir)
+    files = sorted(set(getattr(type(tokenizer), "vocab_files_names", {}).values()))
+    if path.is_dir() and files and not any((path / name).is_file() for name in files):
+        raise T2TError(f"cannot load tokenizer: the dir holds no vocabulary (none of {', '.join(files)}): "
+                       "a partial copy?", Where(file=name_or_dir))  # fmt: skip
+    return tokenizer

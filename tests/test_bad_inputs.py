@@ -1,6 +1,10 @@
 """Every bad input is one clear line naming where it is, with exit code 2 (or 1 for lint findings)."""
 
+import json
+import os
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -311,6 +315,114 @@ def test_a_dir_that_is_not_a_model_says_where_the_model_is(
     code, _, err = run_cli("eval", "--model", run_dir / "model", "--tasks", "sentiment", "--out", tmp_path / "out",
                            "--max-examples", "2")  # fmt: skip
     assert code == 0, err
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_tokenizer, tmp_path_factory):
+    """A tiny T5 saved as t2t exports one: weights, tokenizer, t2t_encoding.json."""
+    from t2t.modeling import build_tiny_t5
+    from t2t.train_config import TinyModelSpec
+
+    folder = tmp_path_factory.mktemp("model") / "model"
+    build_tiny_t5(
+        TinyModelSpec(d_model=16, num_layers=2, num_heads=2, d_ff=32), tiny_tokenizer
+    ).save_pretrained(str(folder))
+    tiny_tokenizer.save_pretrained(str(folder))
+    (folder / "t2t_encoding.json").write_text('{"max_input_tokens": 32, "max_target_tokens": 8}\n')
+    return folder
+
+
+def _drop_a_layer(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if "encoder.block.1." not in k}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})  # fmt: skip
+
+
+def _as_pickle(folder: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+
+
+def _edit_json(name: str, **changes):
+    def edit(folder: Path) -> None:
+        data = json.loads((folder / name).read_text())
+        data.update(changes)
+        (folder / name).write_text(json.dumps(data))
+
+    return edit
+
+
+@pytest.mark.parametrize(("damage", "said"), [
+    # each was an unexpected error (SafetensorError, RuntimeError, AttributeError, TypeError, JSONDecodeError) or,
+    # worse, a model or tokenizer that loaded and answered: random weights, or a tokenizer of special tokens alone
+    (lambda d: os.truncate(d / "model.safetensors", 100), "MODEL: cannot load model: a weights file is not "
+     "readable as safetensors (Error while deserializing header: invalid header length): a torn or partial copy?"),
+    (_drop_a_layer, "MODEL: cannot load model: the weights lack 9 of the 51 parameters config.json's model has "
+     "(encoder.block.1.layer.0.SelfAttention.k.weight, encoder.block.1.layer.0.SelfAttention.o.weight, ...): a "
+     "partial or torn copy, or a config.json that is not these weights'? (transformers would fill them with "
+     "random values)"),
+    (_edit_json("config.json", d_model=10**6, vocab_size=10**6), "MODEL: cannot load model: decoder.block.0.layer.0."
+     "SelfAttention.k.weight is [16, 16] in model.safetensors, [16, 1000000] in the model config.json describes: "
+     "a config.json that is not these weights'?"),
+    (_as_pickle, "MODEL: cannot load model: the dir holds pytorch_model.bin (a pickle, which can run code as it "
+     "loads) and no model.safetensors: t2t loads weights only from safetensors; convert it once where you trust "
+     "the file (AutoModelForSeq2SeqLM.from_pretrained(DIR).save_pretrained(DIR) writes model.safetensors)"),
+    (lambda d: [(d / n).unlink() for n in ("tokenizer.json", "spiece.model") if (d / n).exists()],
+     "MODEL: cannot load tokenizer: the dir holds no vocabulary (none of spiece.model, tokenizer.json): a partial "
+     "copy?"),
+    (lambda d: (d / "tokenizer_config.json").write_text("[1, 2]"), "MODEL: cannot load tokenizer: AttributeError: "
+     "'list' object has no attribute 'get' (is every JSON file in the dir the object the library wrote?)"),
+    (lambda d: (d / "t2t_encoding.json").write_text('{"max_input_tokens": "x"}'), "MODEL/t2t_encoding.json: not "
+     "the encoding limits t2t writes (a JSON object whose max_input_tokens and max_target_tokens are positive "
+     "integers)"),
+    (lambda d: (d / "t2t_encoding.json").write_text('{"max_input'), "MODEL/t2t_encoding.json:1: unreadable "
+     "encoding limits (Unterminated string starting at)"),
+], ids=["torn_weights", "missing_weights", "config_not_the_weights", "pickle_weights", "tokenizer_no_vocabulary",
+        "tokenizer_config_a_list", "encoding_limits_bad", "encoding_limits_torn"])  # fmt: skip
+def test_a_model_dir_with_torn_or_foreign_files_is_one_line(model_dir, tmp_path, run_bounded, damage, said):
+    """`--model` whose files are torn, partial, a pickle, or do not describe each other: one line naming the dir
+    (and file), exit 2, nothing written, before any row is answered; the config's model is built on the meta
+    device for the message, so a config of a 10^12-parameter model costs no memory."""
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    damage(folder)
+    rows = tmp_path / "rows.jsonl"
+    write_jsonl(rows, [{"text": "a plum"}])
+    for command in (["predict", "--task", "sentiment", "--input", str(rows), "--out", str(tmp_path / "p.jsonl")],
+                    ["eval", "--tasks", "sentiment", "--out", str(tmp_path / "out"), "--max-examples", "2"]):  # fmt: skip
+        code, _, err = run_bounded(tmp_path, command[0], "--model", folder, *command[1:], megabytes=150)
+        assert code == 2, err
+        # transformers' "Loading weights" bar comes first where the weights were read
+        lines = [line for line in re.split(r"[\r\n]", err) if line.strip() and "Loading weights" not in line]
+        assert lines == [f"t2t: error: {said.replace('MODEL', str(folder))}"]
+
+
+def test_weights_the_model_does_not_use_are_said(model_dir, tmp_path, run_cli):
+    """A tensor beyond what config.json's model has (here a third encoder block: a config that says fewer layers
+    than the weights hold loses them) is said on stderr; the model still loads and answers."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    extra = {
+        k.replace("block.1.", "block.2."): v.clone() for k, v in weights.items() if "encoder.block.1." in k
+    }
+    save_file({**weights, **extra}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    rows = tmp_path / "rows.jsonl"
+    write_jsonl(rows, [{"text": "a plum"}])
+    code, _, err = run_cli("predict", "--model", folder, "--task", "sentiment", "--input", rows,
+                           "--out", tmp_path / "p.jsonl")  # fmt: skip
+    assert code == 0, err
+    assert (f"warning: {folder}: the weights hold 9 tensors the model does not use (encoder.block.2.layer.0."
+            "SelfAttention.k.weight, encoder.block.2.layer.0.SelfAttention.o.weight, ...): does config.json "
+            "describe these weights?") in err  # fmt: skip
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 1
 
 
 @pytest.mark.parametrize(("args", "said"), [
