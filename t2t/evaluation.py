@@ -1,7 +1,7 @@
 """Evaluation: every task under every template, by generation and (with answer choices) rank classification.
 
-Rank classification scores each choice by its log-likelihood given the input, all choices of a batch in one
-decoder pass over one encoder pass per input. The choice is picked under four normalisations: the sum of token
+Rank classification scores each choice by its log-likelihood given the input, the choices of a batch in decoder
+passes of bounded size over one encoder pass per input. The choice is picked under four normalisations: the sum of token
 log-probabilities (T0's), the mean per token, per character and per byte. Three scoring conventions:
 
     t2t      input with EOS, choice with EOS: how t2t trains (the default)
@@ -59,6 +59,30 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows])
 
 
+# One decoder pass scores at most this many token slots (choices x (input + choice)), and at most this many logits
+# (slots x vocabulary, in fp32: 256 MB): a batch of rows with thousands of answer choices each (a field holding
+# the list) is scored in several passes, in bounded memory, instead of one pass that held them all (2.4 GB for 2
+# rows of 20,000 choices with the demo's 427-token vocabulary).
+CHOICE_SLOTS = 16_384
+CHOICE_LOGITS = 2**26
+
+
+def choice_chunks(lengths: Sequence[int], input_length: int, vocab_size: int) -> list[tuple[int, int]]:
+    """Consecutive [lo, hi) ranges of the (row, choice) pairs whose padded decoder pass stays within the budget
+    (at least one pair each, however long)."""
+    budget = max(1, min(CHOICE_SLOTS, CHOICE_LOGITS // max(vocab_size, 1)))
+    chunks, lo, longest = [], 0, 0
+    for i, length in enumerate(lengths):
+        longest_with = max(longest, length)
+        if i > lo and (i + 1 - lo) * (input_length + longest_with) > budget:
+            chunks.append((lo, i))
+            lo, longest_with = i, length
+        longest = longest_with
+    if lengths:
+        chunks.append((lo, len(lengths)))
+    return chunks
+
+
 @torch.no_grad()
 def score_choices(model: Any, tokenizer: Any, inputs: list[str], choices: list[tuple[str, ...]],
                   scoring: str = "t2t", batch_size: int = 32, max_input_tokens: int | None = None,
@@ -90,17 +114,20 @@ def score_choices(model: Any, tokenizer: Any, inputs: list[str], choices: list[t
                 owners.append(row)
                 targets.append(ids)
                 texts.append(choice)
-        owner = torch.tensor(owners, device=device)
-        labels = _pad(targets, -100).to(device)
-        decoder_input = torch.cat([torch.full_like(labels[:, :1], start_id),
-                                   labels[:, :-1].clamp(min=0)], dim=1)  # fmt: skip
-        with routed(router, slots.index_select(0, owner) if slots is not None else None):
-            logits = model(encoder_outputs=(hidden.index_select(0, owner),), attention_mask=mask.index_select(0, owner),
-                           decoder_input_ids=decoder_input, use_cache=False).logits  # fmt: skip
-        token_logp = -F.cross_entropy(
-            logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
-        )
-        totals = token_logp.sum(dim=1).tolist()
+        totals: list[float] = []
+        for lo, hi in choice_chunks([len(t) for t in targets], encoder_ids.shape[1], model.config.vocab_size):
+            owner = torch.tensor(owners[lo:hi], device=device)
+            labels = _pad(targets[lo:hi], -100).to(device)
+            decoder_input = torch.cat([torch.full_like(labels[:, :1], start_id),
+                                       labels[:, :-1].clamp(min=0)], dim=1)  # fmt: skip
+            with routed(router, slots.index_select(0, owner) if slots is not None else None):
+                logits = model(encoder_outputs=(hidden.index_select(0, owner),),
+                               attention_mask=mask.index_select(0, owner), decoder_input_ids=decoder_input,
+                               use_cache=False).logits  # fmt: skip
+            token_logp = -F.cross_entropy(
+                logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+            )
+            totals.extend(token_logp.sum(dim=1).tolist())
         for row, total, ids, text in zip(owners, totals, targets, texts, strict=True):
             scores = results[batch[row]]
             for name, value in (("sum", total), ("mean", total / len(ids)), ("char", total / max(len(text), 1)),

@@ -3,8 +3,8 @@
 A row is checked (fields the task declares, JSON values, a size bound per field), rendered with the task's
 template apart from its target (`Task.render_input`: the caller need not know the answer), and answered under
 the one encoding policy of training and `t2t eval` (t2t.encoding): a task with answer choices by rank
-classification (`t2t.evaluation.score_choices`, each choice scored in one decoder pass over one encoder pass per
-row; the answer is the choice of highest summed log-likelihood, as `t2t eval`'s `ranked`), any other task by
+classification (`t2t.evaluation.score_choices`, the choices scored in bounded decoder passes over one encoder pass
+per row; the answer is the choice of highest summed log-likelihood, as `t2t eval`'s `ranked`), any other task by
 greedy generation (`t2t.evaluation.generate`). Rows of any tasks go through the model together; a bad row is
 refused on its own and the others are answered.
 """

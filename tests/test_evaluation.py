@@ -111,6 +111,70 @@ def test_rank_classification_picks_the_gold_label_after_training(trained_yes_no,
     assert "Reference: first evaluation" in report_md and report_md.count("\n| ") == 3  # header + 2 steps
 
 
+def test_choice_chunks_keep_each_decoder_pass_within_its_budget(monkeypatch):
+    """Consecutive (row, choice) pairs, padded to the longest choice of their pass plus the input, within the slot
+    budget and the logits budget; a pair longer than the budget alone still gets a pass."""
+    import t2t.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "CHOICE_SLOTS", 40)
+    # input 10: three pairs of 3 fill 39 slots, a fourth would pad to 52; then 2 x 15 = 30, a third 45
+    assert evaluation.choice_chunks([3, 3, 3, 3, 5, 1], 10, 427) == [(0, 3), (3, 5), (5, 6)]
+    assert evaluation.choice_chunks([50, 3], 10, 427) == [(0, 1), (1, 2)]
+    assert evaluation.choice_chunks([], 10, 427) == []
+    # the logits budget: 2**26 logits of a 2**22-token vocabulary are 16 slots, two pairs of 3 after an input of 2
+    assert evaluation.choice_chunks([3, 3, 3], 2, 2**22) == [(0, 3)]
+    assert evaluation.choice_chunks([3, 3, 3, 3], 2, 2**22) == [(0, 3), (3, 4)]
+
+
+def test_thousands_of_answer_choices_are_scored_in_bounded_passes_with_the_same_scores(
+    trained_yes_no, tmp_path, run_cli, monkeypatch
+):
+    """A row whose field holds 1,500 answer choices: all the choices of a batch of rows went through one decoder
+    pass (2 rows of 20,000 choices held 2.4 GB with the demo's model; many more, any memory). Scored in passes of at
+    most 64 slots here, `t2t eval` gives every choice the score of one pass, and the same pick."""
+    import t2t.evaluation as evaluation
+
+    _, run_dir = trained_yes_no
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    words = [f"{a}{b}" for a in ("yes", "no", "owl", "fox", "plum") for b in range(300)]
+    write_jsonl(folder / "rows.jsonl", [{"word": w, "options": words} for w in ("yes", "no", "owl")])
+    write_task(folder, {
+        "name": "pick_one", "version": 1, "cluster": "echo", "source": {"kind": "files", "splits": {"validation": "rows.jsonl"}},
+        "fields": {"word": "a word", "options": "the choices"}, "metrics": ["accuracy"],
+        "templates": [{"name": "say", "input": "say {{ word }}", "target": "{{ word }}0", "answer_choices": "options"}],
+    })  # fmt: skip
+    from transformers.models.t5.modeling_t5 import T5Stack
+
+    passes = []  # (rows, input slots, choice slots) of each decoder pass
+    forward = T5Stack.forward
+
+    def recorded(self, input_ids=None, encoder_hidden_states=None, **kwargs):
+        if encoder_hidden_states is not None:
+            passes.append((input_ids.shape[0], encoder_hidden_states.shape[1], input_ids.shape[1]))
+        return forward(self, input_ids=input_ids, encoder_hidden_states=encoder_hidden_states, **kwargs)
+
+    monkeypatch.setattr(T5Stack, "forward", recorded)
+    runs = {}
+    for name, slots in (("one_pass", 10**9), ("passes", 64)):
+        monkeypatch.setattr(evaluation, "CHOICE_SLOTS", slots)
+        passes.clear()
+        code, _, err = run_cli("--templates-dir", folder, "eval", "--model", run_dir / "model", "--tasks", "pick_one",
+                               "--out", tmp_path / name, "--no-generate")  # fmt: skip
+        assert code == 0, err
+        runs[name] = [
+            json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()
+        ]
+    # the second run: the 4,500 (row, choice) pairs in passes of at most 64 slots (the first run: one pass of 4,500)
+    assert sum(rows for rows, _, _ in passes) == 4500
+    assert all(rows * (inputs + choices) <= 64 for rows, inputs, choices in passes)
+    assert [len(r["choice_scores"]["sum"]) for r in runs["passes"]] == [1500] * 3
+    for one, chunked in zip(runs["one_pass"], runs["passes"], strict=True):
+        assert chunked["ranked"] == one["ranked"]
+        for name in ("sum", "mean", "char", "byte"):
+            assert chunked["choice_scores"][name] == pytest.approx(one["choice_scores"][name], abs=1e-4)
+
+
 def test_every_generation_metric_through_t2t_eval_is_its_function_on_the_predictions(
     trained_yes_no, tmp_path, run_cli
 ):
