@@ -312,14 +312,14 @@ class SafeLoader(_Loader):  # type: ignore[misc, valid-type]
         return super().construct_mapping(node, deep)
 
 
-def refuse_aliases(text: str, where: Where) -> None:
-    """YAML aliases (`*name`) can expand a small file into gigabytes (the 'billion laughs'): t2t files may not
-    use them. Anchors alone are harmless."""
+def refuse_aliases(text: str, where: Where, what: str = "t2t files") -> None:
+    """YAML aliases (`*name`) can expand a small file into gigabytes (the 'billion laughs'): t2t files (and the
+    other YAML t2t reads) may not use them. Anchors alone are harmless."""
     if "*" not in text:
         return
     for event in yaml.parse(text, Loader=SafeLoader):
         if isinstance(event, yaml.AliasEvent):
-            raise T2TError(f"YAML alias *{event.anchor} is not allowed in t2t files (aliases can expand without "
+            raise T2TError(f"YAML alias *{event.anchor} is not allowed in {what} (aliases can expand without "
                            "bound): write the value out", replace(where, line=event.start_mark.line + 1))  # fmt: skip
 
 

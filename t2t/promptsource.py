@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from jinja2 import TemplateSyntaxError, meta
 
-from t2t.config import RESERVED_FIELDS, TaskSpec, TemplateSpec
+from t2t.config import RESERVED_FIELDS, TaskSpec, TemplateSpec, read_text, refuse_aliases
 from t2t.errors import T2TError, Where, first_line
 from t2t.fileio import atomic_write_text
 from t2t.sandbox import PROMPTSOURCE_ENV
@@ -83,8 +83,12 @@ def slug(text: str, taken: set[str] | None = None) -> str:
 
 
 def read_file(path: Path) -> dict:
+    """One templates.yaml as plain data: bounded in size (16 MiB) and without YAML aliases, which can expand a
+    small file into gigabytes (promptsource's own files use none)."""
+    text = read_text(path)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        refuse_aliases(text, Where(file=path), "promptsource files read by t2t")
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         raise T2TError(f"not a promptsource templates file: {first_line(exc)}", Where(file=path)) from None
     if not isinstance(data, dict) or "dataset" not in data or not isinstance(data.get("templates"), dict):

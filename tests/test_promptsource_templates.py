@@ -268,6 +268,26 @@ def test_a_broken_file_of_another_dataset_does_not_block_the_one_asked_for(tmp_p
     assert not (tmp_path / "two").exists()
 
 
+def test_a_promptsource_file_with_a_yaml_alias_bomb_is_one_line_in_bounded_memory(tmp_path, run_bounded):
+    """Nine levels of aliases over a list of ten 30-character strings, the answer choices of one template: 10^9
+    strings once expanded. The import read promptsource's files with aliases allowed (t2t's own files refuse
+    them): a MemoryError under a 6 GB limit after 17 s, and without a limit, the machine's memory."""
+    collection = tmp_path / "ps"
+    shutil.copytree(FIXTURES / "templates", collection / "templates")
+    path = collection / "templates" / "commonsense_qa" / "templates.yaml"
+    text = path.read_text()
+    levels = ["a0: &a0 [" + ", ".join(["x" * 30] * 10) + "]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    first = text.index("    answer_choices:")
+    end = text.index("\n", first)
+    path.write_text("\n".join(levels) + "\n" + text[:first] + "    answer_choices: *a8" + text[end:])
+    code, out, err = run_bounded(tmp_path, "import", "promptsource", collection, "--out", tmp_path / "out",
+                                 "--datasets", "commonsense_qa", megabytes=100)  # fmt: skip
+    assert code == 2 and out == ""
+    assert err == (f"t2t: error: {path}:2: YAML alias *a0 is not allowed in promptsource files read by t2t "
+                   "(aliases can expand without bound): write the value out\n")  # fmt: skip
+
+
 def test_import_refuses_a_folder_without_templates(tmp_path, run_cli):
     code, out, err = run_cli("import", "promptsource", tmp_path, "--out", tmp_path / "out")
     assert code == 2 and out == "" and "no promptsource templates here" in err
