@@ -189,7 +189,8 @@ class TrainConfig(Spec):
     schedule: ScheduleSpec = ScheduleSpec()
     max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    seed: int = 0
+    # torch's generators take 64-bit seeds (a larger one was an unexpected ValueError); adapters seed with seed + 1
+    seed: Annotated[int, Field(ge=0, lt=2**63 - 1)] = 0
     log_every_steps: Positive = 10
     save_every_steps: Positive | None = None  # None: only at the end
     keep_checkpoints: Positive = 2
