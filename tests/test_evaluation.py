@@ -175,6 +175,41 @@ def test_thousands_of_answer_choices_are_scored_in_bounded_passes_with_the_same_
             assert chunked["choice_scores"][name] == pytest.approx(one["choice_scores"][name], abs=1e-4)
 
 
+def test_many_beams_generate_a_few_rows_a_call_with_the_same_answers(
+    trained_yes_no, tmp_path, run_cli, monkeypatch
+):
+    """`--num-beams 300` on batches of 32 rows asked for 9,600 sequences in one call (`--num-beams 5000` ran the
+    demo's model out of memory); a call now holds at most 1,024 beams, 3 rows here, and answers as one call does."""
+    from transformers import T5ForConditionalGeneration
+
+    import t2t.evaluation as evaluation
+
+    _, run_dir = trained_yes_no
+    calls = []
+    generate = T5ForConditionalGeneration.generate
+
+    def recorded(self, input_ids=None, **kwargs):
+        calls.append((input_ids.shape[0], kwargs["num_beams"]))
+        return generate(self, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(T5ForConditionalGeneration, "generate", recorded)
+    answers = {}
+    for name, sequences in (("one_call", 10**9), ("bounded", evaluation.GENERATE_SEQUENCES)):
+        monkeypatch.setattr(evaluation, "GENERATE_SEQUENCES", sequences)
+        calls.clear()
+        code, _, err = run_cli("--templates-dir", run_dir.parent / "tasks", "eval", "--model", run_dir / "model",
+                               "--tasks", "say_it", "--out", tmp_path / name, "--num-beams", "300",
+                               "--max-examples", "20")  # fmt: skip
+        assert code == 0, err
+        answers[name] = [
+            json.loads(line)["prediction"] for line in (tmp_path / name / "predictions.jsonl").open()
+        ]
+    assert calls == [(3, 300)] * 6 + [(2, 300)] + [(3, 300)] * 6 + [
+        (2, 300)
+    ]  # 20 rows under each of 2 templates
+    assert answers["bounded"] == answers["one_call"] and len(answers["one_call"]) == 40
+
+
 def test_every_generation_metric_through_t2t_eval_is_its_function_on_the_predictions(
     trained_yes_no, tmp_path, run_cli
 ):
