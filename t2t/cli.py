@@ -529,7 +529,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     registry = _registry(args)
     tasks, _, _ = selected_tasks(args, registry)
     device, dtype = eval_device(args.device)
-    limits = ServeLimits(max_rows=args.max_rows, max_field_chars=args.max_field_chars,
+    limits = ServeLimits(max_rows=args.max_rows, max_choices=args.max_choices, max_field_chars=args.max_field_chars,
                          max_body_bytes=args.max_body_bytes, max_body_seconds=args.max_body_seconds,
                          batch_rows=args.batch_rows,
                          batch_tokens=args.batch_tokens, wait_ms=args.wait_ms)  # fmt: skip
@@ -874,6 +874,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a batch waits for more requests (ms)",
     )
     p.add_argument("--max-rows", type=positive_int, default=256, help="rows per request (over: 413)")
+    p.add_argument(
+        "--max-choices", type=positive_int, default=4096,
+        help="answer choices of a request's rows together (over: 413)",
+    )  # fmt: skip
     p.add_argument(
         "--max-field-chars", type=positive_int, default=20_000, help="characters per field (over: 422)"
     )

@@ -366,6 +366,11 @@ def create_app(predictor: Predictor, batching: bool = True) -> FastAPI:
         except T2TError as exc:
             return _error(422, str(exc))
         prepared = predictor.prepare(task, template, render_rows(task, template, body.rows, limits))
+        choices = sum(len(p.choices) for p in prepared if isinstance(p, Prepared) and p.choices is not None)
+        if choices > limits.max_choices:
+            metrics.requests.labels(task.name, "413").inc()
+            return _error(413, f"the rows hold {choices:,} answer choices in all, over the limit of "
+                               f"{limits.max_choices:,} per request (max_choices): send fewer rows a request")  # fmt: skip
         refused = sum(isinstance(p, BadRow) for p in prepared)
         metrics.errors.labels(task.name).inc(refused)
         if refused == len(prepared):

@@ -31,6 +31,9 @@ Rendered = tuple[
 @dataclass(frozen=True)
 class ServeLimits:
     max_rows: int = 256  # rows per request
+    # answer choices of a request's rows together (a field may hold the list: 256 rows of 4,000 choices each
+    # would hold the model for minutes)
+    max_choices: int = 4096
     max_field_chars: int = 20_000  # characters per field value (its JSON text, for lists and mappings)
     max_body_bytes: int = 4_000_000  # an HTTP request body
     # seconds for a request's body to arrive whole, from its headers (a client that stalls gets 408)

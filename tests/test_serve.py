@@ -53,7 +53,7 @@ def start_server(model: Path, *extra: str, before: tuple[str, ...] = ()) -> tupl
 @pytest.fixture(scope="module")
 def server(checkpoint):
     model, mixtures = checkpoint
-    process, url = start_server(model, "--mixture", "three", "--max-rows", "40", "--max-field-chars", "300",
+    process, url = start_server(model, "--mixture", "three", "--max-rows", "40", "--max-choices", "70", "--max-field-chars", "300",
                                 "--max-body-bytes", "60000", "--max-body-seconds", "3", "--wait-ms", "20", "--batch-rows", "16", "--batch-tokens", "4096", before=("--mixtures-dir", str(mixtures)))  # fmt: skip
     yield url
     process.send_signal(signal.SIGTERM)
@@ -154,6 +154,9 @@ def test_a_bad_row_is_refused_alone(server):
                                                           "'review', row 0: row has no field 'text'"),
     ({"task": "sentiment", "rows": [{"text": "a", "extra": 1}]}, 422, "row 0: unknown field 'extra'"),
     ({"task": "sentiment", "rows": [{"text": "a"}] * 41}, 413, "41 rows is over the limit of 40 rows per request"),
+    # answer choices add up over a request's rows (a field may hold the list): unbounded work per request before
+    ({"task": "sentiment", "rows": [{"text": "a"}] * 36}, 413, "the rows hold 72 answer choices in all, over the "
+                                                               "limit of 70 per request (max_choices)"),
     ({"task": "sentiment", "rows": []}, 422, "give at least one row"),
     ({"task": "sentiment"}, 422, "rows: Field required"),
     ({"task": "sentiment", "rows": [{"text": "a"}], "stream": True}, 422, "stream: Extra inputs are not permitted"),
