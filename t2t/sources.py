@@ -217,6 +217,10 @@ def load_data_file(path: Path, split: str = "train", where: Where | None = None,
 def _check_csv(path: Path, where: Where) -> None:
     """Refuse non-UTF-8 bytes and rows with another number of fields than the header, naming the line."""
     _check_text_file(path, where, jsonl=False)
+    # Python's csv refuses a field over 128 KiB by default ("field larger than field limit", as if the file were
+    # malformed), where pandas, which datasets reads the file with, has no limit: a long document is data. A field
+    # can be no longer than the file.
+    limit = csv.field_size_limit(max(csv.field_size_limit(), path.stat().st_size))
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         try:
@@ -233,6 +237,8 @@ def _check_csv(path: Path, where: Where) -> None:
                 raise T2TError("the data file has no rows (only a header)", where)
         except csv.Error as exc:
             raise T2TError(f"malformed CSV: {exc}", replace(where, line=reader.line_num)) from None
+        finally:
+            csv.field_size_limit(limit)
 
 
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON's escape of a UTF-16 surrogate

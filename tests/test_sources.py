@@ -52,6 +52,25 @@ def test_text_files_saved_with_a_byte_order_mark_and_crlf_load_as_the_same_rows(
     assert [task.render(r, "plain").targets for r in rows.rows] == ["4", "6", "1"]
 
 
+def test_a_csv_field_longer_than_pythons_csv_limit_is_data(tmp_path, run_cli):
+    """A 200,000-character document in a CSV field: t2t's check read it with Python's csv module, which refuses
+    fields over 131,072 characters by default, and called the file malformed, although datasets (pandas) reads
+    it. `t2t render` renders it (the task raises its output limit)."""
+    document = "word " * 40_000
+    data = tmp_path / "rows.csv"
+    data.write_text(f'question,answer\nshort,a\n"{document}",b\n')
+    write_task(tmp_path, qa_task(source={"kind": "files", "splits": {"train": data.name}}, golden=[],
+                                 limits={"max_output_chars": 300_000}))  # fmt: skip
+    code, out, err = run_cli("--templates-dir", tmp_path, "render", "toy_qa", "-n", "2", "--template", "plain",
+                             "--json")  # fmt: skip
+    assert code == 0, err
+    inputs = sorted(json.loads(line)["input"] for line in out.splitlines())
+    assert inputs == ["Q: short", f"Q: {document.strip()}"]
+    import csv
+
+    assert csv.field_size_limit() == 131072  # the process-wide limit is put back
+
+
 def test_relative_paths_resolve_from_the_task_file(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
