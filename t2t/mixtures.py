@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -117,14 +118,24 @@ class MixtureSpec(Spec):
         return check_name(name, "mixture name")
 
 
-def rule_rate(n_examples: int, rate: RateSpec) -> float:
-    """seqio's mixing_rate_num_examples: min(scale * N, K) ** (1 / T); 1 for the uniform rule."""
+def rule_rate(n_examples: int, rate: RateSpec, where: Where | None = None) -> float:
+    """seqio's mixing_rate_num_examples: min(scale * N, K) ** (1 / T); 1 for the uniform rule. A temperature so
+    small that the power leaves a float's range is refused, saying the smallest that fits."""
     if rate.rule == "uniform":
         return 1.0
     value = rate.scale * n_examples
     if rate.cap is not None:
         value = min(value, rate.cap)
-    return value ** (1.0 / rate.temperature)
+    try:
+        result = value ** (1.0 / rate.temperature)
+    except OverflowError:
+        result = math.inf
+    if value > 0 and (result == 0.0 or math.isinf(result)):
+        fits = abs(math.log(value)) / math.log(sys.float_info.max)
+        raise T2TError(f"rate.temperature {rate.temperature:g}: min(scale * N, K) ** (1 / T) = {value:g} ** "
+                       f"{1.0 / rate.temperature:g} is past a float's range (N = {n_examples:,}); use a temperature "
+                       f"of at least {fits * 1.01:.3g}", where or Where())  # fmt: skip
+    return result
 
 
 @dataclass(frozen=True)
@@ -336,7 +347,9 @@ class _Resolver:
                     and spec.rate.cap is not None
                     and spec.rate.scale * n > spec.rate.cap
                 )
-                rate = None if n is None and spec.rate.rule != "uniform" else rule_rate(n or 0, spec.rate)
+                rate = (
+                    None if n is None and spec.rate.rule != "uniform" else rule_rate(n or 0, spec.rate, where)
+                )
                 yield task, rate, False, capped, templates, prompting
 
     def _nested(self, spec, name, member, stack, where, prompting, template_filter):
@@ -350,7 +363,7 @@ class _Resolver:
             total = None
         else:
             scale = (lambda m: len(m.templates)) if spec.rate.per_template else (lambda m: 1)
-            total = sum(rule_rate(m.n_examples * scale(m), spec.rate) for m in child.members)
+            total = sum(rule_rate(m.n_examples * scale(m), spec.rate, where) for m in child.members)
         for m in child.members:
             rate = None if total is None or unknown else total * m.probability
             yield m.task, rate, weight is not None, False, m.templates, m.prompting

@@ -407,6 +407,12 @@ MIXTURE_CASES = [
     ("mixture_alias", "name: mine\nmembers: &m {add_numbers: 1}\nheld_out: *m\n", [], r"mine\.yaml:3: YAML alias \*m"),
     ("mixture_member_twice", "name: mine\nmembers:\n  add_numbers: 1\n  add_numbers: 3\n", [],
      r"mine\.yaml:4: malformed YAML: key 'add_numbers' appears twice in one mapping"),
+    # a rate past a float's range: an unexpected OverflowError (the power), or every rate 0 (underflow)
+    ("tiny_temperature", "name: mine\nmembers: {add_numbers: null, sentiment: null}\nrate: {temperature: 1e-300}\n",
+     [], r"^t2t: error: \S*mine\.yaml: rate\.temperature 1e-300: min\(scale \* N, K\) \*\* \(1 / T\) = 6000 \*\* "
+         r"1e\+300 is past a float's range \(N = 6,000\); use a temperature of at least 0\.0124$"),
+    ("underflowing_rate", "name: mine\nmembers: {add_numbers: null}\nrate: {scale: 1e-9, temperature: 0.001}\n", [],
+     r"rate\.temperature 0\.001: min\(scale \* N, K\) \*\* \(1 / T\) = 6e-06 \*\* 1000 is past a float's range"),
 ]  # fmt: skip
 
 
