@@ -39,6 +39,60 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 BEST = "best"
 RUN_STATE = "run_state.json"
+LOCK = ".t2t-lock"  # held by the process training into the run dir (RunDirLock)
+
+
+class RunDirLock:
+    """An exclusive `flock` on RUN_DIR/.t2t-lock, held while a run trains into the dir: a second `t2t train` into
+    the same dir (a job launched twice, a `--resume auto` while the first still runs) is refused at once instead of
+    interleaving its logs and checkpoints with the first's. The kernel drops the lock when its process ends, a
+    `kill -9` included. The file says who holds it."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.handle: Any = None
+        self.announced = False
+
+    def acquire(self, announce: bool = True) -> None:
+        """Take the lock (where not held yet; refused in one line where another process holds it), and with
+        `announce` write who holds it into the file. A run that is still checking its config and checkpoints
+        holds the lock without a word, so that a refusal leaves the file as it was."""
+        try:
+            import fcntl
+        except ImportError:
+            # no flock on this platform: no guard
+            return
+        if self.handle is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            handle = (self.run_dir / LOCK).open("a+")
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read(200).strip() or "a process starting"
+                handle.close()
+                raise T2TError(f"another t2t train is writing this run dir ({holder}): wait for it to end, or "
+                               "choose another run_dir", Where(file=self.run_dir)) from None  # fmt: skip
+            self.handle, self.announced = handle, False
+        if announce and not self.announced:
+            import socket
+            import time
+
+            since = time.strftime("%Y-%m-%d %H:%M:%S")
+            self.handle.seek(0)
+            self.handle.truncate()
+            self.handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {since}")
+            self.handle.flush()
+            self.announced = True
+
+    def release(self) -> None:
+        if self.handle is not None:
+            if self.announced:
+                # no longer true once the lock is dropped
+                self.handle.seek(0)
+                self.handle.truncate()
+            self.handle.close()
+            self.handle = None
 
 
 class _Drop(logging.Filter):

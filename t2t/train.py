@@ -26,7 +26,14 @@ from accelerate.utils import DistributedType
 
 from t2t.adapters import attach, default_targets, plan_routing, read_routing, router_of
 from t2t.balancing import Balancer, ModelWithBalancing, gradient_parameters
-from t2t.checkpoint import Checkpointer, checkpoint_path, load_run_state, mark_best, run_identity
+from t2t.checkpoint import (
+    Checkpointer,
+    RunDirLock,
+    checkpoint_path,
+    load_run_state,
+    mark_best,
+    run_identity,
+)
 from t2t.data import BatchLoader, LoaderState, MixtureData, check_null_fields
 from t2t.encoding import Limits, decoder_start_id, truncation_warnings
 from t2t.errors import T2TError, load_pretrained
@@ -669,10 +676,21 @@ _LIVE_RUNS: list[Run] = []
 
 
 def train(config: TrainConfig, registry: Registry, resume: str | None = None) -> dict:
-    run = Run(config, registry, resume)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        _LIVE_RUNS.append(run)
-    return run.fit()
+    """`t2t train`: the run, holding its run dir's lock (RunDirLock) from before it reads the dir's checkpoints (a
+    dir that exists) or before it writes its logs (a new one, so that a refusal leaves no run dir) to its end."""
+    lock = RunDirLock(config.run_dir) if os.environ.get("RANK", "0") == "0" else None
+    try:
+        if lock is not None and config.run_dir.is_dir():
+            lock.acquire(announce=False)
+        run = Run(config, registry, resume)
+        if lock is not None:
+            lock.acquire()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            _LIVE_RUNS.append(run)
+        return run.fit()
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def append_log(path: Path, record: dict) -> None:

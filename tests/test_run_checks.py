@@ -311,6 +311,44 @@ def test_a_checkpoint_with_the_older_tokenizer_fingerprint_resumes_in_place(worl
     assert "resuming from step_00000002 at step 2 of 3" in out
 
 
+def test_a_second_train_into_a_run_dir_in_use_is_refused_while_the_first_runs(world, tmp_path, run_cli):
+    """Two `t2t train` into one run dir (a job launched twice, a `--resume auto` while the first still runs) both
+    trained, interleaving metrics.jsonl and overwriting each other's checkpoints and model (tried: 27 log lines
+    for 300 steps logged every 20). The process training holds a lock on the run dir: the second is refused at
+    once, writing nothing; once the first ends (here by `kill -9`), the resume goes through."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--templates-dir", str(world / "tasks"), "--mixtures-dir", str(world / "mixtures"), "train"]
+    config = config_file(tmp_path, world, steps=100_000, save_every_steps=2, log_every_steps=50)
+    first = subprocess.Popen([sys.executable, "-m", "t2t", *args, str(config)], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    run_dir, lock = tmp_path / "run", tmp_path / "run" / ".t2t-lock"
+    try:
+        deadline = time.monotonic() + 120
+        while not (lock.is_file() and lock.read_text() and (run_dir / "checkpoints" / "latest").is_file()):
+            assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
+            time.sleep(0.2)
+        assert lock.read_text().startswith(f"pid {first.pid} on ")
+        for extra in (["--resume", "auto"], []):
+            code, out, err = run_cli(*args, config, *extra)
+            assert code == 2 and out == "", err
+            assert err == (f"t2t: error: {run_dir}: another t2t train is writing this run dir ({lock.read_text()}): "
+                           "wait for it to end, or choose another run_dir\n")  # fmt: skip
+    finally:
+        first.kill()  # SIGKILL: the kernel drops its lock as it drops its files
+        output = first.communicate(timeout=120)[0]
+    assert first.returncode == -signal.SIGKILL, output
+    config_file(
+        tmp_path, world, steps=1, save_every_steps=2, log_every_steps=50
+    )  # already past: nothing to train
+    code, out, err = run_cli(*args, config, "--resume", "auto")
+    assert code == 0, err
+    assert "resuming from step_" in out
+
+
 def test_a_missing_resume_checkpoint_is_refused_before_anything_runs(world, tmp_path, run_cli):
     config = config_file(tmp_path, world, tokenizer={"vocab_size": 300})  # would train a tokenizer first
     code, out, err = run_cli("--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures", "train",
