@@ -106,9 +106,11 @@ class EncodedTask:
 
 
 # Where a tokenizer was read from, not what it does: kept out of its fingerprint, so that a run dir copied or moved
-# elsewhere resumes (and finds its encoding cache) as it would where it was made.
+# elsewhere resumes (and finds its encoding cache) as it would where it was made; and state a tokenizer changes as
+# it is used (which deprecation warnings it gave).
 _WHERE_LOADED = frozenset({"name_or_path", "_name_or_path", "vocab_file", "merges_file", "tokenizer_file",
-                           "files_loaded", "is_local", "local_files_only", "cache_dir"})  # fmt: skip
+                           "files_loaded", "is_local", "local_files_only", "cache_dir", "deprecation_warnings",
+                           "_in_target_context_manager"})  # fmt: skip
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

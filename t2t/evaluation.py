@@ -1,8 +1,8 @@
 """Evaluation: every task under every template, by generation and (with answer choices) rank classification.
 
 Rank classification scores each choice by its log-likelihood given the input, the choices of a batch in decoder
-passes of bounded size over one encoder pass per input. The choice is picked under four normalisations: the sum of token
-log-probabilities (T0's), the mean per token, per character and per byte. Three scoring conventions:
+passes of bounded size over one encoder pass per input. The choice is picked under four normalisations: the sum
+of token log-probabilities (T0's), the mean per token, per character and per byte. Three scoring conventions:
 
     t2t      input with EOS, choice with EOS: how t2t trains (the default)
     t0       input without EOS on the encoder, choice with EOS (T0's evaluation script, promptsource)

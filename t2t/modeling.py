@@ -80,7 +80,9 @@ def load_model(name_or_dir: str | Path):
 
     path = Path(name_or_dir)
     if path.is_dir() and (path / "config.json").is_file() and not any(path.glob("*.safetensors*")):
-        pickles = sorted(p.name for p in path.glob("*.bin")) or sorted(p.name for p in path.glob("*.pt*"))
+        pickles = sorted(
+            p.name for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in path.glob(pattern)
+        )
         if pickles:
             raise T2TError(f"cannot load model: the dir holds {pickles[0]} (a pickle, which can run code as it "
                            "loads) and no model.safetensors: t2t loads weights only from safetensors; convert it "
