@@ -92,6 +92,13 @@ def load_model(name_or_dir: str | Path):
         try:
             model, info = load_pretrained(AutoModelForSeq2SeqLM, name_or_dir, "model", use_safetensors=True,
                                           output_loading_info=True)  # fmt: skip
+        except T2TError as exc:
+            # a hub model without safetensors: transformers' own advice (not to ask for them) is not t2t's
+            advice = "Please do not set `use_safetensors=True`"
+            if advice not in exc.message:
+                raise
+            raise T2TError(exc.message.replace(advice, "t2t loads weights only from safetensors (a pickle can run "
+                                               "code as it loads)"), exc.where) from None  # fmt: skip
         except RuntimeError as exc:
             if "mismatched" not in str(exc) and "size mismatch" not in str(exc):
                 raise

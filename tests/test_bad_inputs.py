@@ -402,6 +402,46 @@ def test_a_model_dir_with_torn_or_foreign_files_is_one_line(model_dir, tmp_path,
         assert lines == [f"t2t: error: {said.replace('MODEL', str(folder))}"]
 
 
+def test_a_hub_model_from_the_offline_cache_loads_from_safetensors_only(model_dir, tmp_path):
+    """The hub path as a user offline meets it: `t2t predict --model org/name` read from the local hub cache
+    (HF_HUB_CACHE, HF_HUB_OFFLINE=1; a process of its own, as the libraries read both at import). A cached model
+    with safetensors answers; one cached with only pytorch_model.bin is one line saying t2t loads safetensors only
+    (transformers' own line advised not to ask for them)."""
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    cache = tmp_path / "hub"
+    for name, pickle in (("tiny-t5", False), ("tiny-t5-pickle", True)):
+        snapshot = cache / f"models--someorg--{name}" / "snapshots" / "abc123"
+        shutil.copytree(model_dir, snapshot)
+        (cache / f"models--someorg--{name}" / "refs").mkdir()
+        (cache / f"models--someorg--{name}" / "refs" / "main").write_text("abc123")
+        if pickle:
+            torch.save(load_file(str(snapshot / "model.safetensors")), snapshot / "pytorch_model.bin")
+            (snapshot / "model.safetensors").unlink()
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    rows = tmp_path / "rows.jsonl"
+    write_jsonl(rows, [{"text": "a plum"}])
+    results = {}
+    for name in ("tiny-t5", "tiny-t5-pickle"):
+        command = [sys.executable, "-m", "t2t", "predict", "--model", f"someorg/{name}", "--task", "sentiment",
+                   "--input", str(rows), "--out", str(tmp_path / f"{name}.jsonl")]  # fmt: skip
+        results[name] = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert results["tiny-t5"].returncode == 0, results["tiny-t5"].stderr[-2000:]
+    assert json.loads((tmp_path / "tiny-t5.jsonl").read_text())["answer"] in ("negative", "positive")
+    refused = results["tiny-t5-pickle"]
+    assert refused.returncode == 2 and not (tmp_path / "tiny-t5-pickle.jsonl").exists()
+    assert refused.stderr == (
+        "t2t: error: someorg/tiny-t5-pickle: cannot load model: no such local dir, and as a hub name: "
+        "someorg/tiny-t5-pickle does not appear to have a file named model.safetensors or "
+        "model.safetensors.index.json and thus cannot be loaded with `safetensors`. t2t loads weights only from "
+        "safetensors (a pickle can run code as it loads); HF_HUB_OFFLINE is set, so only the local cache was read\n"
+    )
+
+
 def test_weights_the_model_does_not_use_are_said(model_dir, tmp_path, run_cli):
     """A tensor beyond what config.json's model has (here a third encoder block: a config that says fewer layers
     than the weights hold loses them) is said on stderr; the model still loads and answers."""
