@@ -90,6 +90,7 @@ def load_pretrained(loader, name_or_dir: str | Path, what: str, **kwargs):
 
     from t2t.hub import hub_or_cache
 
+    _check_config_files(Path(name_or_dir), what)
     try:
         with hub_or_cache(ask=not Path(name_or_dir).exists()) as unreachable:
             return loader.from_pretrained(str(name_or_dir), **kwargs)
@@ -111,6 +112,34 @@ def load_pretrained(loader, name_or_dir: str | Path, what: str, **kwargs):
         # a JSON file of the wrong shape (a list where an object belongs) fails deep inside the library
         raise T2TError(f"cannot load {what}: {type(exc).__name__}: {first_line(exc)} (is every JSON file in the dir "
                        f"the object the library wrote?)", Where(file=name_or_dir)) from None  # fmt: skip
+
+
+# The small JSON files of a model or tokenizer dir that the libraries read as objects: one that is not valid JSON,
+# or JSON of another type, failed deep inside them (an AttributeError or a TypeError, by transformers version)
+CONFIG_FILES = {"model": ("config.json", "generation_config.json"),
+                "tokenizer": ("tokenizer_config.json", "special_tokens_map.json")}  # fmt: skip
+
+
+def _check_config_files(path: Path, what: str) -> None:
+    import json
+
+    if not path.is_dir():
+        return
+    for name in CONFIG_FILES.get(what, ()):
+        file = path / name
+        if not file.is_file() or file.stat().st_size > 16 * 1024 * 1024:
+            continue
+        try:
+            data = json.loads(file.read_bytes())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            line = exc.lineno if isinstance(exc, json.JSONDecodeError) else None
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+            raise T2TError(
+                f"cannot load {what}: not valid JSON ({reason})", Where(file=file, line=line)
+            ) from None
+        if not isinstance(data, dict):
+            raise T2TError(f"cannot load {what}: a JSON {type(data).__name__}, where the object the library "
+                           "writes belongs", Where(file=file))  # fmt: skip
 
 
 def _not_a_model_dir(path: Path, marker: str) -> str | None:

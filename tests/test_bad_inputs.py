@@ -375,15 +375,18 @@ def _edit_json(name: str, **changes):
     (lambda d: [(d / n).unlink() for n in ("tokenizer.json", "spiece.model") if (d / n).exists()],
      "MODEL: cannot load tokenizer: the dir holds no vocabulary (none of spiece.model, tokenizer.json): a partial "
      "copy?"),
-    (lambda d: (d / "tokenizer_config.json").write_text("[1, 2]"), "MODEL: cannot load tokenizer: AttributeError: "
-     "'list' object has no attribute 'get' (is every JSON file in the dir the object the library wrote?)"),
+    # an AttributeError or a TypeError inside transformers, by its version
+    (lambda d: (d / "tokenizer_config.json").write_text("[1, 2]"), "MODEL/tokenizer_config.json: cannot load "
+     "tokenizer: a JSON list, where the object the library writes belongs"),
+    (lambda d: (d / "config.json").write_text('{"d_model": 16,\n'), "MODEL/config.json:2: cannot load model: not "
+     "valid JSON (Expecting property name enclosed in double quotes)"),
     (lambda d: (d / "t2t_encoding.json").write_text('{"max_input_tokens": "x"}'), "MODEL/t2t_encoding.json: not "
      "the encoding limits t2t writes (a JSON object whose max_input_tokens and max_target_tokens are positive "
      "integers)"),
     (lambda d: (d / "t2t_encoding.json").write_text('{"max_input'), "MODEL/t2t_encoding.json:1: unreadable "
      "encoding limits (Unterminated string starting at)"),
 ], ids=["torn_weights", "missing_weights", "config_not_the_weights", "pickle_weights", "tokenizer_no_vocabulary",
-        "tokenizer_config_a_list", "encoding_limits_bad", "encoding_limits_torn"])  # fmt: skip
+        "tokenizer_config_a_list", "config_torn", "encoding_limits_bad", "encoding_limits_torn"])  # fmt: skip
 def test_a_model_dir_with_torn_or_foreign_files_is_one_line(model_dir, tmp_path, run_bounded, damage, said):
     """`--model` whose files are torn, partial, a pickle, or do not describe each other: one line naming the dir
     (and file), exit 2, nothing written, before any row is answered; the config's model is built on the meta
