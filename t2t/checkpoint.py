@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from t2t.config import read_json
 from t2t.encoding import legacy_tokenizer_fingerprint, tokenizer_fingerprint
 from t2t.errors import T2TError, Where
 from t2t.fileio import atomic_write_text
@@ -172,11 +173,7 @@ def read_encoding(model_dir: Path) -> dict:
     path = Path(model_dir) / ENCODING_FILE
     if not path.is_file():
         return {}
-    try:
-        encoding = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        what, line = (exc.msg, exc.lineno) if isinstance(exc, json.JSONDecodeError) else (exc.reason, None)
-        raise T2TError(f"unreadable encoding limits ({what})", Where(file=path, line=line)) from None
+    encoding = read_json(path, "unreadable encoding limits")
     limits = ("max_input_tokens", "max_target_tokens")
     if not isinstance(encoding, dict) or not all(
         encoding.get(key) is None or (type(encoding[key]) is int and encoding[key] > 0) for key in limits
@@ -238,12 +235,7 @@ def load_run_state(checkpoint: Path) -> dict:
     path = checkpoint / RUN_STATE
     if not path.is_file():
         raise T2TError("not a t2t checkpoint (no run_state.json)", Where(file=checkpoint))
-    try:
-        run_state = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        what, line = (exc.msg, exc.lineno) if isinstance(exc, json.JSONDecodeError) else (exc.reason, None)
-        raise T2TError(f"unreadable run state ({what}); resume from another checkpoint with --resume PATH",
-                       Where(file=path, line=line)) from None  # fmt: skip
+    run_state = read_json(path, "unreadable run state", "; resume from another checkpoint with --resume PATH")
     if not (isinstance(run_state, dict) and isinstance(run_state.get("state"), dict)
             and isinstance(run_state.get("world_size"), int) and isinstance(run_state.get("identity", {}), dict)):  # fmt: skip
         raise T2TError("not a run state t2t wrote (a JSON object with state, world_size and identity); resume from "
@@ -356,13 +348,11 @@ class Checkpointer:
             raise T2TError(f"the checkpoint was written by {run_state['world_size']} processes, this run has "
                            f"{self.accelerator.num_processes}: resume with the same number", Where(file=checkpoint))  # fmt: skip
         saved = run_state.get("identity", {})
-        # a checkpoint of an older t2t, whose fingerprint hashed the tokenizer's paths too
+        # a checkpoint of an older t2t, whose fingerprint hashed the tokenizer's paths too (hashed only where the
+        # recorded one differs: it pickles the whole tokenizer)
         recorded = saved.get("tokenizer")
-        if (
-            tokenizer is not None
-            and recorded not in (None, identity["tokenizer"])
-            and (recorded == legacy_tokenizer_fingerprint(tokenizer))
-        ):
+        legacy = recorded != identity["tokenizer"] and tokenizer is not None
+        if legacy and recorded == legacy_tokenizer_fingerprint(tokenizer):
             saved = {**saved, "tokenizer": identity["tokenizer"]}
         check_identity(saved, identity, checkpoint)
         self.accelerator.load_state(str(checkpoint / "accelerate"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -291,6 +292,16 @@ def read_text(path: Path, what: str = "file", max_bytes: int = MAX_FILE_BYTES) -
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise T2TError(f"not valid UTF-8 (byte {exc.start})", Where(file=path, line=line)) from None
+
+
+def read_json(path: Path, problem: str, advice: str = "") -> Any:
+    """A JSON file's value (bounded and UTF-8 as read_text reads it); one that is not JSON is one error at its
+    line: "{problem} ({what the parser says}){advice}"."""
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise T2TError(f"{problem} ({exc.msg}){advice}", Where(file=path, line=exc.lineno)) from None
 
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster

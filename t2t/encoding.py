@@ -108,9 +108,9 @@ class EncodedTask:
 # Where a tokenizer was read from, not what it does: kept out of its fingerprint, so that a run dir copied or moved
 # elsewhere resumes (and finds its encoding cache) as it would where it was made; and state a tokenizer changes as
 # it is used (which deprecation warnings it gave).
-_WHERE_LOADED = frozenset({"name_or_path", "_name_or_path", "vocab_file", "merges_file", "tokenizer_file",
-                           "files_loaded", "is_local", "local_files_only", "cache_dir", "deprecation_warnings",
-                           "_in_target_context_manager"})  # fmt: skip
+_NOT_FINGERPRINTED = frozenset({"name_or_path", "_name_or_path", "vocab_file", "merges_file", "tokenizer_file",
+                                "files_loaded", "is_local", "local_files_only", "cache_dir", "deprecation_warnings",
+                                "_in_target_context_manager"})  # fmt: skip
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -118,8 +118,8 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     a slow one's SentencePiece proto) and its Python-side settings (special tokens, sides, flags), but not the
     paths it was loaded from."""
     state = {key: value for key, value in vars(tokenizer).items()
-             if key not in _WHERE_LOADED and key not in ("_tokenizer", "sp_model", "init_kwargs")}  # fmt: skip
-    state["init_kwargs"] = {k: v for k, v in tokenizer.init_kwargs.items() if k not in _WHERE_LOADED}
+             if key not in _NOT_FINGERPRINTED and key not in ("_tokenizer", "sp_model", "init_kwargs")}  # fmt: skip
+    state["init_kwargs"] = {k: v for k, v in tokenizer.init_kwargs.items() if k not in _NOT_FINGERPRINTED}
     state["class"] = type(tokenizer).__qualname__
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:

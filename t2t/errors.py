@@ -121,22 +121,15 @@ CONFIG_FILES = {"model": ("config.json", "generation_config.json"),
 
 
 def _check_config_files(path: Path, what: str) -> None:
-    import json
+    from t2t.config import read_json
 
     if not path.is_dir():
         return
     for name in CONFIG_FILES.get(what, ()):
         file = path / name
-        if not file.is_file() or file.stat().st_size > 16 * 1024 * 1024:
+        if not file.is_file():
             continue
-        try:
-            data = json.loads(file.read_bytes())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            line = exc.lineno if isinstance(exc, json.JSONDecodeError) else None
-            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-            raise T2TError(
-                f"cannot load {what}: not valid JSON ({reason})", Where(file=file, line=line)
-            ) from None
+        data = read_json(file, f"cannot load {what}: not valid JSON")
         if not isinstance(data, dict):
             raise T2TError(f"cannot load {what}: a JSON {type(data).__name__}, where the object the library "
                            "writes belongs", Where(file=file))  # fmt: skip
