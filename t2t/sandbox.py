@@ -4,9 +4,12 @@ Jinja's sandbox keeps templates away from Python internals, but not away from `{
 
 - sizes are checked at the operation, before anything is allocated: `*`, `+`, `~`, `%` and `**` on strings,
   lists and integers, the string methods and filters that pad or repeat (`center`, `ljust`, `rjust`, `zfill`,
-  `expandtabs`, `replace`, `indent`, `format`, `str.format` widths); and wherever a value becomes text (output,
-  `~`, `%`, `format`, `join`, `pprint`, `string`, `tojson`, `sum`), the text it would make is counted first, so a
-  list of a million references to one long string cannot turn into a terabyte of text;
+  `expandtabs`, `replace`, `indent`, `format`, `str.format` widths, `tojson`'s indentation, `urlize`'s
+  attributes), on `str` and on its subclass `Markup`; and wherever a value becomes text (output, `~`, `%`,
+  `format`, `join`, `pprint`, `string`, `tojson`, `sum`), the text it would make is counted first, so a list of a
+  million references to one long string cannot turn into a terabyte of text;
+- every other filter, string method and slice makes at most a few times its input: its result is checked and
+  counted right after, so values made one by one over a list (`map('upper')`) add up to the render's total;
 - `range` counts its iterations against a per-render budget (nested loops share it);
 - the text a render outputs is counted as it is produced;
 - a wall-clock budget per render interrupts pure-Python loops (a timer signal, in the main thread);
@@ -305,7 +308,24 @@ def _finalize(value: Any) -> Any:
 
 
 class _BoundedCodeGenerator(CodeGenerator):
-    """Jinja's code generator, with `a ~ b` joined through the environment's size check."""
+    """Jinja's code generator, with `a ~ b` joined through the environment's size check and slices counted."""
+
+    def visit_Getitem(self, node: nodes.Getitem, frame: Any) -> None:
+        if not isinstance(node.arg, nodes.Slice):
+            super().visit_Getitem(node, frame)
+            return
+        # Jinja writes `x[a:b]` as Python's slice, past the environment: a slice is a new value (`big[1:]` kept in
+        # a loop's list built 3 GB within the 2 s timer until 2026-12-05), so it is made through the environment
+        self.write("environment.bounded_slice(")
+        self.visit(node.node, frame)
+        self.write(", slice(")
+        for i, part in enumerate((node.arg.start, node.arg.stop, node.arg.step)):
+            self.write(", " if i else "")
+            if part is None:
+                self.write("None")
+            else:
+                self.visit(part, frame)
+        self.write("))")
 
     def visit_Concat(self, node: nodes.Concat, frame: Any) -> None:
         self.write("environment.bounded_concat((")
@@ -322,6 +342,12 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
     code_generator_class = _BoundedCodeGenerator
 
     @staticmethod
+    def bounded_slice(value: Any, part: slice) -> Any:
+        result = value[part]
+        count_made(result, (value,), "a slice")
+        return result
+
+    @staticmethod
     def bounded_concat(values: tuple) -> str:
         for value in values:
             check_text(value, "'~'")
@@ -334,26 +360,34 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         del self.filters["random"]
         del self.globals["lipsum"]
         self.globals["range"] = _CountedRange
-        for name, check in (("center", _check_center), ("indent", _check_indent), ("format", _check_format_filter),
-                            ("replace", _check_replace_filter), ("join", _check_join), ("pprint", _check_text_of),
-                            ("string", _check_text_of), ("tojson", _check_text_of), ("sum", _check_sum),
-                            ("batch", _check_batch), ("slice", _check_slice), ("wordwrap", _check_wordwrap)):  # fmt: skip
-            self.filters[name] = _checked(self.filters[name], check)
+        checks = {"center": _check_center, "indent": _check_indent, "format": _check_format_filter,
+                  "replace": _check_replace_filter, "join": _check_join, "pprint": _check_text_of,
+                  "string": _check_text_of, "tojson": _check_tojson, "sum": _check_sum, "batch": _check_batch,
+                  "slice": _check_slice, "wordwrap": _check_wordwrap, "urlize": _check_urlize,
+                  "xmlattr": _check_text_of}  # fmt: skip
+        # every filter's result is counted too: those without a check above (`e`, `forceescape`, `urlencode`,
+        # `upper`, ...) make values of a few times their input's size, and over a list (`map('e')`) many of them
+        for name, filter_fn in list(self.filters.items()):
+            self.filters[name] = _checked(filter_fn, name, checks.get(name))
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         return _bounded_binop(operator, left, right)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         owner = getattr(__obj, "__self__", None)
-        if isinstance(__obj, types.BuiltinMethodType) and __obj.__name__ in _BYTES_MAKERS:
-            raise SecurityError(
-                f"{type(owner).__name__}.{__obj.__name__} is not allowed in templates (it makes bytes)"
-            )
-        if isinstance(owner, str) and isinstance(__obj, types.BuiltinMethodType):
-            _check_str_method(owner, __obj.__name__, args, kwargs)
+        name = getattr(__obj, "__name__", "")
+        if isinstance(__obj, types.BuiltinMethodType) and name in _BYTES_MAKERS:
+            raise SecurityError(f"{type(owner).__name__}.{name} is not allowed in templates (it makes bytes)")
+        # str's methods, and those of its subclass Markup (what `|e` and `|tojson` return), which are Python
+        # functions wrapping str's: `(field|e).center(10**9)` built 1 GB unchecked until 2026-12-05
+        text_method = isinstance(owner, str) and callable(__obj)
+        if text_method:
+            _check_str_method(owner, name, args, kwargs)
         result = super().call(__context, __obj, *args, **kwargs)
         if isinstance(result, int) and not isinstance(result, bool):
             check_int(result)
+        elif text_method and name not in _STR_CHECKED:
+            count_made(result, (owner, *args), f"str.{name}")
         return result
 
     def wrap_str_format(self, value: Any) -> Any:
@@ -451,10 +485,70 @@ def _check_replace_filter(value: Any, old: Any = "", new: Any = "", *args: Any, 
     _check_str_method(str(value), "replace", (str(old), str(new)), {})
 
 
-def _checked(filter_fn: Any, check: Any) -> Any:
+def _check_tojson(*args: Any, **kwargs: Any) -> None:
+    """`tojson(indent=N)` writes a line break and N spaces per nesting level before every item, in one call of
+    C code: `[[[[[[[[1]]]]]]]]|tojson(indent=999999)` made 64 million characters."""
+    value, indent = (*_filter_args(args), None, None)[:2]
+    indent = kwargs.get("indent", indent)
+    check_text(value, "the filter's text")
+    width = len(indent) if isinstance(indent, str) else indent if isinstance(indent, int) else 0
+    if width > 0:
+        check_size(_indented_json_size(value, width, _limits().max_value_size), "tojson's indentation")
+
+
+def _indented_json_size(value: Any, width: int, limit: int) -> int:
+    """The characters the indentation of `json.dumps(value, indent=width)` adds (each item of a container at
+    level L gets a line break and width x (L + 1) characters, its closing bracket width x L), counted only up
+    to just past `limit`."""
+    total, stack = 0, [(value, 0)]
+    while stack and total <= limit:
+        item, level = stack.pop()
+        items = (
+            list(item.values()) if isinstance(item, dict) else item if isinstance(item, list | tuple) else ()
+        )
+        if items:
+            total += len(items) * (1 + width * (level + 1)) + 1 + width * level
+            stack.extend((child, level + 1) for child in items)
+    return total
+
+
+def _check_urlize(*args: Any, **kwargs: Any) -> None:
+    """Every link gets the `rel` and `target` text: `('www.ab.com ' * 10000)|urlize(target='x' * 999999)` built
+    3.7 GB within the 2 s timer."""
+    value, _, _, target, rel = (*_filter_args(args), None, None, None, None, None)[:5]
+    extra = sum(len(v) for v in (kwargs.get("target", target), kwargs.get("rel", rel)) if isinstance(v, str))
+    if extra:
+        check_size(len(str(value).split()) * extra, "urlize's links", built=0)
+
+
+# str methods whose results are counted before they are made (_check_str_method, wrap_str_format)
+_STR_CHECKED = _PADDING | {"expandtabs", "join", "replace", "translate", "format"}
+
+
+def count_made(result: Any, inputs: tuple, what: str, counted: bool = False) -> None:
+    """Refuse a string or list an operation has just made where it is over max_value_size and larger than any of
+    its inputs (a row's field may be longer than the limit; a value a template grows past it may not), and count
+    it against the render's total (max_built_size) unless a check before the operation has (`counted`). Bounded
+    by one call: the operations checked only here make at most a few times their input's size."""
+    if not isinstance(result, str | list | tuple) or any(result is item for item in inputs):
+        return
+    size, limit = len(result), _limits().max_value_size
+    if size > limit and size > max((len(i) for i in inputs if isinstance(i, str | list | tuple)), default=0):
+        raise LimitError("max_value_size", f"{what} made a value of {size:,} items (over {limit:,})")
+    if not counted:
+        _add_built(size)
+
+
+def _checked(filter_fn: Any, name: str, check: Any) -> Any:
+    """A filter with its check before the call (if any), and its result counted after it (where no check has
+    counted it before)."""
+
     def run(*args: Any, **kwargs: Any) -> Any:
-        check(*args, **kwargs)
-        return filter_fn(*args, **kwargs)
+        if check is not None:
+            check(*args, **kwargs)
+        result = filter_fn(*args, **kwargs)
+        count_made(result, _filter_args(args) + tuple(kwargs.values()), name, counted=check is not None)
+        return result
 
     for attr in ("jinja_pass_arg",):  # keep Jinja's pass_context / pass_environment markers
         if hasattr(filter_fn, attr):

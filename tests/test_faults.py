@@ -93,6 +93,16 @@ TEMPLATE_CASES = [
     ("many_values_map", "{{ ([question] * 999999)|map('center', 999999)|list|length }}", r"the render built over 100,000,000 items of strings and lists in all \(limit max_built_size\)"),
     ("many_values_loop", "{% set ns = namespace(l=[]) %}{% for i in range(99999) %}{% set ns.l = ns.l + [question.center(999999)] %}{% endfor %}{{ ns.l|length }}", r"\(limit max_built_size\)"),
     ("many_texts_map", "{{ ([['x' * 50000] * 19] * 99999)|map('string')|list|length }}", r"\(limit max_built_size\)"),
+    # values made past the checks until 2026-12-05: Markup's methods (what `|e` and `|tojson` return) went around
+    # str's checks (1 GB at 10**9), tojson's indentation (64 million characters from a literal of 8 levels), urlize's
+    # target on every link (3.7 GB within the 2 s timer), escapes over max_value_size, and values each within it
+    # made by filters or slices over a list (2-3 GB within the timer)
+    ("markup_method", "{{ (question|e).center(10**9)|length }}", r"str\.center would build a value of 1,000,000,000 items"),
+    ("escape_growth", "{{ ('<' * 999999)|e|length }}", r"e made a value of 3,999,996 items \(over 1,000,000\) \(limit max_value_size\)"),
+    ("tojson_indent", "{{ [[[[[[[[1]]]]]]]]|tojson(indent=999999)|length }}", r"tojson's indentation would build .*\(limit max_value_size\)"),
+    ("urlize_target", "{{ ('www.ab.com ' * 10000)|urlize(target='x' * 999999)|length }}", r"urlize's links would build .*\(limit max_value_size\)"),
+    ("many_values_filter", "{{ (['x' * 999999] * 3000)|map('upper')|list|length }}", r"\(limit max_built_size\)"),
+    ("many_slices", "{% set ns = namespace(l=[]) %}{% set big = 'x' * 999999 %}{% for i in range(3000) %}{% set ns.l = ns.l + [big[1:]] %}{% endfor %}{{ ns.l|length }}", r"\(limit max_built_size\)"),
     ("range_past_maxsize", "{% for i in range(2**64) %}{% endfor %}x", r"range of 18,446,744,073,709,551,616 items .*\(limit max_loop_iterations\)"),
     # a literal's escape decodes to a lone surrogate, which no tokenizer takes (it was an unexpected UnicodeEncodeError)
     ("lone_surrogate_literal", '{{ "\\ud800" }} {{ question }}', r"the rendered text's character 0 is a lone surrogate \(\\ud800\), not Unicode text"),
@@ -138,10 +148,23 @@ def test_a_task_can_raise_its_own_limits(task_dir, run_cli):
 
 def test_the_bounded_filters_and_methods_render_within_their_limits(task_dir, run_cli):
     template("{{ range(5)|batch(2, 'x')|list }} {{ [1, 2, 3]|slice(2)|list }} {{ 'a b c'|wordwrap(1, wrapstring='/') }}"
-             " {{ question.translate({43: ' plus '}) }}")(task_dir)  # fmt: skip
+             " {{ question.translate({43: ' plus '}) }} {{ [1, [2]]|tojson(indent=1)|replace('\n', '/') }}"
+             " {{ 'see www.ab.com'|urlize(target='_blank') }} {{ ('<' ~ question)|e|upper }} {{ (question|e).center(7, '.') }}"
+             " {{ question[1:] }} {{ question[::-1] }} {{ [1, 2, 3][1:] }}")(task_dir)  # fmt: skip
     code, out, err = run_cli("--templates-dir", task_dir, "render", "toy_qa", "-n", "1")
     assert code == 0, err
-    assert "[[0, 1], [2, 3], [4, 'x']] [[1, 2], [3]] a/b/c 2 plus 2?" in out
+    assert ("[[0, 1], [2, 3], [4, 'x']] [[1, 2], [3]] a/b/c 2 plus 2? [/ 1,/ [/  2/ ]/]"
+            ' see <a href="https://www.ab.com" rel="noopener" target="_blank">www.ab.com</a> &LT;2+2? ..2+2?. +2? ?2+2'
+            " [2, 3]") in out  # fmt: skip
+
+
+def test_a_field_longer_than_the_value_limit_may_be_cut_and_cleaned(task_dir, run_cli):
+    # a row's field may be longer than max_value_size: slicing and filters that do not grow it stay allowed
+    write_jsonl(task_dir / "data.jsonl", [{"question": " " + "word " * 300_000, "answer": "x"}])
+    template("{{ question[:11] }}|{{ question|trim|truncate(14) }}|{{ question|upper|length }}")(task_dir)
+    code, out, err = run_cli("--templates-dir", task_dir, "render", "toy_qa", "-n", "1")
+    assert code == 0, err
+    assert "input:   word word |word word...|1500001" in out
 
 
 def test_a_render_that_builds_a_long_text_bit_by_bit_stays_within_the_total(task_dir, run_cli):
