@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import sys
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -208,10 +209,74 @@ def load_data_file(path: Path, split: str = "train", where: Where | None = None,
     try:
         return datasets.load_dataset(builder, data_files={split: str(path)}, split=split)
     except Exception as exc:
-        reason = first_line(exc)
-        raise T2TError(f"cannot read the {builder} file: {reason}", where) from None
+        if builder == "json":
+            _diagnose_json(path, where)
+        raise T2TError(f"cannot read the {builder} file: {first_line(_root_cause(exc))}", where) from None
     finally:
         library.setLevel(level)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The error under datasets' "An error occurred while generating the dataset" (Arrow's, which says what)."""
+    seen = [exc]
+    while isinstance(seen[-1], datasets.exceptions.DatasetGenerationError) and seen[-1].__cause__ is not None:
+        seen.append(seen[-1].__cause__)
+    return seen[-1]
+
+
+def _diagnose_json(path: Path, where: Where) -> None:
+    """Arrow refused a jsonl file t2t's own pass found readable: find the line and say why, in terms of the file
+    (Arrow counts rows within a block of the file, not lines)."""
+
+    def pairs(items: list) -> dict:
+        keys = [key for key, _ in items]
+        repeated = next((key for i, key in enumerate(keys) if key in keys[:i]), None)
+        if repeated is not None:
+            raise _Found(f"the key {repeated!r} appears twice in one object")
+        return dict(items)
+
+    def number(text: str) -> float:
+        value = float(text)
+        if value in (float("inf"), float("-inf")):
+            raise _Found(f"the number {text[:40]} is too large for a 64-bit float")
+        return value
+
+    with path.open(encoding="utf-8-sig") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            try:
+                json.loads(line, object_pairs_hook=pairs, parse_float=number)
+            except _Found as found:
+                raise T2TError(str(found), replace(where, line=line_number)) from None
+
+
+class _Found(Exception):
+    pass
+
+
+# whole numbers an Arrow column keeps as written: int64 (a column of whole numbers and decimals is read as decimals)
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def number_warnings(numbers: dict[str, dict[str, tuple[int, object]]], where: Where) -> list[str]:
+    """What the loader changes in a jsonl file's fields, from the first whole number, decimal and out-of-range
+    whole number of each field (`kind -> (line, value)`): a whole number past 64 bits, or a field mixing whole
+    numbers and decimals, is read as a decimal, so `1` renders as `1.0` and 12345678901234567891 as
+    1.2345678901234567e+19. One line each, placed as an error would be."""
+    lines = []
+    for field, seen in numbers.items():
+        if "big" in seen:
+            line, value = seen["big"]
+            message = (f"field {field!r} holds {value}, past 64-bit integers: the loader reads the field as "
+                       f"decimals ({float(value)!r}); write such numbers as strings to keep them")  # fmt: skip
+        elif "int" in seen and "float" in seen:
+            (line, whole), (float_line, decimal) = seen["int"], seen["float"]
+            message = (f"field {field!r} holds whole numbers ({whole}) and decimals ({decimal}, line {float_line}): "
+                       f"the loader reads the field as decimals, so {whole} renders as "
+                       f"{float(whole)!r}; write the field as strings to keep each value as written")  # fmt: skip
+        else:
+            continue
+        lines.append(str(T2TError(message, replace(where, line=line))))
+    return lines
 
 
 def _check_csv(path: Path, where: Where) -> None:
@@ -251,6 +316,7 @@ def _check_text_file(path: Path, where: Where, jsonl: bool) -> None:
         return replace(where, line=line)
 
     seen = 0
+    numbers: dict[str, dict[str, tuple[int, object]]] = {}  # field -> kind -> (first line, value)
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             seen = number
@@ -271,6 +337,17 @@ def _check_text_file(path: Path, where: Where, jsonl: bool) -> None:
                 raise T2TError("JSON nested too deeply to read", at(number)) from None
             if not isinstance(value, dict):
                 raise T2TError("not a JSON object", at(number))
+            for field, item in value.items():
+                kind = type(item)
+                if kind is int:
+                    kind_name = "big" if not _INT64[0] <= item <= _INT64[1] else "int"
+                elif kind is float:
+                    kind_name = "float"
+                else:
+                    continue
+                found = numbers.setdefault(field, {})
+                if kind_name not in found:
+                    found[kind_name] = (number, item)
             # a surrogate pair (an emoji's) decodes to one character, a lone surrogate to no text at all
             if SURROGATE_ESCAPE.search(line):
                 found = first_surrogate(json.dumps(value, ensure_ascii=False))
@@ -280,6 +357,8 @@ def _check_text_file(path: Path, where: Where, jsonl: bool) -> None:
                     )
     if jsonl and seen == 0:
         raise T2TError("the data file has no rows", where)
+    for line in number_warnings(numbers, where):
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _load_generated(spec: TaskSpec, split: str, where: Where) -> datasets.Dataset:

@@ -328,6 +328,11 @@ DATA_CASES = [
     ("jsonl_lone_surrogate", data_file("rows.jsonl", '{"question": "\\ud83d\\ude00", "answer": "b"}\n'
                                        '{"question": "c", "answer": "x \\udc00"}\n'), [],
      r"rows\.jsonl:2, task 'toy_qa', split 'train': a string holds a lone surrogate \(\\udc00\), not Unicode text"),
+    # Arrow refuses these; datasets said "An error occurred while generating the dataset" and no line
+    ("jsonl_repeated_key", data_file("rows.jsonl", '{"question": "a", "answer": "b"}\n{"question": "c", "answer": "d", "question": "e"}\n'), [],
+     r"rows\.jsonl:2, task 'toy_qa', split 'train': the key 'question' appears twice in one object"),
+    ("jsonl_number_too_large", data_file("rows.jsonl", '{"question": "a", "answer": "b"}\n{"question": "c", "answer": "d", "n": 1e400}\n'), [],
+     r"rows\.jsonl:2, task 'toy_qa', split 'train': the number 1e400 is too large for a 64-bit float"),
     ("strict_paths_flag", outside, ["--strict-paths"], r"lies outside the task's folder .*refused by --strict-paths"),
 ]  # fmt: skip
 
@@ -339,6 +344,27 @@ def test_bad_data(task_dir, run_bounded, case, breaker, extra, pattern):
                                  seconds=30, megabytes=200)  # fmt: skip
     assert code == 2 and out == "", (out, err)
     assert re.search(pattern, one_line(err)), err
+
+
+def test_numbers_the_loader_would_change_are_said_with_their_line(task_dir, run_cli):
+    # Arrow reads a field of whole numbers and decimals as decimals, and a whole number past 64 bits as a decimal:
+    # the prompt then says 12.0, or loses digits, where the file says 12 (it did so without a word)
+    write_jsonl(task_dir / "data.jsonl", [{"question": "7+5?", "answer": 12, "id": 12345678901234567890},
+                                          {"question": "1/4?", "answer": 0.25, "id": 1}])  # fmt: skip
+    template("{{ question }} {{ id }}", fields={"question": "q", "answer": "a", "id": "a number"})(task_dir)
+    code, out, err = run_cli("--templates-dir", task_dir, "render", "toy_qa", "-n", "1")
+    assert code == 0 and "target:  12.0" in out and "1.2345678901234567e+19" in out, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2, err
+    assert re.search(r"data\.jsonl:1, task 'toy_qa', split 'train': field 'answer' holds whole numbers \(12\) and "
+                     r"decimals \(0\.25, line 2\): the loader reads the field as decimals, so 12 renders as "
+                     r"12\.0; write the field as strings", warnings[0]), err  # fmt: skip
+    assert re.search(r"data\.jsonl:1, .*field 'id' holds 12345678901234567890, past 64-bit integers: the loader reads "
+                     r"the field as decimals \(1\.2345678901234567e\+19\); write such numbers as strings", warnings[1])  # fmt: skip
+    # written as strings, or all whole, they render as written, with no warning
+    write_jsonl(task_dir / "data.jsonl", [{"question": "7+5?", "answer": "12", "id": 3}, {"question": "1/4?", "answer": "0.25", "id": 1}])  # fmt: skip
+    code, out, err = run_cli("--templates-dir", task_dir, "render", "toy_qa", "-n", "1")
+    assert code == 0 and "target:  12\n" in out and "warning" not in err, (out, err)
 
 
 def test_predict_refuses_json_nested_too_deeply_in_one_line(tmp_path, run_bounded):
