@@ -207,10 +207,18 @@ def load_data_file(path: Path, split: str = "train", where: Where | None = None,
     level = library.level
     library.setLevel(logging.CRITICAL)  # its own log line would come before t2t's one line
     try:
-        return datasets.load_dataset(builder, data_files={split: str(path)}, split=split)
+        rows = datasets.load_dataset(builder, data_files={split: str(path)}, split=split)
+        if builder == "csv":
+            for line in csv_changes(path, rows, where):
+                print(f"warning: {line}", file=sys.stderr)
+        return rows
+    except T2TError:
+        raise
     except Exception as exc:
         if builder == "json":
             _diagnose_json(path, where)
+        if builder == "csv" and isinstance(_root_cause(exc), OverflowError):
+            _diagnose_csv_overflow(path, where)
         raise T2TError(f"cannot read the {builder} file: {first_line(_root_cause(exc))}", where) from None
     finally:
         library.setLevel(level)
@@ -247,6 +255,21 @@ def _diagnose_json(path: Path, where: Where) -> None:
                 json.loads(line, object_pairs_hook=pairs, parse_float=number)
             except _Found as found:
                 raise T2TError(str(found), replace(where, line=line_number)) from None
+
+
+def _diagnose_csv_overflow(path: Path, where: Where) -> None:
+    """pandas read a whole number past 64 bits in a column of whole numbers, which Arrow cannot hold: name it."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        start = reader.line_num + 1
+        for fields in reader:
+            for name, text in zip(header, fields, strict=False):
+                if re.fullmatch(r"\s*[+-]?[0-9]{19,}\s*", text) and not -(2**63) <= int(text) < 2**64:
+                    raise T2TError(f"field {name!r} holds {text.strip()}, past 64-bit integers: the CSV loader "
+                                   "cannot read it in a column of whole numbers (a jsonl file with the value as a "
+                                   "string can)", replace(where, line=start))  # fmt: skip
+            start = reader.line_num + 1
 
 
 class _Found(Exception):
@@ -304,6 +327,81 @@ def _check_csv(path: Path, where: Where) -> None:
             raise T2TError(f"malformed CSV: {exc}", replace(where, line=reader.line_num)) from None
         finally:
             csv.field_size_limit(limit)
+
+
+def csv_changes(path: Path, rows: datasets.Dataset, where: Where) -> list[str]:
+    """Where the loaded CSV does not say what the file says: pandas, which datasets reads CSV files with, takes
+    `NA`, `None`, `null` and a dozen other texts for a missing value, and reads a column whose values all look
+    like numbers (or booleans) as numbers, so `007` renders as 7, `12` in a column of decimals (or of whole numbers
+    with an empty field) as 12.0, `true` as True. One line for the first such value of each column, naming its
+    line; the loaded values are compared with the file's text, read again as text by Arrow, only in the columns
+    that hold numbers, booleans or missing values."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    table = rows.data
+    typed = [name for name in rows.column_names
+             if not pa.types.is_string(table.schema.field(name).type)
+             and not pa.types.is_large_string(table.schema.field(name).type)]  # fmt: skip
+    nullable = [name for name in rows.column_names if table.column(name).null_count]
+    wanted = [name for name in rows.column_names if name in typed or name in nullable]
+    if not wanted:
+        return []
+    try:
+        text = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                              convert_options=pacsv.ConvertOptions(
+                                  column_types=dict.fromkeys(wanted, pa.string()), include_columns=wanted,
+                                  strings_can_be_null=False, quoted_strings_can_be_null=False, null_values=[]))  # fmt: skip
+    except (pa.ArrowException, OSError):
+        return []  # (a file Arrow reads otherwise than pandas: no comparison, no warning)
+    if text.num_rows != len(rows):
+        return []
+    found = []  # (row, message)
+    for name in wanted:
+        written, loaded = text.column(name), table.column(name)
+        # a value the loader took for missing where the file has text (compared in Arrow, in C++)
+        missing = pc.index(pc.and_(pc.is_null(loaded), pc.not_equal(written, "")), True).as_py()
+        if missing >= 0:
+            found.append((missing, f"field {name!r} reads {written[missing].as_py()!r}, which the loader takes "
+                                   "for a missing value (a template reading it stops at the row)"))  # fmt: skip
+        if name not in typed:
+            continue
+        if pa.types.is_integer(loaded.type):  # Arrow writes whole numbers as Python does
+            shown = pc.cast(loaded, written.type)
+            changed = pc.index(pc.fill_null(pc.equal(shown, written), True), False).as_py()
+        else:  # decimals and booleans as Python writes them (12.0, True): what a template renders
+            texts = [None if v is None else str(v) for v in loaded.to_pylist()]
+            original = written.to_pylist()
+            changed = next((i for i, (w, v) in enumerate(zip(original, texts, strict=True))
+                            if v is not None and v != w), -1)  # fmt: skip
+        if changed >= 0:
+            value = loaded[changed].as_py()
+            found.append((changed, f"field {name!r} reads {written[changed].as_py()!r}, which the loader reads as "
+                                   f"{value!r} (a column of only numbers or only booleans is read as such): a "
+                                   f"template renders {value}, not the text in the file"))  # fmt: skip
+    lines = _csv_row_lines(path, sorted({row for row, _ in found}))
+    return [str(T2TError(message, replace(where, line=lines.get(row)))) for row, message in found]
+
+
+def _csv_row_lines(path: Path, wanted: list[int]) -> dict[int, int]:
+    """The line each of the rows `wanted` (0-based, blank lines skipped as pandas does) starts on."""
+    lines: dict[int, int] = {}
+    if not wanted:
+        return lines
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)
+        row, start, targets = 0, reader.line_num + 1, set(wanted)
+        for fields in reader:
+            if fields:
+                if row in targets:
+                    lines[row] = start
+                    if len(lines) == len(targets):
+                        break
+                row += 1
+            start = reader.line_num + 1
+    return lines
 
 
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON's escape of a UTF-16 surrogate

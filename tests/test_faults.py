@@ -333,6 +333,8 @@ DATA_CASES = [
      r"rows\.jsonl:2, task 'toy_qa', split 'train': the key 'question' appears twice in one object"),
     ("jsonl_number_too_large", data_file("rows.jsonl", '{"question": "a", "answer": "b"}\n{"question": "c", "answer": "d", "n": 1e400}\n'), [],
      r"rows\.jsonl:2, task 'toy_qa', split 'train': the number 1e400 is too large for a 64-bit float"),
+    ("csv_number_past_64_bits", data_file("rows.csv", "question,answer,n\na,b,1\nc,d,99999999999999999999\n"), [],
+     r"rows\.csv:3, task 'toy_qa', split 'train': field 'n' holds 99999999999999999999, past 64-bit integers: the CSV loader cannot read it"),
     ("strict_paths_flag", outside, ["--strict-paths"], r"lies outside the task's folder .*refused by --strict-paths"),
 ]  # fmt: skip
 
@@ -365,6 +367,33 @@ def test_numbers_the_loader_would_change_are_said_with_their_line(task_dir, run_
     write_jsonl(task_dir / "data.jsonl", [{"question": "7+5?", "answer": "12", "id": 3}, {"question": "1/4?", "answer": "0.25", "id": 1}])  # fmt: skip
     code, out, err = run_cli("--templates-dir", task_dir, "render", "toy_qa", "-n", "1")
     assert code == 0 and "target:  12\n" in out and "warning" not in err, (out, err)
+
+
+def test_csv_text_the_loader_changes_is_said_with_its_line(task_dir, run_cli):
+    # pandas (datasets' CSV reader) reads columns of numbers as numbers and NA-like texts as missing: the prompt
+    # said 7 where the file says 007, 12.0 for 12, True for true, and a row with the answer "NA" stopped as null
+    (task_dir / "data.jsonl").unlink()
+    (task_dir / "rows.csv").write_text('question,answer,zip,score,ok,code\n"two\nlines",4,007,12,true,NA\n'
+                                       "b,5,10115,0.5,false,PE\n")  # fmt: skip
+    template("{{ question }} {{ zip }} {{ score }} {{ ok }}", source={"kind": "files", "splits": {"train": "rows.csv"}},
+             fields={"question": "q", "answer": "a", "zip": "z", "score": "s", "ok": "o", "code": "c"})(task_dir)  # fmt: skip
+    code, out, err = run_cli("--templates-dir", task_dir, "render", "toy_qa", "-n", "1")
+    assert code == 0 and "two\n         lines 7 12.0 True" in out, (out, err)
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    expected = [r"rows\.csv:2, task 'toy_qa', split 'train': field 'zip' reads '007', which the loader reads as 7 "
+                r"\(a column of only numbers or only booleans is read as such\): a template renders 7, not the text",
+                r"rows\.csv:2, .*field 'score' reads '12', which the loader reads as 12\.0 .*renders 12\.0",
+                r"rows\.csv:2, .*field 'ok' reads 'true', which the loader reads as True .*renders True",
+                r"rows\.csv:2, .*field 'code' reads 'NA', which the loader takes for a missing value"]  # fmt: skip
+    assert len(warnings) == len(expected), err
+    for pattern, line in zip(expected, warnings, strict=True):
+        assert re.search(pattern, line), line
+    # text columns, and numbers written as Python writes them, read back as written: no warning
+    (task_dir / "rows.csv").write_text(
+        "question,answer,zip,score,ok,code\na,4,x07,12.0,True,PE\nb,5,10115,0.5,False,NZ\n"
+    )
+    code, out, err = run_cli("--templates-dir", task_dir, "render", "toy_qa", "-n", "1")
+    assert code == 0 and "a x07 12.0 True" in out and "warning" not in err, (out, err)
 
 
 def test_predict_refuses_json_nested_too_deeply_in_one_line(tmp_path, run_bounded):
