@@ -183,6 +183,32 @@ def read_encoding(model_dir: Path) -> dict:
     return encoding
 
 
+# a model that states no length of its own is cut here (lm-evaluation-harness's default too): T5's relative
+# positions set no limit, and its encoder's attention grows with the square of the input
+DEFAULT_MAX_TOKENS = 2048
+# what transformers stores as a tokenizer's model_max_length when none was given (int(1e30))
+_NO_TOKENIZER_LIMIT = 1_000_000
+
+
+def model_limits(model_dir: Path, model: Any, tokenizer: Any) -> tuple[int, int | None]:
+    """(max input tokens, max target tokens) to encode with for a model handed to eval, predict or serve: the
+    limits a t2t model was trained under (t2t_encoding.json); else the model's own, found where
+    lm-evaluation-harness finds it (the config's n_positions, max_position_embeddings or n_ctx: 512 in the hub's
+    T5 and flan-t5 configs, 1,024 for BART), then the tokenizer's model_max_length; else DEFAULT_MAX_TOKENS for
+    inputs. Until 2026-12-05 a hub T5 read no limit at all: inputs went in whole (a 20,000-token document is an
+    attention of 20,000 squared per head)."""
+    encoding = read_encoding(model_dir)
+    config = model.config
+    own = next((value for attr in ("n_positions", "max_position_embeddings", "n_ctx")
+                if isinstance(value := getattr(config, attr, None), int) and value > 0), None)  # fmt: skip
+    if own is None:
+        value = getattr(tokenizer, "model_max_length", None)
+        own = value if isinstance(value, int) and 0 < value < _NO_TOKENIZER_LIMIT else None
+    return encoding.get("max_input_tokens") or own or DEFAULT_MAX_TOKENS, encoding.get(
+        "max_target_tokens"
+    ) or own
+
+
 def save_checkpoint(accelerator: Any, wrapped: Any, tokenizer: Any, run_dir: Path, step: int,
                     run_state: dict, keep: int, encoding: dict | None = None) -> Path:  # fmt: skip
     folder = run_dir / CHECKPOINTS

@@ -403,7 +403,7 @@ def eval_device(name: str) -> tuple[str, str]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from t2t.adapters import load_adapters
-    from t2t.checkpoint import read_encoding
+    from t2t.checkpoint import model_limits
     from t2t.evaluation import EvalConfig, evaluate
     from t2t.modeling import load_model
     from t2t.reports import print_evaluation, save_evaluation
@@ -417,14 +417,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device, dtype = eval_device(args.device)
     model, tokenizer = load_model(args.model), load_tokenizer(args.model)
     load_adapters(model, args.model)  # a model trained with sharing.mode=adapters: each task's own
-    # The limits a t2t-trained model was trained under; else the model's own position limit (BART: 1024).
-    encoding = read_encoding(args.model)
-    positions = getattr(model.config, "max_position_embeddings", None)
+    # The limits a t2t-trained model was trained under; else the model's own (T5 from the hub: 512; BART: 1024)
+    max_input, max_target = model_limits(args.model, model, tokenizer)
     config = EvalConfig(split=args.split, max_examples=args.max_examples, batch_size=args.batch_size,
                         num_beams=args.num_beams, scoring=args.scoring, generate=not args.no_generate,
-                        max_input_tokens=args.max_input_tokens or encoding.get("max_input_tokens") or positions,
-                        max_target_tokens=args.max_target_tokens or encoding.get("max_target_tokens") or positions,
-                        template=args.template)  # fmt: skip
+                        max_input_tokens=args.max_input_tokens or max_input,
+                        max_target_tokens=args.max_target_tokens or max_target, template=args.template)  # fmt: skip
     if dtype == "bf16":
         import torch
 

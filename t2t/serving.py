@@ -85,7 +85,7 @@ class Predictor:
     def load(cls, model_dir: Path, registry: Registry, task_names: Sequence[str], device: str = "cpu",
              dtype: str = "fp32", limits: ServeLimits | None = None) -> Predictor:  # fmt: skip
         from t2t.adapters import load_adapters
-        from t2t.checkpoint import read_encoding
+        from t2t.checkpoint import model_limits
         from t2t.modeling import load_model
         from t2t.tokenizer import load_tokenizer
 
@@ -93,15 +93,14 @@ class Predictor:
             registry.task(name)  # unknown names refused before the model loads
         model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
         load_adapters(model, model_dir)  # with adapters, each row of a batch goes through its task's
-        encoding = read_encoding(model_dir)  # the limits it trained under; else its own position limit
-        positions = getattr(model.config, "max_position_embeddings", None)
+        max_input, max_target = model_limits(model_dir, model, tokenizer)  # trained under; else its own
         if dtype == "bf16":
             import torch
 
             model = model.to(torch.bfloat16)
         model = model.to(device).eval()
-        return cls(model, tokenizer, registry, list(task_names), encoding.get("max_input_tokens") or positions,
-                   encoding.get("max_target_tokens") or positions or 128, limits or ServeLimits(), device, dtype)  # fmt: skip
+        return cls(model, tokenizer, registry, list(task_names), max_input, max_target or 128,
+                   limits or ServeLimits(), device, dtype)  # fmt: skip
 
     # ------------------------------------------------------------------------------------ routing
 

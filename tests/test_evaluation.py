@@ -1,6 +1,7 @@
 """Rank classification, generation and reports on real tiny models; checkpoint selection."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -436,3 +437,34 @@ def test_selection_against_the_first_evaluation_is_paired_by_rows():
         low, high = (float(v) for v in blocked[0].split("[")[1].split("]")[0].split(", "))
         assert low < -25.0 < high < -1.0
     assert "paired bootstrap interval" in selector.report()
+
+
+def test_a_model_from_elsewhere_is_cut_where_its_config_or_tokenizer_says(trained_yes_no, tmp_path, run_cli):
+    # lm-evaluation-harness's order: the config's n_positions (512 in the hub's T5 and flan-t5 configs), else the
+    # tokenizer's model_max_length, else 2,048; until 2026-12-05 a hub T5 was not cut at all
+    registry, run_dir = trained_yes_no
+    dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
+    model = tmp_path / "foreign"
+    shutil.copytree(run_dir / "model", model)
+    (model / "t2t_encoding.json").unlink()
+
+    def limits(name: str) -> tuple[int, int]:
+        code, _, err = run_cli(*dirs, "eval", "--model", model, "--tasks", "say_it", "--max-examples", "3",
+                               "--no-generate", "--out", tmp_path / name)  # fmt: skip
+        assert code == 0, err
+        report = json.loads((tmp_path / name / "results.json").read_text())
+        return report["max_input_tokens"], report["max_target_tokens"]
+
+    def edit(name: str, **values) -> None:
+        data = json.loads((model / name).read_text())
+        data.update(values)
+        data = {k: v for k, v in data.items() if v is not None}
+        (model / name).write_text(json.dumps(data))
+
+    edit("config.json", n_positions=7)
+    edit("tokenizer_config.json", model_max_length=9)
+    assert limits("config") == (7, 7)
+    edit("config.json", n_positions=None)
+    assert limits("tokenizer") == (9, 9)
+    edit("tokenizer_config.json", model_max_length=None)
+    assert limits("default") == (2048, None)
