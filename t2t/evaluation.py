@@ -67,6 +67,25 @@ CHOICE_SLOTS = 16_384
 CHOICE_LOGITS = 2**26
 
 
+# One batch of inputs (rank classification's encoder pass, a generation call) holds at most this many input token
+# slots (rows x the longest input), and at most `--batch-size` rows: attention costs the square of the input per
+# row and head, and 20 rows of 2,048 tokens in one pass through a 4-head tiny T5 peaked at 2.2 GB (1.0 GB in 3).
+INPUT_SLOTS = 16_384
+
+
+def input_batches(order: Sequence[int], lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """`order` (rows sorted by input length, shortest first) cut into batches of at most `batch_size` rows whose
+    padded inputs hold at most INPUT_SLOTS tokens (at least one row each, however long)."""
+    batches: list[list[int]] = []
+    for i in order:
+        batch = batches[-1] if batches else None
+        if batch is None or len(batch) == batch_size or (len(batch) + 1) * lengths[i] > INPUT_SLOTS:
+            batches.append([i])
+        else:
+            batch.append(i)
+    return batches
+
+
 def choice_chunks(lengths: Sequence[int], input_length: int, vocab_size: int) -> list[tuple[int, int]]:
     """Consecutive [lo, hi) ranges of the (row, choice) pairs whose padded decoder pass stays within the budget
     (at least one pair each, however long)."""
@@ -97,8 +116,7 @@ def score_choices(model: Any, tokenizer: Any, inputs: list[str], choices: list[t
     input_ids, _ = encode_texts(tokenizer, inputs, max_input_tokens, convention["input_eos"])
     results: list[dict[str, list[float]]] = [{} for _ in inputs]
     order = sorted(range(len(inputs)), key=lambda i: len(input_ids[i]))
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
+    for batch in input_batches(order, [len(ids) for ids in input_ids], batch_size):
         encoder_ids = _pad([input_ids[i] for i in batch], tokenizer.pad_token_id).to(device)
         mask = (encoder_ids != tokenizer.pad_token_id).long()
         mask[:, 0] = 1
@@ -154,8 +172,7 @@ def generate(model: Any, tokenizer: Any, inputs: list[str], max_new_tokens: int,
     order = sorted(range(len(inputs)), key=lambda i: len(input_ids[i]))
     if num_beams > 1:
         batch_size = max(1, min(batch_size, GENERATE_SEQUENCES // num_beams))
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
+    for batch in input_batches(order, [len(ids) for ids in input_ids], batch_size):
         ids = _pad([input_ids[i] for i in batch], tokenizer.pad_token_id).to(device)
         slots = router.rows([tasks[i] for i in batch], device) if router is not None else None
         with routed(router, slots):

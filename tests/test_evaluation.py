@@ -176,6 +176,55 @@ def test_thousands_of_answer_choices_are_scored_in_bounded_passes_with_the_same_
             assert chunked["choice_scores"][name] == pytest.approx(one["choice_scores"][name], abs=1e-4)
 
 
+def test_input_batches_hold_a_bounded_number_of_input_slots(monkeypatch):
+    import t2t.evaluation as evaluation
+
+    # 3 x 4,000 = 12,000 slots fit 16,384; a fourth row of 5,000 would pad to 20,000; a row over the budget alone
+    assert evaluation.input_batches([0, 1, 2, 3, 4], [10, 10, 4000, 5000, 20000], 32) == [[0, 1, 2], [3], [4]]
+    assert evaluation.input_batches([2, 0, 1], [1, 1, 1], 2) == [[2, 0], [1]]
+    monkeypatch.setattr(evaluation, "INPUT_SLOTS", 12)
+    assert evaluation.input_batches([3, 2, 1, 0], [5, 4, 3, 2], 32) == [[3, 2, 1], [0]]
+
+
+def test_long_inputs_are_evaluated_in_batches_of_bounded_slots_with_the_same_answers(
+    trained_yes_no, tmp_path, run_cli, monkeypatch
+):
+    """Rows of long inputs were one encoder pass however long (20 rows of 2,048 tokens: 2.2 GB with a 4-head tiny
+    T5); batches now hold at most INPUT_SLOTS input tokens, and every score and answer is that of one pass."""
+    from transformers.models.t5.modeling_t5 import T5Stack
+
+    import t2t.evaluation as evaluation
+
+    registry, run_dir = trained_yes_no
+    dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
+    passes = []  # (rows, input tokens) of each encoder pass
+    forward = T5Stack.forward
+
+    def recorded(self, input_ids=None, encoder_hidden_states=None, inputs_embeds=None, **kwargs):
+        if encoder_hidden_states is None and input_ids is not None:
+            passes.append(tuple(input_ids.shape))
+        return forward(self, input_ids=input_ids, encoder_hidden_states=encoder_hidden_states,
+                       inputs_embeds=inputs_embeds, **kwargs)  # fmt: skip
+
+    monkeypatch.setattr(T5Stack, "forward", recorded)
+    runs = {}
+    for name, slots in (("one_pass", 10**9), ("bounded", 40)):
+        monkeypatch.setattr(evaluation, "INPUT_SLOTS", slots)
+        passes.clear()
+        code, _, err = run_cli(*dirs, "eval", "--model", run_dir / "model", "--tasks", "say_it", "--template",
+                               "repeat", "--max-examples", "12", "--out", tmp_path / name)  # fmt: skip
+        assert code == 0, err
+        runs[name] = [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").open()]
+        if name == "bounded":
+            assert all(rows * length <= 40 or rows == 1 for rows, length in passes) and len(passes) > 2, (
+                passes
+            )
+    assert [r["prediction"] for r in runs["bounded"]] == [r["prediction"] for r in runs["one_pass"]]
+    for one, bounded in zip(runs["one_pass"], runs["bounded"], strict=True):
+        assert bounded["ranked"] == one["ranked"]
+        assert bounded["choice_scores"]["sum"] == pytest.approx(one["choice_scores"]["sum"], abs=1e-4)
+
+
 def test_many_beams_generate_a_few_rows_a_call_with_the_same_answers(
     trained_yes_no, tmp_path, run_cli, monkeypatch
 ):
