@@ -12,6 +12,7 @@ import sys
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -371,10 +372,7 @@ def csv_changes(path: Path, rows: datasets.Dataset, where: Where) -> list[str]:
             shown = pc.cast(loaded, written.type)
             changed = pc.index(pc.fill_null(pc.equal(shown, written), True), False).as_py()
         else:  # decimals and booleans as Python writes them (12.0, True): what a template renders
-            texts = [None if v is None else str(v) for v in loaded.to_pylist()]
-            original = written.to_pylist()
-            changed = next((i for i, (w, v) in enumerate(zip(original, texts, strict=True))
-                            if v is not None and v != w), -1)  # fmt: skip
+            changed = _first_rewritten(loaded, written)
         if changed >= 0:
             value = loaded[changed].as_py()
             found.append((changed, f"field {name!r} reads {written[changed].as_py()!r}, which the loader reads as "
@@ -382,6 +380,19 @@ def csv_changes(path: Path, rows: datasets.Dataset, where: Where) -> list[str]:
                                    f"template renders {value}, not the text in the file"))  # fmt: skip
     lines = _csv_row_lines(path, sorted({row for row, _ in found}))
     return [str(T2TError(message, replace(where, line=lines.get(row)))) for row, message in found]
+
+
+def _first_rewritten(loaded: Any, written: Any, rows: int = 1 << 20) -> int:
+    """The first row whose loaded value, written as Python writes it, is not the file's text (-1 if none); a
+    million rows at a time, so a long column never becomes one list of Python objects."""
+    for lo in range(0, len(loaded), rows):
+        texts = [None if v is None else str(v) for v in loaded.slice(lo, rows).to_pylist()]
+        original = written.slice(lo, rows).to_pylist()
+        if texts != original:
+            for i, (w, v) in enumerate(zip(original, texts, strict=True)):
+                if v is not None and v != w:
+                    return lo + i
+    return -1
 
 
 def _csv_row_lines(path: Path, wanted: list[int]) -> dict[int, int]:
