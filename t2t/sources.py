@@ -116,8 +116,34 @@ def _check_columns(spec: TaskSpec, rows: datasets.Dataset, where: Where) -> None
             f"the data has no column {missing[0]!r}{hint}; its columns are {', '.join(rows.column_names)}",
             where,
         )
+    for name in spec.fields:
+        kind = _not_text(rows.features[name])
+        if kind is not None:
+            raise T2TError(f"field {name!r} holds {kind}, not text: a template would print their Python form "
+                           "(b'...', or an object with its memory address) into the prompt; store it as text, or "
+                           "leave it out of the task's fields", where)  # fmt: skip
     if len(rows) == 0:
         raise T2TError("the split has no rows", where)
+
+
+def _not_text(feature: object) -> str | None:
+    """What a column holds that a template cannot render as text (bytes, images, audio, video), looking inside
+    lists and structs; None for text, numbers, booleans and dates."""
+    stack = [feature]
+    while stack:
+        item = stack.pop()
+        kind = type(item).__name__
+        if kind in ("Image", "Audio", "Video", "Pdf", "Nifti"):
+            return f"{kind.lower()}s (a datasets {kind} feature)"
+        if kind == "Value" and getattr(item, "dtype", "") in ("binary", "large_binary", "binary_view"):
+            return "bytes (a binary column)"
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif hasattr(item, "feature"):  # datasets' List / Sequence / LargeList
+            stack.append(item.feature)
+    return None
 
 
 # ---------------------------------------------------------------------------------------- loaders

@@ -298,6 +298,28 @@ def corrupt_parquet(d: Path) -> None:
     write_task(d, qa_task(source={"kind": "files", "splits": {"train": "rows.parquet"}}))
 
 
+def not_text_parquet(kind: str):
+    """A parquet file whose question column is bytes, or images (datasets' Image feature, kept in the file)."""
+
+    def build(d: Path) -> None:
+        import datasets
+        import PIL.Image
+
+        if kind == "bytes":
+            pd.DataFrame({"question": [b"2+2?", b"\xff"], "answer": ["4", "x"]}).to_parquet(
+                d / "rows.parquet"
+            )
+        else:
+            image = PIL.Image.new("RGB", (2, 2))
+            features = datasets.Features({"question": datasets.Image(), "answer": datasets.Value("string")})
+            datasets.Dataset.from_dict({"question": [image], "answer": ["4"]}, features=features).to_parquet(
+                d / "rows.parquet"
+            )
+        write_task(d, qa_task(source={"kind": "files", "splits": {"train": "rows.parquet"}}))
+
+    return build
+
+
 def outside(d: Path) -> None:
     other = d.parent / "elsewhere"
     other.mkdir(exist_ok=True)
@@ -335,6 +357,11 @@ DATA_CASES = [
      r"rows\.jsonl:2, task 'toy_qa', split 'train': the number 1e400 is too large for a 64-bit float"),
     ("csv_number_past_64_bits", data_file("rows.csv", "question,answer,n\na,b,1\nc,d,99999999999999999999\n"), [],
      r"rows\.csv:3, task 'toy_qa', split 'train': field 'n' holds 99999999999999999999, past 64-bit integers: the CSV loader cannot read it"),
+    # a template printed b'2+2?', or an image's Python form with its memory address (a prompt that changed run to run)
+    ("parquet_bytes_field", not_text_parquet("bytes"), [],
+     r"toy_qa\.yaml, task 'toy_qa', split 'train': field 'question' holds bytes \(a binary column\), not text"),
+    ("parquet_image_field", not_text_parquet("image"), [],
+     r"toy_qa\.yaml, task 'toy_qa', split 'train': field 'question' holds images \(a datasets Image feature\), not text"),
     ("strict_paths_flag", outside, ["--strict-paths"], r"lies outside the task's folder .*refused by --strict-paths"),
 ]  # fmt: skip
 
