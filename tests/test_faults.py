@@ -303,18 +303,16 @@ def not_text_parquet(kind: str):
 
     def build(d: Path) -> None:
         import datasets
-        import PIL.Image
 
         if kind == "bytes":
             pd.DataFrame({"question": [b"2+2?", b"\xff"], "answer": ["4", "x"]}).to_parquet(
                 d / "rows.parquet"
             )
-        else:
-            image = PIL.Image.new("RGB", (2, 2))
+        else:  # an image as datasets stores one (its file's bytes); refused before anything decodes it
             features = datasets.Features({"question": datasets.Image(), "answer": datasets.Value("string")})
-            datasets.Dataset.from_dict({"question": [image], "answer": ["4"]}, features=features).to_parquet(
-                d / "rows.parquet"
-            )
+            image = {"bytes": b"\x89PNG not decoded", "path": None}
+            rows = datasets.Dataset.from_dict({"question": [image], "answer": ["4"]}, features=features)
+            rows.to_parquet(d / "rows.parquet")
         write_task(d, qa_task(source={"kind": "files", "splits": {"train": "rows.parquet"}}))
 
     return build
