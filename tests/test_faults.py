@@ -308,7 +308,8 @@ def not_text_parquet(kind: str):
             pd.DataFrame({"question": [b"2+2?", b"\xff"], "answer": ["4", "x"]}).to_parquet(
                 d / "rows.parquet"
             )
-        else:  # an image as datasets stores one (its file's bytes); refused before anything decodes it
+        else:
+            # an image as datasets stores one (its file's bytes); refused before anything decodes it
             features = datasets.Features({"question": datasets.Image(), "answer": datasets.Value("string")})
             image = {"bytes": b"\x89PNG not decoded", "path": None}
             rows = datasets.Dataset.from_dict({"question": [image], "answer": ["4"]}, features=features)
