@@ -351,4 +351,47 @@ def truncation_warnings(
     return lines
 
 
+def token_warnings(pairs: dict[str, list[LazyPairs]], tokenizer: Any) -> list[str]:
+    """One line per task whose encoded pairs (so far: at a run's start, the first window) hold tokens no text
+    should: the unknown token (characters the tokenizer has no piece for: T5's vocabulary has none for `{`, `}` or
+    `<`, so JSON and code come out as unknowns), or the end-of-sequence or padding token inside a text (HF reads
+    the text `</s>`, HTML's closing strikethrough tag, as the end of sequence: a target holding it teaches the model
+    to stop there, and generation stops at it). Each names the count and the first template and row."""
+    unk, eos, pad = tokenizer.unk_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    lines = []
+    for name, templates in pairs.items():
+        found: dict[tuple[str, str], list] = {}  # (what, side) -> [count, first template, first row]
+        total = 0
+        for lazy in templates:
+            for row, value in lazy.pairs.items():
+                if value is None or row in lazy.bad:
+                    continue
+                total += 1
+                for side, ids in (("inputs", value[0]), ("targets", value[1])):
+                    kinds = []
+                    if unk is not None and unk in ids:
+                        kinds.append("unknown")
+                    if (eos is not None and ids.count(eos) > (1 if ids and ids[-1] == eos else 0)) or (
+                        pad is not None and pad != eos and pad in ids
+                    ):
+                        kinds.append("special")
+                    for kind in kinds:
+                        entry = found.setdefault(
+                            (kind, side), [0, lazy.template, int(lazy.rows.source_rows[row])]
+                        )
+                        entry[0] += 1
+        for (kind, side), (count, template, row) in sorted(found.items()):
+            if kind == "unknown":
+                what = (f"hold the unknown token {tokenizer.unk_token!r} (characters the tokenizer has no piece "
+                        "for: they all read the same to the model)")  # fmt: skip
+            else:
+                what = (f"hold the end-of-sequence or padding token inside the text (the text {tokenizer.eos_token!r} "
+                        f"or {tokenizer.pad_token!r}, which the tokenizer reads as that token: "
+                        + ("the model learns to stop there, and generation stops at it)" if side == "targets"
+                           else "the encoder reads an end of sequence there)"))  # fmt: skip
+            lines.append(f"task {name}: {count} of the {total} {side} encoded so far {what}; the first: template "
+                         f"{template!r}, row {row}")  # fmt: skip
+    return lines
+
+
 datasets.disable_progress_bars()

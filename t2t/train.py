@@ -35,7 +35,7 @@ from t2t.checkpoint import (
     run_identity,
 )
 from t2t.data import BatchLoader, LoaderState, MixtureData, check_null_fields
-from t2t.encoding import Limits, decoder_start_id, truncation_warnings
+from t2t.encoding import Limits, decoder_start_id, token_warnings, truncation_warnings
 from t2t.errors import T2TError, load_pretrained
 from t2t.evaluation import EvalConfig
 from t2t.fileio import atomic_write_text
@@ -542,6 +542,7 @@ class Run:
             return
         self.loader.window_examples(self.loader.state.window)  # the window training starts in, encoded
         warnings = truncation_warnings(self.data.encoded_pairs(), self.data.limits)
+        warnings += token_warnings(self.data.encoded_pairs(), self.tokenizer)
         if self.config.batching.strategy == "auto":
             print(f"batching: auto chose {self.loader.why}")
         elif self.config.batching.strategy == "packed":  # the rows it sized from the budget

@@ -428,3 +428,37 @@ def test_selection_against_a_reference_results_file(tmp_path, tokenizer_dir, mix
                       selection={"reference": str(tmp_path / "missing.json")})  # fmt: skip
     with pytest.raises(T2TError, match=r"selection\.reference: no such file"):
         Run(bad, registry_with(mixture_dir))
+
+
+def test_texts_that_encode_to_unknown_or_end_of_sequence_tokens_are_warned_of(
+    tmp_path, run_cli, tiny_tokenizer
+):
+    # HF reads the text `</s>` (HTML's closing strikethrough tag) as the end-of-sequence token, and a tokenizer has
+    # no piece for characters it never saw (T5's for `{`): a run said nothing of either
+    folder, mixtures = tmp_path / "tasks", tmp_path / "mixtures"
+    folder.mkdir()
+    mixtures.mkdir()
+    rows = [{"question": f"what is {i} and 5", "answer": str(i + 5)} for i in range(40)]
+    rows[3]["answer"] = "8 </s> and more"
+    rows[7]["question"] = "what is жук"
+    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "odd.yaml").write_text(yaml.safe_dump({
+        "name": "odd", "version": 1, "cluster": "qa", "source": {"kind": "files", "splits": {"train": "rows.jsonl"}},
+        "fields": {"question": "q", "answer": "a"}, "metrics": ["exact_match"],
+        "templates": [{"name": "plain", "input": "{{ question }}", "target": "{{ answer }}"}]}))  # fmt: skip
+    (mixtures / "odd_mix.yaml").write_text(yaml.safe_dump({"name": "odd_mix", "members": {"odd": None}}))
+    tiny_tokenizer.save_pretrained(str(tmp_path / "tok"))
+    code, out, err = run_cli("--templates-dir", folder, "--mixtures-dir", mixtures, "train",
+                             Path(__file__).parents[1] / "configs" / "tiny_cpu.yaml", f"run_dir={tmp_path / 'run'}",
+                             "mixture=odd_mix", f"tokenizer={{pretrained: {tmp_path / 'tok'}}}",
+                             "model.tiny={d_model: 32, num_layers: 1, num_heads: 2, d_ff: 64}", "steps=2",
+                             "trackers=[]", "log_every_steps=1")  # fmt: skip
+    assert code == 0, err
+    warnings = [" ".join(line.split()) for line in out.splitlines() if line.startswith("warning: task odd")]
+    assert warnings == [
+        "warning: task odd: 1 of the 40 targets encoded so far hold the end-of-sequence or padding token inside the "
+        "text (the text '</s>' or '<pad>', which the tokenizer reads as that token: the model learns to stop there, "
+        "and generation stops at it); the first: template 'plain', row 3",
+        "warning: task odd: 1 of the 40 inputs encoded so far hold the unknown token '<unk>' (characters the "
+        "tokenizer has no piece for: they all read the same to the model); the first: template 'plain', row 7",
+    ], out
