@@ -214,7 +214,9 @@ def test_long_inputs_are_evaluated_in_batches_of_bounded_slots_with_the_same_ans
         code, _, err = run_cli(*dirs, "eval", "--model", run_dir / "model", "--tasks", "say_it", "--template",
                                "repeat", "--max-examples", "12", "--out", tmp_path / name)  # fmt: skip
         assert code == 0, err
-        runs[name] = [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").open()]
+        runs[name] = [
+            json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()
+        ]
         if name == "bounded":
             assert all(rows * length <= 40 or rows == 1 for rows, length in passes) and len(passes) > 2, (
                 passes
@@ -252,7 +254,8 @@ def test_many_beams_generate_a_few_rows_a_call_with_the_same_answers(
                                "--max-examples", "20")  # fmt: skip
         assert code == 0, err
         answers[name] = [
-            json.loads(line)["prediction"] for line in (tmp_path / name / "predictions.jsonl").open()
+            json.loads(line)["prediction"]
+            for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()
         ]
     assert calls == [(3, 300)] * 6 + [(2, 300)] + [(3, 300)] * 6 + [
         (2, 300)
