@@ -433,6 +433,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   max_target_tokens=config.max_target_tokens)  # fmt: skip
     paths = save_evaluation(report, records, args.out)
     print_evaluation(report)
+    for line in report["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 

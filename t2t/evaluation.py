@@ -27,6 +27,7 @@ from t2t.adapters import route_task, routed, router_of
 from t2t.encoding import decoder_start_id, encode_texts
 from t2t.errors import T2TError, Where
 from t2t.metrics import METRICS, PER_EXAMPLE
+from t2t.pieces import text_ids
 from t2t.registry import Registry
 from t2t.rng import keyed_rng
 from t2t.sources import load_split, select_rows
@@ -199,6 +200,9 @@ class TaskResult:
     samplers: dict[str, Any] = field(default_factory=dict)
     rows: dict[str, dict] = field(default_factory=dict)  # template -> the same as JSON (metric_rows, kept)
     n_rows: int = 0  # the rows evaluated (indices of the samplers run over 0..n_rows-1)
+    # inputs (over templates) the tokenizer reads with its unknown token, and the first (template, source row)
+    unknown_inputs: int = 0
+    first_unknown: tuple[str, int] | None = None
 
 
 def eval_rows(task: Task, split: str, max_examples: int | None) -> tuple[list[dict], list[int]]:
@@ -222,6 +226,7 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
                    templates: Sequence[str] | None) -> TaskResult:  # fmt: skip
     rows, source_rows = eval_rows(task, config.split, config.max_examples)
     per_template, records, samplers, chance = {}, [], {}, {}
+    unknown, first_unknown = 0, None
     if config.template:
         templates = [task.spec.template(config.template).name]
     elif templates is None:
@@ -234,6 +239,13 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
         if not kept.any():
             continue
         rendered = [a for a in attempts if a is not None]
+        if tokenizer.unk_token_id is not None:
+            # characters the tokenizer has no piece for (T5's vocabulary: `{`, `}`, `<`) all read the same
+            with_unknown = [i for i, ids in enumerate(text_ids(tokenizer, [r.inputs for r in rendered]))
+                            if tokenizer.unk_token_id in ids]  # fmt: skip
+            unknown += len(with_unknown)
+            if with_unknown and first_unknown is None:
+                first_unknown = (template, rendered[with_unknown[0]].provenance.row)
         if all(r.choices for r in rendered):  # rank classification: what a model blind to the input scores
             chance[template] = chance_level(rendered)
         references = [task.references(r, x) for r, x in zip(rows, attempts, strict=True) if x is not None]
@@ -248,7 +260,9 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
         raise T2TError(f"no {config.split} row renders under any template: every template skips them",
                        Where(file=task.spec.path, task=task.name, split=config.split))  # fmt: skip
     if not any(per_template.values()):  # rank classification only, and the task has no answer choices
-        return TaskResult(per_template, None, {}, records)
+        return TaskResult(
+            per_template, None, {}, records, unknown_inputs=unknown, first_unknown=first_unknown
+        )
     metric = primary_metric(task, per_template)
     rows_of = {t: f[metric] for t, f in samplers.items()}
     summary = summarise([s[metric] for s in per_template.values()])
@@ -256,7 +270,8 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
                                       keyed_rng("bootstrap", task.name, config.split)))  # fmt: skip
     if metric.startswith("rank") and set(chance) == set(per_template):
         summary.update(versus_chance(summary, float(np.median(list(chance.values())))))
-    return TaskResult(per_template, metric, summary, records, samplers_of(rows_of), rows_of, len(rows))
+    return TaskResult(per_template, metric, summary, records, samplers_of(rows_of), rows_of, len(rows),
+                      unknown, first_unknown)  # fmt: skip
 
 
 def chance_level(rendered: Sequence[Rendered]) -> float:
@@ -449,12 +464,19 @@ def evaluate(model: Any, tokenizer: Any, registry: Registry, tasks: list[str], h
     """The full report (per task, template, cluster, seen / held-out) and the per-example records; `templates`
     names each task's templates where a mixture filters them."""
     model.eval()
-    report: dict[str, Any] = {"split": config.split, "scoring": config.scoring, "tasks": {}}
+    report: dict[str, Any] = {"split": config.split, "scoring": config.scoring, "tasks": {}, "warnings": []}
     all_records: list[dict] = []
     for name in scored_tasks(registry, tasks):
         task = registry.task(name)
         result = evaluate_task(model, tokenizer, task, config, (templates or {}).get(name))
         per_template = result.per_template
+        if result.first_unknown is not None:
+            template, row = result.first_unknown
+            report["warnings"].append(
+                f"task {name}: {result.unknown_inputs} inputs (over its templates) hold the tokenizer's unknown "
+                f"token {tokenizer.unk_token!r}: characters it has no piece for, which all read the same to the "
+                f"model; the first: template {template!r}, {config.split} row {row}"
+            )
         if result.metric is None:  # --no-generate on a task without answer choices: nothing to report
             continue
         report["tasks"][name] = {

@@ -520,3 +520,25 @@ def test_a_model_from_elsewhere_is_cut_where_its_config_or_tokenizer_says(traine
     assert limits("tokenizer") == (9, 9)
     edit("tokenizer_config.json", model_max_length=None)
     assert limits("default") == (2048, None)
+
+
+def test_eval_warns_of_inputs_the_tokenizer_reads_as_unknown(trained_yes_no, tmp_path, run_cli):
+    # a pretrained tokenizer has no piece for characters it never saw (T5's for `{`): they all read the same, and
+    # `t2t eval` scored such inputs without a word
+    _, run_dir = trained_yes_no
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    write_jsonl(folder / "rows.jsonl", [{"word": w} for w in ("yes", "жук", "no", "ёж")])
+    write_task(folder, {
+        "name": "echo_word", "version": 1, "cluster": "echo", "source": {"kind": "files", "splits": {"validation": "rows.jsonl"}},
+        "fields": {"word": "a word"}, "metrics": ["accuracy"],
+        "templates": [{"name": "say", "input": "say {{ word }}", "target": "{{ word }}"},
+                      {"name": "again", "input": "again {{ word }}", "target": "{{ word }}"}],
+    })  # fmt: skip
+    code, _, err = run_cli("--templates-dir", folder, "eval", "--model", run_dir / "model", "--tasks", "echo_word",
+                           "--out", tmp_path / "out")  # fmt: skip
+    assert code == 0, err
+    line = ("task echo_word: 4 inputs (over its templates) hold the tokenizer's unknown token '<unk>': characters it "
+            "has no piece for, which all read the same to the model; the first: template 'say', validation row 1")  # fmt: skip
+    assert f"warning: {line}" in err.splitlines(), err
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["warnings"] == [line]
