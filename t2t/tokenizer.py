@@ -20,6 +20,7 @@ from t2t.sources import load_split
 
 N_SENTINELS = 100
 SAMPLE_ROWS_PER_TASK = 2000  # rows per task whose renderings (every template) train the tokenizer
+SENTENCE_SAMPLE = 2_000_000  # texts SentencePiece trains on at most (a uniform sample of those rendered)
 
 
 def mixture_texts(
@@ -64,10 +65,16 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int, out_dir: Path) -> Pat
 
     with tempfile.TemporaryDirectory() as tmp:
         prefix = Path(tmp) / "spiece"
+        # the sample of a mixture over SENTENCE_SAMPLE texts, the same in every run (SentencePiece seeds it from
+        # the clock otherwise)
+        spm.set_random_generator_seed(0)
         try:
             spm.SentencePieceTrainer.train(
                 sentence_iterator=kept(texts), model_prefix=str(prefix), vocab_size=vocab_size, model_type="unigram",
                 hard_vocab_limit=False,  # a small corpus may hold fewer pieces than asked for
+                # a mixture of many tasks renders millions of texts: SentencePiece keeps a uniform sample of this
+                # many (all of them below it, as for the demo's 165,000) and its memory stays bounded
+                input_sentence_size=SENTENCE_SAMPLE, shuffle_input_sentence=True,
                 pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
                 character_coverage=1.0, num_threads=2, minloglevel=2,
             )  # fmt: skip

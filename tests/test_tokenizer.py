@@ -1,6 +1,7 @@
 """The tokenizer trained on a mixture: T5's layout, reloadable with AutoTokenizer, identical ids."""
 
 import re
+from pathlib import Path
 
 import sentencepiece as spm
 from transformers import AutoTokenizer
@@ -86,3 +87,25 @@ def test_a_bad_row_met_while_the_tokenizer_trains_is_its_own_line(tmp_path, run_
         "output passed 100,000 characters (limit max_output_chars); a task whose rows need more raises it in its "
         "file: limits: {max_output_chars: N}"
     ]
+
+
+def test_the_tokenizer_trains_on_a_seeded_sample_of_a_large_mixture(tmp_path, monkeypatch):
+    """SentencePiece loaded every rendered text (millions for a mixture of many tasks; its memory grows with
+    them); it now keeps a uniform sample of SENTENCE_SAMPLE, the same in every run."""
+    import t2t.tokenizer as tokenizer_module
+
+    # 3,000 texts, each with a character of its own: the characters a tokenizer knows show what it trained on
+    texts = [f"word{i % 7} and {chr(0x4E00 + i)}" for i in range(3000)]
+
+    def characters(out: Path) -> set[str]:
+        model = spm.SentencePieceProcessor(model_file=str(out / "spiece.model"))
+        pieces = (model.id_to_piece(i) for i in range(model.get_piece_size()))
+        return {c for p in pieces for c in p if "\u4e00" <= c <= "\u9fff"}
+
+    whole = characters(tokenizer_module.train_tokenizer(iter(texts), 8000, tmp_path / "whole"))
+    monkeypatch.setattr(tokenizer_module, "SENTENCE_SAMPLE", 500)
+    sampled = characters(tokenizer_module.train_tokenizer(iter(texts), 8000, tmp_path / "a"))
+    again = characters(tokenizer_module.train_tokenizer(iter(texts), 8000, tmp_path / "b"))
+    assert len(whole) == 3000
+    assert 400 <= len(sampled) <= 600 and sampled < whole
+    assert again == sampled
