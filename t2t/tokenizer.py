@@ -73,7 +73,7 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int, out_dir: Path) -> Pat
                 sentence_iterator=kept(texts), model_prefix=str(prefix), vocab_size=vocab_size, model_type="unigram",
                 hard_vocab_limit=False,  # a small corpus may hold fewer pieces than asked for
                 # a mixture of many tasks renders millions of texts: SentencePiece keeps a uniform sample of this
-                # many (all of them below it, as for the demo's 165,000) and its memory stays bounded
+                # many (all of them below it, as for the demo's 112,000) and its memory stays bounded
                 input_sentence_size=SENTENCE_SAMPLE, shuffle_input_sentence=True,
                 pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
                 character_coverage=1.0, num_threads=2, minloglevel=2,
