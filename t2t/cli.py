@@ -446,6 +446,8 @@ def _read_rows(path: Path) -> list:
         from t2t.sources import load_data_file
 
         return [dict(row) for row in load_data_file(path, "input")]
+    from t2t.sources import RepeatedKey, unique_keys
+
     if str(path) == "-":
         lines, where = sys.stdin, "stdin"
     else:
@@ -460,7 +462,9 @@ def _read_rows(path: Path) -> list:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append(json.loads(line, object_pairs_hook=unique_keys))
+            except RepeatedKey as exc:
+                raise T2TError(f"{where} line {number}: {exc}") from None
             except json.JSONDecodeError as exc:
                 raise T2TError(f"{where} line {number}: not JSON: {exc.msg}") from None
             except RecursionError:

@@ -263,13 +263,6 @@ def _diagnose_json(path: Path, where: Where) -> None:
     """Arrow refused a jsonl file t2t's own pass found readable: find the line and say why, in terms of the file
     (Arrow counts rows within a block of the file, not lines)."""
 
-    def pairs(items: list) -> dict:
-        keys = [key for key, _ in items]
-        repeated = next((key for i, key in enumerate(keys) if key in keys[:i]), None)
-        if repeated is not None:
-            raise _Found(f"the key {repeated!r} appears twice in one object")
-        return dict(items)
-
     def number(text: str) -> float:
         value = float(text)
         if value in (float("inf"), float("-inf")):
@@ -279,8 +272,8 @@ def _diagnose_json(path: Path, where: Where) -> None:
     with path.open(encoding="utf-8-sig") as handle:
         for line_number, line in enumerate(handle, start=1):
             try:
-                json.loads(line, object_pairs_hook=pairs, parse_float=number)
-            except _Found as found:
+                json.loads(line, object_pairs_hook=unique_keys, parse_float=number)
+            except (_Found, RepeatedKey) as found:
                 raise T2TError(str(found), replace(where, line=line_number)) from None
 
 
@@ -301,6 +294,20 @@ def _diagnose_csv_overflow(path: Path, where: Where) -> None:
 
 class _Found(Exception):
     pass
+
+
+class RepeatedKey(ValueError):
+    """A JSON object names a key twice (Python's json keeps the last silently; Arrow refuses the file)."""
+
+
+def unique_keys(items: list) -> dict:
+    """`json.loads`' object_pairs_hook: the object, or RepeatedKey naming the key it repeats."""
+    value = dict(items)
+    if len(value) != len(items):
+        keys = [key for key, _ in items]
+        repeated = next(key for i, key in enumerate(keys) if key in keys[:i])
+        raise RepeatedKey(f"the key {repeated!r} appears twice in one object")
+    return value
 
 
 # whole numbers an Arrow column keeps as written: int64 (a column of whole numbers and decimals is read as decimals)

@@ -432,6 +432,15 @@ def test_predict_refuses_json_nested_too_deeply_in_one_line(tmp_path, run_bounde
     assert one_line(err).endswith("rows.jsonl line 2: JSON nested too deeply to read"), err
 
 
+def test_predict_refuses_a_row_that_repeats_a_key(tmp_path, run_bounded):
+    # Python's json kept the last value without a word: a row {"text": "good", "text": "bad"} was answered as "bad"
+    (tmp_path / "rows.jsonl").write_text('{"text": "ok"}\n{"text": "good", "text": "bad"}\n')
+    code, out, err = run_bounded(tmp_path, "predict", "--model", tmp_path / "no-model", "--task", "sentiment",
+                                 "--input", tmp_path / "rows.jsonl", "--out", tmp_path / "p.jsonl", seconds=30)  # fmt: skip
+    assert code == 2 and out == "" and not (tmp_path / "p.jsonl").exists()
+    assert one_line(err).endswith("rows.jsonl line 2: the key 'text' appears twice in one object"), err
+
+
 def test_predict_refuses_a_lone_surrogate_naming_row_and_field(tmp_path, run_bounded):
     # JSON's "\\ud800" decodes to a string no tokenizer takes: it was an unexpected TypeError after the model loaded
     # (and a 500 from `t2t serve`); an escaped pair (an emoji) is text and passes this check
