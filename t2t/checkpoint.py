@@ -204,9 +204,8 @@ def model_limits(model_dir: Path, model: Any, tokenizer: Any) -> tuple[int, int 
     if own is None:
         value = getattr(tokenizer, "model_max_length", None)
         own = value if isinstance(value, int) and 0 < value < _NO_TOKENIZER_LIMIT else None
-    return encoding.get("max_input_tokens") or own or DEFAULT_MAX_TOKENS, encoding.get(
-        "max_target_tokens"
-    ) or own
+    max_input = encoding.get("max_input_tokens") or own or DEFAULT_MAX_TOKENS
+    return max_input, encoding.get("max_target_tokens") or own
 
 
 def save_checkpoint(accelerator: Any, wrapped: Any, tokenizer: Any, run_dir: Path, step: int,

@@ -487,9 +487,9 @@ def _check_text_file(path: Path, where: Where, jsonl: bool) -> None:
                     kind_name = "float"
                 else:
                     continue
-                found = numbers.setdefault(field, {})
-                if kind_name not in found:
-                    found[kind_name] = (number, item)
+                kinds = numbers.setdefault(field, {})
+                if kind_name not in kinds:
+                    kinds[kind_name] = (number, item)
             # a surrogate pair (an emoji's) decodes to one character, a lone surrogate to no text at all
             if SURROGATE_ESCAPE.search(line):
                 found = first_surrogate(json.dumps(value, ensure_ascii=False))
