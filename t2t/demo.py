@@ -61,6 +61,8 @@ def run_demo(out: Path, steps: int, max_examples: int, registry: Registry) -> di
     report_path = out / "report.md"
     atomic_write_text(report_path, _report(results, plan, run, minutes, started))
     print_evaluation(results)
+    for line in results["warnings"]:
+        print(f"warning: {line}")
     print(f"\nrun dir        {out}")
     print(f"report         {report_path}")
     print(f"model          {out / 'model'}   (AutoModelForSeq2SeqLM.from_pretrained)")

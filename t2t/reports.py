@@ -123,6 +123,8 @@ def evaluation_markdown(report: dict) -> str:
         **{f"cluster {k}": v for k, v in report["clusters"].items()},
     }.items():
         lines.append(f"| {name} | {info['tasks']} | {_fmt(info['mean_of_medians'])} |")
+    if report.get("warnings"):
+        lines += ["", "## Warnings", "", *(f"- {line}" for line in report["warnings"])]
     return "\n".join(lines) + "\n"
 
 

@@ -542,3 +542,4 @@ def test_eval_warns_of_inputs_the_tokenizer_reads_as_unknown(trained_yes_no, tmp
             "has no piece for, which all read the same to the model; the first: template 'say', validation row 1")  # fmt: skip
     assert f"warning: {line}" in err.splitlines(), err
     assert json.loads((tmp_path / "out" / "results.json").read_text())["warnings"] == [line]
+    assert f"## Warnings\n\n- {line}\n" in (tmp_path / "out" / "results.md").read_text()
