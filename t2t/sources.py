@@ -226,8 +226,9 @@ def load_data_file(path: Path, split: str = "train", where: Where | None = None,
         )
     if path.stat().st_size == 0:
         raise T2TError("the data file is empty", where)
+    warnings: list[str] = []
     if builder == "json":
-        _check_text_file(path, where, jsonl=path.suffix.lower() in (".jsonl", ""))
+        warnings = _check_text_file(path, where, jsonl=path.suffix.lower() in (".jsonl", ""))
     elif builder == "csv":
         _check_csv(path, where)
     library = logging.getLogger("datasets")
@@ -236,8 +237,10 @@ def load_data_file(path: Path, split: str = "train", where: Where | None = None,
     try:
         rows = datasets.load_dataset(builder, data_files={split: str(path)}, split=split)
         if builder == "csv":
-            for line in csv_changes(path, rows, where):
-                print(f"warning: {line}", file=sys.stderr)
+            warnings = csv_changes(path, rows, where)
+        # said once the file has loaded: a file refused is one line, without them
+        for line in warnings:
+            print(f"warning: {line}", file=sys.stderr)
         return rows
     except T2TError:
         raise
@@ -451,8 +454,9 @@ def _csv_row_lines(path: Path, wanted: list[int]) -> dict[int, int]:
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON's escape of a UTF-16 surrogate
 
 
-def _check_text_file(path: Path, where: Where, jsonl: bool) -> None:
-    """Refuse non-UTF-8 bytes and (for jsonl) lines that are not JSON objects, naming the line."""
+def _check_text_file(path: Path, where: Where, jsonl: bool) -> list[str]:
+    """Refuse non-UTF-8 bytes and (for jsonl) lines that are not JSON objects, naming the line; return the
+    warnings of numbers the loader will change (`number_warnings`)."""
 
     def at(line: int) -> Where:
         return replace(where, line=line)
@@ -499,8 +503,7 @@ def _check_text_file(path: Path, where: Where, jsonl: bool) -> None:
                     )
     if jsonl and seen == 0:
         raise T2TError("the data file has no rows", where)
-    for line in number_warnings(numbers, where):
-        print(f"warning: {line}", file=sys.stderr)
+    return number_warnings(numbers, where)
 
 
 def _load_generated(spec: TaskSpec, split: str, where: Where) -> datasets.Dataset:

@@ -541,8 +541,8 @@ class Run:
         if not acc.is_main_process:
             return
         self.loader.window_examples(self.loader.state.window)  # the window training starts in, encoded
-        warnings = truncation_warnings(self.data.encoded_pairs(), self.data.limits)
-        warnings += token_warnings(self.data.encoded_pairs(), self.tokenizer)
+        pairs = self.data.encoded_pairs()
+        warnings = truncation_warnings(pairs, self.data.limits) + token_warnings(pairs, self.tokenizer)
         if self.config.batching.strategy == "auto":
             print(f"batching: auto chose {self.loader.why}")
         elif self.config.batching.strategy == "packed":  # the rows it sized from the budget
