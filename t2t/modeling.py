@@ -73,7 +73,7 @@ def load_model(name_or_dir: str | Path):
     Weights load from safetensors only (a pickle, `pytorch_model.bin`, can run code as it loads), and they must be
     the model config.json describes: a weight of another shape, or one the model has and the files lack (which
     transformers would fill with random values, scoring a model nobody trained), is refused in one line; tensors
-    the model does not use are said on stderr."""
+    the model does not use are said on stderr. The model is in fp32, whatever dtype its files hold."""
     import sys
 
     from transformers import AutoModelForSeq2SeqLM
@@ -90,8 +90,11 @@ def load_model(name_or_dir: str | Path):
                            ".save_pretrained(DIR) writes model.safetensors)", Where(file=name_or_dir))  # fmt: skip
     with _no_safetensors_conversion():
         try:
+            # in fp32 whatever the files hold: transformers 5 keeps the saved dtype, so a bf16 or fp16 checkpoint
+            # would be scored in it on a CPU (fp16 overflows in T5) and trained with half-precision weights and
+            # optimizer states; bf16 on a GPU is the caller's cast, over fp32 weights
             model, info = load_pretrained(AutoModelForSeq2SeqLM, name_or_dir, "model", use_safetensors=True,
-                                          output_loading_info=True)  # fmt: skip
+                                          output_loading_info=True, dtype=torch.float32)  # fmt: skip
         except T2TError as exc:
             # a hub model without safetensors: transformers' own advice (not to ask for them) is not t2t's
             advice = "Please do not set `use_safetensors=True`"

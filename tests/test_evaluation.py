@@ -543,3 +543,43 @@ def test_eval_warns_of_inputs_the_tokenizer_reads_as_unknown(trained_yes_no, tmp
     assert f"warning: {line}" in err.splitlines(), err
     assert json.loads((tmp_path / "out" / "results.json").read_text())["warnings"] == [line]
     assert f"## Warnings\n\n- {line}\n" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_a_model_saved_in_half_precision_is_scored_and_trained_in_fp32(trained_yes_no, tmp_path, run_cli):
+    # transformers 5 loads weights in the dtype they were saved in: a bf16 or fp16 checkpoint (many hub models)
+    # was scored in that dtype on a CPU (the report said fp32; fp16 overflows in T5's activations) and trained with
+    # half-precision weights and AdamW states. t2t now loads every model in fp32 (bf16 on a GPU is its own cast)
+    from transformers import AutoModelForSeq2SeqLM
+
+    registry, run_dir = trained_yes_no
+    dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
+    rows = tmp_path / "rows.jsonl"
+    write_jsonl(rows, [{"word": w} for w in ("yes", "no", "no", "yes")])
+
+    def scores(model_dir) -> list:
+        out = tmp_path / f"{model_dir.name}.jsonl"
+        code, _, err = run_cli(*dirs, "predict", "--model", model_dir, "--task", "say_it", "--input", rows,
+                               "--out", out, "--scores")  # fmt: skip
+        assert code == 0, err
+        return [json.loads(line)["scores"] for line in out.read_text().splitlines()]
+
+    for dtype in (torch.bfloat16, torch.float16):
+        name = str(dtype).removeprefix("torch.")
+        half, upcast = tmp_path / name, tmp_path / f"{name}_as_fp32"
+        model = AutoModelForSeq2SeqLM.from_pretrained(str(run_dir / "model"), dtype=torch.float32)
+        model.to(dtype).save_pretrained(str(half))
+        model.to(dtype).float().save_pretrained(str(upcast))  # the same values, saved in fp32
+        for folder in (half, upcast):
+            for file in ("tokenizer.json", "tokenizer_config.json", "t2t_encoding.json"):
+                shutil.copy(run_dir / "model" / file, folder / file)
+        assert json.loads((half / "config.json").read_text())["dtype"] == name
+        assert scores(half) == scores(upcast), name
+
+        config = TrainConfig.model_validate({
+            "run_dir": str(tmp_path / f"train_{name}"), "mixture": "echo", "tokenizer": {"pretrained": str(half)},
+            "model": {"pretrained": str(half)}, "steps": 1, "trackers": [],
+            "batching": {"strategy": "padded", "batch_size": 4, "max_tokens": None, "window_examples": 8},
+        })  # fmt: skip
+        run = Run(config, registry)
+        weights = run.accelerator.unwrap_model(run.model).model
+        assert {p.dtype for p in weights.parameters()} == {torch.float32}, name
