@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from t2t import segment_attention
 from t2t.batching import IGNORE, Batch
 from t2t.errors import T2TError, Where, load_pretrained
+from t2t.memory import check_model_loads
 from t2t.train_config import TinyModelSpec
 
 
@@ -88,6 +89,8 @@ def load_model(name_or_dir: str | Path):
                            "loads) and no model.safetensors: t2t loads weights only from safetensors; convert it "
                            "once where you trust the file (AutoModelForSeq2SeqLM.from_pretrained(DIR)"
                            ".save_pretrained(DIR) writes model.safetensors)", Where(file=name_or_dir))  # fmt: skip
+    if path.is_dir():
+        check_model_loads(path)  # weights that cannot fit: one line, not the kernel's kill
     with _no_safetensors_conversion():
         try:
             # in fp32 whatever the files hold: transformers 5 keeps the saved dtype, so a bf16 or fp16 checkpoint

@@ -36,7 +36,7 @@ from t2t.checkpoint import (
 )
 from t2t.data import BatchLoader, LoaderState, MixtureData, check_null_fields
 from t2t.encoding import Limits, decoder_start_id, token_warnings, truncation_warnings
-from t2t.errors import T2TError, load_pretrained
+from t2t.errors import T2TError, Where, load_pretrained
 from t2t.evaluation import EvalConfig
 from t2t.fileio import atomic_write_text
 from t2t.mixtures import Mixture, load_mixture
@@ -153,6 +153,38 @@ def check_packing(config: TrainConfig) -> None:
                        "absolute positions, which packing would shift: use batching.strategy=padded")  # fmt: skip
 
 
+def check_memory(config: TrainConfig, accelerator: Any) -> None:
+    """A model whose weights, gradients and optimizer states alone exceed what this machine (or GPU) has is refused
+    now, in one line, before the tokenizer trains or a tensor is made (t2t.memory), not killed minutes later."""
+    from t2t import memory
+
+    where = None
+    if config.model.tiny is not None:
+        tiny = config.model.tiny
+        params = memory.tiny_parameters(tiny)
+        what = f"model.tiny (d_model {tiny.d_model}, d_ff {tiny.d_ff}, {tiny.num_layers} + {tiny.num_layers} layers)"
+    else:
+        from transformers import AutoConfig
+
+        params = memory.count_parameters(load_pretrained(AutoConfig, config.model.pretrained, "model config"))
+        what, where = "model.pretrained", Where(file=config.model.pretrained)
+    trainable = 0 if config.sharing.mode == "adapters" and not config.sharing.train_backbone else params
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    zero = plugin.deepspeed_config.get("zero_optimization", {}) if plugin is not None else {}
+    parts = memory.training_bytes(
+        params, trainable, config.optimizer.name, zero.get("stage"), accelerator.num_processes
+    )
+    if accelerator.device.type == "cuda":
+        total = torch.cuda.get_device_properties(accelerator.device).total_memory
+        memory.check_fits(
+            what, params, memory.on_gpu(parts, zero), 1, total, f"the GPU ({accelerator.device})", where
+        )
+        parts = {"weights": 4 * params}  # built or loaded on the host first
+    memory.check_fits(
+        what, params, parts, memory.local_processes(accelerator), memory.host_available(), where=where
+    )
+
+
 OPTIMIZERS = {
     "adamw": lambda params, spec: torch.optim.AdamW(
         params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay, fused=True
@@ -238,6 +270,7 @@ class Run:
         self.mixture = load_mixture(registry, config.mixture)
         self.tasks = self.mixture.task_names
         check_packing(config)  # from the model's config, before the tokenizer trains or the weights load
+        check_memory(config, acc)
         if config.bad_rows == "stop":  # a null field a template reads: refused now, not when first drawn
             check_null_fields(self.mixture, registry)
         self.tokenizer = get_tokenizer(config, registry, self.mixture, acc)
