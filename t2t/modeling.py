@@ -126,6 +126,19 @@ def load_model(name_or_dir: str | Path):
     return model
 
 
+def check_vocabulary(model: Any, tokenizer: Any, model_name: str | Path, tokenizer_name: str | Path) -> None:
+    """A tokenizer with more tokens than the model has embedding rows (another model's tokenizer) fails at the
+    first text holding one of the extra ids, deep in the embedding lookup ("index out of range in self"): refused
+    before anything runs, naming both."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) <= rows:
+        return
+    whose = "its tokenizer" if str(tokenizer_name) == str(model_name) else f"the tokenizer {tokenizer_name}"
+    raise T2TError(f"{whose} has {len(tokenizer):,} tokens but the model embeds {rows:,}: a text holding any of the "
+                   f"{len(tokenizer) - rows:,} ids from {rows:,} up would fail inside the model; is the tokenizer "
+                   "another model's?", Where(file=str(model_name)))  # fmt: skip
+
+
 @contextlib.contextmanager
 def _no_safetensors_conversion():
     """transformers, asked for safetensors of a hub model that has only a pickle, would start the hub's conversion

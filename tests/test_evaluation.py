@@ -583,3 +583,46 @@ def test_a_model_saved_in_half_precision_is_scored_and_trained_in_fp32(trained_y
         run = Run(config, registry)
         weights = run.accelerator.unwrap_model(run.model).model
         assert {p.dtype for p in weights.parameters()} == {torch.float32}, name
+
+
+def test_a_tokenizer_with_more_tokens_than_the_model_embeds_is_refused_naming_both(trained_yes_no, tmp_path,
+                                                                                   run_cli, tiny_tokenizer):  # fmt: skip
+    # another model's tokenizer: until 2026-12-05 a text holding one of the ids past the embedding (the sentinel in
+    # predict's row here) failed with "unexpected IndexError: index out of range in self", training after writing
+    # its run dir, and texts without one ran through the mismatched pair without a word
+    from transformers import AutoModelForSeq2SeqLM
+
+    registry, run_dir = trained_yes_no
+    dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
+    model = tmp_path / "short"
+    rows = len(tiny_tokenizer) - 40
+    weights = AutoModelForSeq2SeqLM.from_pretrained(str(run_dir / "model"))
+    weights.resize_token_embeddings(rows)
+    weights.save_pretrained(str(model))
+    for file in ("tokenizer.json", "tokenizer_config.json", "t2t_encoding.json"):
+        shutil.copy(run_dir / "model" / file, model / file)
+    rows_file = tmp_path / "rows.jsonl"
+    write_jsonl(rows_file, [{"word": "<extra_id_0>"}])
+    what = (f"has {len(tiny_tokenizer):,} tokens but the model embeds {rows:,}: a text holding any of the 40 ids from "
+            f"{rows:,} up would fail inside the model; is the tokenizer another model's?")  # fmt: skip
+    for args in (["eval", "--model", model, "--tasks", "say_it", "--out", tmp_path / "out"],
+                 ["predict", "--model", model, "--task", "say_it", "--input", rows_file, "--out", tmp_path / "p.jsonl"]):  # fmt: skip
+        code, _, err = run_cli(*dirs, *args)
+        assert code == 2
+        # (before it, transformers' progress bar of the weights' loading)
+        assert [line for line in err.splitlines() if line.startswith("t2t")] == [
+            f"t2t: error: {model}: its tokenizer {what}"], err  # fmt: skip
+    assert not (tmp_path / "out").exists() and not (tmp_path / "p.jsonl").exists()
+
+    tokenizer = tmp_path / "tok"
+    tiny_tokenizer.save_pretrained(str(tokenizer))
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"), "mixture": "echo", "tokenizer": {"pretrained": str(tokenizer)},
+        "model": {"pretrained": str(model)}, "steps": 1, "trackers": [],
+        "batching": {"strategy": "padded", "batch_size": 4, "max_tokens": None, "window_examples": 8},
+    }))  # fmt: skip
+    code, _, err = run_cli(*dirs, "train", config)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == f"t2t: error: {model}: the tokenizer {tokenizer} {what}", err
+    assert not (tmp_path / "run").exists()
