@@ -49,13 +49,17 @@ def host_available() -> int | None:
     return available
 
 
-def count_parameters(model_config: Any) -> int:
-    """The parameters of the seq2seq model `model_config` describes, counted on the meta device (no memory)."""
+def count_parameters(model_config: Any) -> int | None:
+    """The parameters of the seq2seq model `model_config` describes, counted on the meta device (no memory); None
+    for a config no seq2seq class takes (the loader says so)."""
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    with torch.device("meta"):
-        model = AutoModelForSeq2SeqLM.from_config(model_config)
+    try:
+        with torch.device("meta"):
+            model = AutoModelForSeq2SeqLM.from_config(model_config)
+    except ValueError:
+        return None
     return sum(p.numel() for p in model.parameters())
 
 

@@ -77,7 +77,7 @@ def load_model(name_or_dir: str | Path):
     the model does not use are said on stderr. The model is in fp32, whatever dtype its files hold."""
     import sys
 
-    from transformers import AutoModelForSeq2SeqLM
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
     path = Path(name_or_dir)
     if path.is_dir() and (path / "config.json").is_file() and not any(path.glob("*.safetensors*")):
@@ -99,6 +99,11 @@ def load_model(name_or_dir: str | Path):
             model, info = load_pretrained(AutoModelForSeq2SeqLM, name_or_dir, "model", use_safetensors=True,
                                           output_loading_info=True, dtype=torch.float32)  # fmt: skip
         except T2TError as exc:
+            if "Unrecognized configuration class" in exc.message:
+                kind = getattr(load_pretrained(AutoConfig, name_or_dir, "model config"), "model_type", "?")
+                raise T2TError(f"cannot load model: t2t trains and scores encoder-decoder (seq2seq) models, as T5, "
+                               f"flan-t5, mT5 or BART; this config.json is a {kind} model's, which is not one",
+                               exc.where) from None  # fmt: skip
             # a hub model without safetensors: transformers' own advice (not to ask for them) is not t2t's
             advice = "Please do not set `use_safetensors=True`"
             if advice not in exc.message:

@@ -168,6 +168,8 @@ def check_memory(config: TrainConfig, accelerator: Any) -> None:
 
         params = memory.count_parameters(load_pretrained(AutoConfig, config.model.pretrained, "model config"))
         what, where = "model.pretrained", Where(file=config.model.pretrained)
+        if params is None:  # not a seq2seq model: loading it says so
+            return
     trainable = 0 if config.sharing.mode == "adapters" and not config.sharing.train_backbone else params
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     zero = plugin.deepspeed_config.get("zero_optimization", {}) if plugin is not None else {}

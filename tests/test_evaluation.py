@@ -626,3 +626,32 @@ def test_a_tokenizer_with_more_tokens_than_the_model_embeds_is_refused_naming_bo
     assert code == 2
     assert err.strip().splitlines()[-1] == f"t2t: error: {model}: the tokenizer {tokenizer} {what}", err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_that_is_not_encoder_decoder_is_refused_by_its_kind(
+    trained_yes_no, tmp_path, run_cli, capsys
+):
+    # a decoder-only checkpoint (GPT-2 here): transformers said "Unrecognized configuration class <class
+    # 'transformers.models.gpt2.configuration_gpt2.GPT2Config'> for this kind of AutoModel: AutoModelForSeq2SeqLM."
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    registry, run_dir = trained_yes_no
+    dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
+    model = tmp_path / "gpt"
+    GPT2LMHeadModel(GPT2Config(vocab_size=400, n_embd=16, n_layer=1, n_head=2)).save_pretrained(str(model))
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(run_dir / "model" / file, model / file)
+    line = (f"t2t: error: {model}: cannot load model: t2t trains and scores encoder-decoder (seq2seq) models, as T5, "
+            "flan-t5, mT5 or BART; this config.json is a gpt2 model's, which is not one")  # fmt: skip
+    capsys.readouterr()  # the test's own save bar, read out
+    code, _, err = run_cli(*dirs, "eval", "--model", model, "--tasks", "say_it", "--out", tmp_path / "out")
+    assert code == 2 and err.strip().splitlines() == [line], err
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"), "mixture": "echo", "tokenizer": {"pretrained": str(model)},
+        "model": {"pretrained": str(model)}, "steps": 1, "trackers": [],
+        "batching": {"strategy": "padded", "batch_size": 4, "max_tokens": None, "window_examples": 8},
+    }))  # fmt: skip
+    code, _, err = run_cli(*dirs, "train", config)
+    assert code == 2 and err.strip().splitlines()[-1] == line, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
