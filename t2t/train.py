@@ -181,7 +181,14 @@ def check_memory(config: TrainConfig, accelerator: Any) -> None:
         memory.check_fits(
             what, params, memory.on_gpu(parts, zero), 1, total, f"the GPU ({accelerator.device})", where
         )
-        parts = {"weights": 4 * params}  # built or loaded on the host first
+    # every process builds or loads the whole model on the host first, unless ZeRO-3 partitions it as it is made
+    # (zero3_init_flag; the whole weights are then read once)
+    if zero.get("stage") == 3 and getattr(plugin, "zero3_init_flag", False):
+        built = 4 * params / memory.local_processes(accelerator)
+    else:
+        built = 4 * params
+    if accelerator.device.type == "cuda" or sum(parts.values()) < built:
+        parts = {"weights": built}
     memory.check_fits(
         what, params, parts, memory.local_processes(accelerator), memory.host_available(), where=where
     )
