@@ -14,6 +14,7 @@ decoder start token.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -158,6 +159,49 @@ def score_choices(model: Any, tokenizer: Any, inputs: list[str], choices: list[t
 GENERATE_SEQUENCES = 1024  # beams (rows x num_beams) in one generation call, where beam search is asked for
 
 
+# A model's generation settings (generation_config.json) that shape its sequences, kept; generate() applies none of
+# the others (min_length, no_repeat_ngram_size, repetition_penalty, length_penalty, beams, sampling, ...), which
+# transformers would take from the model's dir on every call: t2t decodes greedily (or with --num-beams) within its
+# own length budget, the same way for every model
+FORMAT_SETTINGS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "forced_bos_token_id",
+                   "forced_eos_token_id")  # fmt: skip
+# ... and those that change nothing in the answers or that t2t sets itself (the length)
+QUIET_SETTINGS = frozenset({"transformers_version", "_from_model_config", "use_cache", "output_attentions",
+                            "output_hidden_states", "output_scores", "output_logits", "return_dict_in_generate",
+                            "max_length", "max_new_tokens", "cache_implementation"})  # fmt: skip
+
+
+def unapplied_generation_settings(model: Any) -> dict[str, Any]:
+    """The settings of the model's generation config that generate() leaves out (FORMAT_SETTINGS)."""
+    own = model.generation_config.to_diff_dict()
+    return {k: v for k, v in own.items() if k not in FORMAT_SETTINGS and k not in QUIET_SETTINGS}
+
+
+def generation_settings_warning(model: Any) -> str | None:
+    unapplied = unapplied_generation_settings(model)
+    if not unapplied:
+        return None
+    listed = ", ".join(f"{k}={v!r}" for k, v in sorted(unapplied.items()))
+    return (f"the model's generation config sets {listed}: t2t generates greedily (or with --num-beams) without "
+            "them, the same way for every model")  # fmt: skip
+
+
+@contextlib.contextmanager
+def plain_decoding(model: Any):
+    """The model's generation config reduced to FORMAT_SETTINGS for the duration (transformers fills whatever a
+    call leaves unset from it)."""
+    from transformers import GenerationConfig
+
+    own = model.generation_config
+    model.generation_config = GenerationConfig(
+        **{k: getattr(own, k) for k in FORMAT_SETTINGS if getattr(own, k, None) is not None}
+    )
+    try:
+        yield
+    finally:
+        model.generation_config = own
+
+
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, inputs: list[str], max_new_tokens: int, batch_size: int = 32,
              num_beams: int = 1, max_input_tokens: int | None = None,
@@ -176,7 +220,7 @@ def generate(model: Any, tokenizer: Any, inputs: list[str], max_new_tokens: int,
     for batch in input_batches(order, [len(ids) for ids in input_ids], batch_size):
         ids = _pad([input_ids[i] for i in batch], tokenizer.pad_token_id).to(device)
         slots = router.rows([tasks[i] for i in batch], device) if router is not None else None
-        with routed(router, slots):
+        with routed(router, slots), plain_decoding(model):
             generated = model.generate(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(),
                                        max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
                                        decoder_start_token_id=decoder_start_id(model.config))  # fmt: skip
@@ -465,6 +509,8 @@ def evaluate(model: Any, tokenizer: Any, registry: Registry, tasks: list[str], h
     names each task's templates where a mixture filters them."""
     model.eval()
     report: dict[str, Any] = {"split": config.split, "scoring": config.scoring, "tasks": {}, "warnings": []}
+    if config.generate and (warning := generation_settings_warning(model)) is not None:
+        report["warnings"].append(warning)
     all_records: list[dict] = []
     for name in scored_tasks(registry, tasks):
         task = registry.task(name)

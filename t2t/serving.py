@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,10 @@ class Predictor:
 
             model = model.to(torch.bfloat16)
         model = model.to(device).eval()
+        from t2t.evaluation import generation_settings_warning
+
+        if (warning := generation_settings_warning(model)) is not None:
+            print(f"warning: {model_dir}: {warning}", file=sys.stderr)
         return cls(model, tokenizer, registry, list(task_names), max_input, max_target or 128,
                    limits or ServeLimits(), device, dtype)  # fmt: skip
 

@@ -655,3 +655,50 @@ def test_a_model_that_is_not_encoder_decoder_is_refused_by_its_kind(
     code, _, err = run_cli(*dirs, "train", config)
     assert code == 2 and err.strip().splitlines()[-1] == line, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_models_own_generation_settings_do_not_change_t2ts_greedy_answers(
+    trained_yes_no, tmp_path, run_cli
+):
+    # hub models ship generation_config.json files with search settings (BART-large-CNN: min_length 56,
+    # no_repeat_ngram_size 3, length_penalty 2, 4 beams) that transformers applies on every generate() call; until
+    # 2026-12-05 they changed t2t's documented greedy decoding without a word
+    registry, run_dir = trained_yes_no
+    dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
+    model = tmp_path / "settings"
+    shutil.copytree(run_dir / "model", model)
+    settings = json.loads((model / "generation_config.json").read_text())
+    settings.update(min_new_tokens=12, no_repeat_ngram_size=1, repetition_penalty=3.0)
+    (model / "generation_config.json").write_text(json.dumps(settings))
+    rows = tmp_path / "rows.jsonl"
+    write_jsonl(rows, [{"words": "owl cat bird"}, {"words": "plum fig"}])
+    line = ("the model's generation config sets min_new_tokens=12, no_repeat_ngram_size=1, repetition_penalty=3.0: "
+            "t2t generates greedily (or with --num-beams) without them, the same way for every model")  # fmt: skip
+
+    answers = {}
+    for name in ("model", "settings"):
+        folder = run_dir / "model" if name == "model" else model
+        code, _, err = run_cli(
+            *dirs, "eval", "--model", folder, "--tasks", "say_it", "--out", tmp_path / name
+        )
+        assert code == 0, err
+        warnings = json.loads((tmp_path / name / "results.json").read_text())["warnings"]
+        assert warnings == ([line] if name == "settings" else []), warnings
+        assert (f"warning: {line}" in err.splitlines()) == (name == "settings")
+        code, _, err = run_cli("predict", "--model", folder, "--task", "sort_words", "--input", rows,
+                               "--out", tmp_path / f"{name}.jsonl")  # fmt: skip
+        assert code == 0, err
+        assert (f"warning: {folder}: {line}" in err.splitlines()) == (name == "settings")
+        predictions = [
+            json.loads(x)["prediction"]
+            for x in (tmp_path / name / "predictions.jsonl").read_text().splitlines()
+        ]
+        answers[name] = predictions, (tmp_path / f"{name}.jsonl").read_text()
+    assert answers["settings"] == answers["model"]
+    # the settings were real: transformers applies them where t2t does not step in
+    from t2t.modeling import load_model
+    from t2t.tokenizer import load_tokenizer
+
+    with_settings, tokenizer = load_model(model), load_tokenizer(model)
+    ids = tokenizer("say yes", return_tensors="pt").input_ids
+    assert with_settings.generate(ids, max_new_tokens=16).shape[1] >= 13
