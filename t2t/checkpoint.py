@@ -31,7 +31,7 @@ from typing import Any
 from t2t.config import read_json
 from t2t.encoding import legacy_tokenizer_fingerprint, tokenizer_fingerprint
 from t2t.errors import T2TError, Where
-from t2t.fileio import atomic_write_text
+from t2t.fileio import atomic_write_text, peft_base
 from t2t.train_config import RESUMABLE_KEYS, TrainConfig, config_dict
 
 FAULT_SAVE_ENV = "T2T_FAULT_KILL_IN_SAVE"  # testing hook: SIGKILL halfway through saving this step
@@ -171,6 +171,9 @@ def read_encoding(model_dir: Path) -> dict:
     """The encoding limits saved beside an exported model, or {} for a model t2t did not train; a file t2t did not
     write (torn, edited by hand) is refused in one line."""
     path = Path(model_dir) / ENCODING_FILE
+    base = peft_base(model_dir)
+    if not path.is_file() and base is not None and Path(base).is_dir():
+        path = Path(base) / ENCODING_FILE  # a PEFT adapter on a t2t model: the limits its base trained under
     if not path.is_file():
         return {}
     encoding = read_json(path, "unreadable encoding limits")

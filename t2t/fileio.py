@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -37,3 +38,18 @@ def check_out_path(path: Path, folder: bool) -> str | None:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         return f"{path}: cannot write in {ancestor} (no permission, or a read-only disk)"
     return None
+
+
+def peft_base(folder: str | Path) -> str | None:
+    """The base model a PEFT adapter dir names (adapter_config.json's `base_model_name_or_path`: transformers loads
+    that model with the adapter on it), or None for a whole model dir or any other path."""
+    folder = Path(folder)
+    if not (folder / "adapter_config.json").is_file() or (folder / "config.json").is_file():
+        return None
+    try:
+        base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get(
+            "base_model_name_or_path"
+        )
+    except (OSError, ValueError, AttributeError):
+        return None
+    return base if isinstance(base, str) and base else None

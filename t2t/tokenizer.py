@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from t2t.errors import T2TError, Where, load_pretrained
+from t2t.fileio import peft_base
 from t2t.registry import Registry
 from t2t.rng import keyed_rng
 from t2t.sources import load_split
@@ -113,6 +114,9 @@ def load_tokenizer(name_or_dir: str | Path):
     special tokens, and every text becomes unknown tokens."""
     from transformers import AutoTokenizer
 
+    base = peft_base(name_or_dir)
+    if base is not None and not (Path(name_or_dir) / "tokenizer_config.json").is_file():
+        name_or_dir = base  # a PEFT adapter saved without a tokenizer: its base model's
     tokenizer = load_pretrained(AutoTokenizer, name_or_dir, "tokenizer")
     path = Path(name_or_dir)
     files = sorted(set(getattr(type(tokenizer), "vocab_files_names", {}).values()))

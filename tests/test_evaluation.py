@@ -702,3 +702,49 @@ def test_a_models_own_generation_settings_do_not_change_t2ts_greedy_answers(
     with_settings, tokenizer = load_model(model), load_tokenizer(model)
     ids = tokenizer("say yes", return_tensors="pt").input_ids
     assert with_settings.generate(ids, max_new_tokens=16).shape[1] >= 13
+
+
+def test_a_peft_adapter_dir_is_scored_as_its_base_with_the_adapter(trained_yes_no, tmp_path, run_cli):
+    # a LoRA fine-tune saved by peft holds adapter_config.json and the adapter's weights, no tokenizer: transformers
+    # loads its base with the adapter on it, and until 2026-12-05 t2t then failed on the tokenizer ("not a model
+    # dir"); the tokenizer and the encoding limits now come from the base
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSeq2SeqLM
+
+    registry, run_dir = trained_yes_no
+    dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
+    base = AutoModelForSeq2SeqLM.from_pretrained(str(run_dir / "model"))
+    tuned = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q", "v"]))
+    torch.manual_seed(3)
+    with torch.no_grad():  # a trained adapter's B is not zero: the answers must show it
+        for name, param in tuned.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    adapter, merged = tmp_path / "adapter", tmp_path / "merged"
+    tuned.save_pretrained(str(adapter))
+    assert not (adapter / "tokenizer_config.json").exists()
+    tuned.merge_and_unload().save_pretrained(str(merged))
+    for file in ("tokenizer.json", "tokenizer_config.json", "t2t_encoding.json"):
+        shutil.copy(run_dir / "model" / file, merged / file)
+    rows = tmp_path / "rows.jsonl"
+    write_jsonl(rows, [{"word": w} for w in ("yes", "no", "no", "yes", "maybe")])
+
+    results = {}
+    for folder in (adapter, merged, run_dir / "model"):
+        out = tmp_path / f"{folder.name}.jsonl"
+        code, _, err = run_cli(*dirs, "predict", "--model", folder, "--task", "say_it", "--input", rows,
+                               "--out", out, "--scores")  # fmt: skip
+        assert code == 0, err
+        results[folder.name] = [json.loads(line)["scores"] for line in out.read_text().splitlines()]
+    for got, want in zip(results["adapter"], results["merged"], strict=True):
+        assert got == pytest.approx(want, abs=1e-4)
+    changed = [
+        abs(got["yes"] - base["yes"]) for got, base in zip(results["adapter"], results["model"], strict=True)
+    ]
+    assert max(changed) > 0.01  # the adapter is on
+    code, _, err = run_cli(*dirs, "eval", "--model", adapter, "--tasks", "say_it", "--out", tmp_path / "eval")
+    assert code == 0, err
+    report = json.loads((tmp_path / "eval" / "results.json").read_text())
+    trained = json.loads((run_dir / "model" / "t2t_encoding.json").read_text())
+    assert (report["max_input_tokens"], report["max_target_tokens"]) == (
+        trained["max_input_tokens"], trained["max_target_tokens"])  # fmt: skip
