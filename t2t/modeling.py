@@ -80,15 +80,22 @@ def load_model(name_or_dir: str | Path):
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
     path = Path(name_or_dir)
-    if path.is_dir() and (path / "config.json").is_file() and not any(path.glob("*.safetensors*")):
+    has_config = (path / "config.json").is_file() or (
+        path / "adapter_config.json"
+    ).is_file()  # a PEFT adapter too
+    if path.is_dir() and has_config and not any(path.glob("*.safetensors*")):
         pickles = sorted(
             p.name for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in path.glob(pattern)
         )
+        adapter = not (path / "config.json").is_file()
+        convert = ("peft's PeftModel.from_pretrained(BASE_MODEL, DIR).save_pretrained(DIR) writes "
+                   "adapter_model.safetensors" if adapter else
+                   "AutoModelForSeq2SeqLM.from_pretrained(DIR).save_pretrained(DIR) writes model.safetensors")  # fmt: skip
         if pickles:
             raise T2TError(f"cannot load model: the dir holds {pickles[0]} (a pickle, which can run code as it "
-                           "loads) and no model.safetensors: t2t loads weights only from safetensors; convert it "
-                           "once where you trust the file (AutoModelForSeq2SeqLM.from_pretrained(DIR)"
-                           ".save_pretrained(DIR) writes model.safetensors)", Where(file=name_or_dir))  # fmt: skip
+                           f"loads) and no {'adapter_' if adapter else ''}model.safetensors: t2t loads weights only "
+                           f"from safetensors; convert it once where you trust the file ({convert})",
+                           Where(file=name_or_dir))  # fmt: skip
     if path.is_dir():
         check_model_loads(path)  # weights that cannot fit: one line, not the kernel's kill
     with _no_safetensors_conversion():

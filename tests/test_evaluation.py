@@ -748,3 +748,18 @@ def test_a_peft_adapter_dir_is_scored_as_its_base_with_the_adapter(trained_yes_n
     trained = json.loads((run_dir / "model" / "t2t_encoding.json").read_text())
     assert (report["max_input_tokens"], report["max_target_tokens"]) == (
         trained["max_input_tokens"], trained["max_target_tokens"])  # fmt: skip
+
+    # an adapter saved as a pickle is refused as a model's is (torch.load can run code)
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(adapter / "adapter_model.safetensors")), adapter / "adapter_model.bin")
+    (adapter / "adapter_model.safetensors").unlink()
+    code, _, err = run_cli(
+        *dirs, "eval", "--model", adapter, "--tasks", "say_it", "--out", tmp_path / "eval2"
+    )
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        f"t2t: error: {adapter}: cannot load model: the dir holds adapter_model.bin (a pickle, which can run code as "
+        "it loads) and no adapter_model.safetensors: t2t loads weights only from safetensors; convert it once where "
+        "you trust the file (peft's PeftModel.from_pretrained(BASE_MODEL, DIR).save_pretrained(DIR) writes "
+        "adapter_model.safetensors)"), err  # fmt: skip
