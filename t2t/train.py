@@ -38,7 +38,7 @@ from t2t.data import BatchLoader, LoaderState, MixtureData, check_null_fields
 from t2t.encoding import Limits, decoder_start_id, token_warnings, truncation_warnings
 from t2t.errors import T2TError, Where, load_pretrained
 from t2t.evaluation import EvalConfig
-from t2t.fileio import atomic_write_text
+from t2t.fileio import atomic_write_text, peft_base
 from t2t.mixtures import Mixture, load_mixture
 from t2t.modeling import build_tiny_t5, check_vocabulary, fuse_activations, load_model
 from t2t.registry import Registry
@@ -136,6 +136,15 @@ def get_model(config: TrainConfig, tokenizer: Any):
         model = build_tiny_t5(config.model.tiny, tokenizer, seed=config.seed)
     fuse_activations(model)  # training only: evaluation and serving keep the checkpoint's own modules
     return model
+
+
+def check_whole_model(config: TrainConfig) -> None:
+    """`model.pretrained` must be a whole model: a PEFT adapter dir (which eval and predict take) holds a part."""
+    base = peft_base(config.model.pretrained) if config.model.pretrained else None
+    if base is not None:
+        raise T2TError(f"model.pretrained is a PEFT adapter over {base}, not a whole model: train from its base "
+                       "(and `sharing.mode: adapters` for t2t's own adapters), or from the adapter merged into it "
+                       "(peft's merge_and_unload, then save_pretrained)", Where(file=config.model.pretrained))  # fmt: skip
 
 
 def check_packing(config: TrainConfig) -> None:
@@ -278,6 +287,7 @@ class Run:
         checkpoint = self.checkpointer.resolve(resume)  # refused before the tokenizer trains
         self.mixture = load_mixture(registry, config.mixture)
         self.tasks = self.mixture.task_names
+        check_whole_model(config)
         check_packing(config)  # from the model's config, before the tokenizer trains or the weights load
         check_memory(config, acc)
         if config.bad_rows == "stop":  # a null field a template reads: refused now, not when first drawn

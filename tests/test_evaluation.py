@@ -749,6 +749,23 @@ def test_a_peft_adapter_dir_is_scored_as_its_base_with_the_adapter(trained_yes_n
     assert (report["max_input_tokens"], report["max_target_tokens"]) == (
         trained["max_input_tokens"], trained["max_target_tokens"])  # fmt: skip
 
+    # training starts from a whole model: an adapter is refused naming its base, before anything is written
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"), "mixture": "echo", "tokenizer": {"pretrained": str(run_dir / "model")},
+        "model": {"pretrained": str(adapter)}, "steps": 1, "trackers": [],
+        "batching": {"strategy": "padded", "batch_size": 4, "max_tokens": None, "window_examples": 8},
+    }))  # fmt: skip
+    code, _, err = run_cli(*dirs, "train", config)
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"t2t: error: {adapter}: model.pretrained is a PEFT adapter over {run_dir / 'model'}, not a whole model"
+        )
+    )
+
     # an adapter saved as a pickle is refused as a model's is (torch.load can run code)
     from safetensors.torch import load_file
 
