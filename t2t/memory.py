@@ -10,6 +10,7 @@ and buffers come on top, so passing the check is no promise, but failing it is c
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -130,8 +131,6 @@ def local_processes(accelerator: Any) -> int:
 def safetensors_parameters(folder: Path) -> int | None:
     """The values the top-level safetensors files of `folder` hold, from their headers alone (a few KB read per
     file); None where a file is not readable as safetensors (the loader then says why)."""
-    import json
-
     total = 0
     for file in sorted(folder.glob("*.safetensors")):
         try:

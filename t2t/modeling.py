@@ -80,9 +80,8 @@ def load_model(name_or_dir: str | Path):
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
     path = Path(name_or_dir)
-    has_config = (path / "config.json").is_file() or (
-        path / "adapter_config.json"
-    ).is_file()  # a PEFT adapter too
+    # a whole model's dir, or a PEFT adapter's
+    has_config = (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
     if path.is_dir() and has_config and not any(path.glob("*.safetensors*")):
         pickles = sorted(
             p.name for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in path.glob(pattern)

@@ -87,6 +87,7 @@ class Predictor:
              dtype: str = "fp32", limits: ServeLimits | None = None) -> Predictor:  # fmt: skip
         from t2t.adapters import load_adapters
         from t2t.checkpoint import model_limits
+        from t2t.evaluation import generation_settings_warning
         from t2t.modeling import check_vocabulary, load_model
         from t2t.tokenizer import load_tokenizer
 
@@ -101,8 +102,6 @@ class Predictor:
 
             model = model.to(torch.bfloat16)
         model = model.to(device).eval()
-        from t2t.evaluation import generation_settings_warning
-
         if (warning := generation_settings_warning(model)) is not None:
             print(f"warning: {model_dir}: {warning}", file=sys.stderr)
         return cls(model, tokenizer, registry, list(task_names), max_input, max_target or 128,
