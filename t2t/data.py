@@ -33,7 +33,7 @@ from t2t.prompting import Prompter, fit_input
 from t2t.registry import Registry
 from t2t.rng import keyed_rng
 from t2t.sampler import StreamItem
-from t2t.segment_attention import PACKABLE
+from t2t.segment_attention import PACKABLE, unpackable_reason
 from t2t.sources import SplitRows, load_split
 from t2t.span_corruption import corrupt, sentinel_ids
 from t2t.templates import null_field
@@ -415,7 +415,7 @@ def resolve_batching(
         return (padded, f"{padded_said}: batching.batch_size counts examples per padded batch (give max_tokens to "
                         "let auto pack)")  # fmt: skip
     if kind not in PACKABLE:
-        return padded, f"{padded_said}: {kind} models have absolute positions, which packing would shift"
+        return padded, f"{padded_said}: {kind} models cannot pack ({unpackable_reason(kind)})"
     examples = first_examples(data, config)
     packed, over = packed_rows(data, config, examples)
     row = packed.pack_input_tokens + packed.pack_target_tokens

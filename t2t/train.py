@@ -42,7 +42,7 @@ from t2t.fileio import atomic_write_text, peft_base
 from t2t.mixtures import Mixture, load_mixture
 from t2t.modeling import build_tiny_t5, check_vocabulary, fuse_activations, load_model
 from t2t.registry import Registry
-from t2t.segment_attention import PACKABLE
+from t2t.segment_attention import PACKABLE, unpackable_reason
 from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
 from t2t.train_config import TrainConfig, config_dict
 from t2t.train_eval import InTrainingEval, training_eval_config
@@ -149,7 +149,7 @@ def check_whole_model(config: TrainConfig) -> None:
 
 def check_packing(config: TrainConfig) -> None:
     """Packed rows put several examples in one sequence; a model with absolute positions would see the later
-    ones at shifted positions, so packing is for T5-family models only."""
+    ones at shifted positions (and LongT5's block attention spans examples), so packing is for T5, mT5 and umT5."""
     if config.batching.strategy != "packed" or config.model.tiny is not None:
         return
     from transformers import AutoConfig
@@ -158,8 +158,8 @@ def check_packing(config: TrainConfig) -> None:
         load_pretrained(AutoConfig, config.model.pretrained, "model config"), "model_type", "unknown"
     )
     if kind not in PACKABLE:
-        raise T2TError(f"batching.strategy=packed needs a T5-family model (relative positions); {kind} models use "
-                       "absolute positions, which packing would shift: use batching.strategy=padded")  # fmt: skip
+        raise T2TError(f"batching.strategy=packed needs a model t2t can pack (T5, mT5, umT5: relative positions); "
+                       f"{kind} models cannot pack ({unpackable_reason(kind)}): use batching.strategy=padded")  # fmt: skip
 
 
 def check_memory(config: TrainConfig, accelerator: Any) -> None:

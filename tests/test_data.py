@@ -268,7 +268,7 @@ def test_auto_pads_keeping_the_mix_where_packed_rows_would_hold_fewer_real_token
     assert (bart.strategy, bart.keep_mix) == ("padded", False)
     assert (
         why
-        == "padded, bucketed by length (batching.keep_mix: false): bart models have absolute positions, which packing would shift"
+        == "padded, bucketed by length (batching.keep_mix: false): bart models cannot pack (they use absolute positions, which packing would shift)"
     )
 
 
@@ -320,10 +320,15 @@ def test_auto_keeps_the_mix_first_where_padded_batches_meant_to_keep_it_do_not(t
 def test_auto_pads_keeping_the_mix_for_models_with_absolute_positions(demo_data):
     chosen, why = resolve_batching(demo_data, BatchingSpec(), "bart")
     assert (chosen.strategy, chosen.keep_mix, chosen.max_tokens) == ("padded", True, 2048)
-    assert (
-        why
-        == "padded, keeping each batch's task mix: bart models have absolute positions, which packing would shift"
-    )
+    assert why == ("padded, keeping each batch's task mix: bart models cannot pack (they use absolute positions, "
+                   "which packing would shift)")  # fmt: skip
+    # LongT5 has T5's relative positions, but attends over fixed blocks of the row (until 2026-12-05 the reason
+    # given was absolute positions)
+    chosen, why = resolve_batching(demo_data, BatchingSpec(), "longt5")
+    assert chosen.strategy == "padded"
+    assert why == ("padded, keeping each batch's task mix: longt5 models cannot pack (their local and "
+                   "transient-global attention is computed over fixed blocks of the whole row, which a mask cannot "
+                   "confine to one packed example)")  # fmt: skip
     by_examples, why = resolve_batching(demo_data, BatchingSpec(batch_size=8, max_tokens=None), "t5")
     assert (by_examples.strategy, by_examples.batch_size, by_examples.keep_mix) == ("padded", 8, True)
     assert why == ("padded, keeping each batch's task mix: batching.batch_size counts examples per padded batch "

@@ -101,9 +101,9 @@ def test_packed_batching_is_refused_for_a_model_with_absolute_positions(
         "max_input_tokens=48", "max_target_tokens=8", "batching.strategy=packed", "steps=2", "trackers=[]",
     )  # fmt: skip
     assert code == 2 and out == ""
-    assert err.strip() == ("t2t: error: batching.strategy=packed needs a T5-family model (relative positions); "
-                           "bart models use absolute positions, which packing would shift: use "
-                           "batching.strategy=padded")  # fmt: skip
+    assert err.strip() == ("t2t: error: batching.strategy=packed needs a model t2t can pack (T5, mT5, umT5: "
+                           "relative positions); bart models cannot pack (they use absolute positions, which packing "
+                           "would shift): use batching.strategy=padded")  # fmt: skip
     assert len(err.strip().splitlines()) == 1
 
 
