@@ -422,6 +422,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     max_input, max_target = model_limits(args.model, model, tokenizer)
     config = EvalConfig(split=args.split, max_examples=args.max_examples, batch_size=args.batch_size,
                         num_beams=args.num_beams, scoring=args.scoring, generate=not args.no_generate,
+                        max_new_tokens=args.max_new_tokens,
                         max_input_tokens=args.max_input_tokens or max_input,
                         max_target_tokens=args.max_target_tokens or max_target, template=args.template)  # fmt: skip
     if dtype == "bf16":
@@ -784,6 +785,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", metavar="NAME", help="only this template (every task named must have it)")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--num-beams", type=positive_int, default=1)
+    p.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        help="generation budget per answer (default: the template's longest reference plus 8, at most 512)",
+    )
     p.add_argument(
         "--scoring",
         choices=["t2t", "t0", "harness"],

@@ -157,6 +157,8 @@ def score_choices(model: Any, tokenizer: Any, inputs: list[str], choices: list[t
 
 
 GENERATE_SEQUENCES = 1024  # beams (rows x num_beams) in one generation call, where beam search is asked for
+GENERATE_CAP = 512  # new tokens at most, unless EvalConfig.max_new_tokens says otherwise (the task's longest
+# reference plus 8 otherwise)
 
 
 # A model's generation settings (generation_config.json) that shape its sequences, kept; generate() applies none of
@@ -247,6 +249,8 @@ class TaskResult:
     # inputs (over templates) the tokenizer reads with its unknown token, and the first (template, source row)
     unknown_inputs: int = 0
     first_unknown: tuple[str, int] | None = None
+    # (template, its longest reference in tokens, the generation budget) where answers that long were cut
+    cut_references: tuple[str, int, int] | None = None
 
 
 def eval_rows(task: Task, split: str, max_examples: int | None) -> tuple[list[dict], list[int]]:
@@ -271,6 +275,7 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
     rows, source_rows = eval_rows(task, config.split, config.max_examples)
     per_template, records, samplers, chance = {}, [], {}, {}
     unknown, first_unknown = 0, None
+    longest_cut = None
     if config.template:
         templates = [task.spec.template(config.template).name]
     elif templates is None:
@@ -293,9 +298,11 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
         if all(r.choices for r in rendered):  # rank classification: what a model blind to the input scores
             chance[template] = chance_level(rendered)
         references = [task.references(r, x) for r, x in zip(rows, attempts, strict=True) if x is not None]
-        scores, predictions, template_samplers = _template_scores(
+        scores, predictions, template_samplers, cut = _template_scores(
             model, tokenizer, task, rendered, references, config
         )
+        if cut is not None and (longest_cut is None or cut[0] > longest_cut[1]):
+            longest_cut = (template, *cut)
         samplers[template] = {m: {**rows, "kept": None if kept.all() else kept.tolist()}
                               for m, rows in template_samplers.items()}  # fmt: skip
         per_template[template] = scores
@@ -304,9 +311,8 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
         raise T2TError(f"no {config.split} row renders under any template: every template skips them",
                        Where(file=task.spec.path, task=task.name, split=config.split))  # fmt: skip
     if not any(per_template.values()):  # rank classification only, and the task has no answer choices
-        return TaskResult(
-            per_template, None, {}, records, unknown_inputs=unknown, first_unknown=first_unknown
-        )
+        return TaskResult(per_template, None, {}, records, unknown_inputs=unknown, first_unknown=first_unknown,
+                          cut_references=longest_cut)  # fmt: skip
     metric = primary_metric(task, per_template)
     rows_of = {t: f[metric] for t, f in samplers.items()}
     summary = summarise([s[metric] for s in per_template.values()])
@@ -315,7 +321,7 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
     if metric.startswith("rank") and set(chance) == set(per_template):
         summary.update(versus_chance(summary, float(np.median(list(chance.values())))))
     return TaskResult(per_template, metric, summary, records, samplers_of(rows_of), rows_of, len(rows),
-                      unknown, first_unknown)  # fmt: skip
+                      unknown, first_unknown, longest_cut)  # fmt: skip
 
 
 def chance_level(rendered: Sequence[Rendered]) -> float:
@@ -374,19 +380,24 @@ def bootstrap_interval(samplers: dict[str, Any], n: int, rng: np.random.Generato
 
 def _template_scores(
     model, tokenizer, task, rendered: list[Rendered], references, config
-) -> tuple[dict, list, dict]:
-    """Scores of one template, per-example predictions, and for each metric its `metric_rows` (to recompute it on
-    any resample of the examples, for the bootstrap)."""
+) -> tuple[dict, list, dict, tuple[int, int] | None]:
+    """Scores of one template, per-example predictions, for each metric its `metric_rows` (to recompute it on any
+    resample of the examples, for the bootstrap), and (the longest reference's tokens, the generation budget) where
+    the budget is the shorter."""
     inputs = [r.inputs for r in rendered]
     scores: dict[str, float] = {}
     samplers: dict[str, dict] = {}
     predictions: list[dict] = [{} for _ in rendered]
+    cut = None
     if config.generate:
         longest = max(
             len(tokenizer(x, add_special_tokens=False)["input_ids"]) for refs in references for x in refs
         )
-        generated = generate(model, tokenizer, inputs, config.max_new_tokens or min(longest + 8, 512),
-                             config.batch_size, config.num_beams, config.max_input_tokens)  # fmt: skip
+        budget = config.max_new_tokens or min(longest + 8, GENERATE_CAP)
+        if longest > budget:  # answers as long as the references would be cut: said by evaluate()
+            cut = (longest, budget)
+        generated = generate(model, tokenizer, inputs, budget, config.batch_size, config.num_beams,
+                             config.max_input_tokens)  # fmt: skip
         for metric in task.spec.metrics:
             scores[metric] = METRICS[metric](generated, references)
             samplers[metric] = metric_rows(metric, generated, references)
@@ -403,7 +414,7 @@ def _template_scores(
         for p, s, r in zip(predictions, choice_scores, rendered, strict=True):
             p["choice_scores"] = s
             p["ranked"] = r.choices[int(np.argmax(s["sum"]))]
-    return scores, predictions, samplers
+    return scores, predictions, samplers, cut
 
 
 def metric_rows(metric: str, predictions: list[str], references: list[list[str]]) -> dict:
@@ -522,6 +533,17 @@ def evaluate(model: Any, tokenizer: Any, registry: Registry, tasks: list[str], h
                 f"task {name}: {result.unknown_inputs} inputs (over its templates) hold the tokenizer's unknown "
                 f"token {tokenizer.unk_token!r}: characters it has no piece for, which all read the same to the "
                 f"model; the first: template {template!r}, {config.split} row {row}"
+            )
+        if result.cut_references is not None:
+            template, longest, budget = result.cut_references
+            why = (
+                "--max-new-tokens"
+                if config.max_new_tokens
+                else f"at most {GENERATE_CAP} unless --max-new-tokens"
+            )
+            report["warnings"].append(
+                f"task {name}: references of up to {longest} tokens (template {template!r}), and generation stops "
+                f"at {budget} new tokens ({why}): longer answers are cut, and scored as cut"
             )
         if result.metric is None:  # --no-generate on a task without answer choices: nothing to report
             continue

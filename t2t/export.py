@@ -155,13 +155,15 @@ def _export_task(registry: Registry, name: str, split: str, out: Path, max_examp
 
 
 def _generation_budget(docs: list[dict], tokenizer: Any | None) -> int:
-    """t2t eval's generation budget: the longest reference in tokens, plus 8 (at most 512)."""
+    """t2t eval's default generation budget: the longest reference in tokens, plus 8 (at most GENERATE_CAP)."""
+    from t2t.evaluation import GENERATE_CAP
+
     if tokenizer is None:
         return 128
     longest = max(
         len(tokenizer(r, add_special_tokens=False)["input_ids"]) for d in docs for r in d["references"]
     )
-    return min(longest + 8, 512)
+    return min(longest + 8, GENERATE_CAP)
 
 
 def check_loads(folder: Path, groups: dict[str, list[str]]) -> None:

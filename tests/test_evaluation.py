@@ -780,3 +780,39 @@ def test_a_peft_adapter_dir_is_scored_as_its_base_with_the_adapter(trained_yes_n
         "it loads) and no adapter_model.safetensors: t2t loads weights only from safetensors; convert it once where "
         "you trust the file (peft's PeftModel.from_pretrained(BASE_MODEL, DIR).save_pretrained(DIR) writes "
         "adapter_model.safetensors)"), err  # fmt: skip
+
+
+def test_generation_cut_short_of_the_references_is_said_and_max_new_tokens_sets_the_budget(trained_yes_no, tmp_path,
+                                                                                          run_cli, tiny_tokenizer):  # fmt: skip
+    # generation stops at the longest reference plus 8 tokens, at most 512: until 2026-12-05 a task with longer
+    # references (long-form summaries) was scored on cut answers without a word, and the budget could not be set
+    _, run_dir = trained_yes_no
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    story = " ".join(["yes no"] * 400)
+    write_jsonl(folder / "rows.jsonl", [{"word": "yes", "story": story}, {"word": "no", "story": "yes"}])
+    write_task(folder, {
+        "name": "tell", "version": 1, "cluster": "echo", "source": {"kind": "files", "splits": {"validation": "rows.jsonl"}},
+        "fields": {"word": "a word", "story": "a long text"}, "metrics": ["rouge_l"],
+        "templates": [{"name": "tell", "input": "say {{ word }}", "target": "{{ story }}"}],
+    })  # fmt: skip
+    longest = len(tiny_tokenizer(story, add_special_tokens=False).input_ids)
+    assert longest > 512
+    for extra, budget, why in (([], 512, "at most 512 unless --max-new-tokens"),
+                               (["--max-new-tokens", "5"], 5, "--max-new-tokens")):  # fmt: skip
+        out = tmp_path / f"out{budget}"
+        code, _, err = run_cli("--templates-dir", folder, "eval", "--model", run_dir / "model", "--tasks", "tell",
+                               "--out", out, *extra)  # fmt: skip
+        assert code == 0, err
+        line = (f"task tell: references of up to {longest} tokens (template 'tell'), and generation stops at {budget} "
+                f"new tokens ({why}): longer answers are cut, and scored as cut")  # fmt: skip
+        assert f"warning: {line}" in err.splitlines(), err
+        assert json.loads((out / "results.json").read_text())["warnings"] == [line]
+        predictions = [
+            json.loads(x)["prediction"] for x in (out / "predictions.jsonl").read_text().splitlines()
+        ]
+        assert max(len(tiny_tokenizer(p, add_special_tokens=False).input_ids) for p in predictions) <= budget
+    # references within the budget: no warning
+    code, _, err = run_cli("--templates-dir", folder, "eval", "--model", run_dir / "model", "--tasks", "tell",
+                           "--out", tmp_path / "enough", "--max-new-tokens", str(longest))  # fmt: skip
+    assert code == 0 and "warning" not in err, err
