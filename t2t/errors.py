@@ -93,7 +93,8 @@ def load_pretrained(loader, name_or_dir: str | Path, what: str, **kwargs):
     _check_config_files(Path(name_or_dir), what)
     try:
         with hub_or_cache(ask=not Path(name_or_dir).exists()) as unreachable:
-            return loader.from_pretrained(str(name_or_dir), **kwargs)
+            # never a model's own code: transformers would otherwise ask on the terminal whether to run it
+            return loader.from_pretrained(str(name_or_dir), trust_remote_code=False, **kwargs)
     except SafetensorError as exc:
         raise T2TError(f"cannot load {what}: a weights file is not readable as safetensors ({first_line(exc)}): "
                        f"a torn or partial copy?", Where(file=name_or_dir)) from None  # fmt: skip
@@ -107,6 +108,10 @@ def load_pretrained(loader, name_or_dir: str | Path, what: str, **kwargs):
             cache = f"; {unreachable}, so only the local cache was read" if unreachable else ""
             raise T2TError(f"cannot load {what}: no such local dir, and as a hub name: {first_line(exc).rstrip('.')}{cache}",
                            Where(file=name_or_dir)) from None  # fmt: skip
+        if "contains custom code" in str(exc):
+            raise T2TError(f"cannot load {what}: it comes with code of its own to run (auto_map in its config), and "
+                           "t2t runs no model's code: use a model transformers implements (T5, mT5, BART, ...), or "
+                           "load it yourself where you trust its code", Where(file=name_or_dir)) from None  # fmt: skip
         if isinstance(exc, OSError | ValueError):
             raise T2TError(f"cannot load {what}: {first_line(exc)}", Where(file=name_or_dir)) from None
         # a JSON file of the wrong shape (a list where an object belongs) fails deep inside the library

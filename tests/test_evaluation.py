@@ -816,3 +816,42 @@ def test_generation_cut_short_of_the_references_is_said_and_max_new_tokens_sets_
     code, _, err = run_cli("--templates-dir", folder, "eval", "--model", run_dir / "model", "--tasks", "tell",
                            "--out", tmp_path / "enough", "--max-new-tokens", str(longest))  # fmt: skip
     assert code == 0 and "warning" not in err, err
+
+
+def test_a_model_that_brings_its_own_code_is_refused_without_running_or_asking(trained_yes_no, tmp_path, run_cli,
+                                                                              monkeypatch):  # fmt: skip
+    # a config.json with an auto_map names Python files of the model dir to run; transformers asked on the terminal
+    # "Do you wish to run the custom code? [y/N]", and until 2026-12-05 a "y" there ran the dir's code
+    import io
+
+    registry, run_dir = trained_yes_no
+    dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
+    model = tmp_path / "custom"
+    shutil.copytree(run_dir / "model", model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(model_type="custom_t5", auto_map={"AutoConfig": "configuration_custom.CustomConfig",
+                                                    "AutoModelForSeq2SeqLM": "modeling_custom.CustomModel"})  # fmt: skip
+    (model / "config.json").write_text(json.dumps(config))
+    ran = tmp_path / "ran"
+    for name in ("configuration_custom.py", "modeling_custom.py"):
+        (model / name).write_text(f"open({str(ran)!r}, 'w').write('ran')\n")
+    rows = tmp_path / "rows.jsonl"
+    write_jsonl(rows, [{"word": "yes"}])
+    train = tmp_path / "train.yaml"
+    train.write_text(yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"), "mixture": "echo", "tokenizer": {"pretrained": str(run_dir / "model")},
+        "model": {"pretrained": str(model)}, "steps": 1, "trackers": [],
+        "batching": {"strategy": "padded", "batch_size": 4, "max_tokens": None, "window_examples": 8},
+    }))  # fmt: skip
+    refused = ("it comes with code of its own to run (auto_map in its config), and t2t runs no model's code: use a "
+               "model transformers implements (T5, mT5, BART, ...), or load it yourself where you trust its code")  # fmt: skip
+    for args, what in ((["eval", "--model", model, "--tasks", "say_it", "--out", tmp_path / "out"], "model"),
+                       (["predict", "--model", model, "--task", "say_it", "--input", rows, "--out", tmp_path / "p"],
+                        "model"),
+                       (["train", train], "model config")):  # fmt: skip
+        monkeypatch.setattr("sys.stdin", io.StringIO("y\n" * 10))  # someone answering yes
+        code, out, err = run_cli(*dirs, *args)
+        assert code == 2, (args[0], err)
+        assert err.strip().splitlines()[-1] == f"t2t: error: {model}: cannot load {what}: {refused}", err
+        assert "custom code" not in out + err  # no question asked
+        assert not ran.exists(), args[0]
