@@ -453,8 +453,8 @@ def test_mixture_show_says_which_batching_auto_picks_for_a_model(run_cli, tiny_t
     )
     code, out, _ = run_cli("mixture", "show", "demo", "--model", bart_dir)
     assert code == 0 and (
-        f"batching (strategy: auto) for {bart_dir}: padded, keeping each batch's task mix: bart models have absolute "
-        "positions, which packing would shift" in " ".join(out.split())
+        f"batching (strategy: auto) for {bart_dir}: padded, keeping each batch's task mix: bart models cannot pack "
+        "(they use absolute positions, which packing would shift)" in " ".join(out.split())
     )
     code, out, _ = run_cli("mixture", "show", "demo")
     assert "--model NAME_OR_DIR shows the choice for a model" in " ".join(out.split())
