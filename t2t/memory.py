@@ -50,9 +50,37 @@ def host_available() -> int | None:
     return available
 
 
+# (encoder, decoder) layer counts of the seq2seq configs transformers has: T5's family, then BART's
+LAYER_COUNTS = (("num_layers", "num_decoder_layers"), ("encoder_layers", "decoder_layers"))
+
+
 def count_parameters(model_config: Any) -> int | None:
     """The parameters of the seq2seq model `model_config` describes, counted on the meta device (no memory); None
-    for a config no seq2seq class takes (the loader says so)."""
+    for a config no seq2seq class takes (the loader says so). Where the config says how many layers each stack has,
+    the model is built with one and two layers per stack and extended to its counts (every layer after the first
+    has the same size), so a config of any depth costs three small builds, not one module per layer."""
+    import copy
+
+    for encoder, decoder in LAYER_COUNTS:
+        layers = (getattr(model_config, encoder, None), getattr(model_config, decoder, None))
+        if all(isinstance(n, int) and n > 0 for n in layers):
+            break
+    else:
+        return _count_on_meta(model_config)
+
+    def with_layers(n_encoder: int, n_decoder: int) -> int | None:
+        shallow = copy.deepcopy(model_config)
+        setattr(shallow, encoder, n_encoder)
+        setattr(shallow, decoder, n_decoder)
+        return _count_on_meta(shallow)
+
+    one, deeper_encoder, deeper_decoder = with_layers(1, 1), with_layers(2, 1), with_layers(1, 2)
+    if one is None or deeper_encoder is None or deeper_decoder is None:
+        return None
+    return one + (layers[0] - 1) * (deeper_encoder - one) + (layers[1] - 1) * (deeper_decoder - one)
+
+
+def _count_on_meta(model_config: Any) -> int | None:
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
@@ -65,18 +93,12 @@ def count_parameters(model_config: Any) -> int | None:
 
 
 def tiny_parameters(spec: Any) -> int:
-    """The parameters of `model.tiny` with a vocabulary of 2 (the tokenizer is not trained yet): built with one and
-    with two layers per stack on the meta device and extended to its layer count (every layer after the first has
-    the same size), so a config of any size costs two small builds."""
+    """The parameters of `model.tiny` with a vocabulary of 2 (the tokenizer is not trained yet)."""
     from transformers import T5Config
 
-    def count(layers: int) -> int:
-        return count_parameters(T5Config(vocab_size=2, d_model=spec.d_model, d_kv=spec.d_model // spec.num_heads,
-                                         d_ff=spec.d_ff, num_layers=layers, num_decoder_layers=layers,
-                                         num_heads=spec.num_heads, feed_forward_proj="gated-gelu"))  # fmt: skip
-
-    one = count(1)
-    return one + (spec.num_layers - 1) * (count(2) - one)
+    return count_parameters(T5Config(vocab_size=2, d_model=spec.d_model, d_kv=spec.d_model // spec.num_heads,
+                                     d_ff=spec.d_ff, num_layers=spec.num_layers, num_decoder_layers=spec.num_layers,
+                                     num_heads=spec.num_heads, feed_forward_proj="gated-gelu"))  # fmt: skip
 
 
 def training_bytes(

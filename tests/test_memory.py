@@ -30,11 +30,22 @@ def test_the_tiny_count_is_the_built_models_without_its_vocabulary(spec, tiny_to
 
 
 def test_a_configs_count_is_its_models():
-    config = T5Config(vocab_size=300, d_model=48, d_kv=12, d_ff=80, num_layers=2, num_decoder_layers=3, num_heads=4,
-                      tie_word_embeddings=False)  # fmt: skip
-    from transformers import T5ForConditionalGeneration
+    # counted with one and two layers per stack and extended: exact where the stacks differ in depth, for T5's
+    # family (a position bias in the first layer only, or in every layer) and BART's (positions embedded)
+    from transformers import (
+        BartConfig,
+        BartForConditionalGeneration,
+        T5ForConditionalGeneration,
+        UMT5Config,
+        UMT5ForConditionalGeneration,
+    )
 
-    assert count_parameters(config) == sum(p.numel() for p in T5ForConditionalGeneration(config).parameters())
+    t5 = dict(vocab_size=300, d_model=48, d_kv=12, d_ff=80, num_layers=2, num_decoder_layers=3, num_heads=4)
+    bart = BartConfig(vocab_size=300, d_model=32, encoder_layers=3, decoder_layers=2, encoder_attention_heads=2,
+                      decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=48, max_position_embeddings=64)  # fmt: skip
+    for config, model in ((T5Config(**t5, tie_word_embeddings=False), T5ForConditionalGeneration),
+                          (UMT5Config(**t5), UMT5ForConditionalGeneration), (bart, BartForConditionalGeneration)):  # fmt: skip
+        assert count_parameters(config) == sum(p.numel() for p in model(config).parameters()), model.__name__
 
 
 def test_training_bytes_by_hand():
@@ -59,7 +70,12 @@ def test_training_bytes_by_hand():
     assert on_gpu(parts, {"stage": 2}) == parts
 
 
-def test_a_model_too_large_for_the_machine_is_refused_before_the_tokenizer_trains(world, tmp_path, run_cli):  # noqa: F811
+def test_a_model_too_large_for_the_machine_is_refused_before_the_tokenizer_trains(
+    world,  # noqa: F811
+    tmp_path,
+    run_cli,
+    run_bounded,
+):
     # d_model 65,536 over a million layers: 51.6 million B parameters. Until 2026-12-05 the tokenizer trained, then
     # the model was built tensor by tensor until the kernel killed the process (8,192 wide and 24 layers: past 24 GB)
     huge = {"d_model": 65536, "num_layers": 1000000, "num_heads": 64, "d_ff": 256}
@@ -106,6 +122,19 @@ def test_a_model_too_large_for_the_machine_is_refused_before_the_tokenizer_train
     assert params == 361_307_611_136
     assert one_line(err).startswith(f"t2t: error: {big}: model.pretrained: 361.31B parameters need at least 5,780.9 "
                                     "GB (weights 1,445.2, gradients 1,445.2, optimizer states 2,890.5 GB)")  # fmt: skip
+
+    # a config.json of a hundred million narrow layers: counted from three small builds, not one module per layer
+    # (which alone would take far more memory than the bound here)
+    deep = tmp_path / "deep_t5"
+    T5Config(vocab_size=100, d_model=64, d_kv=16, d_ff=128, num_layers=10**8, num_heads=4).save_pretrained(
+        deep
+    )
+    config = config_file(tmp_path, world, model={"pretrained": str(deep)})
+    code, _, err = run_bounded(tmp_path, "--templates-dir", world / "tasks", "--mixtures-dir", world / "mixtures",
+                               "train", config, seconds=30, megabytes=200)  # fmt: skip
+    assert code == 2 and one_line(err).startswith(
+        f"t2t: error: {deep}: model.pretrained: 8,224.00B parameters"
+    )
 
 
 def sparse_weights(folder: Path, shape: tuple[int, int]) -> None:
