@@ -172,10 +172,34 @@ def safetensors_parameters(folder: Path) -> int | None:
     return total
 
 
+# transformers builds the model config.json describes, one module per layer, before it reads a weight: a config
+# deeper than this (no published seq2seq model comes near) would stall the load itself
+MAX_LAYERS = 1000
+
+
 def check_model_loads(folder: Path) -> None:
-    """A local model dir whose weights alone, in fp32 as t2t loads them, exceed what this machine has: refused
-    before they load."""
-    params = safetensors_parameters(folder)
-    if params:
-        check_fits("cannot load model", params, {"weights in fp32": 4 * params}, 1, host_available(),
+    """A local model dir whose weights, in fp32 as t2t loads them, exceed what this machine has, or whose config.json
+    describes a model deeper than MAX_LAYERS that its weights do not hold: refused before anything is built. Other
+    disagreements between config and weights are the loader's to name, tensor by tensor."""
+    weights = safetensors_parameters(folder)
+    if weights:
+        check_fits("cannot load model", weights, {"weights in fp32": 4 * weights}, 1, host_available(),
                    where=Where(file=str(folder)), advice="use a machine with more memory")  # fmt: skip
+    if not (folder / "config.json").is_file():
+        return
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+    except Exception:  # a config transformers cannot read: the loader names the problem
+        return
+    layers = sum(
+        n for pair in LAYER_COUNTS for n in (getattr(config, a, None) for a in pair) if isinstance(n, int)
+    )
+    if layers <= MAX_LAYERS:
+        return
+    described = count_parameters(config)
+    if described is not None and described > (weights or 0):
+        raise T2TError(f"cannot load model: config.json describes a model of {layers:,} layers ({described / 1e9:,.2f}B "
+                       f"parameters) and the weights hold {(weights or 0) / 1e6:,.2f}M: a config.json that is not "
+                       "these weights'?", Where(file=str(folder)))  # fmt: skip

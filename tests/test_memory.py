@@ -147,7 +147,9 @@ def sparse_weights(folder: Path, shape: tuple[int, int]) -> None:
         handle.truncate(8 + len(header) + 4 * shape[0] * shape[1])
 
 
-def test_weights_too_large_for_the_machine_are_refused_before_they_load(tmp_path, run_cli, tiny_tokenizer):
+def test_weights_too_large_for_the_machine_are_refused_before_they_load(
+    tmp_path, run_cli, run_bounded, tiny_tokenizer, capsys
+):
     # a terabyte of fp32 weights (a vocabulary of 2^32 rows of 64): eval, predict and serve read the headers and
     # refuse; until 2026-12-05 transformers began to load them
     model = tmp_path / "huge"
@@ -171,6 +173,29 @@ def test_weights_too_large_for_the_machine_are_refused_before_they_load(tmp_path
             "(memory and free swap): use a machine with more memory"
         )
         assert snapshot(tmp_path) == before, args[0]
+
+    # a config.json of a hundred million layers over small real weights: transformers would build every layer
+    # (one module each) before reading a weight; refused from the count, in bounded time and memory
+    deep = tmp_path / "deep"
+    T5Config(
+        vocab_size=len(tiny_tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4
+    ).save_pretrained(deep)
+    from transformers import T5ForConditionalGeneration
+
+    T5ForConditionalGeneration(T5Config.from_pretrained(deep)).save_pretrained(deep)
+    tiny_tokenizer.save_pretrained(str(deep))
+    weights = safetensors_parameters(deep)
+    config = json.loads((deep / "config.json").read_text())
+    config.update(num_layers=10**8, num_decoder_layers=10**8)
+    (deep / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()  # the save's progress bar
+    code, _, err = run_bounded(tmp_path, "eval", "--model", deep, "--tasks", "sentiment", "--out", tmp_path / "o",
+                               seconds=30, megabytes=200)  # fmt: skip
+    assert code == 2
+    assert one_line(err).startswith(f"t2t: error: {deep}: cannot load model: config.json describes a model of "
+                                    "200,000,000 layers (")  # fmt: skip
+    assert one_line(err).endswith(f"and the weights hold {weights / 1e6:,.2f}M: a config.json that is not these "
+                                  "weights'?")  # fmt: skip
 
     # a file that is not safetensors is left to the loader, which names it as before
     (model / "model.safetensors").write_bytes(b"\xff" * 64)
