@@ -38,6 +38,7 @@ from torch import nn
 
 from t2t.config import check_name
 from t2t.errors import T2TError, Where
+from t2t.fileio import peft_base
 
 ROUTING_FILE = "routing.json"
 ADAPTERS_DIR = "adapters"
@@ -384,6 +385,10 @@ def merged(model_dir: Path, name: str, out: Path) -> tuple[str, Path]:
 
     model_dir = Path(model_dir)
     routing = read_routing(model_dir)
+    if routing is None and peft_base(model_dir) is not None:
+        raise T2TError(f"a PEFT adapter dir (over {peft_base(model_dir)}), not a t2t model with adapters: merge it with "
+                       "peft (PeftModel.from_pretrained(BASE, DIR).merge_and_unload().save_pretrained(OUT)); t2t eval, "
+                       "predict and serve take it as it is", Where(file=model_dir))  # fmt: skip
     if routing is None:
         raise T2TError("the model has no adapters (no adapters/routing.json): it is a plain HF dir already",
                        Where(file=model_dir))  # fmt: skip

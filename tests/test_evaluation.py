@@ -766,6 +766,15 @@ def test_a_peft_adapter_dir_is_scored_as_its_base_with_the_adapter(trained_yes_n
         )
     )
 
+    # `t2t export merged` is for t2t's own adapters: a PEFT dir is told how peft merges it (it read "a plain HF dir")
+    code, _, err = run_cli(
+        "export", "merged", "--model", adapter, "--adapter", "say_it", "--out", tmp_path / "m"
+    )
+    assert code == 2 and not (tmp_path / "m").exists()
+    assert err.strip().splitlines()[-1].startswith(
+        f"t2t: error: {adapter}: a PEFT adapter dir (over {run_dir / 'model'}), not a t2t model with adapters: merge it "
+        "with peft (PeftModel.from_pretrained(BASE, DIR).merge_and_unload().save_pretrained(OUT))")  # fmt: skip
+
     # an adapter saved as a pickle is refused as a model's is (torch.load can run code)
     from safetensors.torch import load_file
 
