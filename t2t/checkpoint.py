@@ -24,13 +24,12 @@ import logging
 import os
 import shutil
 import signal
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from t2t.config import read_json
 from t2t.encoding import legacy_tokenizer_fingerprint, tokenizer_fingerprint
-from t2t.errors import T2TError, Where
+from t2t.errors import T2TError, Where, no_progress_bars
 from t2t.fileio import atomic_write_text, peft_base
 from t2t.train_config import RESUMABLE_KEYS, TrainConfig, config_dict
 
@@ -116,20 +115,6 @@ logging.getLogger("accelerate.utils.other").addFilter(_Drop("Removed shared tens
 logging.getLogger("DeepSpeed").addFilter(_Drop("Setting accelerator to CPU"))
 
 
-@contextmanager
-def _no_shard_bar():
-    """transformers' "Writing model shards" progress bar off while a model is written (twice per checkpoint)."""
-    from transformers.utils import logging as hf_logging
-
-    was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_on:
-            hf_logging.enable_progress_bar()
-
-
 def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
 
@@ -156,7 +141,7 @@ def export_model(accelerator: Any, wrapped: Any, tokenizer: Any, out_dir: Path, 
         inner, lora = split_state(inner, model.t2t_adapter_paths)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        with _no_shard_bar():
+        with no_progress_bars():  # transformers' "Writing model shards" bar, twice per checkpoint
             model.save_pretrained(
                 str(out_dir), state_dict=inner, save_function=accelerator.save, safe_serialization=True
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -82,6 +83,21 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+@contextmanager
+def no_progress_bars():
+    """transformers' progress bars off for the duration ("Loading weights", "Writing model shards"): t2t's output,
+    and a refusal's one line, stand alone."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def load_pretrained(loader, name_or_dir: str | Path, what: str, **kwargs):
     """`loader.from_pretrained(name_or_dir, **kwargs)`, with a failure as one T2TError line naming what and where
     (and, for a local dir that is not a model, where the model is). A torn weights file, or a config file of the
@@ -92,7 +108,7 @@ def load_pretrained(loader, name_or_dir: str | Path, what: str, **kwargs):
 
     _check_config_files(Path(name_or_dir), what)
     try:
-        with hub_or_cache(ask=not Path(name_or_dir).exists()) as unreachable:
+        with hub_or_cache(ask=not Path(name_or_dir).exists()) as unreachable, no_progress_bars():
             # never a model's own code: transformers would otherwise ask on the terminal whether to run it
             return loader.from_pretrained(str(name_or_dir), trust_remote_code=False, **kwargs)
     except SafetensorError as exc:
