@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 NAME = "t2t_segments"
 PACKABLE = {"t5", "mt5", "umt5"}  # relative positions: packed segments need no position reset
+PREFIX = "segments."  # keys of the layout tensors in a batch's tensors
 # why a kind t2t does not pack cannot be packed (absolute positions, unless said here)
 NOT_PACKABLE = {"longt5": "their local and transient-global attention is computed over fixed blocks of the whole "
                           "row, which a mask cannot confine to one packed example"}  # fmt: skip
@@ -36,9 +37,6 @@ NOT_PACKABLE = {"longt5": "their local and transient-global attention is compute
 def unpackable_reason(kind: str) -> str:
     """Why a model kind outside PACKABLE cannot train on packed rows."""
     return NOT_PACKABLE.get(kind, "they use absolute positions, which packing would shift")
-
-
-PREFIX = "segments."  # keys of the layout tensors in a batch's tensors
 
 
 def _runs(segment_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
