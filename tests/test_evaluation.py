@@ -85,6 +85,17 @@ def trained_yes_no(tmp_path_factory, tiny_tokenizer):
     return registry, root / "run"
 
 
+def one_step_config(folder, model, tokenizer):
+    """A one-step training config over the `echo` mixture of trained_yes_no, from `model` and `tokenizer`."""
+    config = folder / "train.yaml"
+    config.write_text(yaml.safe_dump({
+        "run_dir": str(folder / "run"), "mixture": "echo", "tokenizer": {"pretrained": str(tokenizer)},
+        "model": {"pretrained": str(model)}, "steps": 1, "trackers": [],
+        "batching": {"strategy": "padded", "batch_size": 4, "max_tokens": None, "window_examples": 8},
+    }))  # fmt: skip
+    return config
+
+
 def test_rank_classification_picks_the_gold_label_after_training(trained_yes_no, tmp_path, run_cli):
     registry, run_dir = trained_yes_no
     from t2t.modeling import load_model
@@ -616,12 +627,7 @@ def test_a_tokenizer_with_more_tokens_than_the_model_embeds_is_refused_naming_bo
 
     tokenizer = tmp_path / "tok"
     tiny_tokenizer.save_pretrained(str(tokenizer))
-    config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump({
-        "run_dir": str(tmp_path / "run"), "mixture": "echo", "tokenizer": {"pretrained": str(tokenizer)},
-        "model": {"pretrained": str(model)}, "steps": 1, "trackers": [],
-        "batching": {"strategy": "padded", "batch_size": 4, "max_tokens": None, "window_examples": 8},
-    }))  # fmt: skip
+    config = one_step_config(tmp_path, model, tokenizer)
     code, _, err = run_cli(*dirs, "train", config)
     assert code == 2
     assert err.strip().splitlines()[-1] == f"t2t: error: {model}: the tokenizer {tokenizer} {what}", err
@@ -646,12 +652,7 @@ def test_a_model_that_is_not_encoder_decoder_is_refused_by_its_kind(
     capsys.readouterr()  # the test's own save bar, read out
     code, _, err = run_cli(*dirs, "eval", "--model", model, "--tasks", "say_it", "--out", tmp_path / "out")
     assert code == 2 and err.strip().splitlines() == [line], err
-    config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump({
-        "run_dir": str(tmp_path / "run"), "mixture": "echo", "tokenizer": {"pretrained": str(model)},
-        "model": {"pretrained": str(model)}, "steps": 1, "trackers": [],
-        "batching": {"strategy": "padded", "batch_size": 4, "max_tokens": None, "window_examples": 8},
-    }))  # fmt: skip
+    config = one_step_config(tmp_path, model, model)
     code, _, err = run_cli(*dirs, "train", config)
     assert code == 2 and err.strip().splitlines()[-1] == line, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
@@ -750,12 +751,7 @@ def test_a_peft_adapter_dir_is_scored_as_its_base_with_the_adapter(trained_yes_n
         trained["max_input_tokens"], trained["max_target_tokens"])  # fmt: skip
 
     # training starts from a whole model: an adapter is refused naming its base, before anything is written
-    config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump({
-        "run_dir": str(tmp_path / "run"), "mixture": "echo", "tokenizer": {"pretrained": str(run_dir / "model")},
-        "model": {"pretrained": str(adapter)}, "steps": 1, "trackers": [],
-        "batching": {"strategy": "padded", "batch_size": 4, "max_tokens": None, "window_examples": 8},
-    }))  # fmt: skip
+    config = one_step_config(tmp_path, adapter, run_dir / "model")
     code, _, err = run_cli(*dirs, "train", config)
     assert code == 2 and not (tmp_path / "run").exists()
     assert (
@@ -846,12 +842,7 @@ def test_a_model_that_brings_its_own_code_is_refused_without_running_or_asking(t
         (model / name).write_text(f"open({str(ran)!r}, 'w').write('ran')\n")
     rows = tmp_path / "rows.jsonl"
     write_jsonl(rows, [{"word": "yes"}])
-    train = tmp_path / "train.yaml"
-    train.write_text(yaml.safe_dump({
-        "run_dir": str(tmp_path / "run"), "mixture": "echo", "tokenizer": {"pretrained": str(run_dir / "model")},
-        "model": {"pretrained": str(model)}, "steps": 1, "trackers": [],
-        "batching": {"strategy": "padded", "batch_size": 4, "max_tokens": None, "window_examples": 8},
-    }))  # fmt: skip
+    train = one_step_config(tmp_path, model, run_dir / "model")
     refused = ("it comes with code of its own to run (auto_map in its config), and t2t runs no model's code: use a "
                "model transformers implements (T5, mT5, BART, ...), or load it yourself where you trust its code")  # fmt: skip
     for args, what in ((["eval", "--model", model, "--tasks", "say_it", "--out", tmp_path / "out"], "model"),
