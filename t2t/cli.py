@@ -217,8 +217,10 @@ def _auto_batching(args: argparse.Namespace, mixture: object, registry: Registry
     from t2t.encoding import Limits
     from t2t.errors import load_pretrained
     from t2t.tokenizer import load_tokenizer
+    from t2t.train import check_whole_model
     from t2t.train_config import BatchingSpec
 
+    check_whole_model(args.model, "--model")  # what training would take
     kind = getattr(load_pretrained(AutoConfig, args.model, "model config"), "model_type", None)
     limits = Limits(args.max_input_tokens or 256, args.max_target_tokens or 128)
     data = MixtureData(mixture, registry, load_tokenizer(args.model), limits)

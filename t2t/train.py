@@ -138,13 +138,13 @@ def get_model(config: TrainConfig, tokenizer: Any):
     return model
 
 
-def check_whole_model(config: TrainConfig) -> None:
-    """`model.pretrained` must be a whole model: a PEFT adapter dir (which eval and predict take) holds a part."""
-    base = peft_base(config.model.pretrained) if config.model.pretrained else None
+def check_whole_model(model: str | Path | None, what: str = "model.pretrained") -> None:
+    """A model to train must be a whole model: a PEFT adapter dir (which eval and predict take) holds a part."""
+    base = peft_base(model) if model else None
     if base is not None:
-        raise T2TError(f"model.pretrained is a PEFT adapter over {base}, not a whole model: train from its base "
-                       "(and `sharing.mode: adapters` for t2t's own adapters), or from the adapter merged into it "
-                       "(peft's merge_and_unload, then save_pretrained)", Where(file=config.model.pretrained))  # fmt: skip
+        raise T2TError(f"{what} is a PEFT adapter over {base}, not a whole model: train from its base (and "
+                       "`sharing.mode: adapters` for t2t's own adapters), or from the adapter merged into it (peft's "
+                       "merge_and_unload, then save_pretrained)", Where(file=str(model)))  # fmt: skip
 
 
 def check_packing(config: TrainConfig) -> None:
@@ -287,7 +287,7 @@ class Run:
         checkpoint = self.checkpointer.resolve(resume)  # refused before the tokenizer trains
         self.mixture = load_mixture(registry, config.mixture)
         self.tasks = self.mixture.task_names
-        check_whole_model(config)
+        check_whole_model(config.model.pretrained)
         check_packing(config)  # from the model's config, before the tokenizer trains or the weights load
         check_memory(config, acc)
         if config.bad_rows == "stop":  # a null field a template reads: refused now, not when first drawn

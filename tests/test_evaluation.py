@@ -754,13 +754,11 @@ def test_a_peft_adapter_dir_is_scored_as_its_base_with_the_adapter(trained_yes_n
     config = one_step_config(tmp_path, adapter, run_dir / "model")
     code, _, err = run_cli(*dirs, "train", config)
     assert code == 2 and not (tmp_path / "run").exists()
-    assert (
-        err.strip()
-        .splitlines()[-1]
-        .startswith(
-            f"t2t: error: {adapter}: model.pretrained is a PEFT adapter over {run_dir / 'model'}, not a whole model"
-        )
-    )
+    over = f"is a PEFT adapter over {run_dir / 'model'}, not a whole model"
+    assert err.strip().splitlines()[-1].startswith(f"t2t: error: {adapter}: model.pretrained {over}")
+    # ... and so does `t2t mixture show --model`, which says what training it would choose
+    code, _, err = run_cli(*dirs, "mixture", "show", "echo", "--model", adapter)
+    assert code == 2 and err.strip().splitlines()[-1].startswith(f"t2t: error: {adapter}: --model {over}")
 
     # `t2t export merged` is for t2t's own adapters: a PEFT dir is told how peft merges it (it read "a plain HF dir")
     code, _, err = run_cli(
