@@ -134,6 +134,11 @@ def load_model(name_or_dir: str | Path):
         print(f"warning: {name_or_dir}: the weights hold {len(unused)} tensors the model does not use "
               f"({', '.join(unused[:2])}{', ...' if len(unused) > 2 else ''}): does config.json describe these "
               "weights?", file=sys.stderr)  # fmt: skip
+    if getattr(model.config, "decoder_start_token_id", None) is None and model.config.pad_token_id is None:
+        # the decoder's first input: without either, every decoder pass would fail on it
+        raise T2TError("cannot load model: config.json names no decoder_start_token_id and no pad_token_id, so the "
+                       "decoder has no first token: set decoder_start_token_id (T5's is its pad id, 0; BART's its "
+                       "end-of-sequence id, 2)", Where(file=name_or_dir))  # fmt: skip
     return model
 
 

@@ -853,3 +853,24 @@ def test_a_model_that_brings_its_own_code_is_refused_without_running_or_asking(t
         assert err.strip().splitlines()[-1] == f"t2t: error: {model}: cannot load {what}: {refused}", err
         assert "custom code" not in out + err  # no question asked
         assert not ran.exists(), args[0]
+
+
+def test_a_model_config_without_a_decoder_start_is_refused_at_load(trained_yes_no, tmp_path, run_cli):
+    # no decoder_start_token_id and no pad_token_id to start from: until 2026-12-05 "unexpected TypeError: int()
+    # argument must be ... not 'NoneType'" at the first decoder pass
+    registry, run_dir = trained_yes_no
+    dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
+    model = tmp_path / "no_start"
+    shutil.copytree(run_dir / "model", model)
+    for name in ("config.json", "generation_config.json"):
+        settings = json.loads((model / name).read_text())
+        settings.update(decoder_start_token_id=None, pad_token_id=None)
+        (model / name).write_text(json.dumps(settings))
+    line = (f"t2t: error: {model}: cannot load model: config.json names no decoder_start_token_id and no "
+            "pad_token_id, so the decoder has no first token: set decoder_start_token_id (T5's is its pad id, 0; "
+            "BART's its end-of-sequence id, 2)")  # fmt: skip
+    code, _, err = run_cli(*dirs, "eval", "--model", model, "--tasks", "say_it", "--out", tmp_path / "out")
+    assert code == 2 and err.strip().splitlines() == [line], err
+    code, _, err = run_cli(*dirs, "train", one_step_config(tmp_path, model, run_dir / "model"))
+    assert code == 2 and err.strip().splitlines()[-1] == line, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
