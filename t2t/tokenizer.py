@@ -123,4 +123,12 @@ def load_tokenizer(name_or_dir: str | Path):
     if path.is_dir() and files and not any((path / name).is_file() for name in files):
         raise T2TError(f"cannot load tokenizer: the dir holds no vocabulary (none of {', '.join(files)}): "
                        "a partial copy?", Where(file=name_or_dir))  # fmt: skip
+    # every sequence ends with the end-of-sequence token, and batches are padded with the pad token: without them
+    # the first batch failed deep in the library
+    missing = [name for name in ("eos_token", "pad_token") if getattr(tokenizer, f"{name}_id", None) is None]
+    if missing:
+        raise T2TError(f"cannot load tokenizer: it names no {' and no '.join(missing)} (tokenizer_config.json): t2t "
+                       "ends every sequence with the eos_token and pads batches with the pad_token; set "
+                       f"{'them' if len(missing) > 1 else 'it'} to the model's (T5's: eos '</s>', pad '<pad>')",
+                       Where(file=name_or_dir))  # fmt: skip
     return tokenizer

@@ -874,3 +874,29 @@ def test_a_model_config_without_a_decoder_start_is_refused_at_load(trained_yes_n
     code, _, err = run_cli(*dirs, "train", one_step_config(tmp_path, model, run_dir / "model"))
     assert code == 2 and err.strip().splitlines()[-1] == line, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_tokenizer_without_a_pad_token_is_refused_at_load(trained_yes_no, tmp_path, run_cli):
+    # a tokenizer config with no pad token (a generic tokenizers-backed class): until 2026-12-05 eval, predict and
+    # train failed at the first batch ("Could not infer dtype of NoneType", "'bool' object has no attribute 'long'",
+    # "int() argument must be ... not 'NoneType'")
+    registry, run_dir = trained_yes_no
+    dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
+    model = tmp_path / "no_pad"
+    shutil.copytree(run_dir / "model", model)
+    settings = json.loads((model / "tokenizer_config.json").read_text())
+    settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for key in ("pad_token", "extra_special_tokens"):
+        settings.pop(key, None)
+    (model / "tokenizer_config.json").write_text(json.dumps(settings))
+    rows = tmp_path / "rows.jsonl"
+    write_jsonl(rows, [{"word": "yes"}])
+    what = ("cannot load tokenizer: it names no pad_token (tokenizer_config.json): t2t ends every sequence with the "
+            "eos_token and pads batches with the pad_token; set it to the model's (T5's: eos '</s>', pad '<pad>')")  # fmt: skip
+    for args in (["eval", "--model", model, "--tasks", "say_it", "--out", tmp_path / "out"],
+                 ["predict", "--model", model, "--task", "say_it", "--input", rows, "--out", tmp_path / "p.jsonl"]):  # fmt: skip
+        code, _, err = run_cli(*dirs, *args)
+        assert code == 2 and err.strip().splitlines() == [f"t2t: error: {model}: {what}"], err
+    code, _, err = run_cli(*dirs, "train", one_step_config(tmp_path, run_dir / "model", model))
+    assert code == 2 and err.strip().splitlines()[-1] == f"t2t: error: {model}: {what}", err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
