@@ -407,7 +407,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from t2t.adapters import load_adapters
     from t2t.checkpoint import model_limits
     from t2t.evaluation import EvalConfig, evaluate
-    from t2t.modeling import check_vocabulary, load_model
+    from t2t.modeling import check_pairing, load_model
     from t2t.reports import print_evaluation, save_evaluation
     from t2t.tokenizer import load_tokenizer
 
@@ -418,7 +418,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             registry.task(name).spec.template(args.template)  # each task must have it: refused before loading
     device, dtype = eval_device(args.device)
     model, tokenizer = load_model(args.model), load_tokenizer(args.model)
-    check_vocabulary(model, tokenizer, args.model, args.model)
+    check_pairing(model, tokenizer, args.model, args.model)
     load_adapters(model, args.model)  # a model trained with sharing.mode=adapters: each task's own
     # The limits a t2t-trained model was trained under; else the model's own (T5 from the hub: 512; BART: 1024)
     max_input, max_target = model_limits(args.model, model, tokenizer)

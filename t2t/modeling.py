@@ -142,14 +142,23 @@ def load_model(name_or_dir: str | Path):
     return model
 
 
-def check_vocabulary(model: Any, tokenizer: Any, model_name: str | Path, tokenizer_name: str | Path) -> None:
-    """A tokenizer with more tokens than the model has embedding rows (another model's tokenizer) fails at the
-    first text holding one of the extra ids, deep in the embedding lookup ("index out of range in self"): refused
-    before anything runs, naming both."""
+def check_pairing(model: Any, tokenizer: Any, model_name: str | Path, tokenizer_name: str | Path) -> None:
+    """Another model's tokenizer, refused before anything runs, naming both: one whose end-of-sequence id is not the
+    model's (answers would run to the length budget), or with more tokens than the model has embedding rows (the
+    first text holding an extra id fails deep in the embedding lookup, "index out of range in self")."""
     rows = model.get_input_embeddings().num_embeddings
+    whose = "its tokenizer" if str(tokenizer_name) == str(model_name) else f"the tokenizer {tokenizer_name}"
+    # generation stops at the model's end-of-sequence id, and t2t ends every sequence it trains on and scores with
+    # the tokenizer's: another id and answers never end
+    ends = getattr(model.generation_config, "eos_token_id", None)
+    ends = getattr(model.config, "eos_token_id", None) if ends is None else ends
+    ends = [ends] if isinstance(ends, int) else list(ends or [])
+    if ends and tokenizer.eos_token_id not in ends:
+        raise T2TError(f"{whose} ends sequences with {tokenizer.eos_token!r} (id {tokenizer.eos_token_id}) and the "
+                       f"model with id {', '.join(map(str, ends))} (eos_token_id in its config): answers would not end "
+                       "where training ends them; is the tokenizer another model's?", Where(file=str(model_name)))  # fmt: skip
     if len(tokenizer) <= rows:
         return
-    whose = "its tokenizer" if str(tokenizer_name) == str(model_name) else f"the tokenizer {tokenizer_name}"
     raise T2TError(f"{whose} has {len(tokenizer):,} tokens but the model embeds {rows:,}: a text holding any of the "
                    f"{len(tokenizer) - rows:,} ids from {rows:,} up would fail inside the model; is the tokenizer "
                    "another model's?", Where(file=str(model_name)))  # fmt: skip

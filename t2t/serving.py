@@ -88,13 +88,13 @@ class Predictor:
         from t2t.adapters import load_adapters
         from t2t.checkpoint import model_limits
         from t2t.evaluation import generation_settings_warning
-        from t2t.modeling import check_vocabulary, load_model
+        from t2t.modeling import check_pairing, load_model
         from t2t.tokenizer import load_tokenizer
 
         for name in task_names:
             registry.task(name)  # unknown names refused before the model loads
         model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
-        check_vocabulary(model, tokenizer, model_dir, model_dir)
+        check_pairing(model, tokenizer, model_dir, model_dir)
         load_adapters(model, model_dir)  # with adapters, each row of a batch goes through its task's
         max_input, max_target = model_limits(model_dir, model, tokenizer)  # trained under; else its own
         if dtype == "bf16":

@@ -40,7 +40,7 @@ from t2t.errors import T2TError, Where, load_pretrained
 from t2t.evaluation import EvalConfig
 from t2t.fileio import atomic_write_text, peft_base
 from t2t.mixtures import Mixture, load_mixture
-from t2t.modeling import build_tiny_t5, check_vocabulary, fuse_activations, load_model
+from t2t.modeling import build_tiny_t5, check_pairing, fuse_activations, load_model
 from t2t.registry import Registry
 from t2t.segment_attention import PACKABLE, unpackable_reason
 from t2t.tokenizer import load_tokenizer, mixture_texts, train_tokenizer
@@ -296,7 +296,7 @@ class Run:
         model = get_model(config, self.tokenizer)
         if config.model.pretrained:  # a tiny model is built to its tokenizer
             tokenizer_name = config.tokenizer.pretrained or config.run_dir / "tokenizer"
-            check_vocabulary(model, self.tokenizer, config.model.pretrained, tokenizer_name)
+            check_pairing(model, self.tokenizer, config.model.pretrained, tokenizer_name)
         self.identity = run_identity(config, self.mixture, registry, self.tokenizer, model)
         task_slots = self._attach_adapters(model)
         self.balancer = Balancer(config.balancing, len(self.tasks), config.seed)

@@ -900,3 +900,31 @@ def test_a_tokenizer_without_a_pad_token_is_refused_at_load(trained_yes_no, tmp_
     code, _, err = run_cli(*dirs, "train", one_step_config(tmp_path, run_dir / "model", model))
     assert code == 2 and err.strip().splitlines()[-1] == f"t2t: error: {model}: {what}", err
     assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_tokenizer_whose_end_is_not_the_models_is_refused_naming_both(trained_yes_no, tmp_path, run_cli):
+    # generation stops at the model's eos_token_id; t2t ends every training and scoring sequence with the
+    # tokenizer's. Until 2026-12-05 another id let answers run on to the budget ("green pig yellow yellow yellow"
+    # for "green pig yellow" on the demo's model) without a word
+    registry, run_dir = trained_yes_no
+    dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
+    model = tmp_path / "other_end"
+    shutil.copytree(run_dir / "model", model)
+    for name in ("config.json", "generation_config.json"):
+        settings = json.loads((model / name).read_text())
+        settings["eos_token_id"] = 5
+        (model / name).write_text(json.dumps(settings))
+    rows = tmp_path / "rows.jsonl"
+    write_jsonl(rows, [{"word": "yes"}])
+    what = ("ends sequences with '</s>' (id 1) and the model with id 5 (eos_token_id in its config): answers would "
+            "not end where training ends them; is the tokenizer another model's?")  # fmt: skip
+    for args in (["eval", "--model", model, "--tasks", "say_it", "--out", tmp_path / "out"],
+                 ["predict", "--model", model, "--task", "say_it", "--input", rows, "--out", tmp_path / "p.jsonl"]):  # fmt: skip
+        code, _, err = run_cli(*dirs, *args)
+        assert code == 2 and err.strip().splitlines() == [f"t2t: error: {model}: its tokenizer {what}"], err
+    code, _, err = run_cli(*dirs, "train", one_step_config(tmp_path, model, run_dir / "model"))
+    assert code == 2
+    assert err.strip().splitlines()[-1] == f"t2t: error: {model}: the tokenizer {run_dir / 'model'} {what}", (
+        err
+    )
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
