@@ -96,6 +96,33 @@ def one_step_config(folder, model, tokenizer):
     return config
 
 
+def edited_copy(model_dir, folder, files, **changes):
+    """A copy of `model_dir` in `folder` with `changes` set in each of its JSON `files` (None as null)."""
+    shutil.copytree(model_dir, folder)
+    for name in files:
+        settings = json.loads((folder / name).read_text())
+        settings.update(changes)
+        (folder / name).write_text(json.dumps(settings))
+    return folder
+
+
+def refused_lines(run_cli, dirs, tmp_path, model, train_model, train_tokenizer) -> list[list[str]]:
+    """stderr's lines of `t2t eval` and `t2t predict` on `model` and of a one-step `t2t train` from `train_model` and
+    `train_tokenizer`, each asserted to exit 2 and write nothing."""
+    rows = tmp_path / "rows.jsonl"
+    write_jsonl(rows, [{"word": "yes"}])
+    runs = (["eval", "--model", model, "--tasks", "say_it", "--out", tmp_path / "out"],
+            ["predict", "--model", model, "--task", "say_it", "--input", rows, "--out", tmp_path / "p.jsonl"],
+            ["train", one_step_config(tmp_path, train_model, train_tokenizer)])  # fmt: skip
+    lines = []
+    for args in runs:
+        code, _, err = run_cli(*dirs, *args)
+        assert code == 2, (args[0], err)
+        lines.append(err.strip().splitlines())
+    assert not any((tmp_path / name).exists() for name in ("out", "p.jsonl", "run"))
+    return lines
+
+
 def test_rank_classification_picks_the_gold_label_after_training(trained_yes_no, tmp_path, run_cli):
     registry, run_dir = trained_yes_no
     from t2t.modeling import load_model
@@ -860,20 +887,15 @@ def test_a_model_config_without_a_decoder_start_is_refused_at_load(trained_yes_n
     # argument must be ... not 'NoneType'" at the first decoder pass
     registry, run_dir = trained_yes_no
     dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
-    model = tmp_path / "no_start"
-    shutil.copytree(run_dir / "model", model)
-    for name in ("config.json", "generation_config.json"):
-        settings = json.loads((model / name).read_text())
-        settings.update(decoder_start_token_id=None, pad_token_id=None)
-        (model / name).write_text(json.dumps(settings))
+    model = edited_copy(run_dir / "model", tmp_path / "no_start", ("config.json", "generation_config.json"),
+                        decoder_start_token_id=None, pad_token_id=None)  # fmt: skip
     line = (f"t2t: error: {model}: cannot load model: config.json names no decoder_start_token_id and no "
             "pad_token_id, so the decoder has no first token: set decoder_start_token_id (T5's is its pad id, 0; "
             "BART's its end-of-sequence id, 2)")  # fmt: skip
-    code, _, err = run_cli(*dirs, "eval", "--model", model, "--tasks", "say_it", "--out", tmp_path / "out")
-    assert code == 2 and err.strip().splitlines() == [line], err
-    code, _, err = run_cli(*dirs, "train", one_step_config(tmp_path, model, run_dir / "model"))
-    assert code == 2 and err.strip().splitlines()[-1] == line, err
-    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
+    eval_lines, predict_lines, train_lines = refused_lines(
+        run_cli, dirs, tmp_path, model, model, run_dir / "model"
+    )
+    assert eval_lines == predict_lines == [line] and train_lines[-1] == line
 
 
 def test_a_tokenizer_without_a_pad_token_is_refused_at_load(trained_yes_no, tmp_path, run_cli):
@@ -882,24 +904,15 @@ def test_a_tokenizer_without_a_pad_token_is_refused_at_load(trained_yes_no, tmp_
     # "int() argument must be ... not 'NoneType'")
     registry, run_dir = trained_yes_no
     dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
-    model = tmp_path / "no_pad"
-    shutil.copytree(run_dir / "model", model)
-    settings = json.loads((model / "tokenizer_config.json").read_text())
-    settings["tokenizer_class"] = "PreTrainedTokenizerFast"
-    for key in ("pad_token", "extra_special_tokens"):
-        settings.pop(key, None)
-    (model / "tokenizer_config.json").write_text(json.dumps(settings))
-    rows = tmp_path / "rows.jsonl"
-    write_jsonl(rows, [{"word": "yes"}])
-    what = ("cannot load tokenizer: it names no pad_token (tokenizer_config.json): t2t ends every sequence with the "
-            "eos_token and pads batches with the pad_token; set it to the model's (T5's: eos '</s>', pad '<pad>')")  # fmt: skip
-    for args in (["eval", "--model", model, "--tasks", "say_it", "--out", tmp_path / "out"],
-                 ["predict", "--model", model, "--task", "say_it", "--input", rows, "--out", tmp_path / "p.jsonl"]):  # fmt: skip
-        code, _, err = run_cli(*dirs, *args)
-        assert code == 2 and err.strip().splitlines() == [f"t2t: error: {model}: {what}"], err
-    code, _, err = run_cli(*dirs, "train", one_step_config(tmp_path, run_dir / "model", model))
-    assert code == 2 and err.strip().splitlines()[-1] == f"t2t: error: {model}: {what}", err
-    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
+    model = edited_copy(run_dir / "model", tmp_path / "no_pad", ("tokenizer_config.json",),
+                        tokenizer_class="PreTrainedTokenizerFast", pad_token=None, extra_special_tokens=None)  # fmt: skip
+    line = (f"t2t: error: {model}: cannot load tokenizer: it names no pad_token (tokenizer_config.json): t2t ends "
+            "every sequence with the eos_token and pads batches with the pad_token; set it to the model's (T5's: eos "
+            "'</s>', pad '<pad>')")  # fmt: skip
+    eval_lines, predict_lines, train_lines = refused_lines(
+        run_cli, dirs, tmp_path, model, run_dir / "model", model
+    )
+    assert eval_lines == predict_lines == [line] and train_lines[-1] == line
 
 
 def test_a_tokenizer_whose_end_is_not_the_models_is_refused_naming_both(trained_yes_no, tmp_path, run_cli):
@@ -908,23 +921,12 @@ def test_a_tokenizer_whose_end_is_not_the_models_is_refused_naming_both(trained_
     # for "green pig yellow" on the demo's model) without a word
     registry, run_dir = trained_yes_no
     dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
-    model = tmp_path / "other_end"
-    shutil.copytree(run_dir / "model", model)
-    for name in ("config.json", "generation_config.json"):
-        settings = json.loads((model / name).read_text())
-        settings["eos_token_id"] = 5
-        (model / name).write_text(json.dumps(settings))
-    rows = tmp_path / "rows.jsonl"
-    write_jsonl(rows, [{"word": "yes"}])
+    model = edited_copy(run_dir / "model", tmp_path / "other_end", ("config.json", "generation_config.json"),
+                        eos_token_id=5)  # fmt: skip
     what = ("ends sequences with '</s>' (id 1) and the model with id 5 (eos_token_id in its config): answers would "
             "not end where training ends them; is the tokenizer another model's?")  # fmt: skip
-    for args in (["eval", "--model", model, "--tasks", "say_it", "--out", tmp_path / "out"],
-                 ["predict", "--model", model, "--task", "say_it", "--input", rows, "--out", tmp_path / "p.jsonl"]):  # fmt: skip
-        code, _, err = run_cli(*dirs, *args)
-        assert code == 2 and err.strip().splitlines() == [f"t2t: error: {model}: its tokenizer {what}"], err
-    code, _, err = run_cli(*dirs, "train", one_step_config(tmp_path, model, run_dir / "model"))
-    assert code == 2
-    assert err.strip().splitlines()[-1] == f"t2t: error: {model}: the tokenizer {run_dir / 'model'} {what}", (
-        err
+    eval_lines, predict_lines, train_lines = refused_lines(
+        run_cli, dirs, tmp_path, model, model, run_dir / "model"
     )
-    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
+    assert eval_lines == predict_lines == [f"t2t: error: {model}: its tokenizer {what}"]
+    assert train_lines[-1] == f"t2t: error: {model}: the tokenizer {run_dir / 'model'} {what}"
