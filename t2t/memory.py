@@ -18,34 +18,38 @@ from typing import Any
 from t2t.errors import T2TError, Where
 
 GB = 1e9
-_CGROUP_FILES = (  # (limit, usage): cgroup v2, then v1
-    (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")),
+# a cgroup's (limit, memory.stat, the key there of memory no reclaim frees): v2, then v1. Its usage counts the page
+# cache too (a dataset read once), which the kernel reclaims before it kills anything: what a process could still
+# take is the limit less the anonymous memory alone
+_CGROUPS = (
+    (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.stat"), "anon"),
     (
         Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
-        Path("/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+        Path("/sys/fs/cgroup/memory/memory.stat"),
+        "total_rss",
     ),
 )
 
 
-def host_available() -> int | None:
+def host_available(meminfo: Path = Path("/proc/meminfo"), cgroups: tuple = _CGROUPS) -> int | None:
     """Bytes this process could still take on the host: available memory plus free swap, at most what its cgroup
-    leaves; None where the system does not say (not Linux)."""
+    leaves (its limit less the anonymous memory in it); None where the system does not say (not Linux)."""
     try:
-        fields = dict(
-            line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line
-        )
+        fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
         available = (
             int(fields["MemAvailable"].split()[0]) + int(fields.get("SwapFree", "0 kB").split()[0])
         ) * 1024
     except (OSError, KeyError, ValueError):
         return None
-    for limit_file, usage_file in _CGROUP_FILES:
+    for limit_file, stat_file, key in cgroups:
         try:
-            limit, usage = limit_file.read_text().strip(), int(usage_file.read_text().strip())
-        except (OSError, ValueError):
+            limit = limit_file.read_text().strip()
+            stat = dict(line.split() for line in stat_file.read_text().splitlines() if len(line.split()) == 2)
+            used = int(stat[key])
+        except (OSError, ValueError, KeyError):
             continue
         if limit.isdigit() and int(limit) < 2**60:  # "max" (v2) or a near-2^63 number (v1): no limit
-            available = min(available, max(0, int(limit) - usage))
+            available = min(available, max(0, int(limit) - used))
         break
     return available
 

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 from transformers import T5Config
 
-from t2t.memory import count_parameters, on_gpu, safetensors_parameters, tiny_parameters, training_bytes
+from t2t.memory import (
+    count_parameters,
+    host_available,
+    on_gpu,
+    safetensors_parameters,
+    tiny_parameters,
+    training_bytes,
+)
 from t2t.modeling import build_tiny_t5
 from t2t.train_config import TinyModelSpec
 from tests.conftest import snapshot
@@ -68,6 +75,41 @@ def test_training_bytes_by_hand():
     assert on_gpu(parts, {"stage": 3, "offload_param": {"device": "nvme"}}) == {
         "gradients": 4000, "optimizer states": 8000}  # fmt: skip
     assert on_gpu(parts, {"stage": 2}) == parts
+
+
+def test_what_the_host_has_is_its_available_memory_and_swap_within_the_cgroups_limit_less_its_anonymous_memory(
+    tmp_path,
+):
+    # files written as the kernel writes them; a cgroup's usage counts the page cache, which reclaim frees before
+    # anything is killed: until it was subtracted (2026-12-05, the same session), a container that had read a
+    # dataset looked gigabytes fuller than it was
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(
+        "MemTotal:       32000000 kB\nMemAvailable:    8000000 kB\nSwapFree:        1000000 kB\n"
+    )
+    v2, v1 = tmp_path / "v2", tmp_path / "v1"
+    v2.mkdir(), v1.mkdir()
+    (v2 / "memory.stat").write_text(f"anon {10**9}\nfile {2 * 10**9}\ninactive_file {10**9}\n")
+    (v1 / "memory.stat").write_text(f"cache {2 * 10**9}\nrss 5\ntotal_cache {2 * 10**9}\ntotal_rss {10**9}\n")
+    cgroups = (
+        (v2 / "memory.max", v2 / "memory.stat", "anon"),
+        (v1 / "limit", v1 / "memory.stat", "total_rss"),
+    )
+    host = (8000000 + 1000000) * 1024
+    assert host_available(meminfo, ()) == host  # no cgroup: memory and swap
+    (v2 / "memory.max").write_text(f"{4 * 10**9}\n")
+    assert (
+        host_available(meminfo, cgroups) == 3 * 10**9
+    )  # the limit less the anonymous 1 GB, not less the cache
+    (v2 / "memory.max").write_text("max\n")
+    assert host_available(meminfo, cgroups) == host  # v2 without a limit
+    (v2 / "memory.max").unlink()
+    (v1 / "limit").write_text("9223372036854771712\n")  # v1's "no limit"
+    assert host_available(meminfo, cgroups) == host
+    (v1 / "limit").write_text(f"{3 * 10**9}\n")
+    assert host_available(meminfo, cgroups) == 2 * 10**9
+    meminfo.write_text("MemTotal: 1 kB\n")  # a kernel that does not say
+    assert host_available(meminfo, cgroups) is None
 
 
 def test_a_model_too_large_for_the_machine_is_refused_before_the_tokenizer_trains(
