@@ -385,8 +385,9 @@ def merged(model_dir: Path, name: str, out: Path) -> tuple[str, Path]:
 
     model_dir = Path(model_dir)
     routing = read_routing(model_dir)
-    if routing is None and peft_base(model_dir) is not None:
-        raise T2TError(f"a PEFT adapter dir (over {peft_base(model_dir)}), not a t2t model with adapters: merge it with "
+    base = peft_base(model_dir)
+    if routing is None and base is not None:
+        raise T2TError(f"a PEFT adapter dir (over {base}), not a t2t model with adapters: merge it with "
                        "peft (PeftModel.from_pretrained(BASE, DIR).merge_and_unload().save_pretrained(OUT)); t2t eval, "
                        "predict and serve take it as it is", Where(file=model_dir))  # fmt: skip
     if routing is None:

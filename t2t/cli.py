@@ -404,12 +404,9 @@ def eval_device(name: str) -> tuple[str, str]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from t2t.adapters import load_adapters
-    from t2t.checkpoint import model_limits
     from t2t.evaluation import EvalConfig, evaluate
-    from t2t.modeling import check_pairing, load_model
+    from t2t.modeling import load_for_inference
     from t2t.reports import print_evaluation, save_evaluation
-    from t2t.tokenizer import load_tokenizer
 
     registry = _registry(args)
     tasks, held_out, templates = selected_tasks(args, registry)
@@ -417,21 +414,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for name in tasks:
             registry.task(name).spec.template(args.template)  # each task must have it: refused before loading
     device, dtype = eval_device(args.device)
-    model, tokenizer = load_model(args.model), load_tokenizer(args.model)
-    check_pairing(model, tokenizer, args.model, args.model)
-    load_adapters(model, args.model)  # a model trained with sharing.mode=adapters: each task's own
-    # The limits a t2t-trained model was trained under; else the model's own (T5 from the hub: 512; BART: 1024)
-    max_input, max_target = model_limits(args.model, model, tokenizer)
+    # the limits a t2t-trained model was trained under; else the model's own (T5 from the hub: 512; BART: 1024)
+    model, tokenizer, max_input, max_target = load_for_inference(args.model, device, dtype)
     config = EvalConfig(split=args.split, max_examples=args.max_examples, batch_size=args.batch_size,
                         num_beams=args.num_beams, scoring=args.scoring, generate=not args.no_generate,
                         max_new_tokens=args.max_new_tokens,
                         max_input_tokens=args.max_input_tokens or max_input,
                         max_target_tokens=args.max_target_tokens or max_target, template=args.template)  # fmt: skip
-    if dtype == "bf16":
-        import torch
-
-        model = model.to(torch.bfloat16)
-    model = model.to(device)
     report, records = evaluate(model, tokenizer, registry, tasks, held_out, config, templates)
     report.update(model=str(args.model), device=device, dtype=dtype, max_input_tokens=config.max_input_tokens,
                   max_target_tokens=config.max_target_tokens)  # fmt: skip

@@ -173,14 +173,10 @@ QUIET_SETTINGS = frozenset({"transformers_version", "_from_model_config", "use_c
                             "max_length", "max_new_tokens", "cache_implementation"})  # fmt: skip
 
 
-def unapplied_generation_settings(model: Any) -> dict[str, Any]:
-    """The settings of the model's generation config that generate() leaves out (FORMAT_SETTINGS)."""
-    own = model.generation_config.to_diff_dict()
-    return {k: v for k, v in own.items() if k not in FORMAT_SETTINGS and k not in QUIET_SETTINGS}
-
-
 def generation_settings_warning(model: Any) -> str | None:
-    unapplied = unapplied_generation_settings(model)
+    """What generate() leaves out of the model's generation config (all but FORMAT_SETTINGS), or None."""
+    own = model.generation_config.to_diff_dict()
+    unapplied = {k: v for k, v in own.items() if k not in FORMAT_SETTINGS and k not in QUIET_SETTINGS}
     if not unapplied:
         return None
     listed = ", ".join(f"{k}={v!r}" for k, v in sorted(unapplied.items()))
@@ -219,15 +215,18 @@ def generate(model: Any, tokenizer: Any, inputs: list[str], max_new_tokens: int,
     order = sorted(range(len(inputs)), key=lambda i: len(input_ids[i]))
     if num_beams > 1:
         batch_size = max(1, min(batch_size, GENERATE_SEQUENCES // num_beams))
-    for batch in input_batches(order, [len(ids) for ids in input_ids], batch_size):
-        ids = _pad([input_ids[i] for i in batch], tokenizer.pad_token_id).to(device)
-        slots = router.rows([tasks[i] for i in batch], device) if router is not None else None
-        with routed(router, slots), plain_decoding(model):
-            generated = model.generate(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(),
-                                       max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                                       decoder_start_token_id=decoder_start_id(model.config))  # fmt: skip
-        for i, text in zip(batch, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
-            outputs[i] = text.strip()
+    with plain_decoding(model):
+        for batch in input_batches(order, [len(ids) for ids in input_ids], batch_size):
+            ids = _pad([input_ids[i] for i in batch], tokenizer.pad_token_id).to(device)
+            slots = router.rows([tasks[i] for i in batch], device) if router is not None else None
+            with routed(router, slots):
+                generated = model.generate(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(),
+                                           max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                           decoder_start_token_id=decoder_start_id(model.config))  # fmt: skip
+            for i, text in zip(
+                batch, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True
+            ):
+                outputs[i] = text.strip()
     return outputs
 
 

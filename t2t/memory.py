@@ -189,7 +189,11 @@ def check_model_loads(folder: Path) -> None:
     if weights:
         check_fits("cannot load model", weights, {"weights in fp32": 4 * weights}, 1, host_available(),
                    where=Where(file=str(folder)), advice="use a machine with more memory")  # fmt: skip
-    if not (folder / "config.json").is_file():
+    try:  # the file as written first: a config of ordinary depth needs nothing more
+        written = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none, or not JSON: the loader names the problem
+        return
+    if not isinstance(written, dict) or _layers(written.get) <= MAX_LAYERS:
         return
     from transformers import AutoConfig
 
@@ -197,13 +201,14 @@ def check_model_loads(folder: Path) -> None:
         config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
     except Exception:  # a config transformers cannot read: the loader names the problem
         return
-    layers = sum(
-        n for pair in LAYER_COUNTS for n in (getattr(config, a, None) for a in pair) if isinstance(n, int)
-    )
-    if layers <= MAX_LAYERS:
-        return
+    layers = _layers(lambda attr: getattr(config, attr, None))
     described = count_parameters(config)
     if described is not None and described > (weights or 0):
         raise T2TError(f"cannot load model: config.json describes a model of {layers:,} layers ({described / 1e9:,.2f}B "
                        f"parameters) and the weights hold {(weights or 0) / 1e6:,.2f}M: a config.json that is not "
                        "these weights'?", Where(file=str(folder)))  # fmt: skip
+
+
+def _layers(get: Any) -> int:
+    """The layers of every stack LAYER_COUNTS names, read with `get(attribute)`."""
+    return sum(n for pair in LAYER_COUNTS for n in map(get, pair) if isinstance(n, int))

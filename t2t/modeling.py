@@ -142,6 +142,25 @@ def load_model(name_or_dir: str | Path):
     return model
 
 
+def load_for_inference(
+    model_dir: str | Path, device: str = "cpu", dtype: str = "fp32"
+) -> tuple[Any, Any, int, int | None]:
+    """A model dir as `t2t eval`, `predict` and `serve` take it: (model on `device` in `dtype`, its tokenizer, and the
+    limits to encode with: those a t2t model was trained under, else the model's own, `checkpoint.model_limits`).
+    The pair must match (`check_pairing`); a model trained with `sharing.mode=adapters` gets each task's adapter."""
+    from t2t.adapters import load_adapters
+    from t2t.checkpoint import model_limits
+    from t2t.tokenizer import load_tokenizer
+
+    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    check_pairing(model, tokenizer, model_dir, model_dir)
+    load_adapters(model, Path(model_dir))
+    max_input, max_target = model_limits(Path(model_dir), model, tokenizer)
+    if dtype == "bf16":
+        model = model.to(torch.bfloat16)
+    return model.to(device).eval(), tokenizer, max_input, max_target
+
+
 def check_pairing(model: Any, tokenizer: Any, model_name: str | Path, tokenizer_name: str | Path) -> None:
     """Another model's tokenizer, refused before anything runs, naming both: one whose end-of-sequence id is not the
     model's (answers would run to the length budget), or with more tokens than the model has embedding rows (the

@@ -85,23 +85,13 @@ class Predictor:
     @classmethod
     def load(cls, model_dir: Path, registry: Registry, task_names: Sequence[str], device: str = "cpu",
              dtype: str = "fp32", limits: ServeLimits | None = None) -> Predictor:  # fmt: skip
-        from t2t.adapters import load_adapters
-        from t2t.checkpoint import model_limits
         from t2t.evaluation import generation_settings_warning
-        from t2t.modeling import check_pairing, load_model
-        from t2t.tokenizer import load_tokenizer
+        from t2t.modeling import load_for_inference
 
         for name in task_names:
             registry.task(name)  # unknown names refused before the model loads
-        model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
-        check_pairing(model, tokenizer, model_dir, model_dir)
-        load_adapters(model, model_dir)  # with adapters, each row of a batch goes through its task's
-        max_input, max_target = model_limits(model_dir, model, tokenizer)  # trained under; else its own
-        if dtype == "bf16":
-            import torch
-
-            model = model.to(torch.bfloat16)
-        model = model.to(device).eval()
+        # with adapters, each row of a batch goes through its task's
+        model, tokenizer, max_input, max_target = load_for_inference(model_dir, device, dtype)
         if (warning := generation_settings_warning(model)) is not None:
             print(f"warning: {model_dir}: {warning}", file=sys.stderr)
         return cls(model, tokenizer, registry, list(task_names), max_input, max_target or 128,

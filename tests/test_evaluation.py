@@ -693,11 +693,8 @@ def test_a_models_own_generation_settings_do_not_change_t2ts_greedy_answers(
     # 2026-12-05 they changed t2t's documented greedy decoding without a word
     registry, run_dir = trained_yes_no
     dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
-    model = tmp_path / "settings"
-    shutil.copytree(run_dir / "model", model)
-    settings = json.loads((model / "generation_config.json").read_text())
-    settings.update(min_new_tokens=12, no_repeat_ngram_size=1, repetition_penalty=3.0)
-    (model / "generation_config.json").write_text(json.dumps(settings))
+    model = edited_copy(run_dir / "model", tmp_path / "settings", ("generation_config.json",),
+                        min_new_tokens=12, no_repeat_ngram_size=1, repetition_penalty=3.0)  # fmt: skip
     rows = tmp_path / "rows.jsonl"
     write_jsonl(rows, [{"words": "owl cat bird"}, {"words": "plum fig"}])
     line = ("the model's generation config sets min_new_tokens=12, no_repeat_ngram_size=1, repetition_penalty=3.0: "
@@ -856,12 +853,12 @@ def test_a_model_that_brings_its_own_code_is_refused_without_running_or_asking(t
 
     registry, run_dir = trained_yes_no
     dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
-    model = tmp_path / "custom"
-    shutil.copytree(run_dir / "model", model)
-    config = json.loads((model / "config.json").read_text())
-    config.update(model_type="custom_t5", auto_map={"AutoConfig": "configuration_custom.CustomConfig",
-                                                    "AutoModelForSeq2SeqLM": "modeling_custom.CustomModel"})  # fmt: skip
-    (model / "config.json").write_text(json.dumps(config))
+    auto_map = {
+        "AutoConfig": "configuration_custom.CustomConfig",
+        "AutoModelForSeq2SeqLM": "modeling_custom.CustomModel",
+    }
+    model = edited_copy(run_dir / "model", tmp_path / "custom", ("config.json",), model_type="custom_t5",
+                        auto_map=auto_map)  # fmt: skip
     ran = tmp_path / "ran"
     for name in ("configuration_custom.py", "modeling_custom.py"):
         (model / name).write_text(f"open({str(ran)!r}, 'w').write('ran')\n")
