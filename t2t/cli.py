@@ -11,6 +11,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from t2t.errors import T2TError, Where
 from t2t.registry import Registry
@@ -432,90 +433,76 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_rows(path: Path) -> list:
-    """Rows to predict: jsonl (a file, or stdin for `-`) read line by line as given, so that each row keeps
-    exactly its own fields; csv and parquet through datasets (a bad line is named either way)."""
-    if str(path) != "-" and path.suffix.lower() not in (".jsonl", ".json"):
-        from t2t.sources import load_data_file
-
-        return [dict(row) for row in load_data_file(path, "input")]
-    from t2t.sources import RepeatedKey, unique_keys
-
-    if str(path) == "-":
-        lines, where = sys.stdin, "stdin"
-    else:
-        if not path.is_file():
-            raise T2TError("input file not found", Where(file=path))
-        lines, where = path.open(encoding="utf-8", errors="strict"), str(path)
-    rows = []
-    try:
-        for number, line in enumerate(lines, start=1):
-            if number == 1:  # a byte order mark (Windows editors write one) starts no row
-                line = line.removeprefix("\ufeff")
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line, object_pairs_hook=unique_keys))
-            except RepeatedKey as exc:
-                raise T2TError(f"{where} line {number}: {exc}") from None
-            except json.JSONDecodeError as exc:
-                raise T2TError(f"{where} line {number}: not JSON: {exc.msg}") from None
-            except RecursionError:
-                raise T2TError(f"{where} line {number}: JSON nested too deeply to read") from None
-    except UnicodeDecodeError:
-        raise T2TError(f"{where}: not UTF-8 text") from None
-    if not rows:
-        raise T2TError(f"{where} holds no rows (one JSON object per line)")
-    return rows
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from t2t.fileio import atomic_write_text
-    from t2t.serving import (
-        BadRow,
-        Predictor,
-        Prepared,
-        ServeLimits,
-        choose_template,
-        render_rows,
-        result_record,
-    )
+    from t2t.serving import InputRows, choose_template
 
     registry = _registry(args)
     refuse_span_corruption(registry, args.task)
     task = registry.task(args.task)
     template = choose_template(task, args.template)
-    rows = _read_rows(args.input)
+    source = InputRows(args.input)
+    try:
+        return _predict(args, registry, task, template, source)
+    finally:
+        source.close()
+
+
+def _predict(args: argparse.Namespace, registry: Registry, task: Any, template: str, source: Any) -> int:
+    """Two passes over the input, a chunk of `--chunk-rows` rows at a time: every row checked and rendered before
+    the model loads (a bad row refuses the file, nothing written), then each chunk answered in length-sorted
+    batches and its lines written, in input order, to a file that appears at `--out` whole at the end."""
+    from tqdm.auto import tqdm
+
+    from t2t.fileio import atomic_writer
+    from t2t.serving import BadRow, Predictor, Prepared, ServeLimits, render_rows, result_record
+
     limits = ServeLimits(max_field_chars=args.max_field_chars)
-    rendered = render_rows(task, template, rows, limits)
-    bad = [(i, r) for i, r in enumerate(rendered) if isinstance(r, BadRow)]
+    total, bad, first_bad = 0, 0, None
+    for chunk in source.chunks(args.chunk_rows):
+        for result in render_rows(task, template, chunk, limits, start=total):
+            if isinstance(result, BadRow):
+                bad += 1
+                first_bad = first_bad or result
+        total += len(chunk)
+    if not total:
+        raise T2TError(f"{source.where} holds no rows (one JSON object per line)")
+
+    def refuse(problem: BadRow, more: int) -> T2TError:
+        extra = f" ({more} more bad rows; --skip-bad-rows answers the rest)" if more else ""
+        return T2TError(f"{problem.message}{extra}", Where(file=args.input, task=task.name, template=template,
+                                                            row=problem.where.row))  # fmt: skip
+
     if bad and not args.skip_bad_rows:  # refused before the model loads
-        index, problem = bad[0]
-        more = f" ({len(bad) - 1} more bad rows; --skip-bad-rows answers the rest)" if len(bad) > 1 else ""
-        raise T2TError(f"{problem.message}{more}", Where(file=args.input, task=task.name, template=template,
-                                                         row=index))  # fmt: skip
+        raise refuse(first_bad, bad - 1)
     device, dtype = eval_device(args.device)
     predictor = Predictor.load(args.model, registry, [task.name], device, dtype, limits)
-    prepared = predictor.prepare(task, template, rendered)
-    good = [i for i, p in enumerate(prepared) if isinstance(p, Prepared)]
-    # length-bucketed: the rows in order of input length, answered `--batch-size` at a time
-    order = sorted(good, key=lambda i: prepared[i].tokens)
-    results: list = list(prepared)
-    with tqdm(total=len(order), desc=f"predict {task.name}", unit="row", disable=args.quiet) as bar:
-        for start in range(0, len(order), args.batch_size):
-            chunk = order[start : start + args.batch_size]
-            for i, answer in zip(chunk, predictor.answer([prepared[i] for i in chunk]), strict=True):
-                results[i] = answer
-            bar.update(len(chunk))
-    lines = [
-        json.dumps({"row": i, **result_record(r, args.scores, args.with_input)})
-        for i, r in enumerate(results)
-    ]
-    atomic_write_text(args.out, "".join(line + "\n" for line in lines))
-    refused = f", {len(bad)} refused (their lines say why)" if bad else ""
-    print(f"wrote {args.out}: {len(good)} rows answered with template {template}{refused}")
+    answered = refused = 0
+    with (atomic_writer(args.out) as out,
+          tqdm(total=total - bad, desc=f"predict {task.name}", unit="row", disable=args.quiet) as bar):  # fmt: skip
+        start = 0
+        for chunk in source.chunks(args.chunk_rows):
+            prepared = predictor.prepare(
+                task, template, render_rows(task, template, chunk, limits, start=start)
+            )
+            failed = [p for p in prepared if isinstance(p, BadRow)]
+            if failed and not args.skip_bad_rows:  # a row that rendered in the first pass and not now
+                raise refuse(failed[0], 0)
+            results: list = list(prepared)
+            # length-bucketed: the chunk's rows in order of input length, answered `--batch-size` at a time
+            order = sorted((i for i, p in enumerate(prepared) if isinstance(p, Prepared)),
+                           key=lambda i: prepared[i].tokens)  # fmt: skip
+            for first in range(0, len(order), args.batch_size):
+                batch = order[first : first + args.batch_size]
+                for i, answer in zip(batch, predictor.answer([prepared[i] for i in batch]), strict=True):
+                    results[i] = answer
+                bar.update(len(batch))
+            out.write("".join(json.dumps({"row": start + i, **result_record(r, args.scores, args.with_input)}) + "\n"
+                              for i, r in enumerate(results)))  # fmt: skip
+            answered += len(order)
+            refused += len(failed)
+            start += len(chunk)
+    said = f", {refused} refused (their lines say why)" if refused else ""
+    print(f"wrote {args.out}: {answered} rows answered with template {template}{said}")
     return 0
 
 
@@ -843,6 +830,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="preds.jsonl: one line per input row, in order")
     p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--chunk-rows", type=positive_int, default=8192,
+                   help="rows read, answered and written at a time: memory holds one chunk, never the whole file "
+                        "(rows are length-sorted within it)")  # fmt: skip
     p.add_argument(
         "--device", default="auto", help="auto (the GPU when there is one, in bf16), cpu, cuda, cuda:N"
     )

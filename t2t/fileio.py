@@ -5,21 +5,32 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[TextIO]:
+    """A text file written piece by piece that appears at `path` whole when the block ends, and not at all when
+    it raises (the pieces go to a temporary file beside it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_writer(path) as handle:
+        handle.write(text)
 
 
 def check_out_path(path: Path, folder: bool) -> str | None:

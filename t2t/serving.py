@@ -11,10 +11,13 @@ refused on its own and the others are answered.
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,6 +202,82 @@ class Predictor:
                 "templates": templates, "metrics": list(task.spec.metrics), "adapter": adapter}  # fmt: skip
 
 
+class InputRows:
+    """`t2t predict`'s input, read a chunk of rows at a time, as often as asked (a pass that checks every row before
+    the model loads, then the pass that answers), so that memory holds a chunk, never the file: jsonl line by line
+    (each row keeps exactly its own fields; stdin is copied to a temporary file first, so that it can be read
+    twice), csv and parquet through datasets' memory-mapped Arrow table (a bad line is named either way)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = "stdin" if str(path) == "-" else str(path)
+        self._dataset: Any = None
+        self._spool: Any = None
+        if str(path) == "-":
+            self._spool = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+            source = getattr(sys.stdin, "buffer", None)
+            if source is not None:
+                shutil.copyfileobj(source, self._spool)
+            else:  # a text stream put in its place (tests, embedding programs)
+                for block in iter(lambda: sys.stdin.read(1 << 20), ""):
+                    self._spool.write(block.encode("utf-8", "surrogatepass"))
+        elif path.suffix.lower() not in (".jsonl", ".json"):
+            from t2t.sources import load_data_file
+
+            self._dataset = load_data_file(path, "input")
+        elif not path.is_file():
+            raise T2TError("input file not found", Where(file=path))
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+
+    def chunks(self, size: int) -> Iterator[list[Any]]:
+        """The rows, `size` at a time, in order."""
+        if self._dataset is not None:
+            for start in range(0, len(self._dataset), size):
+                columns = self._dataset[start : start + size]
+                yield [
+                    dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
+                ]
+            return
+        from t2t.sources import RepeatedKey, unique_keys
+
+        if self._spool is not None:
+            self._spool.seek(0)
+            binary = self._spool
+        else:
+            binary = open(self.path, "rb")  # noqa: SIM115 (closed below, or detached from the spool)
+        lines = io.TextIOWrapper(binary, encoding="utf-8", errors="strict")
+        rows: list[Any] = []
+        try:
+            for number, line in enumerate(lines, start=1):
+                if number == 1:  # a byte order mark (Windows editors write one) starts no row
+                    line = line.removeprefix("\ufeff")
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line, object_pairs_hook=unique_keys))
+                except RepeatedKey as exc:
+                    raise T2TError(f"{self.where} line {number}: {exc}") from None
+                except json.JSONDecodeError as exc:
+                    raise T2TError(f"{self.where} line {number}: not JSON: {exc.msg}") from None
+                except RecursionError:
+                    raise T2TError(f"{self.where} line {number}: JSON nested too deeply to read") from None
+                if len(rows) == size:
+                    yield rows
+                    rows = []
+        except UnicodeDecodeError:
+            raise T2TError(f"{self.where}: not UTF-8 text") from None
+        finally:
+            if self._spool is not None:
+                lines.detach()  # the spool stays open for the next pass
+            else:
+                lines.close()
+        if rows:
+            yield rows
+
+
 def choose_template(task: Task, name: str | None) -> str:
     """The template to answer with: `name`, else the task's `serve_template`, else its first."""
     chosen = name or task.spec.serve_template or task.template_names[0]
@@ -210,11 +289,12 @@ def choose_template(task: Task, name: str | None) -> str:
 
 
 def render_rows(
-    task: Task, template: str, rows: Sequence[Any], limits: ServeLimits
+    task: Task, template: str, rows: Sequence[Any], limits: ServeLimits, start: int = 0
 ) -> list[Rendered | BadRow]:
-    """Each row checked (declared fields, JSON values, the size bound) and its input rendered, or why not."""
+    """Each row checked (declared fields, JSON values, the size bound) and its input rendered, or why not; the
+    rows are numbered from `start` (a chunk of a file)."""
     out: list[Rendered | BadRow] = []
-    for index, row in enumerate(rows):
+    for index, row in enumerate(rows, start=start):
         try:
             _check_row(task, row, limits)
             out.append(task.render_input(row, template, index))

@@ -927,3 +927,87 @@ def test_a_tokenizer_whose_end_is_not_the_models_is_refused_naming_both(trained_
     )
     assert eval_lines == predict_lines == [f"t2t: error: {model}: its tokenizer {what}"]
     assert train_lines[-1] == f"t2t: error: {model}: the tokenizer {run_dir / 'model'} {what}"
+
+
+def test_predict_reads_answers_and_writes_a_file_a_chunk_at_a_time(trained_yes_no, tmp_path, run_cli, run_bounded,
+                                                                    monkeypatch):  # fmt: skip
+    # `t2t predict` read the whole input, rendered, answered and held every row before writing (100k short rows
+    # of the demo's sentiment task: 649 MB at peak; a file of tens of millions, the machine's memory); it now reads
+    # `--chunk-rows` rows at a time, twice (the check before the model loads, then the answers)
+    import io
+
+    import t2t.serving
+
+    registry, run_dir = trained_yes_no
+    dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
+    words = ["yes", "no", "no", "yes", "yes", "no", "yes", "no", "no", "no", "yes", "no"] * 2
+    rows = [{"word": w} for w in words]
+    for bad in (4, 12, 21):
+        rows[bad] = {"wrd": "yes"}
+    text = "".join(json.dumps(row) + "\n" + ("\n" if i == 7 else "") for i, row in enumerate(rows))
+    (tmp_path / "rows.jsonl").write_text(text)
+    sizes: list[int] = []
+    render_rows = t2t.serving.render_rows
+
+    def counted(task, template, chunk, limits, start=0):
+        sizes.append(len(chunk))
+        return render_rows(task, template, chunk, limits, start)
+
+    monkeypatch.setattr(t2t.serving, "render_rows", counted)
+
+    def predict(*extra) -> list[dict]:
+        out = tmp_path / "p.jsonl"
+        out.unlink(missing_ok=True)
+        code, stdout, err = run_cli(*dirs, "predict", "--model", run_dir / "model", "--task", "say_it", "--out", out,
+                                    "--skip-bad-rows", "--scores", "--quiet", *extra)  # fmt: skip
+        assert code == 0, err
+        assert "21 rows answered with template say, 3 refused" in stdout
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    def assert_same(lines: list[dict], expected: list[dict]) -> None:
+        """The same lines, the scores within float rounding (other batches pad and sum in another order)."""
+        assert [{k: v for k, v in line.items() if k != "scores"} for line in lines] == [
+            {k: v for k, v in line.items() if k != "scores"} for line in expected
+        ]
+        for a, b in zip(lines, expected, strict=True):
+            assert a.keys() == b.keys()
+            assert all(abs(a["scores"][c] - b["scores"][c]) < 1e-4 for c in a.get("scores", {}))
+
+    whole = predict("--input", tmp_path / "rows.jsonl")
+    assert sizes == [24, 24]
+    assert [line["row"] for line in whole] == list(range(24))
+    assert [line.get("answer") for line in whole] == [
+        None if i in (4, 12, 21) else w for i, w in enumerate(words)
+    ]
+    assert "row 12" in whole[12]["error"] and "unknown field 'wrd'" in whole[12]["error"]
+    sizes.clear()
+    chunked = predict("--input", tmp_path / "rows.jsonl", "--chunk-rows", "5", "--batch-size", "2")
+    assert sizes == [5, 5, 5, 5, 4] * 2
+    assert_same(chunked, whole)
+    # jsonl on a text stream put in stdin's place is copied aside, so that it can be read twice (a process's
+    # stdin, through its binary buffer: tests/test_serve.py)
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    sizes.clear()
+    assert_same(predict("--input", "-", "--chunk-rows", "7"), whole)
+    assert sizes == [7, 7, 7, 3] * 2
+    # without --skip-bad-rows, the first bad row of any chunk refuses the file, with the count of the others
+    code, _, err = run_cli(*dirs, "predict", "--model", run_dir / "model", "--task", "say_it", "--input",
+                           tmp_path / "rows.jsonl", "--out", tmp_path / "none.jsonl", "--chunk-rows", "5")  # fmt: skip
+    assert code == 2 and not (tmp_path / "none.jsonl").exists()
+    assert (
+        "row 4" in err
+        and "unknown field 'wrd'" in err
+        and "(2 more bad rows;" in err
+        and err.count("\n") == 1
+    )
+    # a file of 50,000 rows whose last row is bad is refused within a bounded memory: a chunk's rows (the file was
+    # held whole, 22 MB of Python objects for these rows; 5 MB now, over the imports of the runs above)
+    monkeypatch.setattr(t2t.serving, "render_rows", render_rows)
+    big = tmp_path / "big" / "rows.jsonl"
+    big.parent.mkdir()
+    with big.open("w") as f:
+        f.writelines(f'{{"word": "yes {i}"}}\n' for i in range(49_999))
+        f.write('{"wrd": "no"}\n')
+    code, _, err = run_bounded(big.parent, *dirs, "predict", "--model", run_dir / "model", "--task", "say_it",
+                               "--input", big, "--out", big.parent / "p.jsonl", seconds=60, megabytes=15)  # fmt: skip
+    assert code == 2 and "row 49999" in err and "unknown field 'wrd'" in err
