@@ -513,7 +513,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     registry = _registry(args)
     tasks, _, _ = selected_tasks(args, registry)
     device, dtype = eval_device(args.device)
-    limits = ServeLimits(max_rows=args.max_rows, max_choices=args.max_choices, max_field_chars=args.max_field_chars,
+    limits = ServeLimits(max_rows=args.max_rows, max_concurrent=args.max_concurrent, max_choices=args.max_choices,
+                         max_field_chars=args.max_field_chars,
                          max_body_bytes=args.max_body_bytes, max_body_seconds=args.max_body_seconds,
                          batch_rows=args.batch_rows,
                          batch_tokens=args.batch_tokens, wait_ms=args.wait_ms)  # fmt: skip
@@ -866,6 +867,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a batch waits for more requests (ms)",
     )
     p.add_argument("--max-rows", type=positive_int, default=256, help="rows per request (over: 413)")
+    p.add_argument("--max-concurrent", type=positive_int, default=64,
+                   help="predict requests in progress at once (read, queued or answered); one more gets 503 with "
+                        "Retry-After, so a flood holds at most this many bodies in memory")  # fmt: skip
     p.add_argument(
         "--max-choices", type=positive_int, default=4096,
         help="answer choices of a request's rows together (over: 413)",

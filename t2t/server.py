@@ -39,6 +39,7 @@ from t2t.serving import (
     NotFound,
     Predictor,
     Prepared,
+    ServeLimits,
     choose_template,
     render_rows,
     result_record,
@@ -71,6 +72,12 @@ class Metrics:
         self.batch_rows = Histogram("t2t_batch_rows", "rows per model call", registry=self.registry,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))  # fmt: skip
         self.queue = Gauge("t2t_queue_depth", "requests waiting for the model", registry=self.registry)
+        self.in_progress = Gauge("t2t_requests_in_progress", "predict requests being read, rendered, queued or "
+                                 "answered", registry=self.registry)  # fmt: skip
+        self.turned_away = Counter("t2t_requests_turned_away", "predict requests answered 503 at capacity "
+                                   "(max_concurrent)", registry=self.registry)  # fmt: skip
+        self.abandoned = Counter("t2t_requests_abandoned", "queued requests whose client went away before the model "
+                                 "reached them (not computed)", registry=self.registry)  # fmt: skip
 
 
 @dataclass
@@ -134,6 +141,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             jobs = await self._gather()
+            # a job whose client went away (its handler cancelled, and with it the future) costs no model time
+            gone = [job for job in jobs if job.future.done()]
+            if gone:
+                self.metrics.abandoned.inc(len(gone))
+                jobs = [job for job in jobs if not job.future.done()]
+                if not jobs:
+                    continue
             self.last_jobs = len(jobs)
             self.metrics.queue.set(self.queue.qsize())
             prepared = [p for job in jobs for p in job.prepared]
@@ -179,13 +193,18 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 class Gate:
-    """Pure ASGI middleware in front of the app: 503 while draining; a body over `max_bytes` gets 413, by its
+    """Pure ASGI middleware in front of the app: 503 while draining, and for a predict request beyond
+    `max_concurrent` in progress (with Retry-After, its body not read); a body over `max_bytes` gets 413, by its
     Content-Length or while it streams (the body is read here, at most `max_bytes` of it, and handed on whole);
-    predict requests counted as arriving until their handler queues them; an error that escapes the app is
-    logged, and the client gets one JSON line if nothing was sent yet."""
+    predict requests counted as arriving until their handler queues them; a request whose client goes away before
+    its answer is cancelled (a queued one never reaches the model); an error that escapes the app is logged, and
+    the client gets one JSON line if nothing was sent yet."""
 
-    def __init__(self, app: Any, state: dict, max_bytes: int, max_seconds: float) -> None:
-        self.app, self.state, self.max_bytes, self.max_seconds = app, state, max_bytes, max_seconds
+    def __init__(self, app: Any, state: dict, limits: ServeLimits, metrics: Metrics) -> None:
+        self.app, self.state, self.metrics = app, state, metrics
+        self.max_bytes, self.max_seconds = limits.max_body_bytes, limits.max_body_seconds
+        self.max_concurrent = limits.max_concurrent
+        self.in_progress = 0  # predict requests past the capacity check, not yet answered
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -194,31 +213,66 @@ class Gate:
         if self.state["draining"]:
             await _error(503, "the server is shutting down")(scope, receive, send)
             return
+        if scope.get("path") != "/v1/predict":
+            await self._handle(scope, receive, send)
+            return
+        if self.in_progress >= self.max_concurrent:
+            self.metrics.turned_away.inc()
+            busy = _error(503, f"the server is at capacity: {self.in_progress} requests in progress "
+                               f"(max_concurrent {self.max_concurrent}); retry after a second")  # fmt: skip
+            busy.headers["retry-after"] = "1"
+            await busy(scope, receive, send)
+            return
+        self.in_progress += 1
+        self.metrics.in_progress.set(self.in_progress)
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.in_progress -= 1
+                self.metrics.in_progress.set(self.in_progress)
+
+        try:
+            await self._handle(scope, receive, send, release)
+        finally:
+            release()
+
+    async def _handle(self, scope: dict, receive: Any, send: Any, release: Any = lambda: None) -> None:
+        """`release`: called as the answer's last part is sent, before the client can send its next request on
+        the connection (this task still has its cleanup to run then)."""
         too_large = _error(
             413, f"the request body is over the limit of {self.max_bytes:,} bytes (max_body_bytes)"
         )
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            release()
             await too_large(scope, receive, send)
             return
-        body, more = b"", True
+        pieces, size, more = [], 0, True
         deadline = asyncio.get_running_loop().time() + self.max_seconds
         while more:
             try:
                 # a client that sends its headers and stalls would hold the connection for good
                 event = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
             except TimeoutError:
+                release()
                 await _error(408, f"the request body did not arrive whole within {self.max_seconds:g} s "
                                   "(max_body_seconds)")(scope, receive, send)  # fmt: skip
                 return
             if event["type"] != "http.request":  # the client went away
                 return
-            body += event.get("body", b"")
-            if len(body) > self.max_bytes:
+            pieces.append(event.get("body", b""))
+            size += len(pieces[-1])
+            if size > self.max_bytes:
+                release()
                 await too_large(scope, receive, send)
                 return
             more = event.get("more_body", False)
-        handed, started = False, False
+        # joined once (adding each piece to a growing bytes copied the body over and over)
+        body = b"".join(pieces)
+        handed, started, finished = False, False, False
 
         async def replay() -> dict:
             nonlocal handed
@@ -228,21 +282,43 @@ class Gate:
             return await receive()
 
         async def watch(message: dict) -> None:
-            nonlocal started
+            nonlocal started, finished
             started = started or message["type"] == "http.response.start"
+            finished = message["type"] == "http.response.body" and not message.get("more_body", False)
+            if finished:
+                release()
             await send(message)
+
+        async def gone() -> None:
+            """Returns when the client goes away before its answer is sent (the body has been read, so the server's
+            next message is the disconnect)."""
+            while (await receive())["type"] != "http.disconnect" or finished:
+                if finished:
+                    await asyncio.Event().wait()  # answered: nothing to watch
 
         batcher = self.state["batcher"]
         state = scope.setdefault("state", {})
         state["arriving"] = scope.get("path") == "/v1/predict"
         batcher.arriving += state["arriving"]
+        handler = asyncio.ensure_future(self.app(scope, replay, watch))
+        watcher = asyncio.ensure_future(gone())
         try:
-            await self.app(scope, replay, watch)
+            await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not handler.done():  # the client went away: its work is cancelled, its queued job dropped
+                handler.cancel()
+            try:
+                await handler
+            except asyncio.CancelledError:
+                if not watcher.done():
+                    raise  # this request itself was cancelled (the server stopping)
         except Exception:
             log.exception("unexpected error on %s", scope.get("path"))
             if not started:
                 await _error(500, INTERNAL)(scope, receive, send)
         finally:
+            watcher.cancel()
+            if not handler.done():
+                handler.cancel()
             batcher.arriving -= state["arriving"]
 
 
@@ -378,7 +454,7 @@ def create_app(predictor: Predictor, batching: bool = True) -> FastAPI:
             return _error(422, f"no row can be answered; {prepared[0]}")
         return task, template, prepared
 
-    return Gate(app, state, predictor.limits.max_body_bytes, predictor.limits.max_body_seconds)
+    return Gate(app, state, predictor.limits, metrics)
 
 
 def bind(host: str, port: int) -> socket.socket:

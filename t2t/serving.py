@@ -42,6 +42,9 @@ class ServeLimits:
     max_body_bytes: int = 4_000_000  # an HTTP request body
     # seconds for a request's body to arrive whole, from its headers (a client that stalls gets 408)
     max_body_seconds: float = 30.0
+    # predict requests in progress at once (their bodies being read, rendered, queued or answered): one more gets
+    # 503 with Retry-After at once, so a flood holds at most this many bodies in memory and waits in no queue
+    max_concurrent: int = 64
     batch_rows: int = 64  # rows per model call when requests are coalesced
     batch_tokens: int = 16_384  # input tokens per model call
     wait_ms: float = 5.0  # how long the first request of a batch waits for others

@@ -412,3 +412,82 @@ def test_predict_refuses_a_bad_file_whole_or_answers_the_rest(checkpoint, tmp_pa
                             input='{"text": "ok"}\nnot json\n', capture_output=True, text=True, cwd=REPO)  # fmt: skip
     assert result.returncode == 2 and "stdin line 2: not JSON" in result.stderr
     assert not (tmp_path / "bad.jsonl").exists()
+
+
+def _metric(url: str, name: str) -> float:
+    return _sample(httpx.get(f"{url}/metrics", timeout=30).text, name)
+
+
+def _wait_for(condition, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the server did not get there in time"
+        time.sleep(0.05)
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict]:
+    """The status and JSON body of the response on a `Connection: close` request."""
+    sock.settimeout(60)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_a_request_past_capacity_gets_503_at_once_and_one_left_in_the_queue_is_never_computed(checkpoint):
+    # with no bound, every request of a flood was read, held and queued (each body up to --max-body-bytes), and a
+    # queued request whose client had given up was still computed when its turn came
+    model, mixtures = checkpoint
+    process, url = start_server(model, "--mixture", "three", "--max-concurrent", "2",
+                                before=("--mixtures-dir", str(mixtures)))  # fmt: skip
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"task": "sentiment", "rows": [{"text": "so good"}]}).encode()
+    head = (b"POST /v1/predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))  # fmt: skip
+    try:
+        # two clients send their headers and part of a body: two requests in progress
+        first, second = (socket.create_connection((host, int(port))) for _ in range(2))
+        for sock in (first, second):
+            sock.sendall(head + body[:10])
+        _wait_for(lambda: _metric(url, "t2t_requests_in_progress") == 2)
+        busy = post(url, {"task": "sentiment", "rows": [{"text": "fine"}]})
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert busy.json() == {"error": "the server is at capacity: 2 requests in progress (max_concurrent 2); "
+                                        "retry after a second"}  # fmt: skip
+        assert httpx.get(f"{url}/healthz").status_code == 200  # liveness is not a predict request
+        assert _metric(url, "t2t_requests_turned_away_total") == 1
+        first.sendall(body[10:])
+        assert _answer(first)[0] == 200
+        second.close()  # gone before its body was whole: its place is free
+        _wait_for(lambda: _metric(url, "t2t_requests_in_progress") == 0)
+        assert post(url, {"task": "sentiment", "rows": [{"text": "fine"}]}).json()["answered"] == 1
+        first.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+    process, url = start_server(model, "--mixture", "three", "--max-rows", "4096",
+                                before=("--mixtures-dir", str(mixtures)))  # fmt: skip
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            # one model call of 4,096 generated rows (seconds of model time), then a request queued behind it whose
+            # client goes away
+            call = pool.submit(
+                post, url, {"task": "add_numbers", "rows": [{"a": i % 50, "b": 3} for i in range(4096)]}
+            )
+            _wait_for(lambda: _metric(url, "t2t_batch_rows_count") == 1)  # in the model
+            left = socket.create_connection((host, int(port)))
+            left.sendall(head + body)
+            _wait_for(lambda: _metric(url, "t2t_queue_depth") == 1)
+            left.close()
+            assert call.result().json()["answered"] == 4096
+        _wait_for(lambda: _metric(url, "t2t_requests_abandoned_total") == 1)
+        assert _metric(url, "t2t_batch_rows_count") == 1  # the model ran the first call, not the second
+        assert _metric(url, "t2t_requests_in_progress") == 0
+        assert post(url, {"task": "sentiment", "rows": [{"text": "fine"}]}).json()["answered"] == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert "Traceback" not in process.stdout.read()
