@@ -476,7 +476,8 @@ def _predict(args: argparse.Namespace, registry: Registry, task: Any, template: 
         raise refuse(first_bad, bad - 1)
     device, dtype = eval_device(args.device)
     predictor = Predictor.load(args.model, registry, [task.name], device, dtype, limits)
-    answered = refused = 0
+    answered = refused = cut = 0
+    first_cut = None
     with (atomic_writer(args.out) as out,
           tqdm(total=total - bad, desc=f"predict {task.name}", unit="row", disable=args.quiet) as bar):  # fmt: skip
         start = 0
@@ -500,7 +501,17 @@ def _predict(args: argparse.Namespace, registry: Registry, task: Any, template: 
                               for i, r in enumerate(results)))  # fmt: skip
             answered += len(order)
             refused += len(failed)
+            long_rows = [i for i in order if prepared[i].cut]
+            cut += len(long_rows)
+            if long_rows and first_cut is None:
+                first = min(long_rows)
+                first_cut = (start + first, prepared[first].full_tokens)
             start += len(chunk)
+    if first_cut is not None:
+        print(f"warning: {source.where}: {cut} of the {answered} rows answered have inputs longer than "
+              f"{predictor.max_input_tokens} tokens (the model's max_input_tokens), cut there as in training: the "
+              f"model read their first {predictor.max_input_tokens} tokens only; the first, row {first_cut[0]} "
+              f"({first_cut[1]} tokens); their lines say \"input_cut\": true", file=sys.stderr)  # fmt: skip
     said = f", {refused} refused (their lines say why)" if refused else ""
     print(f"wrote {args.out}: {answered} rows answered with template {template}{said}")
     return 0

@@ -250,6 +250,11 @@ class TaskResult:
     first_unknown: tuple[str, int] | None = None
     # (template, its longest reference in tokens, the generation budget) where answers that long were cut
     cut_references: tuple[str, int, int] | None = None
+    # inputs (over templates) longer than max_input_tokens, so cut before the model reads them, the inputs in all,
+    # and the first cut (template, source row, its tokens with the end-of-sequence token)
+    cut_inputs: int = 0
+    all_inputs: int = 0
+    first_cut_input: tuple[str, int, int] | None = None
 
 
 def eval_rows(task: Task, split: str, max_examples: int | None) -> tuple[list[dict], list[int]]:
@@ -275,6 +280,7 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
     per_template, records, samplers, chance = {}, [], {}, {}
     unknown, first_unknown = 0, None
     longest_cut = None
+    cut_inputs, all_inputs, first_cut_input = 0, 0, None
     if config.template:
         templates = [task.spec.template(config.template).name]
     elif templates is None:
@@ -287,10 +293,17 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
         if not kept.any():
             continue
         rendered = [a for a in attempts if a is not None]
+        input_ids = text_ids(tokenizer, [r.inputs for r in rendered])
+        all_inputs += len(input_ids)
+        if config.max_input_tokens is not None:
+            # cut as in training (with_eos): what lies past the limit never reaches the model
+            cut = [i for i, ids in enumerate(input_ids) if len(ids) + 1 > config.max_input_tokens]
+            cut_inputs += len(cut)
+            if cut and first_cut_input is None:
+                first_cut_input = (template, rendered[cut[0]].provenance.row, len(input_ids[cut[0]]) + 1)
         if tokenizer.unk_token_id is not None:
             # characters the tokenizer has no piece for (T5's vocabulary: `{`, `}`, `<`) all read the same
-            with_unknown = [i for i, ids in enumerate(text_ids(tokenizer, [r.inputs for r in rendered]))
-                            if tokenizer.unk_token_id in ids]  # fmt: skip
+            with_unknown = [i for i, ids in enumerate(input_ids) if tokenizer.unk_token_id in ids]
             unknown += len(with_unknown)
             if with_unknown and first_unknown is None:
                 first_unknown = (template, rendered[with_unknown[0]].provenance.row)
@@ -311,7 +324,8 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
                        Where(file=task.spec.path, task=task.name, split=config.split))  # fmt: skip
     if not any(per_template.values()):  # rank classification only, and the task has no answer choices
         return TaskResult(per_template, None, {}, records, unknown_inputs=unknown, first_unknown=first_unknown,
-                          cut_references=longest_cut)  # fmt: skip
+                          cut_references=longest_cut, cut_inputs=cut_inputs, all_inputs=all_inputs,
+                          first_cut_input=first_cut_input)  # fmt: skip
     metric = primary_metric(task, per_template)
     rows_of = {t: f[metric] for t, f in samplers.items()}
     summary = summarise([s[metric] for s in per_template.values()])
@@ -320,7 +334,7 @@ def _evaluate_task(model: Any, tokenizer: Any, task: Task, config: EvalConfig,
     if metric.startswith("rank") and set(chance) == set(per_template):
         summary.update(versus_chance(summary, float(np.median(list(chance.values())))))
     return TaskResult(per_template, metric, summary, records, samplers_of(rows_of), rows_of, len(rows),
-                      unknown, first_unknown, longest_cut)  # fmt: skip
+                      unknown, first_unknown, longest_cut, cut_inputs, all_inputs, first_cut_input)  # fmt: skip
 
 
 def chance_level(rendered: Sequence[Rendered]) -> float:
@@ -532,6 +546,14 @@ def evaluate(model: Any, tokenizer: Any, registry: Registry, tasks: list[str], h
                 f"task {name}: {result.unknown_inputs} inputs (over its templates) hold the tokenizer's unknown "
                 f"token {tokenizer.unk_token!r}: characters it has no piece for, which all read the same to the "
                 f"model; the first: template {template!r}, {config.split} row {row}"
+            )
+        if result.first_cut_input is not None:
+            template, row, tokens = result.first_cut_input
+            report["warnings"].append(
+                f"task {name}: {result.cut_inputs} of its {result.all_inputs} inputs (over its templates) are longer "
+                f"than {config.max_input_tokens} tokens (max_input_tokens) and are cut there, as in training: the "
+                f"model does not read the rest; the first: template {template!r}, {config.split} row {row} "
+                f"({tokens} tokens)"
             )
         if result.cut_references is not None:
             template, longest, budget = result.cut_references

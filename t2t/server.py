@@ -66,6 +66,8 @@ class Metrics:
         )
         self.rows = Counter("t2t_rows", "rows answered", ["task"], registry=self.registry)
         self.errors = Counter("t2t_row_errors", "rows refused", ["task"], registry=self.registry)
+        self.inputs_cut = Counter("t2t_inputs_cut", "rows answered whose input was longer than max_input_tokens "
+                                  "(the model read its first part)", ["task"], registry=self.registry)  # fmt: skip
         self.latency = Histogram("t2t_request_latency_seconds", "predict request latency", ["task"],
                                  registry=self.registry,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))  # fmt: skip
@@ -415,6 +417,7 @@ def create_app(predictor: Predictor, batching: bool = True) -> FastAPI:
         answers = iter(await batcher.submit(good))
         results = [next(answers) if isinstance(p, Prepared) else p for p in prepared]
         metrics.rows.labels(task.name).inc(len(good))
+        metrics.inputs_cut.labels(task.name).inc(sum(p.cut for p in good))
         metrics.requests.labels(task.name, "200").inc()
         metrics.latency.labels(task.name).observe(time.perf_counter() - started)
         return JSONResponse({

@@ -66,7 +66,13 @@ class Prepared:
     template: str
     input: str
     choices: tuple[str, ...] | None
-    tokens: int  # input tokens (for batch bounds)
+    tokens: int  # input tokens (for batch bounds), at most max_input_tokens
+    full_tokens: int = 0  # the input's tokens before the cut (with the end-of-sequence token)
+
+    @property
+    def cut(self) -> bool:
+        """Whether the input is longer than the model's max_input_tokens, so the model reads its first part only."""
+        return self.full_tokens > self.tokens
 
 
 @dataclass
@@ -74,6 +80,7 @@ class Answer:
     answer: str
     scores: dict[str, float] | None = None  # choice -> summed log-likelihood, for tasks with answer choices
     input: str = ""
+    input_cut: bool = False  # the input was longer than max_input_tokens: the answer is to its first part
 
 
 @dataclass
@@ -113,10 +120,9 @@ class Predictor:
 
     def prepared(self, task: str, template: str, text: str, choices: tuple[str, ...] | None) -> Prepared:
         """A rendered input ready for the model, with its token count (for the batch bounds)."""
-        tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
-        if self.max_input_tokens is not None:
-            tokens = min(tokens, self.max_input_tokens)
-        return Prepared(task, template, text, choices, tokens)
+        full = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
+        tokens = min(full, self.max_input_tokens) if self.max_input_tokens is not None else full
+        return Prepared(task, template, text, choices, tokens, full)
 
     def prepare(
         self, task: Task, template: str, rendered: Sequence[Rendered | BadRow]
@@ -141,13 +147,14 @@ class Predictor:
             for i, score in zip(ranked, scores, strict=True):
                 choices, sums = prepared[i].choices, score["sum"]
                 best = max(range(len(sums)), key=lambda k: (sums[k], -k))
-                answers[i] = Answer(choices[best], dict(zip(choices, sums, strict=True)), prepared[i].input)
+                answers[i] = Answer(choices[best], dict(zip(choices, sums, strict=True)), prepared[i].input,
+                                    prepared[i].cut)  # fmt: skip
         if generated:
             texts = generate(self.model, self.tokenizer, [prepared[i].input for i in generated],
                              self.max_target_tokens, batch, 1, self.max_input_tokens,
                              [prepared[i].task for i in generated])  # fmt: skip
             for i, text in zip(generated, texts, strict=True):
-                answers[i] = Answer(text, None, prepared[i].input)
+                answers[i] = Answer(text, None, prepared[i].input, prepared[i].cut)
         return [a for a in answers if a is not None]
 
     # ------------------------------------------------------------------------------------ health
@@ -346,6 +353,8 @@ def result_record(result: Answer | BadRow, return_scores: bool, return_input: bo
     if isinstance(result, BadRow):
         return {"error": str(result)}
     record: dict[str, Any] = {"answer": result.answer}
+    if result.input_cut:
+        record["input_cut"] = True
     if return_scores and result.scores is not None:
         record["scores"] = result.scores
     if return_input:

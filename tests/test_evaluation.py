@@ -1011,3 +1011,36 @@ def test_predict_reads_answers_and_writes_a_file_a_chunk_at_a_time(trained_yes_n
     code, _, err = run_bounded(big.parent, *dirs, "predict", "--model", run_dir / "model", "--task", "say_it",
                                "--input", big, "--out", big.parent / "p.jsonl", seconds=60, megabytes=15)  # fmt: skip
     assert code == 2 and "row 49999" in err and "unknown field 'wrd'" in err
+
+
+def test_inputs_longer_than_the_model_reads_are_said_by_eval_and_predict(trained_yes_no, tmp_path, run_cli):
+    # inputs past max_input_tokens are cut before the model reads them, as in training; `t2t train` says so at its
+    # start, while `t2t eval` and `t2t predict` scored and answered the cut inputs without a word
+    registry, run_dir = trained_yes_no
+    dirs = ["--templates-dir", registry.template_dirs[-1], "--mixtures-dir", registry.mixture_dirs[-1]]
+    # with the end-of-sequence token, "say yes" is 5 tokens of this tokenizer and "repeat the word yes" 9
+    code, _, err = run_cli(*dirs, "eval", "--model", run_dir / "model", "--tasks", "say_it", "--max-input-tokens",
+                           "6", "--out", tmp_path / "eval")  # fmt: skip
+    assert code == 0, err
+    warning = ("task say_it: 20 of its 40 inputs (over its templates) are longer than 6 tokens (max_input_tokens) "
+               "and are cut there, as in training: the model does not read the rest; the first: template 'repeat', "
+               "validation row ")  # fmt: skip
+    warnings = json.loads((tmp_path / "eval" / "results.json").read_text())["warnings"]
+    assert len(warnings) == 1 and warnings[0].startswith(warning) and warnings[0].endswith(" (9 tokens)")
+    assert warning in err
+    code, _, err = run_cli(*dirs, "eval", "--model", run_dir / "model", "--tasks", "say_it", "--max-input-tokens",
+                           "9", "--out", tmp_path / "eval9")  # fmt: skip
+    assert code == 0 and "cut there" not in err
+    assert json.loads((tmp_path / "eval9" / "results.json").read_text())["warnings"] == []
+
+    model = edited_copy(run_dir / "model", tmp_path / "model6", ["t2t_encoding.json"], max_input_tokens=6)
+    rows = tmp_path / "rows.jsonl"
+    write_jsonl(rows, [{"word": "yes"}, {"word": " ".join(["yes"] * 10)}, {"word": "no"}])
+    code, _, err = run_cli(*dirs, "predict", "--model", model, "--task", "say_it", "--input", rows, "--out",
+                           tmp_path / "p.jsonl", "--quiet")  # fmt: skip
+    assert code == 0, err
+    lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [line.get("input_cut", False) for line in lines] == [False, True, False]
+    assert err.strip() == (f"warning: {rows}: 1 of the 3 rows answered have inputs longer than 6 tokens (the "
+                           "model's max_input_tokens), cut there as in training: the model read their first 6 "
+                           'tokens only; the first, row 1 (14 tokens); their lines say "input_cut": true')  # fmt: skip

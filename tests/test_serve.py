@@ -115,6 +115,12 @@ def test_predict_routes_renders_and_scores(server):
     # a generation task: no scores
     body = post(server, {"task": "add_numbers", "rows": [{"a": 3, "b": 4}], "return_scores": True}).json()
     assert set(body["results"][0]) == {"answer"}
+    # an input longer than the model's max_input_tokens (48 here) is cut, as in training, and the answer says so
+    cut_before = _metric(server, 't2t_inputs_cut_total{task="sentiment"}')
+    long_text = " ".join(["the plum was sweet and fun"] * 10)
+    body = post(server, {"task": "sentiment", "rows": [{"text": long_text}, {"text": "so good"}]}).json()
+    assert body["results"][0]["input_cut"] is True and "input_cut" not in body["results"][1]
+    assert _metric(server, 't2t_inputs_cut_total{task="sentiment"}') == cut_before + 1
 
 
 def test_field_values_are_data_never_templates(server):
