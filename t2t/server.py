@@ -74,6 +74,8 @@ class Metrics:
         self.batch_rows = Histogram("t2t_batch_rows", "rows per model call", registry=self.registry,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))  # fmt: skip
         self.queue = Gauge("t2t_queue_depth", "requests waiting for the model", registry=self.registry)
+        self.health_checks = Counter("t2t_health_checks", "runs of every task's golden rows for /v1/health",
+                                     registry=self.registry)  # fmt: skip
         self.in_progress = Gauge("t2t_requests_in_progress", "predict requests being read, rendered, queued or "
                                  "answered", registry=self.registry)  # fmt: skip
         self.turned_away = Counter("t2t_requests_turned_away", "predict requests answered 503 at capacity "
@@ -325,6 +327,7 @@ class Gate:
 
 
 INTERNAL = "internal error (logged by the server)"
+HEALTH_FRESH_SECONDS = 5.0  # how long a /v1/health report is served before the golden rows run again
 
 
 def create_app(predictor: Predictor, batching: bool = True) -> FastAPI:
@@ -388,16 +391,27 @@ def create_app(predictor: Predictor, batching: bool = True) -> FastAPI:
     async def tasks() -> dict:
         return {"tasks": [predictor.describe(name) for name in predictor.task_names]}
 
+    checked: dict[str, Any] = {"body": None, "at": 0.0, "lock": None}
+
     @app.get("/v1/health")
     async def health() -> JSONResponse:
-        loop = asyncio.get_running_loop()
-        batcher = state["batcher"]
-        report = {}
-        for name in predictor.task_names:  # on the model's thread, between batches
-            report[name] = await loop.run_in_executor(batcher.executor, predictor.health, name)
-        unhealthy = [n for n, r in report.items() if r["healthy"] is False]
-        body = {"healthy": not unhealthy, "unhealthy": unhealthy, "tasks": report}
-        return JSONResponse(body, status_code=200 if not unhealthy else 503)
+        # one check at a time, its report served for HEALTH_FRESH_SECONDS: probes and dashboards calling at once
+        # share a check instead of queueing one run of every task's golden rows each before the model's requests
+        if checked["lock"] is None:
+            checked["lock"] = asyncio.Lock()
+        async with checked["lock"]:
+            if checked["body"] is None or time.monotonic() - checked["at"] > HEALTH_FRESH_SECONDS:
+                loop = asyncio.get_running_loop()
+                batcher = state["batcher"]
+                report = {}
+                for name in predictor.task_names:  # on the model's thread, between batches
+                    report[name] = await loop.run_in_executor(batcher.executor, predictor.health, name)
+                unhealthy = [n for n, r in report.items() if r["healthy"] is False]
+                checked["body"] = {"healthy": not unhealthy, "unhealthy": unhealthy, "tasks": report}
+                checked["at"] = time.monotonic()
+                metrics.health_checks.inc()
+        body = {**checked["body"], "checked_seconds_ago": round(time.monotonic() - checked["at"], 3)}
+        return JSONResponse(body, status_code=200 if body["healthy"] else 503)
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:

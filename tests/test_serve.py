@@ -268,6 +268,14 @@ def test_per_task_health_runs_the_golden_rows(server):
     assert sentiment["healthy"] is True and sentiment["problems"] == []
     assert sentiment["golden_rows"] == sentiment["rendered"] == 2 and 0 <= sentiment["answers_agree"] <= 2
     assert sentiment["latency_ms"] > 0
+    # callers at once share one check (each ran every task's golden rows on the model's thread, queued before the
+    # model's requests), and a report is served for 5 s
+    checks = _metric(server, "t2t_health_checks_total")
+    with ThreadPoolExecutor(16) as pool:
+        bodies = list(pool.map(lambda _: httpx.get(f"{server}/v1/health", timeout=120).json(), range(16)))
+    assert all(b["tasks"] == bodies[0]["tasks"] for b in bodies)
+    assert _metric(server, "t2t_health_checks_total") - checks <= 1
+    assert all(0 <= b["checked_seconds_ago"] <= 5 for b in bodies)
 
 
 def test_concurrent_requests_are_batched_and_answer_as_predict_and_eval(
