@@ -273,6 +273,8 @@ def run_identity(config: TrainConfig, mixture: Any, registry: Any, tokenizer: An
         "tasks": {name: registry.task(name).spec.model_dump(mode="json") for name in mixture.task_names},
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "model_config": {k: v for k, v in model.config.to_dict().items() if k not in _MODEL_CONFIG_NOISE},
+        # the stream's positions are read against these counts (each task's share and row order)
+        "rows": {m.task: m.n_examples for m in mixture.members},
     }
 
 
@@ -298,8 +300,9 @@ def first_difference(saved: Any, current: Any, path: str = "") -> str | None:
 
 _WHAT = {"config": "the training config", "mixture": "the mixture", "tasks": "the task set or a task file",
          "tokenizer": "the tokenizer", "model_config": "the model config",
-         "batching": "the batching chosen from the config and the data (auto's choice, or packed rows' sizes)"}  # fmt: skip
-_OPTIONAL = {"batching"}  # recorded since 2026-12: older checkpoints resume without this check
+         "batching": "the batching chosen from the config and the data (auto's choice, or packed rows' sizes)",
+         "rows": "a task's training rows"}  # fmt: skip
+_OPTIONAL = {"batching", "rows"}  # recorded since 2026-12: older checkpoints resume without these checks
 
 
 def check_identity(saved: dict, current: dict, checkpoint: Path) -> None:
@@ -311,6 +314,12 @@ def check_identity(saved: dict, current: dict, checkpoint: Path) -> None:
             raise T2TError(f"the checkpoint records no {part}: it was written by an older t2t; start a new run",
                            Where(file=checkpoint))  # fmt: skip
         where = first_difference(_plain(saved[part]), _plain(current[part]))
+        if where is not None and part == "rows":
+            before, now = _get(saved[part], where), _get(current[part], where)
+            raise T2TError(f"cannot resume: task {where}'s training data changed since this checkpoint ({before} "
+                           f"-> {now} rows), so the stream would not go on where the run stopped: its positions are "
+                           "read against each task's row count. Restore the data the run started with, or start "
+                           "a new run_dir", Where(file=checkpoint))  # fmt: skip
         if where is not None:
             detail = f" ({where})" if where else ""
             if part in ("config", "batching"):

@@ -108,6 +108,40 @@ def test_resume_refuses_a_changed_config(trained, run_cli, world, tmp_path, chan
     assert line.startswith(f"t2t: error: {run_dir}/checkpoints/step_00000002: cannot resume: ")
 
 
+def test_resume_refuses_training_data_whose_row_count_changed(world, tmp_path, run_cli):
+    # rows appended to a task's file between a stop and its resume: the run went on with a stream read against other
+    # row counts (each task's share and row order), so from its stopping point it saw other examples than it would
+    # have, some again and some never, without a word
+    tasks = tmp_path / "tasks"
+    shutil.copytree(world / "tasks", tasks)
+    args = ["--templates-dir", tasks, "--mixtures-dir", world / "mixtures", "train"]
+    config = config_file(tmp_path, world)
+    code, _, err = run_cli(*args, config)
+    assert code == 0, err
+    original = (tasks / "train.jsonl").read_text()
+    write_jsonl(tasks / "train.jsonl", [{"word": w, "label": 0} for w in ["owl", "fox"] * 35])
+    config_file(tmp_path, world, steps=3)
+    line = refused(run_cli, [*args, config], tmp_path / "run")
+    assert line == (f"t2t: error: {tmp_path / 'run'}/checkpoints/step_00000002: cannot resume: task echo's training "
+                    "data changed since this checkpoint (60 -> 70 rows), so the stream would not go on where the run "
+                    "stopped: its positions are read against each task's row count. Restore the data the run "
+                    "started with, or start a new run_dir")  # fmt: skip
+    # the same count with other text: the same positions, read in the new text
+    (tasks / "train.jsonl").write_text(original.replace("owl", "cat"))
+    code, out, err = run_cli(*args, config, "--resume", "auto")
+    assert code == 0 and "resuming from step_00000002 at step 2 of 3" in out, err
+    # a checkpoint of an older t2t records no row counts: it resumes, unchecked on them
+    state_file = tmp_path / "run" / "checkpoints" / "step_00000003" / "run_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["identity"]["rows"] == {"echo": 60, "color_lookup": 4000}
+    del state["identity"]["rows"]
+    state_file.write_text(json.dumps(state))
+    write_jsonl(tasks / "train.jsonl", [{"word": w, "label": 0} for w in ["owl", "fox"] * 35])
+    config_file(tmp_path, world, steps=4)
+    code, out, err = run_cli(*args, config, "--resume", "auto")
+    assert code == 0 and "resuming from step_00000003 at step 3 of 4" in out, err
+
+
 def test_resume_refuses_a_recorded_batching_other_than_the_configs(trained, run_cli, world, tmp_path):
     # the config (strategy padded, set) is the same, but the checkpoint records another batching: resuming would
     # change the batches of the window it stops in (under strategy auto the recorded one is kept: the test below)
