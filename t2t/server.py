@@ -10,6 +10,7 @@ Every error is one JSON object {"error": "..."}; tracebacks go to the server's l
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import time
@@ -491,6 +492,76 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+MAX_HEAD_BYTES = 64 * 1024  # a request's line and headers (nginx reads 32 KB at most by default)
+
+
+def bounded_protocol(max_seconds: float, max_head_bytes: int = MAX_HEAD_BYTES) -> type:
+    """uvicorn's httptools protocol with bounds on a request's head (its line and headers), which uvicorn reads
+    without any: a head over `max_head_bytes` gets 431, one that has not arrived whole `max_seconds` after its first
+    byte gets 408 (one JSON line each, the connection closed). Without them one client sending a header without end
+    grew the server's memory by twice what it sent (300 MB sent: 1.1 GB), and one sending it slowly held its
+    connection for good."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class BoundedHead(HttpToolsProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.head_bytes, self.in_head, self.head_timer, self.refused = 0, True, None, False
+
+        def data_received(self, data: bytes) -> None:
+            if (
+                self.refused
+            ):  # what a refused client still sends is read and dropped until the connection closes
+                return
+            if self.in_head:
+                if self.head_timer is None:
+                    self.head_timer = self.loop.call_later(max_seconds, self._refuse, 408,
+                                                           f"the request's line and headers did not arrive whole "
+                                                           f"within {max_seconds:g} s (max_body_seconds)")  # fmt: skip
+                self.head_bytes += len(data)
+            super().data_received(data)
+            if self.in_head and self.head_bytes > max_head_bytes and not self.transport.is_closing():
+                self._refuse(
+                    431, f"the request's line and headers are over the limit of {max_head_bytes:,} bytes"
+                )
+
+        def on_headers_complete(self) -> None:
+            self._stop_timer()
+            self.in_head = False
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self.head_bytes, self.in_head = 0, True  # the next request's head, if one comes
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_timer()
+            super().connection_lost(exc)
+
+        def _stop_timer(self) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+                self.head_timer = None
+
+        def _refuse(self, status: int, message: str) -> None:
+            self._stop_timer()
+            if self.transport.is_closing():
+                return
+            body = json.dumps({"error": message}).encode()
+            reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                                 b"connection: close\r\n\r\n%s" % (status, reason, len(body), body))  # fmt: skip
+            # closed at once, the socket would answer what the client still sends with a reset, which can discard
+            # this answer before the client reads it: the answer ends the sending side, the rest is dropped for a
+            # second, then the connection closes
+            self.refused = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(1.0, self.transport.close)
+
+    return BoundedHead
+
+
 def serve(
     predictor: Predictor,
     host: str,
@@ -507,7 +578,7 @@ def serve(
 
     app = create_app(predictor, batching)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_seconds,
-                            access_log=False)  # fmt: skip
+                            access_log=False, http=bounded_protocol(predictor.limits.max_body_seconds))  # fmt: skip
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
