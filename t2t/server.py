@@ -577,8 +577,14 @@ def serve(
     sock = sock if sock is not None else bind(host, port)
 
     app = create_app(predictor, batching)
+    try:
+        protocol: dict[str, Any] = {"http": bounded_protocol(predictor.limits.max_body_seconds)}
+    except (
+        ImportError
+    ):  # no httptools (uvicorn without its [standard] extra): h11 bounds the head's size itself
+        protocol = {"http": "h11", "h11_max_incomplete_event_size": MAX_HEAD_BYTES}
     config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_seconds,
-                            access_log=False, http=bounded_protocol(predictor.limits.max_body_seconds))  # fmt: skip
+                            access_log=False, **protocol)  # fmt: skip
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
