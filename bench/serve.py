@@ -1,6 +1,7 @@
 """Throughput and latency of `t2t serve`, dynamic batching on and off, at concurrency 1, 8 and 64.
 
     python bench/serve.py --model DEMO_OUT/model [--requests 256]
+    python bench/serve.py --model DEMO_OUT/model --liveness    # /healthz while long requests are prepared
 
 Starts the server twice on the demo model (the demo mixture's tasks), each time alone on the machine, and sends
 one-row requests for three tasks (a ranked one, a generated one, one with choices from the row) from C client
@@ -85,12 +86,57 @@ def load(url: str, concurrency: int, requests: int) -> dict:
             "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}  # fmt: skip
 
 
+def liveness(model: Path, heavy: int = 3) -> dict:
+    """/healthz latency (a liveness probe's) while the server answers `heavy` requests of 200 long rows (19,000
+    characters each: checking, rendering and tokenizing them takes about a second of CPU)."""
+    import threading
+    import urllib.request
+
+    process, url = start(model, True, 5.0)
+    text = ("the plum was sweet and fun " * 800)[:19000]
+    body = json.dumps({"task": "sentiment", "rows": [{"text": f"{text} {i}"} for i in range(200)]}).encode()
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            with urllib.request.urlopen(f"{url}/healthz", timeout=60) as response:
+                response.read()
+            latencies.append(time.perf_counter() - started)
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=probe)
+    try:
+        thread.start()
+        time.sleep(0.5)
+        for _ in range(heavy):
+            request = urllib.request.Request(f"{url}/v1/predict", body, {"content-type": "application/json"})
+            with urllib.request.urlopen(request, timeout=300) as response:
+                response.read()
+    finally:
+        done.set()
+        thread.join()
+        process.terminate()
+        process.wait(timeout=60)
+    latencies.sort()
+    return {"probes": len(latencies), "p50_ms": 1000 * statistics.median(latencies),
+            "max_ms": 1000 * latencies[-1]}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--wait-ms", type=float, default=5.0)
+    parser.add_argument("--liveness", action="store_true",
+                        help="only /healthz's latency while the server answers requests of long rows")  # fmt: skip
     args = parser.parse_args()
+    if args.liveness:
+        r = liveness(args.model)
+        print(f"/healthz during 3 requests of 200 rows of 19,000 characters: {r['probes']} probes, p50 "
+              f"{r['p50_ms']:.1f} ms, max {r['max_ms']:.1f} ms")  # fmt: skip
+        return
     if args.requests < 64:  # every client of the largest concurrency sends at least one
         parser.error("--requests must be at least 64, the largest concurrency measured")
     results = {}

@@ -335,6 +335,10 @@ def create_app(predictor: Predictor, batching: bool = True) -> FastAPI:
     metrics = Metrics()
     state: dict[str, Any] = {"draining": False, "batcher": None}
 
+    # requests are checked, rendered and tokenized here, off the event loop: a request of long rows took it for a
+    # second, and every other client with it (a liveness probe's /healthz included)
+    preparing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2t-prepare")
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher = state["batcher"] = Batcher(predictor, metrics, batching)
@@ -342,6 +346,7 @@ def create_app(predictor: Predictor, batching: bool = True) -> FastAPI:
         yield
         state["draining"] = True
         await batcher.stop()
+        preparing.shutdown(wait=True)
 
     app = FastAPI(
         title="t2t", description="t2t's tasks over one model: routed, batched, watched", lifespan=lifespan
@@ -421,7 +426,7 @@ def create_app(predictor: Predictor, batching: bool = True) -> FastAPI:
     @app.post("/v1/predict")
     async def predict(body: PredictRequest, request: Request) -> JSONResponse:
         started = time.perf_counter()
-        prepared_or_error = _prepare(body)
+        prepared_or_error = await asyncio.get_running_loop().run_in_executor(preparing, _prepare, body)
         batcher = state["batcher"]
         batcher.arriving -= request.state.arriving  # queued (or answered with an error) from here on
         request.state.arriving = False

@@ -120,15 +120,24 @@ class Predictor:
 
     def prepared(self, task: str, template: str, text: str, choices: tuple[str, ...] | None) -> Prepared:
         """A rendered input ready for the model, with its token count (for the batch bounds)."""
-        full = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
-        tokens = min(full, self.max_input_tokens) if self.max_input_tokens is not None else full
-        return Prepared(task, template, text, choices, tokens, full)
+        return self._ready(task, template, [(text, choices)])[0]
 
     def prepare(
         self, task: Task, template: str, rendered: Sequence[Rendered | BadRow]
     ) -> list[Prepared | BadRow]:
         """`render_rows`' results ready for the model; the refusals pass through."""
-        return [r if isinstance(r, BadRow) else self.prepared(task.name, template, *r) for r in rendered]
+        ready = iter(self._ready(task.name, template, [r for r in rendered if not isinstance(r, BadRow)]))
+        return [r if isinstance(r, BadRow) else next(ready) for r in rendered]
+
+    def _ready(self, task: str, template: str, rendered: Sequence[Rendered]) -> list[Prepared]:
+        # counted by t2t.pieces, as training encodes (no state of the HF tokenizer is set: the server prepares
+        # requests on a thread of their own while the model's thread encodes)
+        from t2t.pieces import text_ids
+
+        counts = [len(ids) + 1 for ids in text_ids(self.tokenizer, [text for text, _ in rendered])]
+        limit = self.max_input_tokens
+        return [Prepared(task, template, text, choices, full if limit is None else min(full, limit), full)
+                for (text, choices), full in zip(rendered, counts, strict=True)]  # fmt: skip
 
     # ------------------------------------------------------------------------------------ the model
 
