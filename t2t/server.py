@@ -10,6 +10,7 @@ Every error is one JSON object {"error": "..."}; tracebacks go to the server's l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -530,17 +531,22 @@ def bounded_protocol(max_seconds: float, max_head_bytes: int = MAX_HEAD_BYTES) -
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self.flow = Flow(transport, self)
+            # from the connection's start: one that never sends a byte held its file descriptor for good, and
+            # a thousand of them left the server none to accept anyone with
+            self._start_timer()
+
+        def _start_timer(self) -> None:
+            self.head_timer = self.loop.call_later(max_seconds, self._refuse, 408,
+                                                   f"the request's line and headers did not arrive whole within "
+                                                   f"{max_seconds:g} s (max_body_seconds)")  # fmt: skip
 
         def data_received(self, data: bytes) -> None:
-            if (
-                self.refused
-            ):  # what a refused client still sends is read and dropped until the connection closes
+            # what a refused client still sends is read and dropped until the connection closes
+            if self.refused:
                 return
             if self.in_head:
-                if self.head_timer is None:
-                    self.head_timer = self.loop.call_later(max_seconds, self._refuse, 408,
-                                                           f"the request's line and headers did not arrive whole "
-                                                           f"within {max_seconds:g} s (max_body_seconds)")  # fmt: skip
+                if self.head_timer is None:  # a later request's head on a kept-alive connection
+                    self._start_timer()
                 self.head_bytes += len(data)
             super().data_received(data)
             if self.in_head and self.head_bytes > max_head_bytes and not self.transport.is_closing():
@@ -585,6 +591,19 @@ def bounded_protocol(max_seconds: float, max_head_bytes: int = MAX_HEAD_BYTES) -
     return BoundedHead
 
 
+def raise_open_files_limit(target: int = 65536) -> None:
+    """Raise this process's soft limit on open files (often 1,024, each connection taking one) towards `target`,
+    within the hard limit, as servers do: at 1,024, a thousand clients connected left the server none to accept
+    another."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = target if hard == resource.RLIM_INFINITY else min(hard, target)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def serve(
     predictor: Predictor,
     host: str,
@@ -614,6 +633,7 @@ def serve(
             app.state["draining"] = True  # new requests: 503; those in flight go on
             super().handle_exit(sig, frame)
 
+    raise_open_files_limit()
     print(f"t2t serve: {len(predictor.task_names)} tasks on http://{host}:{port} (docs at /docs), "
           f"{predictor.device} {predictor.dtype}, batching {'on' if batching else 'off'}", flush=True)  # fmt: skip
     Server(config).run(sockets=[sock])

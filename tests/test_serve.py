@@ -243,7 +243,42 @@ def test_a_head_without_end_is_431_and_a_head_that_stalls_is_408(server):
     assert json.loads(data.split(b"\r\n\r\n", 1)[1]) == {
         "error": "the request's line and headers did not arrive whole within 3 s (max_body_seconds)"
     }
+    # a connection that never sends a byte is closed the same way (it held its file descriptor for good)
+    data, took = answer(b"")
+    assert data.startswith(b"HTTP/1.1 408 ") and 2.5 < took < 30, (data, took)
     assert post(server, {"task": "sentiment", "rows": [{"text": "so good"}]}).json()["answered"] == 1
+
+
+def test_a_thousand_idle_connections_leave_the_server_able_to_answer(checkpoint):
+    # at the common soft limit of 1,024 open files, 1,500 connections that sent nothing left the server no file
+    # descriptor to accept another client with: /healthz was reset; t2t serve raises its soft limit within the hard
+    import resource
+
+    model, mixtures = checkpoint
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"this machine's hard limit on open files is {hard}: no room to show it")
+    port = free_port()
+    command = [sys.executable, "-m", "t2t", "--mixtures-dir", str(mixtures), "serve", "--model", str(model),
+               "--mixture", "three", "--port", str(port), "--device", "cpu"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)))  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    idle: list[socket.socket] = []
+    try:
+        wait_until_serving(url, process, 120)
+        limits = Path(f"/proc/{process.pid}/limits").read_text()
+        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        assert int(line.split()[3]) == (65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)), line
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))  # this process's own sockets
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(1500)]
+        assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
+    finally:
+        for sock in idle:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
 
 
 def test_malformed_json_and_oversized_bodies(server):
