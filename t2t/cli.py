@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from t2t.errors import T2TError, Where
+from t2t.errors import T2TError, Terminated, Where
 from t2t.registry import Registry
 
 EXIT_PROBLEMS = 1  # lint found problems
@@ -987,13 +987,23 @@ def _unexpected(exc: BaseException) -> int:
     return EXIT_BAD_INPUT
 
 
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
     from t2t.sources import STRICT_PATHS_ENV
 
     previous = os.environ.get(STRICT_PATHS_ENV)
     if args.strict_paths:
         os.environ[STRICT_PATHS_ENV] = "1"  # read where data files load (and by child processes)
+    # (in the main thread only, where Python runs signal handlers; `t2t serve`'s uvicorn sets its own while it runs)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         out = getattr(args, "out", None)
         if isinstance(out, Path):  # refused before the command's work, not when its results are written
@@ -1012,6 +1022,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as exc:
         where = f" {exc}" if str(exc) else ""  # t2t.train.Interrupted says where the run stands
+        if isinstance(exc, Terminated) or getattr(exc, "terminated", False):
+            print(f"t2t: terminated (SIGTERM){where}", file=sys.stderr)
+            return 143
         print(f"t2t: interrupted{where}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
@@ -1028,6 +1041,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # anything unforeseen: one line on the terminal, the traceback in a log file
         return _unexpected(exc)
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         if args.strict_paths:  # main() may run in-process (tests, notebooks): leave the environment as it was
             if previous is None:
                 os.environ.pop(STRICT_PATHS_ENV, None)

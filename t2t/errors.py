@@ -33,6 +33,12 @@ class Where:
         return ", ".join(parts)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, `kill`, a container stopping), raised where a command stands (t2t.cli)
+    so that it stops as on Ctrl-C: an output written piece by piece (t2t.fileio.atomic_writer) is removed, a training
+    run says where it stands. Without it the process ended at once, leaving `t2t predict`'s partial output behind."""
+
+
 class T2TError(Exception):
     """A problem with the user's input. `str()` is one line: where, then what."""
 

@@ -36,7 +36,7 @@ from t2t.checkpoint import (
 )
 from t2t.data import BatchLoader, LoaderState, MixtureData, check_null_fields
 from t2t.encoding import Limits, decoder_start_id, token_warnings, truncation_warnings
-from t2t.errors import T2TError, Where, load_pretrained
+from t2t.errors import T2TError, Terminated, Where, load_pretrained
 from t2t.evaluation import EvalConfig
 from t2t.fileio import atomic_write_text, peft_base
 from t2t.mixtures import Mixture, load_mixture
@@ -273,7 +273,12 @@ def configure_deepspeed(accelerator: Any, config: TrainConfig) -> None:
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT, also what a launcher sends its ranks) during training, saying where the run stands."""
+    """Ctrl-C (SIGINT, also what a launcher sends its ranks) or SIGTERM during training, saying where the run
+    stands; `terminated` for SIGTERM."""
+
+    def __init__(self, where: str, terminated: bool = False) -> None:
+        super().__init__(where)
+        self.terminated = terminated
 
 
 class Run:
@@ -428,9 +433,9 @@ class Run:
                     self.maybe_save()
                     self.maybe_evaluate()
                     collect(self.state.step)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             progress.close()
-            raise Interrupted(self._where_interrupted()) from None
+            raise Interrupted(self._where_interrupted(), isinstance(exc, Terminated)) from None
         progress.close()
         final = self.finish()
         # the trackers' end (accelerate's end_training, less its destroy_process_group: a multi-process run keeps

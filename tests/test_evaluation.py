@@ -1044,3 +1044,31 @@ def test_inputs_longer_than_the_model_reads_are_said_by_eval_and_predict(trained
     assert err.strip() == (f"warning: {rows}: 1 of the 3 rows answered have inputs longer than 6 tokens (the "
                            "model's max_input_tokens), cut there as in training: the model read their first 6 "
                            'tokens only; the first, row 1 (14 tokens); their lines say "input_cut": true')  # fmt: skip
+
+
+def test_predict_stopped_by_sigterm_leaves_nothing_behind(trained_yes_no, tmp_path):
+    # `t2t predict` writes its lines as it answers, to a temporary file beside --out that appears whole at the end;
+    # SIGTERM (a scheduler's time limit) ended the process at once and left that partial file behind
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    registry, run_dir = trained_yes_no
+    rows = tmp_path / "rows.jsonl"
+    write_jsonl(rows, [{"word": ["yes", "no"][i % 2]} for i in range(200_000)])
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [sys.executable, "-m", "t2t", "--templates-dir", str(registry.template_dirs[-1]), "predict", "--model",
+               str(run_dir / "model"), "--task", "say_it", "--input", str(rows), "--out", str(out / "p.jsonl"),
+               "--quiet", "--chunk-rows", "1000"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(out.iterdir()):  # answering: its lines are being written
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "t2t: terminated (SIGTERM)"
+    assert list(out.iterdir()) == []

@@ -634,6 +634,13 @@ def test_ctrl_c_says_where_the_run_stands_and_what_resumes(tmp_path, tokenizer_d
     assert late.stderr.strip().splitlines()[-1] == (
         "t2t: interrupted at step 6 of 10; `--resume auto` continues from the checkpoint of step 4"
     )
+    # SIGTERM (a scheduler's time limit, a container stopping) ended the process at once, saying nothing
+    shutil.rmtree(run_dir)
+    term = t2t(*args, env={"T2T_FAULT_KILL_AT_STEP": "6", "T2T_FAULT_SIGNAL": "TERM"})
+    assert term.returncode == 143 and "Traceback" not in term.stderr
+    assert term.stderr.strip().splitlines()[-1] == (
+        "t2t: terminated (SIGTERM) at step 6 of 10; `--resume auto` continues from the checkpoint of step 4"
+    )
     resumed = t2t(*args, "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from step_00000004 at step 4 of 10" in resumed.stdout
