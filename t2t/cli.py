@@ -529,6 +529,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_body_bytes=args.max_body_bytes, max_body_seconds=args.max_body_seconds,
                          batch_rows=args.batch_rows,
                          batch_tokens=args.batch_tokens, wait_ms=args.wait_ms)  # fmt: skip
+    # SIGTERM as a process manager expects of a server: uvicorn drains the requests in flight, then raises the
+    # signal again, and the process ends by it (not by t2t's Terminated, whose exit 143 systemd counts as a failure)
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # a host that does not resolve, a port in use: refused before the model loads
     sock = bind(args.host, args.port)
     predictor = Predictor.load(args.model, registry, tasks, device, dtype, limits)
