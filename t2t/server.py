@@ -505,8 +505,9 @@ MAX_PIPELINED = 8
 
 def bounded_protocol(max_seconds: float, max_head_bytes: int = MAX_HEAD_BYTES) -> type:
     """uvicorn's httptools protocol with bounds on a request's head (its line and headers), which uvicorn reads
-    without any: a head over `max_head_bytes` gets 431, one that has not arrived whole `max_seconds` after its first
-    byte gets 408 (one JSON line each, the connection closed). Without them one client sending a header without end
+    without any: a head over `max_head_bytes` gets 431, one that has not arrived whole `max_seconds` after the
+    connection opened (on a kept-alive connection, after its first byte) gets 408 (one JSON line each, the
+    connection closed). Without them one client sending a header without end
     grew the server's memory by twice what it sent (300 MB sent: 1.1 GB), and one sending it slowly held its
     connection for good. Requests sent ahead on one connection (pipelined) are read until MAX_PIPELINED wait, then
     the connection is not read until they are answered: uvicorn resumed reading at every read of a body, so a client
@@ -621,9 +622,8 @@ def serve(
     app = create_app(predictor, batching)
     try:
         protocol: dict[str, Any] = {"http": bounded_protocol(predictor.limits.max_body_seconds)}
-    except (
-        ImportError
-    ):  # no httptools (uvicorn without its [standard] extra): h11 bounds the head's size itself
+    except ImportError:
+        # no httptools (uvicorn without its [standard] extra): h11 bounds the head's size itself
         protocol = {"http": "h11", "h11_max_incomplete_event_size": MAX_HEAD_BYTES}
     config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_seconds,
                             access_log=False, **protocol)  # fmt: skip
