@@ -667,7 +667,9 @@ def alarm_handler() -> Iterator[None]:
     ):
         yield
         return
-    previous = signal.signal(signal.SIGALRM, _on_batch_alarm)
+    # read before it is replaced: a signal handled between the two (Ctrl-C, SIGTERM) leaves `previous` set
+    previous = _current_alarm_handler()
+    signal.signal(signal.SIGALRM, _on_batch_alarm)
     _HANDLER_SET, _ARMED_UNTIL = True, 0.0
     try:
         yield
@@ -675,6 +677,12 @@ def alarm_handler() -> Iterator[None]:
         signal.setitimer(signal.ITIMER_REAL, 0)
         _HANDLER_SET, _ARMED_UNTIL = False, 0.0
         signal.signal(signal.SIGALRM, previous)
+
+
+def _current_alarm_handler() -> Any:
+    """SIGALRM's handler as `signal.signal` takes it back (None, a handler set outside Python, as the default)."""
+    handler = signal.getsignal(signal.SIGALRM)
+    return signal.SIG_DFL if handler is None else handler
 
 
 def bounded_call(fn: Any, context: Any, limits: RenderLimits, key: tuple = ()) -> Any:
@@ -687,10 +695,13 @@ def bounded_call(fn: Any, context: Any, limits: RenderLimits, key: tuple = ()) -
     use_timer = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
     in_batch = use_timer and _HANDLER_SET
     own_timer = use_timer and not in_batch
-    previous = None
+    previous = _current_alarm_handler() if own_timer else None
     try:
         if own_timer:
-            previous = signal.signal(signal.SIGALRM, _on_alarm)
+            # `previous` read before: `previous = signal.signal(...)` left it None where a signal was handled
+            # between the call and the assignment (SIGTERM raising Terminated there turned into a TypeError from
+            # the restore below, and the row into "failed to render")
+            signal.signal(signal.SIGALRM, _on_alarm)
             signal.setitimer(signal.ITIMER_REAL, limits.max_seconds)
         elif in_batch and not 0.0 < _ARMED_UNTIL <= budget.deadline:  # none armed, or armed too late for us
             signal.setitimer(signal.ITIMER_REAL, limits.max_seconds)
