@@ -315,7 +315,7 @@ def check_identity(saved: dict, current: dict, checkpoint: Path) -> None:
                            Where(file=checkpoint))  # fmt: skip
         where = first_difference(_plain(saved[part]), _plain(current[part]))
         if where is not None and part == "rows":
-            before, now = _get(saved[part], where), _get(current[part], where)
+            before, now = saved[part].get(where), current[part].get(where)  # keyed by task name
             raise T2TError(f"cannot resume: task {where}'s training data changed since this checkpoint ({before} "
                            f"-> {now} rows), so the stream would not go on where the run stopped: its positions are "
                            "read against each task's row count. Restore the data the run started with, or start "

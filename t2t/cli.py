@@ -529,13 +529,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_body_bytes=args.max_body_bytes, max_body_seconds=args.max_body_seconds,
                          batch_rows=args.batch_rows,
                          batch_tokens=args.batch_tokens, wait_ms=args.wait_ms)  # fmt: skip
-    # SIGTERM as a process manager expects of a server: uvicorn drains the requests in flight, then raises the
-    # signal again, and the process ends by it (not by t2t's Terminated, whose exit 143 systemd counts as a failure)
-    import signal
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # a host that does not resolve, a port in use: refused before the model loads
     sock = bind(args.host, args.port)
     predictor = Predictor.load(args.model, registry, tasks, device, dtype, limits)
@@ -1008,9 +1001,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = os.environ.get(STRICT_PATHS_ENV)
     if args.strict_paths:
         os.environ[STRICT_PATHS_ENV] = "1"  # read where data files load (and by child processes)
-    # (in the main thread only, where Python runs signal handlers; `t2t serve`'s uvicorn sets its own while it runs)
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    # SIGTERM as Ctrl-C (t2t.errors.Terminated), in the main thread, where Python runs signal handlers; not for
+    # `t2t serve`, which ends by the signal as process managers expect of a server (uvicorn drains the requests in
+    # flight, then raises it again; an exit of 143 counts as a failure to systemd)
+    handles_sigterm = threading.current_thread() is threading.main_thread() and args.fn is not cmd_serve
+    previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm) if handles_sigterm else None
     try:
         out = getattr(args, "out", None)
         if isinstance(out, Path):  # refused before the command's work, not when its results are written
@@ -1048,7 +1043,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # anything unforeseen: one line on the terminal, the traceback in a log file
         return _unexpected(exc)
     finally:
-        if main_thread:
+        if handles_sigterm:
             signal.signal(signal.SIGTERM, previous_sigterm)
         if args.strict_paths:  # main() may run in-process (tests, notebooks): leave the environment as it was
             if previous is None:

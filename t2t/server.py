@@ -398,15 +398,14 @@ def create_app(predictor: Predictor, batching: bool = True) -> FastAPI:
     async def tasks() -> dict:
         return {"tasks": [predictor.describe(name) for name in predictor.task_names]}
 
-    checked: dict[str, Any] = {"body": None, "at": 0.0, "lock": None}
+    checked: dict[str, Any] = {"body": None, "at": 0.0}
+    checking = asyncio.Lock()  # bound to the server's loop when first awaited
 
     @app.get("/v1/health")
     async def health() -> JSONResponse:
         # one check at a time, its report served for HEALTH_FRESH_SECONDS: probes and dashboards calling at once
         # share a check instead of queueing one run of every task's golden rows each before the model's requests
-        if checked["lock"] is None:
-            checked["lock"] = asyncio.Lock()
-        async with checked["lock"]:
+        async with checking:
             if checked["body"] is None or time.monotonic() - checked["at"] > HEALTH_FRESH_SECONDS:
                 loop = asyncio.get_running_loop()
                 batcher = state["batcher"]

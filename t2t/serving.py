@@ -67,7 +67,7 @@ class Prepared:
     input: str
     choices: tuple[str, ...] | None
     tokens: int  # input tokens (for batch bounds), at most max_input_tokens
-    full_tokens: int = 0  # the input's tokens before the cut (with the end-of-sequence token)
+    full_tokens: int  # the input's tokens before the cut (with the end-of-sequence token)
 
     @property
     def cut(self) -> bool:
